@@ -1,0 +1,125 @@
+//! `tokengate check`: judges manifests on disk as the webhooks would at admission time.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::cluster::ObjectStore;
+use crate::manifest::Document;
+use crate::policy::{Mode, Policy};
+use crate::review::admission::{AdmissionRequest, GroupVersionKind, UserInfo};
+use crate::review::{decide, Subject, Violation, Webhook};
+
+/// One violation of one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub file: PathBuf,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// Everything `check` found.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// The policy mode, which decides whether findings fail the check.
+    pub mode: &'static str,
+    /// How many objects tokengate governs were checked (Pods, workloads, CSIDrivers).
+    pub checked: usize,
+    pub violations: Vec<Finding>,
+}
+
+impl Report {
+    /// Whether the findings would be denied at admission (Enforce mode).
+    pub fn fails(&self) -> bool {
+        self.mode == Mode::Enforce.as_str() && !self.violations.is_empty()
+    }
+
+    /// One line per violation: `file: Kind namespace/name: field: message`.
+    pub fn to_text(&self) -> String {
+        self.violations
+            .iter()
+            .map(|f| {
+                let object = match &f.namespace {
+                    Some(ns) => format!("{ns}/{}", f.name),
+                    None => f.name.clone(),
+                };
+                format!("{}: {} {object}: {}: {}\n", f.file.display(), f.kind, f.field, f.message)
+            })
+            .collect()
+    }
+}
+
+/// Checks every Pod, workload and CSIDriver among `documents`. Pods are first mutated as the
+/// mutating webhook would, so required injections are not reported as missing. Objects
+/// without a namespace are taken to be in `default_namespace`.
+pub async fn check(policy: &Policy, documents: &[Document], cluster: &ObjectStore, default_namespace: &str) -> Report {
+    let mut report = Report { mode: policy.mode().as_str(), checked: 0, violations: Vec::new() };
+    for document in documents {
+        let object = &document.object;
+        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+        let subject = Subject::of(group, kind, None);
+        if matches!(subject, Subject::Other | Subject::TokenRequest) {
+            continue;
+        }
+        report.checked += 1;
+        let metadata = |key: &str| object.pointer(&format!("/metadata/{key}")).and_then(Value::as_str);
+        let name = metadata("name").or(metadata("generateName")).unwrap_or_default().to_string();
+        let namespace = (subject != Subject::CsiDriver).then(|| metadata("namespace").unwrap_or(default_namespace).to_string());
+        let violations = match evaluate(object, subject, group, kind, namespace.clone(), policy, cluster).await {
+            Ok(violations) => violations,
+            Err(message) => vec![Violation::new("object", message)],
+        };
+        report.violations.extend(violations.into_iter().map(|v| Finding {
+            file: document.file.clone(),
+            kind: kind.to_string(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            field: v.field,
+            message: v.message,
+        }));
+    }
+    report
+}
+
+async fn evaluate(
+    object: &Value,
+    subject: Subject,
+    group: &str,
+    kind: &str,
+    namespace: Option<String>,
+    policy: &Policy,
+    cluster: &ObjectStore,
+) -> Result<Vec<Violation>, String> {
+    let mut object = object.clone();
+    if subject == Subject::Pod {
+        let raw = serde_json::value::to_raw_value(&object).map_err(|e| e.to_string())?;
+        let mutated = decide(&create_request(&raw, group, kind, namespace.clone()), Webhook::Mutate, policy, cluster).await;
+        json_patch::patch(&mut object, &mutated.patch).map_err(|e| format!("could not apply the injection patch: {e}"))?;
+    }
+    let raw = serde_json::value::to_raw_value(&object).map_err(|e| e.to_string())?;
+    Ok(decide(&create_request(&raw, group, kind, namespace), Webhook::Validate, policy, cluster).await.violations)
+}
+
+/// The CREATE request the API server would send for `raw`.
+fn create_request<'a>(raw: &'a RawValue, group: &str, kind: &str, namespace: Option<String>) -> AdmissionRequest<'a> {
+    AdmissionRequest {
+        uid: "tokengate-check".to_string(),
+        kind: GroupVersionKind { group: group.to_string(), version: String::new(), kind: kind.to_string() },
+        sub_resource: None,
+        name: None,
+        namespace,
+        operation: "CREATE".to_string(),
+        user_info: UserInfo::default(),
+        object: Some(raw),
+        dry_run: Some(true),
+    }
+}

@@ -1,0 +1,146 @@
+//! What decisions need to know about the cluster, behind one small trait.
+//!
+//! Decisions read service accounts, CSI drivers, pods, PVCs and PVs through [`Cluster`]; each
+//! object is reduced to the few fields a decision reads, so caches of them stay small.
+
+mod objects;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::storage::v1::CSIDriver;
+
+pub use objects::{ObjectStore, ObjectsError};
+
+/// The outcome of a lookup: the object, `None` when it does not exist, or why it is unknown.
+pub type Lookup<T> = Result<Option<Arc<T>>, LookupError>;
+
+/// Why the cluster could not say whether an object exists.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct LookupError(pub String);
+
+/// Read access to the objects decisions depend on. Implementations answer from files
+/// ([`ObjectStore`]) or from watch caches of a live cluster.
+pub trait Cluster: Sync {
+    /// The service account `namespace/name`.
+    fn service_account(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ServiceAccountInfo>> + Send;
+    /// The CSIDriver object named `name`.
+    fn csi_driver(&self, name: &str) -> impl Future<Output = Lookup<CsiDriverInfo>> + Send;
+    /// The pod `namespace/name`.
+    fn pod(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<PodInfo>> + Send;
+    /// The PersistentVolumeClaim `namespace/name`.
+    fn persistent_volume_claim(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ClaimInfo>> + Send;
+    /// The PersistentVolume `name`.
+    fn persistent_volume(&self, name: &str) -> impl Future<Output = Lookup<VolumeInfo>> + Send;
+}
+
+/// A service account, as far as decisions care: its annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceAccountInfo {
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A CSIDriver's token requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CsiDriverInfo {
+    /// `(audience, expirationSeconds)` of each `spec.tokenRequests` entry; `""` is the API server.
+    pub token_requests: Vec<(String, Option<i64>)>,
+}
+
+/// A pod, as far as the node-audience restriction cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    pub uid: String,
+    pub node_name: Option<String>,
+    pub service_account: String,
+    /// Audiences of its projected token volumes (`""` where none is set).
+    pub token_audiences: Vec<String>,
+    /// Drivers of its inline CSI volumes.
+    pub csi_drivers: Vec<String>,
+    /// Claims it mounts: `persistentVolumeClaim` volumes and `<pod>-<volume>` for generic
+    /// ephemeral volumes.
+    pub claim_names: Vec<String>,
+}
+
+/// A PersistentVolumeClaim: the volume it is bound to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimInfo {
+    pub volume_name: Option<String>,
+}
+
+/// A PersistentVolume: its CSI driver.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub csi_driver: Option<String>,
+}
+
+impl From<&ServiceAccount> for ServiceAccountInfo {
+    fn from(sa: &ServiceAccount) -> Self {
+        Self { annotations: sa.metadata.annotations.clone().unwrap_or_default() }
+    }
+}
+
+impl From<&CSIDriver> for CsiDriverInfo {
+    fn from(driver: &CSIDriver) -> Self {
+        let token_requests = driver
+            .spec
+            .token_requests
+            .iter()
+            .flatten()
+            .map(|t| (t.audience.clone(), t.expiration_seconds))
+            .collect();
+        Self { token_requests }
+    }
+}
+
+impl From<&Pod> for PodInfo {
+    fn from(pod: &Pod) -> Self {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let mut info = PodInfo { uid: pod.metadata.uid.clone().unwrap_or_default(), ..Default::default() };
+        let Some(spec) = &pod.spec else { return info };
+        info.node_name = spec.node_name.clone().filter(|n| !n.is_empty());
+        info.service_account = service_account_of(spec).to_string();
+        for volume in spec.volumes.iter().flatten() {
+            let token_sources = volume.projected.iter().flat_map(|p| p.sources.iter().flatten());
+            for token in token_sources.filter_map(|s| s.service_account_token.as_ref()) {
+                info.token_audiences.push(token.audience.clone().unwrap_or_default());
+            }
+            if let Some(csi) = &volume.csi {
+                info.csi_drivers.push(csi.driver.clone());
+            }
+            if let Some(claim) = &volume.persistent_volume_claim {
+                info.claim_names.push(claim.claim_name.clone());
+            }
+            if volume.ephemeral.is_some() {
+                info.claim_names.push(format!("{pod_name}-{}", volume.name));
+            }
+        }
+        info
+    }
+}
+
+impl From<&PersistentVolumeClaim> for ClaimInfo {
+    fn from(claim: &PersistentVolumeClaim) -> Self {
+        Self { volume_name: claim.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|n| !n.is_empty()) }
+    }
+}
+
+impl From<&PersistentVolume> for VolumeInfo {
+    fn from(volume: &PersistentVolume) -> Self {
+        Self { csi_driver: volume.spec.as_ref().and_then(|s| s.csi.as_ref()).map(|c| c.driver.clone()) }
+    }
+}
+
+/// The service account a pod (or template) runs as: `serviceAccountName`, then the deprecated
+/// `serviceAccount`, then `default`.
+pub fn service_account_of(spec: &k8s_openapi::api::core::v1::PodSpec) -> &str {
+    [&spec.service_account_name, &spec.service_account]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .find(|name| !name.is_empty())
+        .unwrap_or("default")
+}

@@ -1,0 +1,118 @@
+//! Reading Kubernetes objects from files and directories: multi-document YAML, JSON, Lists.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One object read from a file.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub file: PathBuf,
+    pub object: Value,
+}
+
+/// A file or directory that could not be read as Kubernetes objects.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct ManifestError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Reads every object under `paths`: files as given, directories recursively (files ending
+/// in `.yaml`, `.yml` or `.json`, in name order; hidden entries skipped).
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
+    let mut documents = Vec::new();
+    for path in paths {
+        for file in files_under(path)? {
+            documents.extend(load_file(&file)?);
+        }
+    }
+    Ok(documents)
+}
+
+/// Reads the objects of one file; `kind: *List` documents are expanded into their items.
+pub fn load_file(path: &Path) -> Result<Vec<Document>, ManifestError> {
+    let error = |message: String| ManifestError { path: path.to_path_buf(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let mut documents = Vec::new();
+    for (index, yaml) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value = Value::deserialize(yaml).map_err(|e| error(format!("document {}: {e}", index + 1)))?;
+        match value {
+            Value::Null => {}
+            Value::Object(_) => expand(value, path, &mut documents),
+            _ => return Err(error(format!("document {} is not a Kubernetes object", index + 1))),
+        }
+    }
+    Ok(documents)
+}
+
+fn expand(value: Value, file: &Path, documents: &mut Vec<Document>) {
+    let is_list = value.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List"));
+    match value {
+        Value::Object(mut map) if is_list && map.get("items").is_some_and(Value::is_array) => {
+            if let Some(Value::Array(items)) = map.remove("items") {
+                for item in items {
+                    expand(item, file, documents);
+                }
+            }
+        }
+        object @ Value::Object(_) => documents.push(Document { file: file.to_path_buf(), object }),
+        _ => {}
+    }
+}
+
+fn files_under(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let error = |message: String| ManifestError { path: path.to_path_buf(), message };
+    let metadata = std::fs::metadata(path).map_err(|e| error(e.to_string()))?;
+    if !metadata.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| error(e.to_string()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+        .collect();
+    entries.sort();
+    let mut files = Vec::new();
+    for entry in entries {
+        if entry.is_dir() {
+            files.extend(files_under(&entry)?);
+        } else if entry.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json")) {
+            files.push(entry);
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_multi_document_yaml_and_lists() {
+        let dir = std::env::temp_dir().join(format!("tokengate-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).expect("temp dir");
+        std::fs::write(
+            dir.join("a.yaml"),
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: p}}\n- {apiVersion: v1, kind: Pod, metadata: {name: q}}\n",
+        )
+        .expect("write");
+        std::fs::write(dir.join("sub/b.json"), r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}"#).expect("write");
+        std::fs::write(dir.join("notes.txt"), "not a manifest").expect("write");
+        let docs = load_paths(std::slice::from_ref(&dir)).expect("loads");
+        let names: Vec<&str> = docs.iter().filter_map(|d| d.object.pointer("/metadata/name")?.as_str()).collect();
+        assert_eq!(names, ["a", "p", "q", "c"]);
+        std::fs::write(dir.join("bad.yaml"), "kind: [unclosed").expect("write");
+        let err = load_paths(std::slice::from_ref(&dir)).expect_err("bad YAML");
+        assert!(err.to_string().contains("bad.yaml"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn missing_path_is_an_error() {
+        assert!(load_paths(&[PathBuf::from("/nonexistent/tokengate")]).is_err());
+    }
+}

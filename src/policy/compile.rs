@@ -1,0 +1,300 @@
+//! Turns a policy document into a [`Policy`], collecting every problem with its field path.
+
+use std::collections::{HashMap, HashSet};
+
+use globset::{Glob, GlobSetBuilder};
+
+use super::document::{PolicyDocument, API_VERSION, KIND};
+use super::globs::{Globs, LabelSelector};
+use super::*;
+
+/// Reads YAML or JSON into a document; unknown and mistyped fields are reported with their path.
+pub(super) fn parse_document(text: &str) -> Result<PolicyDocument, PolicyError> {
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let path = if path == "." { "(document)".to_string() } else { path };
+        PolicyError::Syntax(Problem { path, message: err.into_inner().to_string() })
+    })
+}
+
+/// Collects problems while a document is compiled.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    fn globs(&mut self, path: &str, patterns: Option<&[String]>) -> Globs {
+        Globs::compile(patterns).unwrap_or_else(|(index, message)| {
+            self.add(format!("{path}[{index}]"), format!("invalid glob: {message}"));
+            Globs::any()
+        })
+    }
+}
+
+impl TryFrom<PolicyDocument> for Policy {
+    type Error = PolicyError;
+
+    fn try_from(document: PolicyDocument) -> Result<Self, Self::Error> {
+        let mut problems = Problems::default();
+        if document.api_version != API_VERSION {
+            problems.add("apiVersion", format!("must be {API_VERSION}, not {:?}", document.api_version));
+        }
+        if document.kind != KIND {
+            problems.add("kind", format!("must be {KIND}, not {:?}", document.kind));
+        }
+        let spec = document.spec;
+
+        for (i, audience) in spec.api_server_audiences.iter().enumerate() {
+            if audience.is_empty() {
+                problems.add(format!("spec.apiServerAudiences[{i}]"), "must not be empty");
+            }
+        }
+        let api_server_audiences: HashSet<String> = spec.api_server_audiences.iter().cloned().collect();
+        let normalize = |a: &str| -> String {
+            if api_server_audiences.contains(a) { String::new() } else { a.to_string() }
+        };
+
+        let min_seconds = spec.expiration.min_seconds.unwrap_or(MIN_EXPIRATION_SECONDS);
+        if min_seconds < MIN_EXPIRATION_SECONDS {
+            problems.add(
+                "spec.expiration.minSeconds",
+                format!("{min_seconds} is below {MIN_EXPIRATION_SECONDS}, the API server's own minimum"),
+            );
+        }
+        let max_seconds = spec.expiration.max_seconds.unwrap_or(API_MAX_EXPIRATION_SECONDS);
+        check_max(&mut problems, "spec.expiration.maxSeconds", max_seconds, min_seconds);
+
+        let mut builders: HashMap<String, (GlobSetBuilder, Vec<usize>, Vec<AudienceRule>)> = HashMap::new();
+        for (i, entry) in spec.audiences.iter().enumerate() {
+            let path = format!("spec.audiences[{i}]");
+            let entry_max = match entry.max_expiration_seconds {
+                Some(max) => {
+                    check_max(&mut problems, &format!("{path}.maxExpirationSeconds"), max, min_seconds);
+                    max.min(max_seconds)
+                }
+                None => max_seconds,
+            };
+            let service_accounts = problems.globs(&format!("{path}.serviceAccounts"), entry.service_accounts.as_deref());
+            let namespaces = problems.globs(&format!("{path}.namespaces"), entry.namespaces.as_deref());
+            let (builder, owners, rules) = builders
+                .entry(normalize(&entry.audience))
+                .or_insert_with(|| (GlobSetBuilder::new(), Vec::new(), Vec::new()));
+            for pattern in namespaces.patterns() {
+                if let Ok(glob) = Glob::new(pattern) {
+                    builder.add(glob);
+                    owners.push(rules.len());
+                }
+            }
+            rules.push(AudienceRule { namespaces, service_accounts, max_seconds: entry_max });
+        }
+        let mut audiences = HashMap::with_capacity(builders.len());
+        for (audience, (builder, glob_owner, entries)) in builders {
+            match builder.build() {
+                Ok(namespaces) => {
+                    audiences.insert(audience, AudienceRules { namespaces, glob_owner, entries });
+                }
+                Err(err) => problems.add("spec.audiences", format!("namespace globs do not compile: {err}")),
+            }
+        }
+
+        let mut csi_drivers = HashMap::new();
+        let mut driver_index: HashMap<&str, usize> = HashMap::new();
+        for (i, driver) in spec.csi_drivers.iter().enumerate() {
+            let path = format!("spec.csiDrivers[{i}]");
+            if let Some(first) = driver_index.insert(&driver.name, i) {
+                problems.add(
+                    format!("{path}.name"),
+                    format!("duplicate CSI driver {:?} (also at spec.csiDrivers[{first}])", driver.name),
+                );
+            }
+            if driver.name.is_empty() {
+                problems.add(format!("{path}.name"), "must not be empty");
+            }
+            let rule = CsiDriverRule {
+                audiences: driver.audiences.iter().map(|a| normalize(a)).collect(),
+                require_republish: driver.require_republish,
+            };
+            csi_drivers.insert(driver.name.clone(), rule);
+        }
+
+        let mut extra_audiences: HashMap<String, Vec<Globs>> = HashMap::new();
+        for (i, extra) in spec.node_restriction.extra_audiences.iter().enumerate() {
+            let globs = problems.globs(
+                &format!("spec.nodeRestriction.extraAudiences[{i}].namespaces"),
+                extra.namespaces.as_deref(),
+            );
+            extra_audiences.entry(normalize(&extra.audience)).or_default().push(globs);
+        }
+        let node_restriction = NodeRestriction { enabled: spec.node_restriction.enabled, extra_audiences };
+
+        let exemptions = Exemptions {
+            namespaces: Some(problems.globs("spec.exemptions.namespaces", Some(&spec.exemptions.namespaces))),
+            users: spec.exemptions.users.iter().cloned().collect(),
+            groups: spec.exemptions.groups.iter().cloned().collect(),
+        };
+
+        let mut policy = Policy {
+            mode: spec.mode,
+            api_server_audiences: api_server_audiences.clone(),
+            min_seconds,
+            max_seconds,
+            audiences,
+            csi_drivers,
+            node_restriction,
+            injections: Vec::new(),
+            exemptions,
+        };
+        policy.injections = compile_injections(&spec.injections, &policy, &mut problems);
+
+        if problems.0.is_empty() {
+            Ok(policy)
+        } else {
+            Err(PolicyError::Invalid(problems.0))
+        }
+    }
+}
+
+fn check_max(problems: &mut Problems, path: &str, max: u64, min: u64) {
+    if max > API_MAX_EXPIRATION_SECONDS {
+        problems.add(path, format!("{max} is above {API_MAX_EXPIRATION_SECONDS} (2^32), the API server's own maximum"));
+    } else if max < min {
+        problems.add(path, format!("{max} is below the minimum of {min} seconds, so no token could be allowed"));
+    }
+}
+
+fn compile_injections(
+    specs: &[document::InjectionSpec],
+    policy: &Policy,
+    problems: &mut Problems,
+) -> Vec<Injection> {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut volume_names: HashMap<&str, usize> = HashMap::new();
+    let mut mount_paths: HashMap<&str, usize> = HashMap::new();
+    let mut injections = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let path = format!("spec.injections[{i}]");
+        if spec.name.is_empty() || spec.name.contains([',', ' ']) {
+            problems.add(format!("{path}.name"), "must be non-empty, without commas or spaces");
+        }
+        if let Some(first) = names.insert(&spec.name, i) {
+            problems.add(format!("{path}.name"), format!("duplicate injection name (also at spec.injections[{first}])"));
+        }
+        if let Some(first) = volume_names.insert(&spec.volume.name, i) {
+            problems.add(
+                format!("{path}.volume.name"),
+                format!("volume {:?} is also injected by spec.injections[{first}]", spec.volume.name),
+            );
+        }
+        if let Some(first) = mount_paths.insert(&spec.mount.mount_path, i) {
+            problems.add(
+                format!("{path}.mount.mountPath"),
+                format!("{:?} is also the mount path of spec.injections[{first}]", spec.mount.mount_path),
+            );
+        }
+        if !is_dns_label(&spec.volume.name) {
+            problems.add(format!("{path}.volume.name"), "must be a DNS label (lower-case letters, digits, '-')");
+        }
+        let token_path = spec.volume.path.clone().unwrap_or_else(|| "token".to_string());
+        if token_path.is_empty() || token_path.starts_with('/') || token_path.split('/').any(|p| p == "..") {
+            problems.add(format!("{path}.volume.path"), "must be a relative path without '..'");
+        }
+        if !spec.mount.mount_path.starts_with('/') {
+            problems.add(format!("{path}.mount.mountPath"), "must be an absolute path");
+        }
+        let seconds = spec.volume.expiration_seconds.unwrap_or(DEFAULT_EXPIRATION_SECONDS);
+        if seconds < policy.min_seconds || seconds > policy.max_seconds {
+            problems.add(
+                format!("{path}.volume.expirationSeconds"),
+                format!("{seconds} is outside the policy's bounds {}..{}", policy.min_seconds, policy.max_seconds),
+            );
+        }
+
+        let namespaces = problems.globs(&format!("{path}.match.namespaces"), spec.match_.namespaces.as_deref());
+        let pod_selector = match &spec.match_.pod_selector {
+            Some(selector) => LabelSelector::compile(selector).unwrap_or_else(|(index, message)| {
+                problems.add(format!("{path}.match.podSelector.matchExpressions[{index}]"), message);
+                LabelSelector::default()
+            }),
+            None => LabelSelector::default(),
+        };
+        let containers = problems.globs(&format!("{path}.mount.containers"), spec.mount.containers.as_deref());
+
+        let audience = policy.normalize(Some(&spec.volume.audience)).to_string();
+        for pattern in namespaces.patterns() {
+            if !policy.allows_everywhere(&audience, pattern, seconds) {
+                problems.add(
+                    format!("{path}.volume.audience"),
+                    format!(
+                        "the injected audience {} ({seconds} s) is not allowed by spec.audiences for every service account in namespaces {pattern:?}; add an audiences entry that covers them",
+                        describe_audience(&audience)
+                    ),
+                );
+            }
+        }
+
+        let mut env_names: HashSet<&str> = HashSet::new();
+        let mut env = Vec::with_capacity(spec.env.len());
+        for (j, var) in spec.env.iter().enumerate() {
+            let env_path = format!("{path}.env[{j}]");
+            if var.name.is_empty() {
+                problems.add(format!("{env_path}.name"), "must not be empty");
+            }
+            if !env_names.insert(&var.name) {
+                problems.add(format!("{env_path}.name"), format!("duplicate variable {:?}", var.name));
+            }
+            let source = match (&var.value, &var.value_from_service_account_annotation) {
+                (Some(value), None) => EnvSource::Value(value.clone()),
+                (None, Some(key)) => EnvSource::ServiceAccountAnnotation(key.clone()),
+                (Some(_), Some(_)) => {
+                    problems.add(env_path, "set either value or valueFromServiceAccountAnnotation, not both");
+                    continue;
+                }
+                (None, None) => {
+                    problems.add(env_path, "set value or valueFromServiceAccountAnnotation");
+                    continue;
+                }
+            };
+            env.push(InjectedEnv { name: var.name.clone(), source });
+        }
+
+        injections.push(Injection {
+            name: spec.name.clone(),
+            required: spec.required,
+            namespaces,
+            pod_selector,
+            service_account_annotation: spec.match_.service_account_annotation.clone(),
+            volume: InjectedVolume { name: spec.volume.name.clone(), audience, expiration_seconds: seconds, path: token_path },
+            mount_path: spec.mount.mount_path.clone(),
+            containers,
+            init_containers: spec.mount.init_containers,
+            env,
+        });
+    }
+    injections
+}
+
+impl Policy {
+    /// Whether some allow-list entry grants `audience` for `seconds` to every service account
+    /// in every namespace that `namespace_pattern` can match (conservatively).
+    fn allows_everywhere(&self, audience: &str, namespace_pattern: &str, seconds: u64) -> bool {
+        self.audiences.get(audience).is_some_and(|rules| {
+            rules.entries.iter().any(|rule| {
+                rule.service_accounts.matches_all()
+                    && rule.max_seconds >= seconds
+                    && rule.namespaces.covers(namespace_pattern)
+            })
+        })
+    }
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

@@ -1,0 +1,184 @@
+//! Compiled name patterns (namespaces, service accounts, containers) and label selectors.
+
+use std::collections::BTreeMap;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::document::LabelSelectorSpec;
+
+/// A compiled list of shell-style globs (`*`, `?`, `[abc]`, `{a,b}`); absent means "all".
+#[derive(Debug, Clone)]
+pub struct Globs {
+    any: bool,
+    set: GlobSet,
+    patterns: Vec<String>,
+}
+
+impl Globs {
+    /// Matches every name.
+    pub fn any() -> Self {
+        Self { any: true, set: GlobSet::empty(), patterns: vec!["*".to_string()] }
+    }
+
+    /// Compiles `patterns` (`None` = all names); a pattern that does not compile is
+    /// returned as `Err((index, message))`.
+    pub fn compile(patterns: Option<&[String]>) -> Result<Self, (usize, String)> {
+        let Some(patterns) = patterns else { return Ok(Self::any()) };
+        let mut builder = GlobSetBuilder::new();
+        for (index, pattern) in patterns.iter().enumerate() {
+            builder.add(Glob::new(pattern).map_err(|e| (index, e.kind().to_string()))?);
+        }
+        let set = builder.build().map_err(|e| (0, e.to_string()))?;
+        let any = patterns.iter().any(|p| p == "*");
+        Ok(Self { any, set, patterns: patterns.to_vec() })
+    }
+
+    /// Whether `name` matches one of the patterns.
+    pub fn is_match(&self, name: &str) -> bool {
+        self.any || self.set.is_match(name)
+    }
+
+    /// Whether these patterns match every name.
+    pub fn matches_all(&self) -> bool {
+        self.any
+    }
+
+    /// The patterns as written.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Whether every name `pattern` can match is matched here: true when these globs match
+    /// all names, contain `pattern` itself, or `pattern` is a plain name that matches.
+    pub fn covers(&self, pattern: &str) -> bool {
+        self.any
+            || self.patterns.iter().any(|p| p == pattern)
+            || (!pattern.contains(['*', '?', '[', '{']) && self.is_match(pattern))
+    }
+}
+
+/// A compiled Kubernetes label selector.
+#[derive(Debug, Clone, Default)]
+pub struct LabelSelector {
+    match_labels: BTreeMap<String, String>,
+    requirements: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone)]
+enum Requirement {
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl LabelSelector {
+    /// Compiles a selector; the error names the bad requirement by index.
+    pub fn compile(spec: &LabelSelectorSpec) -> Result<Self, (usize, String)> {
+        let mut requirements = Vec::with_capacity(spec.match_expressions.len());
+        for (index, expr) in spec.match_expressions.iter().enumerate() {
+            let key = expr.key.clone();
+            let values = expr.values.clone();
+            let requirement = match expr.operator.as_str() {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err((index, format!("operator {} needs at least one value", expr.operator)))
+                }
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err((index, format!("operator {} takes no values", expr.operator)))
+                }
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::DoesNotExist(key),
+                other => {
+                    return Err((
+                        index,
+                        format!("unknown operator {other:?} (use In, NotIn, Exists or DoesNotExist)"),
+                    ))
+                }
+            };
+            requirements.push(requirement);
+        }
+        Ok(Self { match_labels: spec.match_labels.clone(), requirements })
+    }
+
+    /// Whether a pod with `labels` is selected.
+    pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
+        let get = |key: &str| labels.and_then(|l| l.get(key));
+        self.match_labels.iter().all(|(k, v)| get(k) == Some(v))
+            && self.requirements.iter().all(|r| match r {
+                Requirement::In(k, values) => get(k).is_some_and(|v| values.contains(v)),
+                Requirement::NotIn(k, values) => get(k).is_none_or(|v| !values.contains(v)),
+                Requirement::Exists(k) => get(k).is_some(),
+                Requirement::DoesNotExist(k) => get(k).is_none(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::document::LabelSelectorRequirement;
+
+    fn globs(patterns: &[&str]) -> Globs {
+        let owned: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+        Globs::compile(Some(&owned)).expect("valid globs")
+    }
+
+    #[test]
+    fn globs_match_names() {
+        let cases = [
+            (vec!["team-*"], "team-a", true),
+            (vec!["team-*"], "other", false),
+            (vec!["a", "b"], "b", true),
+            (vec!["{dev,prod}-?"], "prod-1", true),
+            (vec![], "anything", false),
+            (vec!["*"], "", true),
+        ];
+        for (patterns, name, expected) in cases {
+            assert_eq!(globs(&patterns).is_match(name), expected, "{patterns:?} vs {name}");
+        }
+        assert!(Globs::compile(None).expect("absent").is_match("x"));
+    }
+
+    #[test]
+    fn bad_glob_reports_its_index() {
+        let patterns = vec!["ok".to_string(), "[unclosed".to_string()];
+        let (index, _) = Globs::compile(Some(&patterns)).expect_err("must fail");
+        assert_eq!(index, 1);
+    }
+
+    #[test]
+    fn covers_is_conservative() {
+        assert!(globs(&["*"]).covers("team-*"));
+        assert!(globs(&["team-*"]).covers("team-*"));
+        assert!(globs(&["team-*"]).covers("team-a"));
+        assert!(!globs(&["team-*"]).covers("*"));
+        assert!(!globs(&["team-a"]).covers("team-*"));
+    }
+
+    #[test]
+    fn label_selector_operators() {
+        let spec = LabelSelectorSpec {
+            match_labels: [("app".to_string(), "web".to_string())].into(),
+            match_expressions: vec![
+                LabelSelectorRequirement { key: "tier".into(), operator: "In".into(), values: vec!["a".into(), "b".into()] },
+                LabelSelectorRequirement { key: "legacy".into(), operator: "DoesNotExist".into(), values: vec![] },
+            ],
+        };
+        let selector = LabelSelector::compile(&spec).expect("valid");
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert!(selector.matches(Some(&labels(&[("app", "web"), ("tier", "a")]))));
+        assert!(!selector.matches(Some(&labels(&[("app", "web"), ("tier", "c")]))));
+        assert!(!selector.matches(Some(&labels(&[("app", "web"), ("tier", "a"), ("legacy", "1")]))));
+        assert!(!selector.matches(None));
+        assert!(LabelSelector::default().matches(None));
+        let bad = LabelSelectorSpec {
+            match_labels: BTreeMap::new(),
+            match_expressions: vec![LabelSelectorRequirement { key: "k".into(), operator: "Equals".into(), values: vec![] }],
+        };
+        assert!(LabelSelector::compile(&bad).is_err());
+    }
+}

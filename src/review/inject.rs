@@ -1,0 +1,323 @@
+//! Injection planning: what each matching injection would add to a pod, and the JSON Patch.
+//!
+//! Plans are computed from the typed pod (read-only); the patch is a list of `add` operations
+//! against the raw object, so fields tokengate does not know survive untouched.
+
+use std::collections::{BTreeMap, HashMap};
+
+use json_patch::{AddOperation, Patch, PatchOperation};
+use jsonptr::PointerBuf;
+use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
+use serde_json::{json, Value};
+
+use super::Violation;
+use crate::cluster::ServiceAccountInfo;
+use crate::policy::{expiration_or_default, EnvSource, Injection, Policy};
+
+/// Pod annotation listing injections (comma-separated) that the pod opts out of; honoured
+/// only for injections with `required: false`.
+pub const SKIP_ANNOTATION: &str = "tokengate.dev/skip-injection";
+
+/// The parts of a pod (or pod template) that planning reads.
+pub struct PodView<'a> {
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    pub labels: Option<&'a BTreeMap<String, String>>,
+    pub annotations: Option<&'a BTreeMap<String, String>>,
+    pub spec: &'a PodSpec,
+    /// The field path of the pod spec in messages: `spec`, `spec.template.spec`, ...
+    pub field: String,
+}
+
+/// A container of the pod: `containers[i]` or `initContainers[i]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Slot {
+    Init(usize),
+    Main(usize),
+}
+
+impl Slot {
+    fn array(self) -> &'static str {
+        match self {
+            Slot::Init(_) => "initContainers",
+            Slot::Main(_) => "containers",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Slot::Init(i) | Slot::Main(i) => i,
+        }
+    }
+
+    fn container(self, spec: &PodSpec) -> &Container {
+        match self {
+            Slot::Init(i) => &spec.init_containers.as_deref().unwrap_or_default()[i],
+            Slot::Main(i) => &spec.containers[i],
+        }
+    }
+
+    fn field(self, pod_field: &str) -> String {
+        format!("{pod_field}.{}[{}]", self.array(), self.index())
+    }
+}
+
+/// What one injection would add to the pod.
+#[derive(Debug, Default)]
+pub struct Additions {
+    volume: Option<Value>,
+    mounts: Vec<(Slot, Value)>,
+    env: Vec<(Slot, Value)>,
+}
+
+impl Additions {
+    fn is_empty(&self) -> bool {
+        self.volume.is_none() && self.mounts.is_empty() && self.env.is_empty()
+    }
+}
+
+/// Where a matching injection stands on this pod.
+#[derive(Debug)]
+pub enum State {
+    /// Everything it adds is already there.
+    Present,
+    /// Some of it is missing; `field` is the first missing place.
+    Missing { field: String, additions: Additions },
+    /// Something different already holds its volume name, mount path or variable.
+    Collision(Violation),
+}
+
+/// One injection that matches the pod, and where it stands.
+#[derive(Debug)]
+pub struct Planned<'p> {
+    pub injection: &'p Injection,
+    pub state: State,
+}
+
+/// Plans every injection that matches the pod. `notes` receives what the requester should
+/// know (an env variable left out because the service account lacks the annotation).
+pub fn plan<'p>(
+    view: &PodView<'_>,
+    policy: &'p Policy,
+    service_account: Option<&ServiceAccountInfo>,
+    notes: &mut Vec<String>,
+) -> Vec<Planned<'p>> {
+    let mut pending_env: HashMap<(Slot, String), String> = HashMap::new();
+    policy
+        .injections()
+        .iter()
+        .filter(|injection| matches(injection, view, service_account))
+        .map(|injection| Planned {
+            injection,
+            state: plan_one(injection, view, policy, service_account, &mut pending_env, notes),
+        })
+        .collect()
+}
+
+/// Whether an injection applies to the pod (namespace, labels, service-account annotation).
+pub fn matches(injection: &Injection, view: &PodView<'_>, service_account: Option<&ServiceAccountInfo>) -> bool {
+    injection.namespaces.is_match(view.namespace)
+        && injection.pod_selector.matches(view.labels)
+        && injection
+            .service_account_annotation
+            .as_ref()
+            .is_none_or(|key| service_account.is_some_and(|sa| sa.annotations.contains_key(key)))
+}
+
+/// Whether planning the injection needs the pod's service account.
+pub fn needs_service_account(injection: &Injection) -> bool {
+    injection.service_account_annotation.is_some()
+        || injection.env.iter().any(|e| matches!(e.source, EnvSource::ServiceAccountAnnotation(_)))
+}
+
+/// The injections the pod's author opted out of with [`SKIP_ANNOTATION`].
+pub fn skipped_names<'a>(view: &PodView<'a>) -> Vec<&'a str> {
+    view.annotations
+        .and_then(|a| a.get(SKIP_ANNOTATION))
+        .map(|list| list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+fn plan_one(
+    injection: &Injection,
+    view: &PodView<'_>,
+    policy: &Policy,
+    service_account: Option<&ServiceAccountInfo>,
+    pending_env: &mut HashMap<(Slot, String), String>,
+    notes: &mut Vec<String>,
+) -> State {
+    let spec = view.spec;
+    let field = &view.field;
+    let name = &injection.name;
+    let wanted = &injection.volume;
+    let mut additions = Additions::default();
+    let mut first_missing: Option<String> = None;
+
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    match volumes.iter().position(|v| v.name == wanted.name) {
+        Some(i) if is_injected_volume(&volumes[i], injection, policy) => {}
+        Some(i) => {
+            return State::Collision(Violation::new(
+                format!("{field}.volumes[{i}].name"),
+                format!(
+                    "volume {:?} already exists and is not the token volume injection {name:?} adds; rename or remove it",
+                    wanted.name
+                ),
+            ))
+        }
+        None => {
+            let mut token = json!({"expirationSeconds": wanted.expiration_seconds, "path": wanted.path});
+            if !wanted.audience.is_empty() {
+                token["audience"] = json!(wanted.audience);
+            }
+            additions.volume = Some(json!({"name": wanted.name, "projected": {"sources": [{"serviceAccountToken": token}]}}));
+            first_missing = Some(format!("{field}.volumes"));
+        }
+    }
+
+    for slot in target_slots(spec, injection) {
+        let container = slot.container(spec);
+        let slot_field = slot.field(field);
+        let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+        match mounts.iter().position(|m| m.mount_path == injection.mount_path) {
+            Some(j) if mounts[j].name == wanted.name => {}
+            Some(j) => {
+                return State::Collision(Violation::new(
+                    format!("{slot_field}.volumeMounts[{j}].mountPath"),
+                    format!(
+                        "{:?} already mounts volume {:?}; injection {name:?} mounts {:?} there",
+                        injection.mount_path, mounts[j].name, wanted.name
+                    ),
+                ))
+            }
+            None => {
+                additions.mounts.push((slot, json!({"name": wanted.name, "mountPath": injection.mount_path, "readOnly": true})));
+                first_missing.get_or_insert_with(|| format!("{slot_field}.volumeMounts"));
+            }
+        }
+        let env = container.env.as_deref().unwrap_or_default();
+        for var in &injection.env {
+            let value = match &var.source {
+                EnvSource::Value(value) => value.clone(),
+                EnvSource::ServiceAccountAnnotation(key) => {
+                    match service_account.and_then(|sa| sa.annotations.get(key)) {
+                        Some(value) => value.clone(),
+                        None => {
+                            let note = format!(
+                                "injection {name:?}: {} not set, service account {}/{} has no annotation {key:?}",
+                                var.name, view.namespace, view.service_account
+                            );
+                            if !notes.contains(&note) {
+                                notes.push(note);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let existing = env.iter().position(|e| e.name == var.name);
+            let pending = pending_env.get(&(slot, var.name.clone()));
+            match (existing, pending) {
+                (Some(k), _) if env[k].value.as_deref() == Some(&value) && env[k].value_from.is_none() => {}
+                (Some(k), _) => {
+                    return State::Collision(Violation::new(
+                        format!("{slot_field}.env[{k}]"),
+                        format!("{} is already set to something else; injection {name:?} sets it, remove it from the pod", var.name),
+                    ))
+                }
+                (None, Some(other)) if *other == value => {}
+                (None, Some(_)) => {
+                    return State::Collision(Violation::new(
+                        format!("{slot_field}.env"),
+                        format!("{} is set differently by two injections that match this pod", var.name),
+                    ))
+                }
+                (None, None) => {
+                    pending_env.insert((slot, var.name.clone()), value.clone());
+                    additions.env.push((slot, json!({"name": var.name, "value": value})));
+                    first_missing.get_or_insert_with(|| format!("{slot_field}.env"));
+                }
+            }
+        }
+    }
+
+    match first_missing {
+        Some(field) if !additions.is_empty() => State::Missing { field, additions },
+        _ => State::Present,
+    }
+}
+
+/// The containers an injection mounts into, init containers first.
+fn target_slots(spec: &PodSpec, injection: &Injection) -> Vec<Slot> {
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    let init_slots = init
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| injection.init_containers && injection.containers.is_match(&c.name))
+        .map(|(i, _)| Slot::Init(i));
+    let main_slots = spec
+        .containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| injection.containers.is_match(&c.name))
+        .map(|(i, _)| Slot::Main(i));
+    init_slots.chain(main_slots).collect()
+}
+
+/// Whether an existing volume is exactly the injection's token volume.
+fn is_injected_volume(volume: &Volume, injection: &Injection, policy: &Policy) -> bool {
+    let sources = volume.projected.as_ref().and_then(|p| p.sources.as_deref()).unwrap_or_default();
+    let [source] = sources else { return false };
+    source.service_account_token.as_ref().is_some_and(|token| {
+        policy.normalize(token.audience.as_deref()) == injection.volume.audience
+            && expiration_or_default(token.expiration_seconds) == injection.volume.expiration_seconds
+            && token.path == injection.volume.path
+    })
+}
+
+/// The JSON Patch (only `add` operations) that applies `additions` to a pod whose spec is
+/// `spec`: arrays the pod lacks are created whole, existing ones are appended to.
+pub fn render<'a>(spec: &PodSpec, additions: impl IntoIterator<Item = &'a Additions>) -> Patch {
+    let mut volumes = Vec::new();
+    let mut mounts: BTreeMap<Slot, Vec<Value>> = BTreeMap::new();
+    let mut env: BTreeMap<Slot, Vec<Value>> = BTreeMap::new();
+    for addition in additions {
+        volumes.extend(addition.volume.iter().cloned());
+        for (slot, value) in &addition.mounts {
+            mounts.entry(*slot).or_default().push(value.clone());
+        }
+        for (slot, value) in &addition.env {
+            env.entry(*slot).or_default().push(value.clone());
+        }
+    }
+    let mut ops = Vec::new();
+    add_to_array(&mut ops, &["spec", "volumes"], spec.volumes.is_some(), volumes);
+    for (slot, values) in mounts {
+        let index = slot.index().to_string();
+        let exists = slot.container(spec).volume_mounts.is_some();
+        add_to_array(&mut ops, &["spec", slot.array(), &index, "volumeMounts"], exists, values);
+    }
+    for (slot, values) in env {
+        let index = slot.index().to_string();
+        let exists = slot.container(spec).env.is_some();
+        add_to_array(&mut ops, &["spec", slot.array(), &index, "env"], exists, values);
+    }
+    Patch(ops)
+}
+
+/// Appends `values` to the array at `path`, or creates it when `exists` is false.
+fn add_to_array(ops: &mut Vec<PatchOperation>, path: &[&str], exists: bool, values: Vec<Value>) {
+    if values.is_empty() {
+        return;
+    }
+    let path = PointerBuf::from_tokens(path.iter().copied());
+    if exists {
+        for value in values {
+            let mut item = path.clone();
+            item.push_back("-");
+            ops.push(PatchOperation::Add(AddOperation { path: item, value }));
+        }
+    } else {
+        ops.push(PatchOperation::Add(AddOperation { path, value: Value::Array(values) }));
+    }
+}

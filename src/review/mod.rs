@@ -1,0 +1,405 @@
+//! Pure admission decisions: an AdmissionReview in, a verdict and its response out.
+//!
+//! Nothing here does I/O of its own: the cluster is read through [`Cluster`], and logs and
+//! metrics are recorded by the caller from the returned [`Summary`].
+
+pub mod admission;
+mod csi_driver;
+mod inject;
+mod pod;
+mod token_request;
+
+use std::fmt;
+
+use base64::Engine as _;
+
+use crate::cluster::Cluster;
+use crate::policy::{Mode, Policy};
+use admission::{AdmissionRequest, AdmissionResponse, AdmissionReviewIn, Status, ADMISSION_API_VERSION};
+
+pub use inject::SKIP_ANNOTATION;
+
+/// Which endpoint a review arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Webhook {
+    /// `/validate`: allow or deny.
+    Validate,
+    /// `/mutate`: add what injections require.
+    Mutate,
+}
+
+impl Webhook {
+    /// The label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Webhook::Validate => "validate",
+            Webhook::Mutate => "mutate",
+        }
+    }
+}
+
+/// The workload kinds whose pod templates are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    ReplicaSet,
+    Job,
+    CronJob,
+    ReplicationController,
+    PodTemplate,
+}
+
+impl WorkloadKind {
+    /// Every workload kind.
+    pub const ALL: [WorkloadKind; 8] = [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::DaemonSet,
+        WorkloadKind::ReplicaSet,
+        WorkloadKind::Job,
+        WorkloadKind::CronJob,
+        WorkloadKind::ReplicationController,
+        WorkloadKind::PodTemplate,
+    ];
+
+    /// The API group and kind of the object.
+    pub fn group_kind(self) -> (&'static str, &'static str) {
+        match self {
+            WorkloadKind::Deployment => ("apps", "Deployment"),
+            WorkloadKind::StatefulSet => ("apps", "StatefulSet"),
+            WorkloadKind::DaemonSet => ("apps", "DaemonSet"),
+            WorkloadKind::ReplicaSet => ("apps", "ReplicaSet"),
+            WorkloadKind::Job => ("batch", "Job"),
+            WorkloadKind::CronJob => ("batch", "CronJob"),
+            WorkloadKind::ReplicationController => ("", "ReplicationController"),
+            WorkloadKind::PodTemplate => ("", "PodTemplate"),
+        }
+    }
+
+    /// The JSON path of the pod template inside the object.
+    pub fn template_path(self) -> &'static [&'static str] {
+        match self {
+            WorkloadKind::CronJob => &["spec", "jobTemplate", "spec", "template"],
+            WorkloadKind::PodTemplate => &["template"],
+            _ => &["spec", "template"],
+        }
+    }
+}
+
+/// What a request is about; a closed set, used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Pod,
+    Workload(WorkloadKind),
+    CsiDriver,
+    TokenRequest,
+    /// Anything tokengate does not govern.
+    Other,
+}
+
+impl Subject {
+    /// Classifies a request by its kind and subresource.
+    pub fn of(group: &str, kind: &str, sub_resource: Option<&str>) -> Subject {
+        let sub_resource = sub_resource.unwrap_or_default();
+        match (group, kind, sub_resource) {
+            ("", "Pod", "") => Subject::Pod,
+            ("storage.k8s.io", "CSIDriver", "") => Subject::CsiDriver,
+            ("authentication.k8s.io", "TokenRequest", "token") => Subject::TokenRequest,
+            (group, kind, "") => WorkloadKind::ALL
+                .into_iter()
+                .find(|w| w.group_kind() == (group, kind))
+                .map_or(Subject::Other, Subject::Workload),
+            _ => Subject::Other,
+        }
+    }
+
+    /// The label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subject::Pod => "Pod",
+            Subject::Workload(w) => w.group_kind().1,
+            Subject::CsiDriver => "CSIDriver",
+            Subject::TokenRequest => "TokenRequest",
+            Subject::Other => "Other",
+        }
+    }
+}
+
+/// The outcome of a review; a closed set, used as a metric label and audit annotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Checked and compliant.
+    Allowed,
+    /// Compliant after the returned patch.
+    Patched,
+    /// Violations in Enforce mode.
+    Denied,
+    /// Violations in Warn mode: allowed with warnings.
+    Warned,
+    /// Violations in Audit mode: allowed, recorded in the audit log.
+    Audited,
+    /// The requester or namespace is exempt.
+    Exempt,
+    /// Not something tokengate governs (other kinds, DELETE, Pod UPDATE, ...).
+    Ignored,
+    /// The review could not be decoded.
+    Invalid,
+}
+
+impl Decision {
+    /// The label used in metrics, logs and the `decision` audit annotation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Patched => "patched",
+            Decision::Denied => "denied",
+            Decision::Warned => "warned",
+            Decision::Audited => "audited",
+            Decision::Exempt => "exempt",
+            Decision::Ignored => "ignored",
+            Decision::Invalid => "invalid",
+        }
+    }
+}
+
+/// One broken rule: where, and what is wrong (and what would be allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field: String,
+    pub message: String,
+}
+
+impl Violation {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// What a decision found before the policy mode is applied.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub violations: Vec<Violation>,
+    /// Things the requester should know that are not violations (sent as warnings).
+    pub notes: Vec<String>,
+    pub patch: json_patch::Patch,
+}
+
+/// The decision on one request.
+#[derive(Debug)]
+pub struct Verdict {
+    pub subject: Subject,
+    pub decision: Decision,
+    pub violations: Vec<Violation>,
+    pub notes: Vec<String>,
+    pub patch: json_patch::Patch,
+}
+
+impl Verdict {
+    fn without_checks(subject: Subject, decision: Decision) -> Self {
+        Verdict { subject, decision, violations: Vec::new(), notes: Vec::new(), patch: json_patch::Patch(Vec::new()) }
+    }
+
+    /// Applies the policy mode to what a decision found.
+    fn from_findings(subject: Subject, mode: Mode, findings: Findings) -> Self {
+        let decision = match (findings.violations.is_empty(), mode) {
+            (true, _) if findings.patch.0.is_empty() => Decision::Allowed,
+            (true, _) => Decision::Patched,
+            (false, Mode::Enforce) => Decision::Denied,
+            (false, Mode::Warn) => Decision::Warned,
+            (false, Mode::Audit) => Decision::Audited,
+        };
+        // A denied request is never patched.
+        let patch = if decision == Decision::Denied { json_patch::Patch(Vec::new()) } else { findings.patch };
+        Verdict { subject, decision, violations: findings.violations, notes: findings.notes, patch }
+    }
+
+    /// Whether the request is allowed.
+    pub fn allowed(&self) -> bool {
+        !matches!(self.decision, Decision::Denied | Decision::Invalid)
+    }
+
+    /// The AdmissionReview response for request `uid`.
+    pub fn response(&self, uid: &str) -> AdmissionResponse {
+        let mut response = AdmissionResponse { uid: uid.to_string(), allowed: self.allowed(), ..Default::default() };
+        response.audit_annotations.insert("decision".to_string(), self.decision.as_str().to_string());
+        if !self.violations.is_empty() {
+            let all = self.violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            response.audit_annotations.insert("violations".to_string(), all.clone());
+            match self.decision {
+                Decision::Denied | Decision::Invalid => {
+                    let code = if self.decision == Decision::Invalid { 400 } else { 403 };
+                    response.status = Some(Status::failure(code, format!("tokengate: {all}")));
+                }
+                Decision::Warned => response.warnings.extend(self.violations.iter().map(ToString::to_string)),
+                _ => {}
+            }
+        }
+        response.warnings.extend(self.notes.iter().cloned());
+        response.warnings = fit_warnings(std::mem::take(&mut response.warnings));
+        if !self.patch.0.is_empty() {
+            let json = serde_json::to_vec(&self.patch).expect("a JSON patch always serialises");
+            response.patch_type = Some("JSONPatch".to_string());
+            response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
+        }
+        response
+    }
+}
+
+/// Most characters of one warning the API server passes on.
+pub const MAX_WARNING_CHARS: usize = 120;
+/// Most bytes of all warnings together the API server passes on.
+const MAX_WARNINGS_BYTES: usize = 4096;
+
+/// Shortens each warning to 120 characters and keeps the list under 4 KiB, as the API server
+/// would otherwise truncate or drop them.
+fn fit_warnings(warnings: Vec<String>) -> Vec<String> {
+    let mut total = 0;
+    let mut fitted = Vec::with_capacity(warnings.len());
+    for warning in warnings {
+        let warning = format!("tokengate: {warning}");
+        let short = if warning.chars().count() > MAX_WARNING_CHARS {
+            let mut cut: String = warning.chars().take(MAX_WARNING_CHARS - 1).collect();
+            cut.push('…');
+            cut
+        } else {
+            warning
+        };
+        total += short.len();
+        if total > MAX_WARNINGS_BYTES {
+            break;
+        }
+        fitted.push(short);
+    }
+    fitted
+}
+
+/// Decides one decoded request.
+pub async fn decide<C: Cluster>(
+    request: &AdmissionRequest<'_>,
+    webhook: Webhook,
+    policy: &Policy,
+    cluster: &C,
+) -> Verdict {
+    let subject = Subject::of(&request.kind.group, &request.kind.kind, request.sub_resource.as_deref());
+    let operation = request.operation.as_str();
+    let governed = matches!(
+        (webhook, subject, operation),
+        (_, Subject::Pod, "CREATE")
+            | (Webhook::Validate, Subject::Workload(_) | Subject::CsiDriver, "CREATE" | "UPDATE")
+            | (Webhook::Validate, Subject::TokenRequest, "CREATE")
+    );
+    if !governed {
+        return Verdict::without_checks(subject, Decision::Ignored);
+    }
+    let user = &request.user_info;
+    if policy.is_exempt(request.namespace.as_deref(), &user.username, &user.groups) {
+        return Verdict::without_checks(subject, Decision::Exempt);
+    }
+    let Some(object) = request.object else {
+        let findings = Findings {
+            violations: vec![Violation::new("request.object", "missing: there is nothing to check")],
+            ..Default::default()
+        };
+        return Verdict::from_findings(subject, policy.mode(), findings);
+    };
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let findings = match (subject, webhook) {
+        (Subject::Pod, Webhook::Validate) => pod::validate_pod(object, namespace, policy, cluster).await,
+        (Subject::Pod, Webhook::Mutate) => pod::mutate_pod(object, namespace, policy, cluster).await,
+        (Subject::Workload(kind), _) => pod::validate_template(object, kind, namespace, policy, cluster).await,
+        (Subject::CsiDriver, _) => csi_driver::validate(object, policy),
+        (Subject::TokenRequest, _) => token_request::validate(object, request, policy, cluster).await,
+        (Subject::Other, _) => Findings::default(),
+    };
+    Verdict::from_findings(subject, policy.mode(), findings)
+}
+
+/// What a caller logs and counts about one review; never object bodies.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub uid: String,
+    pub subject: Subject,
+    pub operation: String,
+    pub namespace: String,
+    pub name: String,
+    pub decision: Decision,
+    pub violations: usize,
+    pub dry_run: bool,
+}
+
+/// The answer to an HTTP request carrying an AdmissionReview.
+#[derive(Debug)]
+pub enum Reply {
+    /// An AdmissionReview response (HTTP 200), with what to log.
+    Review { body: Vec<u8>, summary: Summary },
+    /// No uid could be read: answer HTTP 400 with this plain message.
+    BadRequest(String),
+}
+
+/// Decodes an AdmissionReview body, decides it and encodes the response. The server's
+/// `/validate` and `/mutate` and `tokengate review` all answer through here.
+pub async fn review<C: Cluster>(body: &[u8], webhook: Webhook, policy: &Policy, cluster: &C) -> Reply {
+    let envelope: AdmissionReviewIn = match serde_json::from_slice(body) {
+        Ok(envelope) => envelope,
+        Err(err) => return undecodable(body, format!("the body is not an AdmissionReview: {err}")),
+    };
+    let Some(request) = envelope.request else {
+        return Reply::BadRequest("the AdmissionReview has no request".to_string());
+    };
+    if request.uid.is_empty() {
+        return Reply::BadRequest("the AdmissionReview request has no uid".to_string());
+    }
+    if envelope.api_version != ADMISSION_API_VERSION || envelope.kind != "AdmissionReview" {
+        let message = format!(
+            "expected an AdmissionReview of {ADMISSION_API_VERSION}, got kind {:?} of {:?}: list only {ADMISSION_API_VERSION} in admissionReviewVersions",
+            envelope.kind, envelope.api_version
+        );
+        return invalid(request.uid, message);
+    }
+    let verdict = decide(&request, webhook, policy, cluster).await;
+    let body = verdict.response(&request.uid).into_review_json();
+    let summary = Summary {
+        uid: request.uid,
+        subject: verdict.subject,
+        operation: request.operation,
+        namespace: request.namespace.unwrap_or_default(),
+        name: request.name.unwrap_or_default(),
+        decision: verdict.decision,
+        violations: verdict.violations.len(),
+        dry_run: request.dry_run.unwrap_or(false),
+    };
+    Reply::Review { body, summary }
+}
+
+fn undecodable(body: &[u8], message: String) -> Reply {
+    match admission::salvage_uid(body) {
+        Some(uid) => invalid(uid, message),
+        None => Reply::BadRequest(message),
+    }
+}
+
+/// A response refusing a review that could not be decided.
+fn invalid(uid: String, message: String) -> Reply {
+    let mut verdict = Verdict::without_checks(Subject::Other, Decision::Invalid);
+    verdict.violations.push(Violation::new("request", message));
+    let body = verdict.response(&uid).into_review_json();
+    let summary = Summary {
+        uid,
+        subject: Subject::Other,
+        operation: String::new(),
+        namespace: String::new(),
+        name: String::new(),
+        decision: Decision::Invalid,
+        violations: 1,
+        dry_run: false,
+    };
+    Reply::Review { body, summary }
+}

@@ -1,0 +1,238 @@
+//! Pods and workload pod templates: token volumes, CSI drivers used inline, and injections.
+
+
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Volume};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::inject::{self, PodView, State};
+use super::{Findings, Violation, WorkloadKind};
+use crate::cluster::{service_account_of, Cluster, ServiceAccountInfo};
+use crate::policy::{expiration_or_default, Policy};
+use super::token_request::AUTOMOUNT_EXPIRATION_SECONDS;
+
+/// Annotation the kubelet puts on mirror pods of static pods; those are never mutated.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// Name prefix of the volume the ServiceAccount admission plugin adds.
+const AUTOMOUNT_VOLUME_PREFIX: &str = "kube-api-access-";
+
+/// Pod CREATE on `/validate`: every token the pod would get, and every required injection.
+pub async fn validate_pod<C: Cluster>(object: &RawValue, namespace: &str, policy: &Policy, cluster: &C) -> Findings {
+    let mut findings = Findings::default();
+    let Some(pod) = decode_pod(object, &mut findings) else { return findings };
+    let Some(view) = pod_view(&pod, namespace) else { return findings };
+    check_tokens(&view, policy, cluster, &mut findings).await;
+    if !is_mirror(&view) {
+        let service_account = service_account_for(&view, policy, cluster, &mut findings).await;
+        for planned in inject::plan(&view, policy, service_account.as_ref(), &mut Vec::new()) {
+            match planned.state {
+                State::Collision(violation) => findings.violations.push(violation),
+                State::Missing { field, .. } if planned.injection.required => findings.violations.push(Violation::new(
+                    field,
+                    format!(
+                        "injection {:?} is required for this pod but missing (volume {:?}, its mounts or env); the tokengate mutating webhook adds it: check that it is installed and reached this pod",
+                        planned.injection.name, planned.injection.volume.name
+                    ),
+                )),
+                _ => {}
+            }
+        }
+    }
+    findings
+}
+
+/// Pod CREATE on `/mutate`: a patch adding what matching injections require.
+pub async fn mutate_pod<C: Cluster>(object: &RawValue, namespace: &str, policy: &Policy, cluster: &C) -> Findings {
+    let mut findings = Findings::default();
+    let Some(pod) = decode_pod(object, &mut findings) else { return findings };
+    let Some(view) = pod_view(&pod, namespace) else { return findings };
+    if is_mirror(&view) {
+        return findings;
+    }
+    let service_account = service_account_for(&view, policy, cluster, &mut findings).await;
+    let skipped = inject::skipped_names(&view);
+    let mut additions = Vec::new();
+    for planned in inject::plan(&view, policy, service_account.as_ref(), &mut findings.notes) {
+        let injection = planned.injection;
+        if skipped.contains(&injection.name.as_str()) {
+            if !injection.required {
+                continue;
+            }
+            findings.notes.push(format!(
+                "{}: injection {:?} is required and cannot be skipped",
+                inject::SKIP_ANNOTATION,
+                injection.name
+            ));
+        }
+        match planned.state {
+            State::Present => {}
+            State::Missing { additions: added, .. } => additions.push(added),
+            State::Collision(violation) => findings.violations.push(violation),
+        }
+    }
+    findings.patch = inject::render(view.spec, &additions);
+    findings
+}
+
+/// Workload CREATE/UPDATE: the pod checks on the template, so problems surface at apply time.
+/// Missing injections are not violations here (the mutating webhook adds them to each pod),
+/// but collisions are, since every pod of the workload would be denied.
+pub async fn validate_template<C: Cluster>(
+    object: &RawValue,
+    kind: WorkloadKind,
+    namespace: &str,
+    policy: &Policy,
+    cluster: &C,
+) -> Findings {
+    let mut findings = Findings::default();
+    let value: Value = match serde_json::from_str(object.get()) {
+        Ok(value) => value,
+        Err(err) => {
+            findings.violations.push(Violation::new("object", format!("could not decode the {}: {err}", kind.group_kind().1)));
+            return findings;
+        }
+    };
+    let path = kind.template_path();
+    let Some(template) = path.iter().try_fold(&value, |v, key| v.get(key)) else { return findings };
+    let template = match PodTemplateSpec::deserialize(template) {
+        Ok(template) => template,
+        Err(err) => {
+            findings.violations.push(Violation::new(path.join("."), format!("could not decode the pod template: {err}")));
+            return findings;
+        }
+    };
+    let Some(spec) = &template.spec else { return findings };
+    let metadata = template.metadata.as_ref();
+    let view = PodView {
+        namespace,
+        service_account: service_account_of(spec),
+        labels: metadata.and_then(|m| m.labels.as_ref()),
+        annotations: metadata.and_then(|m| m.annotations.as_ref()),
+        spec,
+        field: format!("{}.spec", path.join(".")),
+    };
+    check_tokens(&view, policy, cluster, &mut findings).await;
+    let service_account = service_account_for(&view, policy, cluster, &mut findings).await;
+    for planned in inject::plan(&view, policy, service_account.as_ref(), &mut Vec::new()) {
+        if let State::Collision(violation) = planned.state {
+            findings.violations.push(violation);
+        }
+    }
+    findings
+}
+
+fn decode_pod(object: &RawValue, findings: &mut Findings) -> Option<Pod> {
+    serde_json::from_str(object.get())
+        .map_err(|err| findings.violations.push(Violation::new("object", format!("could not decode the Pod: {err}"))))
+        .ok()
+}
+
+fn pod_view<'a>(pod: &'a Pod, namespace: &'a str) -> Option<PodView<'a>> {
+    let spec = pod.spec.as_ref()?;
+    Some(PodView {
+        namespace,
+        service_account: service_account_of(spec),
+        labels: pod.metadata.labels.as_ref(),
+        annotations: pod.metadata.annotations.as_ref(),
+        spec,
+        field: "spec".to_string(),
+    })
+}
+
+fn is_mirror(view: &PodView<'_>) -> bool {
+    view.annotations.is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+}
+
+/// The pod's service account, looked up only when an injection that could match needs it.
+async fn service_account_for<C: Cluster>(
+    view: &PodView<'_>,
+    policy: &Policy,
+    cluster: &C,
+    findings: &mut Findings,
+) -> Option<ServiceAccountInfo> {
+    let needed = policy.injections().iter().any(|injection| {
+        inject::needs_service_account(injection)
+            && injection.namespaces.is_match(view.namespace)
+            && injection.pod_selector.matches(view.labels)
+    });
+    if !needed {
+        return None;
+    }
+    match cluster.service_account(view.namespace, view.service_account).await {
+        Ok(found) => found.map(|sa| (*sa).clone()),
+        Err(err) => {
+            findings.violations.push(Violation::new(
+                format!("{}.serviceAccountName", view.field),
+                format!("could not look up service account {}/{}: {err}", view.namespace, view.service_account),
+            ));
+            None
+        }
+    }
+}
+
+/// Every projected token and every token an inline CSI volume's driver mints, against the
+/// allow-list and lifetime bounds. The automount volume is always admitted.
+async fn check_tokens<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C, findings: &mut Findings) {
+    let (namespace, service_account, field) = (view.namespace, view.service_account, &view.field);
+    for (i, volume) in view.spec.volumes.iter().flatten().enumerate() {
+        if is_automount_volume(volume) {
+            continue;
+        }
+        let sources = volume.projected.iter().flat_map(|p| p.sources.iter().flatten());
+        for (j, token) in sources.enumerate().filter_map(|(j, s)| Some((j, s.service_account_token.as_ref()?))) {
+            let audience = policy.normalize(token.audience.as_deref());
+            let seconds = expiration_or_default(token.expiration_seconds);
+            if let Err(denial) = policy.check_token(audience, namespace, service_account, seconds) {
+                let leaf = if denial.is_about_expiration() { "expirationSeconds" } else { "audience" };
+                findings.violations.push(Violation::new(
+                    format!("{field}.volumes[{i}].projected.sources[{j}].serviceAccountToken.{leaf}"),
+                    denial.explain(audience, namespace, service_account, seconds),
+                ));
+            }
+        }
+        let Some(csi) = &volume.csi else { continue };
+        let driver_field = format!("{field}.volumes[{i}].csi.driver");
+        let driver = match cluster.csi_driver(&csi.driver).await {
+            Ok(driver) => driver,
+            Err(err) => {
+                findings.violations.push(Violation::new(driver_field, format!("could not look up CSIDriver {:?}: {err}", csi.driver)));
+                continue;
+            }
+        };
+        for (audience, seconds) in driver.iter().flat_map(|d| d.token_requests.iter()) {
+            let audience = policy.normalize(Some(audience));
+            let seconds = expiration_or_default(*seconds);
+            if let Err(denial) = policy.check_token(audience, namespace, service_account, seconds) {
+                findings.violations.push(Violation::new(
+                    driver_field.clone(),
+                    format!(
+                        "CSI driver {:?} mints a token for this pod: {}",
+                        csi.driver,
+                        denial.explain(audience, namespace, service_account, seconds)
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// The ServiceAccount admission plugin's volume: `kube-api-access-*` with exactly one token
+/// source (no audience, path `token`, 3607 s); its other sources vary by distribution.
+pub fn is_automount_volume(volume: &Volume) -> bool {
+    if !volume.name.starts_with(AUTOMOUNT_VOLUME_PREFIX) {
+        return false;
+    }
+    let sources = volume.projected.as_ref().and_then(|p| p.sources.as_deref()).unwrap_or_default();
+    let mut tokens = sources.iter().filter_map(|s| s.service_account_token.as_ref());
+    match (tokens.next(), tokens.next()) {
+        (Some(token), None) => {
+            token.audience.as_deref().unwrap_or_default().is_empty()
+                && token.path == "token"
+                && token.expiration_seconds == Some(AUTOMOUNT_EXPIRATION_SECONDS as i64)
+        }
+        _ => false,
+    }
+}
+
