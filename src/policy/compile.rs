@@ -14,7 +14,13 @@ pub(super) fn parse_document(text: &str) -> Result<PolicyDocument, PolicyError> 
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
         let path = if path == "." { "(document)".to_string() } else { path };
-        PolicyError::Syntax(Problem { path, message: err.into_inner().to_string() })
+        let message = err.into_inner().to_string();
+        // The YAML error may repeat the path of the parent field: keep it once.
+        let message = match message.split_once(": ") {
+            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => rest.to_string(),
+            _ => message,
+        };
+        PolicyError::Syntax(Problem { path, message })
     })
 }
 

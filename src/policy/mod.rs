@@ -318,3 +318,6 @@ impl TokenDenial {
 pub fn expiration_or_default(seconds: Option<i64>) -> u64 {
     seconds.map_or(DEFAULT_EXPIRATION_SECONDS, |s| u64::try_from(s).unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests;
