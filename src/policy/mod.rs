@@ -290,7 +290,7 @@ impl TokenDenial {
                 let allowed = if allowed_here.is_empty() {
                     "no audience is allowed there".to_string()
                 } else {
-                    let shown: Vec<String> = allowed_here.iter().take(8).map(|a| format!("{a:?}")).collect();
+                    let shown: Vec<String> = allowed_here.iter().take(8).map(|a| describe_audience(a)).collect();
                     let more = allowed_here.len().saturating_sub(shown.len());
                     let more = if more > 0 { format!(" and {more} more") } else { String::new() };
                     format!("allowed there: {}{more}", shown.join(", "))

@@ -403,3 +403,6 @@ fn invalid(uid: String, message: String) -> Reply {
     };
     Reply::Review { body, summary }
 }
+
+#[cfg(test)]
+mod tests;
