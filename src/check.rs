@@ -73,7 +73,8 @@ pub async fn check(policy: &Policy, documents: &[Document], cluster: &ObjectStor
         report.checked += 1;
         let metadata = |key: &str| object.pointer(&format!("/metadata/{key}")).and_then(Value::as_str);
         let name = metadata("name").or(metadata("generateName")).unwrap_or_default().to_string();
-        let namespace = (subject != Subject::CsiDriver).then(|| metadata("namespace").unwrap_or(default_namespace).to_string());
+        let namespace =
+            (subject != Subject::CsiDriver).then(|| metadata("namespace").unwrap_or(default_namespace).to_string());
         let violations = match evaluate(object, subject, group, kind, namespace.clone(), policy, cluster).await {
             Ok(violations) => violations,
             Err(message) => vec![Violation::new("object", message)],
@@ -102,8 +103,10 @@ async fn evaluate(
     let mut object = object.clone();
     if subject == Subject::Pod {
         let raw = serde_json::value::to_raw_value(&object).map_err(|e| e.to_string())?;
-        let mutated = decide(&create_request(&raw, group, kind, namespace.clone()), Webhook::Mutate, policy, cluster).await;
-        json_patch::patch(&mut object, &mutated.patch).map_err(|e| format!("could not apply the injection patch: {e}"))?;
+        let mutated =
+            decide(&create_request(&raw, group, kind, namespace.clone()), Webhook::Mutate, policy, cluster).await;
+        json_patch::patch(&mut object, &mutated.patch)
+            .map_err(|e| format!("could not apply the injection patch: {e}"))?;
     }
     let raw = serde_json::value::to_raw_value(&object).map_err(|e| e.to_string())?;
     Ok(decide(&create_request(&raw, group, kind, namespace), Webhook::Validate, policy, cluster).await.violations)

@@ -18,7 +18,8 @@ const EXIT_UNREADABLE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime starts");
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime starts");
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Review(args) => run_review(args).await,

@@ -100,7 +100,11 @@ mod tests {
             "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: p}}\n- {apiVersion: v1, kind: Pod, metadata: {name: q}}\n",
         )
         .expect("write");
-        std::fs::write(dir.join("sub/b.json"), r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}"#).expect("write");
+        std::fs::write(
+            dir.join("sub/b.json"),
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}"#,
+        )
+        .expect("write");
         std::fs::write(dir.join("notes.txt"), "not a manifest").expect("write");
         let docs = load_paths(std::slice::from_ref(&dir)).expect("loads");
         let names: Vec<&str> = docs.iter().filter_map(|d| d.object.pointer("/metadata/name")?.as_str()).collect();

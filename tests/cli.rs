@@ -70,7 +70,8 @@ fn check_reports_each_violation_with_file_and_object() {
     assert_eq!(code(&output), 1, "violations in Enforce mode fail the check");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.lines().any(|l| l.starts_with("examples/manifests/bad/pod-forbidden-audience.yaml: Pod team-a/gcs-sync: spec.volumes[0]")),
+        stdout.lines().any(|l| l
+            .starts_with("examples/manifests/bad/pod-forbidden-audience.yaml: Pod team-a/gcs-sync: spec.volumes[0]")),
         "{stdout}"
     );
     assert!(stdout.lines().all(|l| l.contains("/bad/")), "good manifests pass: {stdout}");
@@ -80,7 +81,8 @@ fn check_reports_each_violation_with_file_and_object() {
 
 #[test]
 fn check_speaks_json() {
-    let output = tokengate(&["check", "--policy", "examples/policy.yaml", "--output", "json", "examples/manifests"], b"");
+    let output =
+        tokengate(&["check", "--policy", "examples/policy.yaml", "--output", "json", "examples/manifests"], b"");
     assert_eq!(code(&output), 1);
     let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
     assert_eq!(report["mode"], "Enforce");

@@ -131,7 +131,9 @@ async fn every_case_gets_the_expected_answer_and_matches_its_snapshot() {
                     snapshot.display(),
                     pretty_assertions::StrComparison::new(&expected, &pretty)
                 )),
-                Err(_) => failures.push(format!("{label}: no snapshot {} (run with TOKENGATE_BLESS=1)", snapshot.display())),
+                Err(_) => {
+                    failures.push(format!("{label}: no snapshot {} (run with TOKENGATE_BLESS=1)", snapshot.display()))
+                }
             }
         }
     }
@@ -189,7 +191,10 @@ async fn irsa_injection_creates_missing_arrays_and_reads_the_role_from_the_servi
         json!({"audience": "sts.amazonaws.com", "expirationSeconds": 86400, "path": "token"})
     );
     for container in pod["spec"]["containers"].as_array().expect("containers") {
-        assert_eq!(mount_path_of(container, "aws-iam-token"), Some("/var/run/secrets/eks.amazonaws.com/serviceaccount"));
+        assert_eq!(
+            mount_path_of(container, "aws-iam-token"),
+            Some("/var/run/secrets/eks.amazonaws.com/serviceaccount")
+        );
         assert_eq!(env_value(container, "AWS_ROLE_ARN"), Some("arn:aws:iam::111122223333:role/web"));
         assert_eq!(
             env_value(container, "AWS_WEB_IDENTITY_TOKEN_FILE"),
@@ -246,7 +251,11 @@ async fn warn_mode_allows_with_warnings_and_audit_mode_records_annotations() {
         assert!(response.get("status").is_none(), "{}", case.name);
         let warnings = response["warnings"].as_array().expect("warnings");
         assert!(!warnings.is_empty(), "{} warns", case.name);
-        assert!(warnings.iter().all(|w| w.as_str().expect("string").chars().count() <= 120), "{}: <= 120 chars", case.name);
+        assert!(
+            warnings.iter().all(|w| w.as_str().expect("string").chars().count() <= 120),
+            "{}: <= 120 chars",
+            case.name
+        );
         assert_eq!(response["auditAnnotations"]["decision"], "warned");
 
         let audited = respond(&body, webhook(&case.webhook), &audit, &cluster).await;
@@ -297,6 +306,8 @@ async fn undecodable_bodies_get_a_clear_answer() {
         }
     }
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let body = format!(r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u3","object":{deep}}}}}"#);
+    let body = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u3","object":{deep}}}}}"#
+    );
     assert!(matches!(review(body.as_bytes(), Webhook::Validate, &policy, &cluster).await, Reply::Review { .. }));
 }

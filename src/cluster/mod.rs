@@ -85,13 +85,8 @@ impl From<&ServiceAccount> for ServiceAccountInfo {
 
 impl From<&CSIDriver> for CsiDriverInfo {
     fn from(driver: &CSIDriver) -> Self {
-        let token_requests = driver
-            .spec
-            .token_requests
-            .iter()
-            .flatten()
-            .map(|t| (t.audience.clone(), t.expiration_seconds))
-            .collect();
+        let token_requests =
+            driver.spec.token_requests.iter().flatten().map(|t| (t.audience.clone(), t.expiration_seconds)).collect();
         Self { token_requests }
     }
 }

@@ -66,7 +66,11 @@ impl ObjectStore {
 }
 
 fn decode<T: DeserializeOwned>(object: &Value, kind: &str, name: &str) -> Result<T, ObjectsError> {
-    T::deserialize(object).map_err(|e| ObjectsError { kind: kind.to_string(), name: name.to_string(), message: e.to_string() })
+    T::deserialize(object).map_err(|e| ObjectsError {
+        kind: kind.to_string(),
+        name: name.to_string(),
+        message: e.to_string(),
+    })
 }
 
 fn get<T>(map: &HashMap<(String, String), Arc<T>>, namespace: &str, name: &str) -> Lookup<T> {
@@ -115,7 +119,9 @@ mod tests {
                 {"name": "data", "persistentVolumeClaim": {"claimName": "claim"}},
                 {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}}]}});
         assert!(store.insert(&pod).expect("decodes"));
-        assert!(!store.insert(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}})).expect("ignored"));
+        assert!(!store
+            .insert(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}))
+            .expect("ignored"));
         let info = block(store.pod("ns", "p")).expect("no error").expect("found");
         assert_eq!(info.uid, "u1");
         assert_eq!(info.node_name.as_deref(), Some("node-1"));

@@ -61,7 +61,11 @@ impl TryFrom<PolicyDocument> for Policy {
         }
         let api_server_audiences: HashSet<String> = spec.api_server_audiences.iter().cloned().collect();
         let normalize = |a: &str| -> String {
-            if api_server_audiences.contains(a) { String::new() } else { a.to_string() }
+            if api_server_audiences.contains(a) {
+                String::new()
+            } else {
+                a.to_string()
+            }
         };
 
         let min_seconds = spec.expiration.min_seconds.unwrap_or(MIN_EXPIRATION_SECONDS);
@@ -84,7 +88,8 @@ impl TryFrom<PolicyDocument> for Policy {
                 }
                 None => max_seconds,
             };
-            let service_accounts = problems.globs(&format!("{path}.serviceAccounts"), entry.service_accounts.as_deref());
+            let service_accounts =
+                problems.globs(&format!("{path}.serviceAccounts"), entry.service_accounts.as_deref());
             let namespaces = problems.globs(&format!("{path}.namespaces"), entry.namespaces.as_deref());
             let (builder, owners, rules) = builders
                 .entry(normalize(&entry.audience))
@@ -129,10 +134,8 @@ impl TryFrom<PolicyDocument> for Policy {
 
         let mut extra_audiences: HashMap<String, Vec<Globs>> = HashMap::new();
         for (i, extra) in spec.node_restriction.extra_audiences.iter().enumerate() {
-            let globs = problems.globs(
-                &format!("spec.nodeRestriction.extraAudiences[{i}].namespaces"),
-                extra.namespaces.as_deref(),
-            );
+            let globs = problems
+                .globs(&format!("spec.nodeRestriction.extraAudiences[{i}].namespaces"), extra.namespaces.as_deref());
             extra_audiences.entry(normalize(&extra.audience)).or_default().push(globs);
         }
         let node_restriction = NodeRestriction { enabled: spec.node_restriction.enabled, extra_audiences };
@@ -172,11 +175,7 @@ fn check_max(problems: &mut Problems, path: &str, max: u64, min: u64) {
     }
 }
 
-fn compile_injections(
-    specs: &[document::InjectionSpec],
-    policy: &Policy,
-    problems: &mut Problems,
-) -> Vec<Injection> {
+fn compile_injections(specs: &[document::InjectionSpec], policy: &Policy, problems: &mut Problems) -> Vec<Injection> {
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut volume_names: HashMap<&str, usize> = HashMap::new();
     let mut mount_paths: HashMap<&str, usize> = HashMap::new();
@@ -187,7 +186,8 @@ fn compile_injections(
             problems.add(format!("{path}.name"), "must be non-empty, without commas or spaces");
         }
         if let Some(first) = names.insert(&spec.name, i) {
-            problems.add(format!("{path}.name"), format!("duplicate injection name (also at spec.injections[{first}])"));
+            problems
+                .add(format!("{path}.name"), format!("duplicate injection name (also at spec.injections[{first}])"));
         }
         if let Some(first) = volume_names.insert(&spec.volume.name, i) {
             problems.add(
@@ -273,7 +273,12 @@ fn compile_injections(
             namespaces,
             pod_selector,
             service_account_annotation: spec.match_.service_account_annotation.clone(),
-            volume: InjectedVolume { name: spec.volume.name.clone(), audience, expiration_seconds: seconds, path: token_path },
+            volume: InjectedVolume {
+                name: spec.volume.name.clone(),
+                audience,
+                expiration_seconds: seconds,
+                path: token_path,
+            },
             mount_path: spec.mount.mount_path.clone(),
             containers,
             init_containers: spec.mount.init_containers,

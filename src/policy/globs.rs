@@ -91,10 +91,7 @@ impl LabelSelector {
                 "Exists" => Requirement::Exists(key),
                 "DoesNotExist" => Requirement::DoesNotExist(key),
                 other => {
-                    return Err((
-                        index,
-                        format!("unknown operator {other:?} (use In, NotIn, Exists or DoesNotExist)"),
-                    ))
+                    return Err((index, format!("unknown operator {other:?} (use In, NotIn, Exists or DoesNotExist)")))
                 }
             };
             requirements.push(requirement);
@@ -162,7 +159,11 @@ mod tests {
         let spec = LabelSelectorSpec {
             match_labels: [("app".to_string(), "web".to_string())].into(),
             match_expressions: vec![
-                LabelSelectorRequirement { key: "tier".into(), operator: "In".into(), values: vec!["a".into(), "b".into()] },
+                LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "In".into(),
+                    values: vec!["a".into(), "b".into()],
+                },
                 LabelSelectorRequirement { key: "legacy".into(), operator: "DoesNotExist".into(), values: vec![] },
             ],
         };
@@ -177,7 +178,11 @@ mod tests {
         assert!(LabelSelector::default().matches(None));
         let bad = LabelSelectorSpec {
             match_labels: BTreeMap::new(),
-            match_expressions: vec![LabelSelectorRequirement { key: "k".into(), operator: "Equals".into(), values: vec![] }],
+            match_expressions: vec![LabelSelectorRequirement {
+                key: "k".into(),
+                operator: "Equals".into(),
+                values: vec![],
+            }],
         };
         assert!(LabelSelector::compile(&bad).is_err());
     }

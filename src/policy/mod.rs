@@ -199,13 +199,14 @@ impl Policy {
         if seconds < self.min_seconds {
             return Err(TokenDenial::TooShort { min: self.min_seconds });
         }
-        let max = self.audiences.get(audience).and_then(|rules| {
-            rules.matching(namespace, service_account).map(|rule| rule.max_seconds).max()
-        });
+        let max = self
+            .audiences
+            .get(audience)
+            .and_then(|rules| rules.matching(namespace, service_account).map(|rule| rule.max_seconds).max());
         match max {
-            None => Err(TokenDenial::NotAllowed {
-                allowed_here: self.audiences_allowed_for(namespace, service_account),
-            }),
+            None => {
+                Err(TokenDenial::NotAllowed { allowed_here: self.audiences_allowed_for(namespace, service_account) })
+            }
             Some(max) if seconds > max => Err(TokenDenial::TooLong { max }),
             Some(_) => Ok(()),
         }
@@ -265,9 +266,7 @@ impl NodeRestriction {
     /// Whether `audience` (normalised) is one a node may request in `namespace` although no
     /// pod volume references it.
     pub fn is_extra_audience(&self, audience: &str, namespace: &str) -> bool {
-        self.extra_audiences
-            .get(audience)
-            .is_some_and(|globs| globs.iter().any(|g| g.is_match(namespace)))
+        self.extra_audiences.get(audience).is_some_and(|globs| globs.iter().any(|g| g.is_match(namespace)))
     }
 }
 

@@ -94,7 +94,9 @@ fn denial_message_says_what_would_be_allowed() {
         r#"audience "gcp" is not allowed for service account team-a/web (allowed there: "sts.amazonaws.com", "vault")"#
     );
     let denial = p.check_token("", "team-a", "web", 3600).expect_err("denied");
-    assert!(denial.explain("", "team-a", "web", 3600).starts_with(r#"audience "" (the API server audience) is not allowed"#));
+    assert!(denial
+        .explain("", "team-a", "web", 3600)
+        .starts_with(r#"audience "" (the API server audience) is not allowed"#));
 }
 
 #[test]
@@ -199,7 +201,9 @@ fn exemptions_match_namespaces_users_and_groups() {
 
 #[test]
 fn node_extra_audiences_are_per_namespace() {
-    let p = policy(&with_spec("  nodeRestriction:\n    extraAudiences:\n      - {audience: registry.example.com, namespaces: [\"team-*\"]}\n"));
+    let p = policy(&with_spec(
+        "  nodeRestriction:\n    extraAudiences:\n      - {audience: registry.example.com, namespaces: [\"team-*\"]}\n",
+    ));
     assert!(p.node_restriction().is_extra_audience("registry.example.com", "team-a"));
     assert!(!p.node_restriction().is_extra_audience("registry.example.com", "prod"));
     assert!(!p.node_restriction().is_extra_audience("vault", "team-a"));

@@ -156,21 +156,20 @@ fn plan_one(
     let volumes = spec.volumes.as_deref().unwrap_or_default();
     match volumes.iter().position(|v| v.name == wanted.name) {
         Some(i) if is_injected_volume(&volumes[i], injection, policy) => {}
-        Some(i) => {
-            return State::Collision(Violation::new(
-                format!("{field}.volumes[{i}].name"),
-                format!(
-                    "volume {:?} already exists and is not the token volume injection {name:?} adds; rename or remove it",
-                    wanted.name
-                ),
-            ))
-        }
+        Some(i) => return State::Collision(Violation::new(
+            format!("{field}.volumes[{i}].name"),
+            format!(
+                "volume {:?} already exists and is not the token volume injection {name:?} adds; rename or remove it",
+                wanted.name
+            ),
+        )),
         None => {
             let mut token = json!({"expirationSeconds": wanted.expiration_seconds, "path": wanted.path});
             if !wanted.audience.is_empty() {
                 token["audience"] = json!(wanted.audience);
             }
-            additions.volume = Some(json!({"name": wanted.name, "projected": {"sources": [{"serviceAccountToken": token}]}}));
+            additions.volume =
+                Some(json!({"name": wanted.name, "projected": {"sources": [{"serviceAccountToken": token}]}}));
             first_missing = Some(format!("{field}.volumes"));
         }
     }
@@ -191,7 +190,9 @@ fn plan_one(
                 ))
             }
             None => {
-                additions.mounts.push((slot, json!({"name": wanted.name, "mountPath": injection.mount_path, "readOnly": true})));
+                additions
+                    .mounts
+                    .push((slot, json!({"name": wanted.name, "mountPath": injection.mount_path, "readOnly": true})));
                 first_missing.get_or_insert_with(|| format!("{slot_field}.volumeMounts"));
             }
         }
@@ -222,7 +223,10 @@ fn plan_one(
                 (Some(k), _) => {
                     return State::Collision(Violation::new(
                         format!("{slot_field}.env[{k}]"),
-                        format!("{} is already set to something else; injection {name:?} sets it, remove it from the pod", var.name),
+                        format!(
+                            "{} is already set to something else; injection {name:?} sets it, remove it from the pod",
+                            var.name
+                        ),
                     ))
                 }
                 (None, Some(other)) if *other == value => {}

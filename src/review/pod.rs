@@ -1,17 +1,15 @@
 //! Pods and workload pod templates: token volumes, CSI drivers used inline, and injections.
 
-
-
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Volume};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::inject::{self, PodView, State};
+use super::token_request::AUTOMOUNT_EXPIRATION_SECONDS;
 use super::{Findings, Violation, WorkloadKind};
 use crate::cluster::{service_account_of, Cluster, ServiceAccountInfo};
 use crate::policy::{expiration_or_default, Policy};
-use super::token_request::AUTOMOUNT_EXPIRATION_SECONDS;
 
 /// Annotation the kubelet puts on mirror pods of static pods; those are never mutated.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -90,7 +88,9 @@ pub async fn validate_template<C: Cluster>(
     let value: Value = match serde_json::from_str(object.get()) {
         Ok(value) => value,
         Err(err) => {
-            findings.violations.push(Violation::new("object", format!("could not decode the {}: {err}", kind.group_kind().1)));
+            findings
+                .violations
+                .push(Violation::new("object", format!("could not decode the {}: {err}", kind.group_kind().1)));
             return findings;
         }
     };
@@ -99,7 +99,9 @@ pub async fn validate_template<C: Cluster>(
     let template = match PodTemplateSpec::deserialize(template) {
         Ok(template) => template,
         Err(err) => {
-            findings.violations.push(Violation::new(path.join("."), format!("could not decode the pod template: {err}")));
+            findings
+                .violations
+                .push(Violation::new(path.join("."), format!("could not decode the pod template: {err}")));
             return findings;
         }
     };
@@ -197,7 +199,9 @@ async fn check_tokens<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: 
         let driver = match cluster.csi_driver(&csi.driver).await {
             Ok(driver) => driver,
             Err(err) => {
-                findings.violations.push(Violation::new(driver_field, format!("could not look up CSIDriver {:?}: {err}", csi.driver)));
+                findings
+                    .violations
+                    .push(Violation::new(driver_field, format!("could not look up CSIDriver {:?}: {err}", csi.driver)));
                 continue;
             }
         };
@@ -235,4 +239,3 @@ pub fn is_automount_volume(volume: &Volume) -> bool {
         _ => false,
     }
 }
-

@@ -40,9 +40,7 @@ fn policy() -> Policy {
 
 fn cluster() -> ObjectStore {
     let mut store = ObjectStore::default();
-    let sa = |name: &str, annotations: Value| {
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": "team-a", "annotations": annotations}})
-    };
+    let sa = |name: &str, annotations: Value| json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": "team-a", "annotations": annotations}});
     store.insert(&sa("irsa", json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/r"}))).expect("sa");
     store.insert(&sa("web", json!({}))).expect("sa");
     store
@@ -147,8 +145,10 @@ fn automount_volume_is_recognised_by_shape_not_by_its_source_list() {
     let automount = |name: &str, token: Value, extra: usize| {
         let mut sources = vec![json!({"serviceAccountToken": token})];
         sources.extend((0..extra).map(|i| json!({"configMap": {"name": format!("cm-{i}")}})));
-        serde_json::from_value::<k8s_openapi::api::core::v1::Volume>(json!({"name": name, "projected": {"sources": sources}}))
-            .expect("volume")
+        serde_json::from_value::<k8s_openapi::api::core::v1::Volume>(
+            json!({"name": name, "projected": {"sources": sources}}),
+        )
+        .expect("volume")
     };
     let standard = json!({"expirationSeconds": 3607, "path": "token"});
     let cases = [
@@ -156,7 +156,10 @@ fn automount_volume_is_recognised_by_shape_not_by_its_source_list() {
         (automount("kube-api-access-abcde", standard.clone(), 3), true),
         (automount("my-volume", standard.clone(), 2), false),
         (automount("kube-api-access-x", json!({"expirationSeconds": 3600, "path": "token"}), 2), false),
-        (automount("kube-api-access-x", json!({"audience": "vault", "expirationSeconds": 3607, "path": "token"}), 2), false),
+        (
+            automount("kube-api-access-x", json!({"audience": "vault", "expirationSeconds": 3607, "path": "token"}), 2),
+            false,
+        ),
         (automount("kube-api-access-x", json!({"expirationSeconds": 3607, "path": "other"}), 2), false),
     ];
     for (volume, expected) in cases {
@@ -184,14 +187,19 @@ fn validates_every_projected_token_of_a_pod() {
 
 #[test]
 fn api_server_audience_by_url_is_the_empty_audience() {
-    let object = mk_pod("web", json!([token_volume("a", "https://kubernetes.default.svc.cluster.local", 3600)]), json!([{"name": "app"}]));
+    let object = mk_pod(
+        "web",
+        json!([token_volume("a", "https://kubernetes.default.svc.cluster.local", 3600)]),
+        json!([{"name": "app"}]),
+    );
     let verdict = pod(Webhook::Validate, &object);
     assert!(verdict.violations[0].message.contains("the API server audience"), "{:?}", verdict.violations);
 }
 
 #[test]
 fn inline_csi_volume_of_an_unknown_driver_mints_nothing() {
-    let object = mk_pod("web", json!([{"name": "c", "csi": {"driver": "unknown.example.com"}}]), json!([{"name": "app"}]));
+    let object =
+        mk_pod("web", json!([{"name": "c", "csi": {"driver": "unknown.example.com"}}]), json!([{"name": "app"}]));
     assert_eq!(pod(Webhook::Validate, &object).decision, Decision::Allowed);
 }
 
@@ -225,7 +233,10 @@ fn mutation_appends_to_existing_arrays_and_creates_missing_ones() {
     );
     let mut patched = object.clone();
     json_patch::patch(&mut patched, &verdict.patch).expect("applies");
-    assert_eq!(patched["spec"]["containers"][0]["env"][1], json!({"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::1:role/r"}));
+    assert_eq!(
+        patched["spec"]["containers"][0]["env"][1],
+        json!({"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::1:role/r"})
+    );
     assert_eq!(pod(Webhook::Mutate, &patched).decision, Decision::Allowed, "idempotent");
     assert_eq!(pod(Webhook::Validate, &patched).decision, Decision::Allowed);
 }
@@ -238,11 +249,19 @@ fn collisions_are_denied_and_never_patched() {
             "spec.volumes[0].name",
         ),
         (
-            mk_pod("irsa", json!([]), json!([{"name": "app", "volumeMounts": [{"name": "x", "mountPath": "/var/run/aws"}]}])),
+            mk_pod(
+                "irsa",
+                json!([]),
+                json!([{"name": "app", "volumeMounts": [{"name": "x", "mountPath": "/var/run/aws"}]}]),
+            ),
             "spec.containers[0].volumeMounts[0].mountPath",
         ),
         (
-            mk_pod("irsa", json!([]), json!([{"name": "app", "env": [{"name": "AWS_ROLE_ARN", "value": "arn:other"}]}])),
+            mk_pod(
+                "irsa",
+                json!([]),
+                json!([{"name": "app", "env": [{"name": "AWS_ROLE_ARN", "value": "arn:other"}]}]),
+            ),
             "spec.containers[0].env[0]",
         ),
     ];
@@ -258,8 +277,11 @@ fn collisions_are_denied_and_never_patched() {
 #[test]
 fn an_existing_variable_with_the_same_value_is_no_collision() {
     let env = json!([{"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::1:role/r"}]);
-    let object = mk_pod("irsa", json!([token_volume("aws-iam-token", "sts.amazonaws.com", 86400)]),
-        json!([{"name": "app", "env": env, "volumeMounts": [{"name": "aws-iam-token", "mountPath": "/var/run/aws"}]}]));
+    let object = mk_pod(
+        "irsa",
+        json!([token_volume("aws-iam-token", "sts.amazonaws.com", 86400)]),
+        json!([{"name": "app", "env": env, "volumeMounts": [{"name": "aws-iam-token", "mountPath": "/var/run/aws"}]}]),
+    );
     assert_eq!(pod(Webhook::Mutate, &object).decision, Decision::Allowed);
 }
 
@@ -316,13 +338,18 @@ fn token_request(audiences: Value, seconds: i64, bound: Value) -> Value {
 #[test]
 fn node_token_requests_must_match_the_bound_pod() {
     let node = "system:node:node-1";
-    let tr = |audiences: Value, bound: Value| run(("authentication.k8s.io", "TokenRequest"), node, Webhook::Validate, &token_request(audiences, 3600, bound));
+    let tr = |audiences: Value, bound: Value| {
+        run(("authentication.k8s.io", "TokenRequest"), node, Webhook::Validate, &token_request(audiences, 3600, bound))
+    };
     let bound = json!({"kind": "Pod", "name": "p", "uid": "u1"});
     assert_eq!(tr(json!(["vault"]), bound.clone()).decision, Decision::Allowed);
     assert_eq!(fields(&tr(json!(["vault", "sts.amazonaws.com"]), bound.clone()))[0], "spec.audiences");
     assert_eq!(fields(&tr(json!(["sts.amazonaws.com"]), bound.clone())), ["spec.audiences[0]"]);
     assert_eq!(fields(&tr(json!(["vault"]), json!({"kind": "Secret", "name": "s"}))), ["spec.boundObjectRef"]);
-    assert_eq!(fields(&tr(json!(["vault"]), json!({"kind": "Pod", "name": "p", "uid": "u2"}))), ["spec.boundObjectRef.uid"]);
+    assert_eq!(
+        fields(&tr(json!(["vault"]), json!({"kind": "Pod", "name": "p", "uid": "u2"}))),
+        ["spec.boundObjectRef.uid"]
+    );
     let other_node = run(
         ("authentication.k8s.io", "TokenRequest"),
         "system:node:node-2",
@@ -336,10 +363,19 @@ fn node_token_requests_must_match_the_bound_pod() {
 fn automount_token_requests_from_nodes_need_no_allow_list_entry() {
     let bound = json!({"kind": "Pod", "name": "p", "uid": "u1"});
     let request = |user: &str, audiences: Value, seconds: i64| {
-        run(("authentication.k8s.io", "TokenRequest"), user, Webhook::Validate, &token_request(audiences, seconds, bound.clone()))
+        run(
+            ("authentication.k8s.io", "TokenRequest"),
+            user,
+            Webhook::Validate,
+            &token_request(audiences, seconds, bound.clone()),
+        )
     };
     // The pod "p" references "" only through... nothing: give it the automount shape via the URL.
-    assert_eq!(request("system:node:node-1", json!(null), 3607).violations.len(), 1, "pod p has no API server token volume");
+    assert_eq!(
+        request("system:node:node-1", json!(null), 3607).violations.len(),
+        1,
+        "pod p has no API server token volume"
+    );
     assert!(request("alice", json!(null), 3607).violations[0].message.contains("is not allowed"));
     assert!(request("alice", json!(["https://kubernetes.default.svc.cluster.local"]), 3607).violations[0]
         .message

@@ -76,7 +76,9 @@ pub async fn validate<C: Cluster>(
         for (field, audience) in &audiences {
             if let Err(denial) = policy.check_token(audience, namespace, service_account, seconds) {
                 let field = if denial.is_about_expiration() { "spec.expirationSeconds" } else { field.as_str() };
-                findings.violations.push(Violation::new(field, denial.explain(audience, namespace, service_account, seconds)));
+                findings
+                    .violations
+                    .push(Violation::new(field, denial.explain(audience, namespace, service_account, seconds)));
             }
         }
     }
@@ -100,7 +102,10 @@ impl<C: Cluster> NodeCheck<'_, C> {
     async fn run(&self, spec: &TokenRequestSpec, audiences: &[(String, &str)], violations: &mut Vec<Violation>) {
         let node = self.node;
         if audiences.len() > 1 {
-            violations.push(Violation::new("spec.audiences", format!("node {node} may request one audience per token, not {}", audiences.len())));
+            violations.push(Violation::new(
+                "spec.audiences",
+                format!("node {node} may request one audience per token, not {}", audiences.len()),
+            ));
         }
         let bound = spec.bound_object_ref.as_ref();
         let kind = bound.and_then(|b| b.kind.as_deref()).unwrap_or_default();
@@ -123,7 +128,10 @@ impl<C: Cluster> NodeCheck<'_, C> {
                 return;
             }
             Err(err) => {
-                violations.push(Violation::new("spec.boundObjectRef.name", format!("could not look up pod {pod_ref}: {err}")));
+                violations.push(Violation::new(
+                    "spec.boundObjectRef.name",
+                    format!("could not look up pod {pod_ref}: {err}"),
+                ));
                 return;
             }
         };
@@ -135,7 +143,10 @@ impl<C: Cluster> NodeCheck<'_, C> {
             ));
         }
         if pod.node_name.as_deref() != Some(node) {
-            let runs_on = pod.node_name.as_deref().map_or("is not scheduled to a node".to_string(), |n| format!("runs on node {n}"));
+            let runs_on = pod
+                .node_name
+                .as_deref()
+                .map_or("is not scheduled to a node".to_string(), |n| format!("runs on node {n}"));
             violations.push(Violation::new(
                 "spec.boundObjectRef.name",
                 format!("pod {pod_ref} {runs_on}, not on node {node}"),
@@ -183,11 +194,14 @@ impl<C: Cluster> NodeCheck<'_, C> {
         for claim_name in &pod.claim_names {
             let claim = self.cluster.persistent_volume_claim(self.namespace, claim_name).await;
             let claim_ref = format!("PVC {}/{claim_name}", self.namespace);
-            let Some(volume_name) = claim.map_err(|e| format!("{claim_ref}: {e}"))?.and_then(|c| c.volume_name.clone()) else {
+            let Some(volume_name) = claim.map_err(|e| format!("{claim_ref}: {e}"))?.and_then(|c| c.volume_name.clone())
+            else {
                 continue;
             };
             let volume = self.cluster.persistent_volume(&volume_name).await;
-            if let Some(driver) = volume.map_err(|e| format!("PV {volume_name}: {e}"))?.and_then(|v| v.csi_driver.clone()) {
+            if let Some(driver) =
+                volume.map_err(|e| format!("PV {volume_name}: {e}"))?.and_then(|v| v.csi_driver.clone())
+            {
                 drivers.insert(driver);
             }
         }
