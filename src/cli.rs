@@ -1,6 +1,8 @@
 //! The command line: subcommands and flags, each documented for `--help`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -16,6 +18,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the HTTPS admission webhook server (POST /validate and /mutate) and the plain-HTTP
+    /// admin server (GET /livez, /readyz, /metrics).
+    ///
+    /// Every flag can also be set with an environment variable TOKENGATE_<FLAG>, e.g.
+    /// TOKENGATE_TLS_CERT. The server starts only with a usable certificate and key (exit 1
+    /// otherwise); without a valid policy it runs but stays not ready. SIGTERM: readiness fails
+    /// at once, requests are served for --drain-delay, then in-flight requests finish, idle
+    /// connections close and the process exits 0.
+    Serve(Box<ServeArgs>),
     /// Answer one AdmissionReview (read from stdin) exactly as the webhook server would.
     ///
     /// Prints the response AdmissionReview on stdout. Exit status: 0 when a response was
@@ -35,6 +46,61 @@ pub enum Command {
     /// Work with policy documents.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The policy document; re-read every --reload-interval, a bad update keeps the last good
+    /// policy.
+    #[arg(long, value_name = "FILE", env = "TOKENGATE_POLICY")]
+    pub policy: PathBuf,
+    /// PEM certificate chain for the webhook port (leaf first); re-read when it changes.
+    #[arg(long, value_name = "FILE", env = "TOKENGATE_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of the certificate (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", env = "TOKENGATE_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (the API
+    /// server's client certificate, see its --admission-control-config-file).
+    #[arg(long, value_name = "FILE", env = "TOKENGATE_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Address of the HTTPS webhook port.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443", env = "TOKENGATE_LISTEN")]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP admin port (/livez, /readyz, /metrics).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", env = "TOKENGATE_ADMIN_LISTEN")]
+    pub admin_listen: SocketAddr,
+    /// Cluster objects for lookups, from files instead of the API server (for testing and
+    /// air-gapped evaluation); repeat for several files.
+    #[arg(long, value_name = "FILE", env = "TOKENGATE_OBJECTS", value_delimiter = ',')]
+    pub objects: Vec<PathBuf>,
+    /// Also offer HTTP/2 in ALPN (kube-apiserver speaks HTTP/1.1 to webhooks).
+    #[arg(long, env = "TOKENGATE_HTTP2")]
+    pub http2: bool,
+    /// Reviews in flight at once; beyond it requests fail fast with 503.
+    #[arg(long, value_name = "N", default_value_t = 512, env = "TOKENGATE_MAX_IN_FLIGHT")]
+    pub max_in_flight: usize,
+    /// How often the policy and certificate files are re-read (e.g. 2s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, env = "TOKENGATE_RELOAD_INTERVAL")]
+    pub reload_interval: Duration,
+    /// After SIGTERM, how long to keep serving before closing connections.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, env = "TOKENGATE_DRAIN_DELAY")]
+    pub drain_delay: Duration,
+    /// After the drain delay, how long in-flight requests may still take.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration, env = "TOKENGATE_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Duration,
+    /// Idle keep-alive connections are closed after this (keep it above the API server's 90s).
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration, env = "TOKENGATE_IDLE_TIMEOUT")]
+    pub idle_timeout: Duration,
+    /// Time allowed for a TLS handshake, and separately for reading request headers.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "TOKENGATE_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Duration,
+    /// Log format: `text` or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOKENGATE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info`, `warn`, `tokengate=debug` (tracing EnvFilter syntax).
+    #[arg(long, value_name = "FILTER", default_value = "info", env = "TOKENGATE_LOG")]
+    pub log: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,9 +157,53 @@ pub enum WebhookArg {
     Mutate,
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 5s, 2m"))?;
+    let millis = match unit {
+        "ms" => number,
+        "" | "s" => number.saturating_mul(1000),
+        "m" => number.saturating_mul(60_000),
+        "h" => number.saturating_mul(3_600_000),
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_millis(millis))
+}
+
 /// `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Text,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

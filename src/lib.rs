@@ -6,3 +6,6 @@ pub mod cluster;
 pub mod manifest;
 pub mod policy;
 pub mod review;
+pub mod metrics;
+pub mod source;
+pub mod server;

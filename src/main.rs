@@ -3,13 +3,18 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 
-use tokengate::cli::{CheckArgs, Cli, Command, OutputFormat, PolicyCommand, ReviewArgs, WebhookArg};
+use tokengate::cli::{CheckArgs, Cli, Command, LogFormat, OutputFormat, PolicyCommand, ReviewArgs, ServeArgs, WebhookArg};
 use tokengate::cluster::ObjectStore;
 use tokengate::manifest::{self, Document};
+use tokengate::metrics::Metrics;
+use tokengate::server::tls::CertificateFiles;
+use tokengate::server::{self, ServerConfig};
+use tokengate::source::{self, PolicyPublisher};
 use tokengate::policy::{Policy, PolicyError};
 use tokengate::review::{self, Reply, Webhook};
 
@@ -22,6 +27,7 @@ fn main() -> ExitCode {
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime starts");
     let outcome = runtime.block_on(async {
         match cli.command {
+            Command::Serve(args) => run_serve(*args).await,
             Command::Review(args) => run_review(args).await,
             Command::Check(args) => run_check(args).await,
             Command::Policy(PolicyCommand::Validate { file }) => validate_policy(&file),
@@ -31,6 +37,56 @@ fn main() -> ExitCode {
         eprintln!("error: {err:#}");
         ExitCode::from(EXIT_UNREADABLE)
     })
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format, &args.log)?;
+    let metrics = Arc::new(Metrics::new());
+    let cluster = Arc::new(load_objects(&args.objects, &[])?);
+    let (mut publisher, policy) = PolicyPublisher::new(metrics.clone());
+    let origin = args.policy.display().to_string();
+    source::load_file(&args.policy, &origin, &mut publisher).await;
+    tokio::spawn(source::watch_file(args.policy.clone(), args.reload_interval, publisher));
+
+    let certificates = CertificateFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone() };
+    let config = ServerConfig {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        client_ca: args.client_ca.clone(),
+        http2: args.http2,
+        max_in_flight: args.max_in_flight,
+        reload_interval: args.reload_interval,
+        handshake_timeout: args.handshake_timeout,
+        header_read_timeout: args.handshake_timeout,
+        idle_timeout: args.idle_timeout,
+        drain_delay: args.drain_delay,
+        shutdown_timeout: args.shutdown_timeout,
+        ..ServerConfig::new(certificates)
+    };
+    tracing::info!(config = ?config, policy = %origin, "starting");
+    let running = match server::start(config, policy, cluster, metrics).await {
+        Ok(running) => running,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start");
+            eprintln!("error: {err}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    server::termination_signal().await;
+    running.shutdown();
+    running.wait().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("--log")?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
 }
 
 async fn run_review(args: ReviewArgs) -> anyhow::Result<ExitCode> {

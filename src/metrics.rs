@@ -1,0 +1,179 @@
+//! Prometheus metrics: reviews, rejections, policy and certificate reloads, build info.
+//!
+//! Every label value comes from a closed set (webhook, kind, decision, reason, result), never
+//! from namespaces, names or error text.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::review::{Decision, Subject, Webhook};
+
+/// Why the server refused an HTTP request before deciding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The body is larger than the limit (413).
+    BodyTooLarge,
+    /// The Content-Type is not JSON (400).
+    ContentType,
+    /// Too many reviews in flight (503).
+    Overloaded,
+    /// The body is not an AdmissionReview with a uid (400).
+    BadRequest,
+    /// No valid policy has been loaded yet (503).
+    NoPolicy,
+}
+
+impl Rejection {
+    fn as_str(self) -> &'static str {
+        match self {
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::ContentType => "content_type",
+            Rejection::Overloaded => "overloaded",
+            Rejection::BadRequest => "bad_request",
+            Rejection::NoPolicy => "no_policy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReviewLabels {
+    webhook: &'static str,
+    kind: &'static str,
+    decision: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Every metric tokengate exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reviews: Family<ReviewLabels, Counter>,
+    durations: Family<WebhookLabels, Histogram>,
+    rejections: Family<ReasonLabels, Counter>,
+    policy_generation: Gauge,
+    policy_reloads: Family<ResultLabels, Counter>,
+    certificate_expiry: Gauge,
+    certificate_reloads: Family<ResultLabels, Counter>,
+}
+
+/// Latency buckets in seconds, from 50 µs: decisions take microseconds.
+const DURATION_BUCKETS: [f64; 12] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `tokengate_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tokengate");
+        let reviews = Family::<ReviewLabels, Counter>::default();
+        registry.register("admission_reviews", "Admission reviews answered, by webhook, kind and decision", reviews.clone());
+        let durations = Family::<WebhookLabels, Histogram>::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        registry.register(
+            "admission_review_duration_seconds",
+            "Time to decode, decide and encode one review",
+            durations.clone(),
+        );
+        let rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register("http_rejections", "HTTP requests refused before a decision, by reason", rejections.clone());
+        let policy_generation = Gauge::default();
+        registry.register("policy_generation", "How many valid policies have been loaded", policy_generation.clone());
+        let policy_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("policy_reloads", "Policy loads, by result (success, error)", policy_reloads.clone());
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the serving certificate expires (Unix time)",
+            certificate_expiry.clone(),
+        );
+        let certificate_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "certificate_reloads",
+            "Serving certificate loads, by result (success, error)",
+            certificate_reloads.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "Build information; always 1", build_info);
+        Self {
+            registry,
+            reviews,
+            durations,
+            rejections,
+            policy_generation,
+            policy_reloads,
+            certificate_expiry,
+            certificate_reloads,
+        }
+    }
+
+    /// Counts one answered review.
+    pub fn review(&self, webhook: Webhook, subject: Subject, decision: Decision, duration: Duration) {
+        let labels = ReviewLabels { webhook: webhook.as_str(), kind: subject.as_str(), decision: decision.as_str() };
+        self.reviews.get_or_create(&labels).inc();
+        self.durations.get_or_create(&WebhookLabels { webhook: webhook.as_str() }).observe(duration.as_secs_f64());
+    }
+
+    /// Counts one refused HTTP request.
+    pub fn rejected(&self, reason: Rejection) {
+        self.rejections.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
+    }
+
+    /// Records a policy that loaded and is now in force.
+    pub fn policy_loaded(&self, generation: u64) {
+        self.policy_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.policy_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+    }
+
+    /// Records a policy update that was refused (the previous policy stays).
+    pub fn policy_failed(&self) {
+        self.policy_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+    }
+
+    /// Records a serving certificate that loaded, with its expiry (Unix seconds).
+    pub fn certificate_loaded(&self, not_after: i64) {
+        self.certificate_expiry.set(not_after);
+        self.certificate_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+    }
+
+    /// Records a certificate update that was refused (the previous certificate stays).
+    pub fn certificate_failed(&self) {
+        self.certificate_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
