@@ -83,7 +83,8 @@ pub struct Metrics {
 }
 
 /// Latency buckets in seconds, from 50 µs: decisions take microseconds.
-const DURATION_BUCKETS: [f64; 12] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+const DURATION_BUCKETS: [f64; 12] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -96,7 +97,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tokengate");
         let reviews = Family::<ReviewLabels, Counter>::default();
-        registry.register("admission_reviews", "Admission reviews answered, by webhook, kind and decision", reviews.clone());
+        registry.register(
+            "admission_reviews",
+            "Admission reviews answered, by webhook, kind and decision",
+            reviews.clone(),
+        );
         let durations = Family::<WebhookLabels, Histogram>::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
         registry.register(
             "admission_review_duration_seconds",

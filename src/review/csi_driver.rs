@@ -12,7 +12,7 @@ pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
     let driver: CSIDriver = match serde_json::from_str(object.get()) {
         Ok(driver) => driver,
         Err(err) => {
-            findings.violations.push(Violation::new("object", format!("could not decode the CSIDriver: {err}")));
+            findings.undecodable = Some(Violation::new("object", format!("could not decode the CSIDriver: {err}")));
             return findings;
         }
     };

@@ -156,13 +156,15 @@ fn plan_one(
     let volumes = spec.volumes.as_deref().unwrap_or_default();
     match volumes.iter().position(|v| v.name == wanted.name) {
         Some(i) if is_injected_volume(&volumes[i], injection, policy) => {}
-        Some(i) => return State::Collision(Violation::new(
-            format!("{field}.volumes[{i}].name"),
-            format!(
+        Some(i) => {
+            return State::Collision(Violation::new(
+                format!("{field}.volumes[{i}].name"),
+                format!(
                 "volume {:?} already exists and is not the token volume injection {name:?} adds; rename or remove it",
                 wanted.name
             ),
-        )),
+            ))
+        }
         None => {
             let mut token = json!({"expirationSeconds": wanted.expiration_seconds, "path": wanted.path});
             if !wanted.audience.is_empty() {

@@ -190,6 +190,8 @@ pub struct Findings {
     /// Things the requester should know that are not violations (sent as warnings).
     pub notes: Vec<String>,
     pub patch: json_patch::Patch,
+    /// Set when the object could not be decoded: the request is refused whatever the mode.
+    pub undecodable: Option<Violation>,
 }
 
 /// The decision on one request.
@@ -209,6 +211,11 @@ impl Verdict {
 
     /// Applies the policy mode to what a decision found.
     fn from_findings(subject: Subject, mode: Mode, findings: Findings) -> Self {
+        if let Some(violation) = findings.undecodable {
+            let mut verdict = Verdict::without_checks(subject, Decision::Invalid);
+            verdict.violations.push(violation);
+            return verdict;
+        }
         let decision = match (findings.violations.is_empty(), mode) {
             (true, _) if findings.patch.0.is_empty() => Decision::Allowed,
             (true, _) => Decision::Patched,
@@ -305,7 +312,7 @@ pub async fn decide<C: Cluster>(
     }
     let Some(object) = request.object else {
         let findings = Findings {
-            violations: vec![Violation::new("request.object", "missing: there is nothing to check")],
+            undecodable: Some(Violation::new("request.object", "missing: there is nothing to check")),
             ..Default::default()
         };
         return Verdict::from_findings(subject, policy.mode(), findings);

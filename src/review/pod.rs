@@ -88,9 +88,8 @@ pub async fn validate_template<C: Cluster>(
     let value: Value = match serde_json::from_str(object.get()) {
         Ok(value) => value,
         Err(err) => {
-            findings
-                .violations
-                .push(Violation::new("object", format!("could not decode the {}: {err}", kind.group_kind().1)));
+            findings.undecodable =
+                Some(Violation::new("object", format!("could not decode the {}: {err}", kind.group_kind().1)));
             return findings;
         }
     };
@@ -99,9 +98,8 @@ pub async fn validate_template<C: Cluster>(
     let template = match PodTemplateSpec::deserialize(template) {
         Ok(template) => template,
         Err(err) => {
-            findings
-                .violations
-                .push(Violation::new(path.join("."), format!("could not decode the pod template: {err}")));
+            findings.undecodable =
+                Some(Violation::new(path.join("."), format!("could not decode the pod template: {err}")));
             return findings;
         }
     };
@@ -127,7 +125,9 @@ pub async fn validate_template<C: Cluster>(
 
 fn decode_pod(object: &RawValue, findings: &mut Findings) -> Option<Pod> {
     serde_json::from_str(object.get())
-        .map_err(|err| findings.violations.push(Violation::new("object", format!("could not decode the Pod: {err}"))))
+        .map_err(|err| {
+            findings.undecodable = Some(Violation::new("object", format!("could not decode the Pod: {err}")))
+        })
         .ok()
 }
 

@@ -53,7 +53,7 @@ pub async fn validate<C: Cluster>(
     let token: TokenRequest = match serde_json::from_str(object.get()) {
         Ok(token) => token,
         Err(err) => {
-            findings.violations.push(Violation::new("object", format!("could not decode the TokenRequest: {err}")));
+            findings.undecodable = Some(Violation::new("object", format!("could not decode the TokenRequest: {err}")));
             return findings;
         }
     };

@@ -133,7 +133,15 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(
     });
     let shutdown = CancellationToken::new();
     let reloader = tokio::spawn(certificates.watch(config.reload_interval));
-    let done = tokio::spawn(run(config, listener, admin_listener, TlsAcceptor::from(Arc::new(tls)), state, shutdown.clone(), reloader));
+    let done = tokio::spawn(run(
+        config,
+        listener,
+        admin_listener,
+        TlsAcceptor::from(Arc::new(tls)),
+        state,
+        shutdown.clone(),
+        reloader,
+    ));
     tracing::info!(%addr, %admin_addr, "tokengate serving");
     Ok(Running { addr, admin_addr, shutdown, done })
 }

@@ -137,9 +137,6 @@ async fn readyz<C: Cluster + Send + Sync + 'static>(State(state): State<Arc<AppS
 }
 
 async fn metrics<C: Cluster + Send + Sync + 'static>(State(state): State<Arc<AppState<C>>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        state.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
         .into_response()
 }

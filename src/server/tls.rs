@@ -52,7 +52,8 @@ struct Loaded {
 
 impl CertificateFiles {
     fn read(&self) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
-        let read = |path: &Path| std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source });
+        let read =
+            |path: &Path| std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source });
         Ok((read(&self.cert)?, read(&self.key)?))
     }
 

@@ -1,0 +1,201 @@
+//! Shared test helpers: a throw-away PKI made with rcgen, and an in-process server.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use tokengate::cluster::Cluster;
+use tokengate::metrics::Metrics;
+use tokengate::server::tls::CertificateFiles;
+use tokengate::server::{self, Running, ServerConfig};
+use tokengate::source::{self, PolicyPublisher, PolicyReceiver};
+
+/// The name kube-apiserver verifies: `<service>.<namespace>.svc`.
+pub const SERVER_NAME: &str = "tokengate.tokengate-system.svc";
+
+/// A certificate authority that issues server and client certificates.
+pub struct Pki {
+    pub ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A PEM certificate chain and key.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
+        Self { ca }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A server certificate for `names`.
+    pub fn server(&self, names: &[&str]) -> Issued {
+        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth, "tokengate")
+    }
+
+    /// A client certificate, e.g. for the API server.
+    pub fn client(&self, common_name: &str) -> Issued {
+        self.issue(&[], ExtendedKeyUsagePurpose::ClientAuth, common_name)
+    }
+
+    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose, common_name: &str) -> Issued {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("tokengate-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, contents).expect("write");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a certificate pair the way the kubelet mounts a Secret: files are symlinks through
+/// `..data` to a timestamped directory, swapped atomically on update.
+pub fn write_secret_volume(dir: &Path, generation: usize, issued: &Issued) {
+    let target = format!("..{generation}");
+    let versioned = dir.join(&target);
+    std::fs::create_dir_all(&versioned).expect("mkdir");
+    std::fs::write(versioned.join("tls.crt"), &issued.cert_pem).expect("write");
+    std::fs::write(versioned.join("tls.key"), &issued.key_pem).expect("write");
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&target, &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    for file in ["tls.crt", "tls.key"] {
+        let link = dir.join(file);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{file}"), &link).expect("symlink");
+        }
+    }
+}
+
+/// A server under test, with the policy file it watches.
+pub struct TestServer {
+    pub running: Running,
+    pub metrics: Arc<Metrics>,
+    pub policy: PolicyReceiver,
+    pub dir: TempDir,
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{SERVER_NAME}:{}{path}", self.running.addr.port())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr)
+    }
+}
+
+/// Options for [`start`].
+pub struct Options<'a> {
+    pub policy: Option<&'a str>,
+    pub client_ca: Option<String>,
+    pub drain_delay: Duration,
+    pub max_in_flight: usize,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self { policy: Some(include_str!("../fixtures/policy.yaml")), client_ca: None, drain_delay: Duration::from_millis(200), max_in_flight: 512 }
+    }
+}
+
+/// Starts a server on loopback ports with a certificate for [`SERVER_NAME`] from `pki`.
+pub async fn start<C: Cluster + Send + Sync + 'static>(pki: &Pki, cluster: C, options: Options<'_>) -> TestServer {
+    let dir = TempDir::new("server");
+    write_secret_volume(&dir.0, 1, &pki.server(&[SERVER_NAME]));
+    let policy_path = dir.path("policy.yaml");
+    if let Some(policy) = options.policy {
+        std::fs::write(&policy_path, policy).expect("write policy");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let (publisher, policy) = PolicyPublisher::new(metrics.clone());
+    tokio::spawn(source::watch_file(policy_path, Duration::from_millis(100), publisher));
+    let mut config = ServerConfig::new(CertificateFiles { cert: dir.path("tls.crt"), key: dir.path("tls.key") });
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.admin_listen = "127.0.0.1:0".parse().expect("addr");
+    config.reload_interval = Duration::from_millis(100);
+    config.drain_delay = options.drain_delay;
+    config.shutdown_timeout = Duration::from_secs(10);
+    config.log_reviews = false;
+    config.max_in_flight = options.max_in_flight;
+    config.client_ca = options.client_ca.map(|pem| dir.write("client-ca.pem", pem));
+    let running = server::start(config, policy.clone(), Arc::new(cluster), metrics.clone()).await.expect("server starts");
+    if options.policy.is_some() {
+        let mut loaded = policy.clone();
+        let ready = tokio::time::timeout(Duration::from_secs(5), loaded.wait_for(Option::is_some)).await;
+        assert!(matches!(ready, Ok(Ok(_))), "the policy loads");
+    }
+    TestServer { running, metrics, policy, dir }
+}
+
+/// An HTTPS client that trusts `ca_pem` and reaches [`SERVER_NAME`] on loopback.
+pub fn client(ca_pem: &str, server: &TestServer, identity: Option<&Issued>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA"))
+        .resolve(SERVER_NAME, server.running.addr)
+        .http1_only()
+        .timeout(Duration::from_secs(10));
+    if let Some(identity) = identity {
+        let pem = format!("{}{}", identity.cert_pem, identity.key_pem);
+        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+    }
+    builder.build().expect("client")
+}
+
+/// Polls `check` until it is true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
