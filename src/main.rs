@@ -8,15 +8,17 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
-use tokengate::cli::{CheckArgs, Cli, Command, LogFormat, OutputFormat, PolicyCommand, ReviewArgs, ServeArgs, WebhookArg};
+use tokengate::cli::{
+    CheckArgs, Cli, Command, LogFormat, OutputFormat, PolicyCommand, ReviewArgs, ServeArgs, WebhookArg,
+};
 use tokengate::cluster::ObjectStore;
 use tokengate::manifest::{self, Document};
 use tokengate::metrics::Metrics;
+use tokengate::policy::{Policy, PolicyError};
+use tokengate::review::{self, Reply, Webhook};
 use tokengate::server::tls::CertificateFiles;
 use tokengate::server::{self, ServerConfig};
 use tokengate::source::{self, PolicyPublisher};
-use tokengate::policy::{Policy, PolicyError};
-use tokengate::review::{self, Reply, Webhook};
 
 /// Exit status for input that cannot be read (unreadable files, invalid policy).
 const EXIT_UNREADABLE: u8 = 2;

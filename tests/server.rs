@@ -74,15 +74,25 @@ async fn answers_exactly_what_review_answers_for_every_request_kind() {
         assert_eq!(json["response"]["allowed"], Value::Bool(allowed), "{name}");
     }
     let metrics = reqwest::get(server.admin_url("/metrics")).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains(r#"tokengate_admission_reviews_total{webhook="validate",kind="Pod",decision="denied"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"tokengate_admission_reviews_total{webhook="mutate",kind="Pod",decision="patched"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"tokengate_admission_reviews_total{webhook="validate",kind="Pod",decision="denied"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tokengate_admission_reviews_total{webhook="mutate",kind="Pod",decision="patched"} 1"#),
+        "{metrics}"
+    );
     assert!(metrics.contains("tokengate_admission_review_duration_seconds_bucket"), "{metrics}");
     assert!(metrics.contains("tokengate_certificate_expiry_timestamp_seconds "), "{metrics}");
     assert!(metrics.contains("tokengate_build_info"), "{metrics}");
 }
 
 /// A raw TLS handshake offering `alpn`; returns the negotiated protocol and the server's leaf.
-async fn handshake(server: &support::TestServer, ca_pem: &str, alpn: &[&[u8]]) -> (Option<Vec<u8>>, CertificateDer<'static>) {
+async fn handshake(
+    server: &support::TestServer,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> (Option<Vec<u8>>, CertificateDer<'static>) {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.expect("CA pem")).expect("CA");
@@ -119,7 +129,12 @@ async fn refuses_oversized_bodies_and_wrong_content_types() {
     let big = vec![b' '; 8 * 1024 * 1024];
     let response = post(&client, server.url("/validate"), big).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let wrong = client.post(server.url("/validate")).header("Content-Type", "text/plain").body(fixture("pod-captured-1.21")).send().await;
+    let wrong = client
+        .post(server.url("/validate"))
+        .header("Content-Type", "text/plain")
+        .body(fixture("pod-captured-1.21"))
+        .send()
+        .await;
     assert_eq!(wrong.expect("response").status(), StatusCode::BAD_REQUEST);
     let missing = client.post(server.url("/validate")).body(fixture("pod-captured-1.21")).send().await;
     assert_eq!(missing.expect("response").status(), StatusCode::BAD_REQUEST);
@@ -150,9 +165,15 @@ async fn malformed_bodies_get_clear_answers_and_the_server_keeps_serving() {
         (b"{\"apiVersion\":".to_vec(), StatusCode::BAD_REQUEST),
         (truncated, StatusCode::BAD_REQUEST),
         (vec![0xff, 0xfe, 0xfd], StatusCode::BAD_REQUEST),
-        (b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{}}".to_vec(), StatusCode::BAD_REQUEST),
+        (
+            b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{}}".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
         (deep.into_bytes(), StatusCode::OK),
-        (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"old"}}"#.to_vec(), StatusCode::OK),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"old"}}"#.to_vec(),
+            StatusCode::OK,
+        ),
     ];
     for (body, status) in bodies {
         let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).to_string();
@@ -179,10 +200,20 @@ async fn client_certificates_are_required_when_a_client_ca_is_set() {
     let server = start(&pki, objects(), options).await;
     let body = fixture("pod-captured-1.21");
     let without = client(&pki.ca_pem(), &server, None);
-    let sent = without.post(server.url("/validate")).header("Content-Type", "application/json").body(body.clone()).send().await;
+    let sent = without
+        .post(server.url("/validate"))
+        .header("Content-Type", "application/json")
+        .body(body.clone())
+        .send()
+        .await;
     assert!(sent.is_err(), "no client certificate: refused");
     let stranger = client(&pki.ca_pem(), &server, Some(&strangers.client("kube-apiserver")));
-    let sent = stranger.post(server.url("/validate")).header("Content-Type", "application/json").body(body.clone()).send().await;
+    let sent = stranger
+        .post(server.url("/validate"))
+        .header("Content-Type", "application/json")
+        .body(body.clone())
+        .send()
+        .await;
     assert!(sent.is_err(), "a certificate from another CA: refused");
     let apiserver = client(&pki.ca_pem(), &server, Some(&api_servers.client("kube-apiserver")));
     assert_eq!(post(&apiserver, server.url("/validate"), body).await.status(), StatusCode::OK);
@@ -199,7 +230,8 @@ async fn rotates_certificates_by_symlink_swap_without_failing_requests() {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut load = Vec::new();
     for _ in 0..4 {
-        let (client, url, failures, sent, stop) = (client.clone(), server.url("/validate"), failures.clone(), sent.clone(), stop.clone());
+        let (client, url, failures, sent, stop) =
+            (client.clone(), server.url("/validate"), failures.clone(), sent.clone(), stop.clone());
         load.push(tokio::spawn(async move {
             let body = fixture("pod-captured-1.21");
             while !stop.is_cancelled() {
@@ -220,11 +252,20 @@ async fn rotates_certificates_by_symlink_swap_without_failing_requests() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let renewed = pki.server(&[SERVER_NAME]);
     write_secret_volume(&server.dir.0, 2, &renewed);
-    let renewed_der = rustls::pki_types::pem::PemObject::from_pem_slice(renewed.cert_pem.as_bytes()).map(|c: CertificateDer| c.into_owned()).expect("pem");
-    let served = eventually(Duration::from_secs(5), async || handshake(&server, &pki.ca_pem(), &[b"http/1.1"]).await.1 == renewed_der).await;
+    let renewed_der = rustls::pki_types::pem::PemObject::from_pem_slice(renewed.cert_pem.as_bytes())
+        .map(|c: CertificateDer| c.into_owned())
+        .expect("pem");
+    let served = eventually(Duration::from_secs(5), async || {
+        handshake(&server, &pki.ca_pem(), &[b"http/1.1"]).await.1 == renewed_der
+    })
+    .await;
     assert!(served, "new handshakes use the new certificate within a few seconds");
     // A corrupt (half-written) update is ignored: the renewed certificate keeps serving.
-    write_secret_volume(&server.dir.0, 3, &support::Issued { cert_pem: renewed.cert_pem[..100].to_string(), key_pem: renewed.key_pem.clone() });
+    write_secret_volume(
+        &server.dir.0,
+        3,
+        &support::Issued { cert_pem: renewed.cert_pem[..100].to_string(), key_pem: renewed.key_pem.clone() },
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(handshake(&server, &pki.ca_pem(), &[b"http/1.1"]).await.1, renewed_der);
     assert_ne!(first_leaf, renewed_der);
@@ -258,13 +299,22 @@ async fn bad_certificates_stop_start_up_with_a_clear_error() {
             std::fs::write(&cert_path, cert).expect("write");
             std::fs::write(&key_path, key).expect("write");
         }
-        let mut config = tokengate::server::ServerConfig::new(tokengate::server::tls::CertificateFiles { cert: cert_path, key: key_path });
+        let mut config = tokengate::server::ServerConfig::new(tokengate::server::tls::CertificateFiles {
+            cert: cert_path,
+            key: key_path,
+        });
         config.listen = "127.0.0.1:0".parse().expect("addr");
         config.admin_listen = "127.0.0.1:0".parse().expect("addr");
-        let (_publisher, policy) = tokengate::source::PolicyPublisher::new(Arc::new(tokengate::metrics::Metrics::new()));
-        let err = tokengate::server::start(config, policy, Arc::new(ObjectStore::default()), Arc::new(tokengate::metrics::Metrics::new()))
-            .await
-            .expect_err(label);
+        let (_publisher, policy) =
+            tokengate::source::PolicyPublisher::new(Arc::new(tokengate::metrics::Metrics::new()));
+        let err = tokengate::server::start(
+            config,
+            policy,
+            Arc::new(ObjectStore::default()),
+            Arc::new(tokengate::metrics::Metrics::new()),
+        )
+        .await
+        .expect_err(label);
         assert!(err.to_string().contains(expected), "{label}: {err}");
     }
 }
@@ -306,7 +356,8 @@ async fn policy_file_updates_keep_the_last_good_policy() {
     assert!(server.policy.borrow().is_some());
     let warn = include_str!("fixtures/policy.yaml").replace("mode: Enforce", "mode: Warn");
     server.dir.write("policy.yaml", warn);
-    let applied = eventually(Duration::from_secs(3), async || decide().await["response"]["allowed"] == Value::Bool(true)).await;
+    let applied =
+        eventually(Duration::from_secs(3), async || decide().await["response"]["allowed"] == Value::Bool(true)).await;
     assert!(applied, "a valid update is applied");
     assert!(server.metrics.encode().contains("tokengate_policy_generation 2"));
 }
@@ -381,4 +432,55 @@ async fn overload_fails_fast_instead_of_queueing() {
     assert!(refused > 0 && served >= 2, "{served} served, {refused} refused as overloaded");
     assert!(started.elapsed() < Duration::from_secs(3), "nothing queued behind the slow requests");
     assert!(server.metrics.encode().contains(r#"reason="overloaded""#));
+}
+
+/// A free loopback port (bound once, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn the_binary_drains_and_exits_0_on_sigterm_and_1_on_bad_certificates() {
+    let pki = Pki::new("binary-ca");
+    let dir = support::TempDir::new("binary");
+    let issued = pki.server(&[SERVER_NAME]);
+    let cert = dir.write("tls.crt", &issued.cert_pem);
+    let key = dir.write("tls.key", &issued.key_pem);
+    let policy = dir.write("policy.yaml", include_str!("fixtures/policy.yaml"));
+    let (port, admin_port) = (free_port(), free_port());
+    let serve = |cert: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .arg("serve")
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--drain-delay", "300ms", "--log-format", "json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tokengate starts")
+    };
+
+    let bad = dir.write("bad.crt", "not a certificate");
+    let output = serve(&bad).wait_with_output().expect("exits");
+    assert_eq!(output.status.code(), Some(1), "a bad certificate stops start-up");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("holds no certificate"));
+
+    let mut child = serve(&cert);
+    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    let status = async || reqwest::get(&readyz).await.map(|r| r.status()).ok();
+    assert!(eventually(Duration::from_secs(10), async || status().await == Some(StatusCode::OK)).await, "ready");
+    let sent = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(sent.success());
+    assert!(
+        eventually(Duration::from_secs(2), async || status().await == Some(StatusCode::SERVICE_UNAVAILABLE)).await,
+        "not ready from the moment SIGTERM arrives"
+    );
+    let exited = eventually(Duration::from_secs(10), async || child.try_wait().expect("wait").is_some()).await;
+    assert!(exited, "exits within the grace period");
+    assert_eq!(child.wait().expect("status").code(), Some(0));
 }

@@ -102,8 +102,18 @@ impl TryFrom<PolicyDocument> for Policy {
             }
             rules.push(AudienceRule { namespaces, service_accounts, max_seconds: entry_max });
         }
+        let mut all_namespaces = GlobSetBuilder::new();
+        let mut all_namespaces_owner = Vec::new();
         let mut audiences = HashMap::with_capacity(builders.len());
         for (audience, (builder, glob_owner, entries)) in builders {
+            for (index, entry) in entries.iter().enumerate() {
+                for pattern in entry.namespaces.patterns() {
+                    if let Ok(glob) = Glob::new(pattern) {
+                        all_namespaces.add(glob);
+                        all_namespaces_owner.push((audience.clone(), index));
+                    }
+                }
+            }
             match builder.build() {
                 Ok(namespaces) => {
                     audiences.insert(audience, AudienceRules { namespaces, glob_owner, entries });
@@ -111,6 +121,11 @@ impl TryFrom<PolicyDocument> for Policy {
                 Err(err) => problems.add("spec.audiences", format!("namespace globs do not compile: {err}")),
             }
         }
+
+        let all_namespaces = all_namespaces.build().unwrap_or_else(|err| {
+            problems.add("spec.audiences", format!("namespace globs do not compile: {err}"));
+            globset::GlobSet::empty()
+        });
 
         let mut csi_drivers = HashMap::new();
         let mut driver_index: HashMap<&str, usize> = HashMap::new();
@@ -152,6 +167,8 @@ impl TryFrom<PolicyDocument> for Policy {
             min_seconds,
             max_seconds,
             audiences,
+            all_namespaces,
+            all_namespaces_owner,
             csi_drivers,
             node_restriction,
             injections: Vec::new(),

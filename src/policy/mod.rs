@@ -25,6 +25,10 @@ pub struct Policy {
     min_seconds: u64,
     max_seconds: u64,
     audiences: HashMap<String, AudienceRules>,
+    /// Every namespace glob of every entry, for "what is allowed here" in messages.
+    all_namespaces: globset::GlobSet,
+    /// `all_namespaces_owner[i]`: the audience and entry index that glob `i` belongs to.
+    all_namespaces_owner: Vec<(String, usize)>,
     csi_drivers: HashMap<String, CsiDriverRule>,
     node_restriction: NodeRestriction,
     injections: Vec<Injection>,
@@ -213,15 +217,20 @@ impl Policy {
     }
 
     /// Every audience the allow-list grants `namespace/service_account`, sorted (for messages).
+    /// Only the entries whose namespace globs match are visited, so a denial costs the same
+    /// with 1 or 10 000 entries.
     pub fn audiences_allowed_for(&self, namespace: &str, service_account: &str) -> Vec<String> {
-        let mut allowed: Vec<String> = self
-            .audiences
-            .iter()
-            .filter(|(_, rules)| rules.matching(namespace, service_account).next().is_some())
-            .map(|(audience, _)| audience.clone())
+        let allowed: std::collections::BTreeSet<&str> = self
+            .all_namespaces
+            .matches(namespace)
+            .into_iter()
+            .map(|glob| &self.all_namespaces_owner[glob])
+            .filter(|(audience, entry)| {
+                self.audiences[audience].entries[*entry].service_accounts.is_match(service_account)
+            })
+            .map(|(audience, _)| audience.as_str())
             .collect();
-        allowed.sort();
-        allowed
+        allowed.into_iter().map(str::to_string).collect()
     }
 
     /// The policy for a CSI driver, if it is listed.

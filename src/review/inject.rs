@@ -94,18 +94,21 @@ pub struct Planned<'p> {
     pub state: State,
 }
 
-/// Plans every injection that matches the pod. `notes` receives what the requester should
-/// know (an env variable left out because the service account lacks the annotation).
+/// Plans every injection that matches the pod, except optional ones the pod opted out of
+/// with [`SKIP_ANNOTATION`]. `notes` receives what the requester should know (an env variable
+/// left out because the service account lacks the annotation).
 pub fn plan<'p>(
     view: &PodView<'_>,
     policy: &'p Policy,
     service_account: Option<&ServiceAccountInfo>,
     notes: &mut Vec<String>,
 ) -> Vec<Planned<'p>> {
+    let skipped = skipped_names(view);
     let mut pending_env: HashMap<(Slot, String), String> = HashMap::new();
     policy
         .injections()
         .iter()
+        .filter(|injection| injection.required || !skipped.contains(&injection.name.as_str()))
         .filter(|injection| matches(injection, view, service_account))
         .map(|injection| Planned {
             injection,
@@ -152,6 +155,8 @@ fn plan_one(
     let wanted = &injection.volume;
     let mut additions = Additions::default();
     let mut first_missing: Option<String> = None;
+    // Variables this injection adds; other injections see them only if it does not collide.
+    let mut adding_env: Vec<((Slot, String), String)> = Vec::new();
 
     let volumes = spec.volumes.as_deref().unwrap_or_default();
     match volumes.iter().position(|v| v.name == wanted.name) {
@@ -239,7 +244,7 @@ fn plan_one(
                     ))
                 }
                 (None, None) => {
-                    pending_env.insert((slot, var.name.clone()), value.clone());
+                    adding_env.push(((slot, var.name.clone()), value.clone()));
                     additions.env.push((slot, json!({"name": var.name, "value": value})));
                     first_missing.get_or_insert_with(|| format!("{slot_field}.env"));
                 }
@@ -247,6 +252,7 @@ fn plan_one(
         }
     }
 
+    pending_env.extend(adding_env);
     match first_missing {
         Some(field) if !additions.is_empty() => State::Missing { field, additions },
         _ => State::Present,

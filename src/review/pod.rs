@@ -55,9 +55,6 @@ pub async fn mutate_pod<C: Cluster>(object: &RawValue, namespace: &str, policy: 
     for planned in inject::plan(&view, policy, service_account.as_ref(), &mut findings.notes) {
         let injection = planned.injection;
         if skipped.contains(&injection.name.as_str()) {
-            if !injection.required {
-                continue;
-            }
             findings.notes.push(format!(
                 "{}: injection {:?} is required and cannot be skipped",
                 inject::SKIP_ANNOTATION,

@@ -139,7 +139,12 @@ pub struct Options<'a> {
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Self { policy: Some(include_str!("../fixtures/policy.yaml")), client_ca: None, drain_delay: Duration::from_millis(200), max_in_flight: 512 }
+        Self {
+            policy: Some(include_str!("../fixtures/policy.yaml")),
+            client_ca: None,
+            drain_delay: Duration::from_millis(200),
+            max_in_flight: 512,
+        }
     }
 }
 
@@ -163,7 +168,8 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(pki: &Pki, cluster: C, op
     config.log_reviews = false;
     config.max_in_flight = options.max_in_flight;
     config.client_ca = options.client_ca.map(|pem| dir.write("client-ca.pem", pem));
-    let running = server::start(config, policy.clone(), Arc::new(cluster), metrics.clone()).await.expect("server starts");
+    let running =
+        server::start(config, policy.clone(), Arc::new(cluster), metrics.clone()).await.expect("server starts");
     if options.policy.is_some() {
         let mut loaded = policy.clone();
         let ready = tokio::time::timeout(Duration::from_secs(5), loaded.wait_for(Option::is_some)).await;
