@@ -15,7 +15,8 @@ use crate::review::{decide, Subject, Violation, Webhook};
 /// One violation of one object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
-    pub file: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -41,7 +42,8 @@ impl Report {
         self.mode == Mode::Enforce.as_str() && !self.violations.is_empty()
     }
 
-    /// One line per violation: `file: Kind namespace/name: field: message`.
+    /// One line per violation: `file: Kind namespace/name: field: message` (no `file: ` for
+    /// objects read from a cluster).
     pub fn to_text(&self) -> String {
         self.violations
             .iter()
@@ -50,16 +52,31 @@ impl Report {
                     Some(ns) => format!("{ns}/{}", f.name),
                     None => f.name.clone(),
                 };
-                format!("{}: {} {object}: {}: {}\n", f.file.display(), f.kind, f.field, f.message)
+                let file = f.file.as_ref().map(|file| format!("{}: ", file.display())).unwrap_or_default();
+                format!("{file}{} {object}: {}: {}\n", f.kind, f.field, f.message)
             })
             .collect()
     }
 }
 
-/// Checks every Pod, workload and CSIDriver among `documents`. Pods are first mutated as the
-/// mutating webhook would, so required injections are not reported as missing. Objects
-/// without a namespace are taken to be in `default_namespace`.
-pub async fn check(policy: &Policy, documents: &[Document], cluster: &ObjectStore, default_namespace: &str) -> Report {
+/// How [`check`] treats the objects.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckOptions<'a> {
+    /// The namespace of objects that name none.
+    pub default_namespace: &'a str,
+    /// Whether Pods are first given what the mutating webhook would add (manifests not yet
+    /// applied), or judged as they are (pods already running in a cluster).
+    pub mutate_pods_first: bool,
+}
+
+/// Checks every Pod, workload and CSIDriver among `documents` as the validating webhook would
+/// at CREATE.
+pub async fn check(
+    policy: &Policy,
+    documents: &[Document],
+    cluster: &ObjectStore,
+    options: CheckOptions<'_>,
+) -> Report {
     let mut report = Report { mode: policy.mode().as_str(), checked: 0, violations: Vec::new() };
     for document in documents {
         let object = &document.object;
@@ -73,9 +90,10 @@ pub async fn check(policy: &Policy, documents: &[Document], cluster: &ObjectStor
         report.checked += 1;
         let metadata = |key: &str| object.pointer(&format!("/metadata/{key}")).and_then(Value::as_str);
         let name = metadata("name").or(metadata("generateName")).unwrap_or_default().to_string();
-        let namespace =
-            (subject != Subject::CsiDriver).then(|| metadata("namespace").unwrap_or(default_namespace).to_string());
-        let violations = match evaluate(object, subject, group, kind, namespace.clone(), policy, cluster).await {
+        let namespace = (subject != Subject::CsiDriver)
+            .then(|| metadata("namespace").unwrap_or(options.default_namespace).to_string());
+        let mutate_first = options.mutate_pods_first && subject == Subject::Pod;
+        let violations = match evaluate(object, mutate_first, group, kind, namespace.clone(), policy, cluster).await {
             Ok(violations) => violations,
             Err(message) => vec![Violation::new("object", message)],
         };
@@ -93,7 +111,7 @@ pub async fn check(policy: &Policy, documents: &[Document], cluster: &ObjectStor
 
 async fn evaluate(
     object: &Value,
-    subject: Subject,
+    mutate_first: bool,
     group: &str,
     kind: &str,
     namespace: Option<String>,
@@ -101,7 +119,7 @@ async fn evaluate(
     cluster: &ObjectStore,
 ) -> Result<Vec<Violation>, String> {
     let mut object = object.clone();
-    if subject == Subject::Pod {
+    if mutate_first {
         let raw = serde_json::value::to_raw_value(&object).map_err(|e| e.to_string())?;
         let mutated =
             decide(&create_request(&raw, group, kind, namespace.clone()), Webhook::Mutate, policy, cluster).await;

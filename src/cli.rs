@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::source::ConfigMapRef;
+
 /// tokengate governs which service-account tokens a Kubernetes cluster may mint: audiences
 /// per namespace and service account, lifetimes, what kubelets may request, and the
 /// projected-token volumes pods must carry.
@@ -46,14 +48,20 @@ pub enum Command {
     /// Work with policy documents.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check every existing Pod, workload and CSIDriver of the cluster of the current
+    /// kubeconfig (or in-cluster config) against a policy.
+    ///
+    /// Pods are judged as they run (a pod lacking a required injection is reported); workloads
+    /// owned by a controller (a Deployment's ReplicaSets, a CronJob's Jobs) are judged through
+    /// their owner. Progress goes to stderr. Exit status: 1 when any violation would be denied
+    /// (policy mode Enforce), 0 otherwise, 2 when the cluster or policy cannot be read.
+    Audit(AuditArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// The policy document; re-read every --reload-interval, a bad update keeps the last good
-    /// policy.
-    #[arg(long, value_name = "FILE", env = "TOKENGATE_POLICY")]
-    pub policy: PathBuf,
+    #[command(flatten)]
+    pub policy: PolicySourceArgs,
     /// PEM certificate chain for the webhook port (leaf first); re-read when it changes.
     #[arg(long, value_name = "FILE", env = "TOKENGATE_TLS_CERT")]
     pub tls_cert: PathBuf,
@@ -70,10 +78,15 @@ pub struct ServeArgs {
     /// Address of the plain-HTTP admin port (/livez, /readyz, /metrics).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", env = "TOKENGATE_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
-    /// Cluster objects for lookups, from files instead of the API server (for testing and
-    /// air-gapped evaluation); repeat for several files.
+    /// Cluster objects for lookups, from files instead of watching the API server (for testing
+    /// and offline evaluation); repeat for several files. Without it, tokengate watches Pods,
+    /// ServiceAccounts, CSIDrivers, PVCs and PVs of the cluster it runs in.
     #[arg(long, value_name = "FILE", env = "TOKENGATE_OBJECTS", value_delimiter = ',')]
     pub objects: Vec<PathBuf>,
+    /// Longest wait for an API call made when a watch cache has not seen an object yet (a pod
+    /// created a moment ago); the lookup then fails and the request is denied with that reason.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, env = "TOKENGATE_LOOKUP_TIMEOUT")]
+    pub lookup_timeout: Duration,
     /// Also offer HTTP/2 in ALPN (kube-apiserver speaks HTTP/1.1 to webhooks).
     #[arg(long, env = "TOKENGATE_HTTP2")]
     pub http2: bool,
@@ -101,6 +114,29 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info`, `warn`, `tokengate=debug` (tracing EnvFilter syntax).
     #[arg(long, value_name = "FILTER", default_value = "info", env = "TOKENGATE_LOG")]
     pub log: String,
+}
+
+/// Where the policy comes from: a file or a ConfigMap (exactly one).
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct PolicySourceArgs {
+    /// The policy document; re-read every --reload-interval, a bad update keeps the last good
+    /// policy.
+    #[arg(long, value_name = "FILE", env = "TOKENGATE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// The policy from a ConfigMap (key `policy.yaml`), watched through the API server; a bad
+    /// update keeps the last good policy and is recorded as an Event on the ConfigMap.
+    #[arg(long, value_name = "NAMESPACE/NAME", env = "TOKENGATE_POLICY_CONFIGMAP")]
+    pub policy_configmap: Option<ConfigMapRef>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub policy: PolicySourceArgs,
+    /// Output format: `text` (one line per violation) or `json` (one document).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, clap::Args)]

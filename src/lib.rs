@@ -1,5 +1,6 @@
 //! tokengate: governs which service-account tokens a Kubernetes cluster may mint.
 
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod cluster;

@@ -8,30 +8,32 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
+use tokengate::check::{CheckOptions, Report};
 use tokengate::cli::{
-    CheckArgs, Cli, Command, LogFormat, OutputFormat, PolicyCommand, ReviewArgs, ServeArgs, WebhookArg,
+    AuditArgs, CheckArgs, Cli, Command, LogFormat, OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs,
+    ServeArgs, WebhookArg,
 };
-use tokengate::cluster::ObjectStore;
+use tokengate::cluster::{Cluster, LiveCluster, LiveOptions, ObjectStore};
 use tokengate::manifest::{self, Document};
 use tokengate::metrics::Metrics;
 use tokengate::policy::{Policy, PolicyError};
 use tokengate::review::{self, Reply, Webhook};
 use tokengate::server::tls::CertificateFiles;
 use tokengate::server::{self, ServerConfig};
-use tokengate::source::{self, PolicyPublisher};
+use tokengate::source::{self, PolicyPublisher, PolicyReceiver};
 
-/// Exit status for input that cannot be read (unreadable files, invalid policy).
+/// Exit status for input that cannot be read (unreadable files, invalid policy, no cluster).
 const EXIT_UNREADABLE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the tokio runtime starts");
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => run_serve(*args).await,
             Command::Review(args) => run_review(args).await,
             Command::Check(args) => run_check(args).await,
+            Command::Audit(args) => run_audit(args).await,
             Command::Policy(PolicyCommand::Validate { file }) => validate_policy(&file),
         }
     });
@@ -41,15 +43,45 @@ fn main() -> ExitCode {
     })
 }
 
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (kubeconfig or in-cluster configuration)")
+}
+
 async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format, &args.log)?;
     let metrics = Arc::new(Metrics::new());
-    let cluster = Arc::new(load_objects(&args.objects, &[])?);
-    let (mut publisher, policy) = PolicyPublisher::new(metrics.clone());
-    let origin = args.policy.display().to_string();
-    source::load_file(&args.policy, &origin, &mut publisher).await;
-    tokio::spawn(source::watch_file(args.policy.clone(), args.reload_interval, publisher));
+    let needs_api = args.policy.policy_configmap.is_some() || args.objects.is_empty();
+    let client = if needs_api { Some(kube_client().await?) } else { None };
 
+    let (mut publisher, policy) = PolicyPublisher::new(metrics.clone());
+    match (&args.policy.policy, &args.policy.policy_configmap, &client) {
+        (Some(file), _, _) => {
+            source::load_file(file, &file.display().to_string(), &mut publisher).await;
+            tokio::spawn(source::watch_file(file.clone(), args.reload_interval, publisher));
+        }
+        (None, Some(configmap), Some(client)) => {
+            tokio::spawn(source::watch_configmap(client.clone(), configmap.clone(), publisher));
+        }
+        _ => unreachable!("clap requires --policy or --policy-configmap, and a client for the ConfigMap"),
+    }
+
+    match client.filter(|_| args.objects.is_empty()) {
+        Some(client) => {
+            let options = LiveOptions { fallback_timeout: args.lookup_timeout, ..LiveOptions::default() };
+            serve_with(&args, policy, LiveCluster::start(client, options), metrics).await
+        }
+        None => serve_with(&args, policy, Arc::new(load_objects(&args.objects, &[])?), metrics).await,
+    }
+}
+
+async fn serve_with<C: Cluster + Send + Sync + 'static>(
+    args: &ServeArgs,
+    policy: PolicyReceiver,
+    cluster: Arc<C>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<ExitCode> {
     let certificates = CertificateFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone() };
     let config = ServerConfig {
         listen: args.listen,
@@ -65,7 +97,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_timeout: args.shutdown_timeout,
         ..ServerConfig::new(certificates)
     };
-    tracing::info!(config = ?config, policy = %origin, "starting");
+    tracing::info!(config = ?config, policy = ?args.policy, objects = ?args.objects, "starting");
     let running = match server::start(config, policy, cluster, metrics).await {
         Ok(running) => running,
         Err(err) => {
@@ -117,8 +149,28 @@ async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
     let documents = manifest::load_paths(&args.paths)?;
     let cluster = load_objects(&args.objects, &documents)?;
-    let report = tokengate::check::check(&policy, &documents, &cluster, &args.namespace).await;
-    match args.output {
+    let options = CheckOptions { default_namespace: &args.namespace, mutate_pods_first: true };
+    let report = tokengate::check::check(&policy, &documents, &cluster, options).await;
+    print_report(&report, args.output)
+}
+
+async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let client = kube_client().await?;
+    let policy = match &args.policy {
+        PolicySourceArgs { policy: Some(file), .. } => load_policy(file)?,
+        PolicySourceArgs { policy_configmap: Some(configmap), .. } => {
+            let text = source::fetch_configmap_policy(client.clone(), configmap).await.map_err(anyhow::Error::msg)?;
+            Policy::parse(&text).map_err(|err| anyhow::anyhow!("ConfigMap {configmap}: {err}"))?
+        }
+        _ => unreachable!("clap requires --policy or --policy-configmap"),
+    };
+    let progress = |kind: &str, count: usize| eprintln!("listed {count} {kind} object(s)");
+    let report = tokengate::audit::audit(client, &policy, progress).await.context("listing the cluster")?;
+    print_report(&report, args.output)
+}
+
+fn print_report(report: &Report, output: OutputFormat) -> anyhow::Result<ExitCode> {
+    match output {
         OutputFormat::Text => {
             print!("{}", report.to_text());
             eprintln!(
@@ -128,7 +180,7 @@ async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 report.mode
             );
         }
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report).context("encoding the report")?),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report).context("encoding the report")?),
     }
     Ok(if report.fails() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -157,8 +209,10 @@ fn load_policy(file: &Path) -> anyhow::Result<Policy> {
 /// The offline cluster: objects from `--objects` files plus those found among manifests.
 fn load_objects(files: &[PathBuf], documents: &[Document]) -> anyhow::Result<ObjectStore> {
     let mut store = ObjectStore::default();
-    for document in manifest::load_paths(files)? {
-        store.insert(&document.object).with_context(|| format!("reading objects from {}", document.file.display()))?;
+    for (file, document) in files.iter().map(|f| (f, manifest::load_paths(std::slice::from_ref(f)))) {
+        for document in document? {
+            store.insert(&document.object).with_context(|| format!("reading objects from {}", file.display()))?;
+        }
     }
     // A manifest that does not decode is reported by the check itself.
     for document in documents {

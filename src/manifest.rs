@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// One object read from a file.
+/// One Kubernetes object, and the file it was read from (none when it came from a cluster).
 #[derive(Debug, Clone)]
 pub struct Document {
-    pub file: PathBuf,
+    pub file: Option<PathBuf>,
     pub object: Value,
 }
 
@@ -58,7 +58,7 @@ fn expand(value: Value, file: &Path, documents: &mut Vec<Document>) {
                 }
             }
         }
-        object @ Value::Object(_) => documents.push(Document { file: file.to_path_buf(), object }),
+        object @ Value::Object(_) => documents.push(Document { file: Some(file.to_path_buf()), object }),
         _ => {}
     }
 }

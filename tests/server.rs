@@ -459,6 +459,8 @@ async fn the_binary_drains_and_exits_0_on_sigterm_and_1_on_bad_certificates() {
             .arg(&key)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(["--drain-delay", "300ms", "--log-format", "json"])
+            .arg("--objects")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/objects.yaml"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

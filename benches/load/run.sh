@@ -39,6 +39,7 @@ openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -
   -days 1 -extfile "$work/ext" -out "$work/tls.crt" 2>/dev/null
 
 taskset -c "$SERVER_CPU" target/release/tokengate serve --policy examples/policy.yaml \
+  --objects tests/fixtures/objects.yaml \
   --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" \
   --listen 127.0.0.1:18443 --admin-listen 127.0.0.1:18080 --log warn &
 pids+=($!)

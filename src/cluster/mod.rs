@@ -3,6 +3,7 @@
 //! Decisions read service accounts, CSI drivers, pods, PVCs and PVs through [`Cluster`]; each
 //! object is reduced to the few fields a decision reads, so caches of them stay small.
 
+mod live;
 mod objects;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
 use k8s_openapi::api::storage::v1::CSIDriver;
 
+pub use live::{LiveCluster, LiveOptions};
 pub use objects::{ObjectStore, ObjectsError};
 
 /// The outcome of a lookup: the object, `None` when it does not exist, or why it is unknown.
@@ -35,6 +37,10 @@ pub trait Cluster: Sync {
     fn persistent_volume_claim(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ClaimInfo>> + Send;
     /// The PersistentVolume `name`.
     fn persistent_volume(&self, name: &str) -> impl Future<Output = Lookup<VolumeInfo>> + Send;
+    /// Whether lookups can be answered (watch caches have synced); readiness waits for it.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// A service account, as far as decisions care: its annotations.
@@ -79,6 +85,12 @@ pub struct VolumeInfo {
 
 impl From<&ServiceAccount> for ServiceAccountInfo {
     fn from(sa: &ServiceAccount) -> Self {
+        Self { annotations: sa.metadata.annotations.clone().unwrap_or_default() }
+    }
+}
+
+impl From<&kube::api::PartialObjectMeta<ServiceAccount>> for ServiceAccountInfo {
+    fn from(sa: &kube::api::PartialObjectMeta<ServiceAccount>) -> Self {
         Self { annotations: sa.metadata.annotations.clone().unwrap_or_default() }
     }
 }

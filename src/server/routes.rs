@@ -133,6 +133,9 @@ async fn readyz<C: Cluster + Send + Sync + 'static>(State(state): State<Arc<AppS
     if state.policy.borrow().is_none() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "no valid policy loaded");
     }
+    if !state.cluster.is_ready() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "cluster caches have not synced yet");
+    }
     plain(StatusCode::OK, "ok")
 }
 

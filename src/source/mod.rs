@@ -3,6 +3,10 @@
 //! Every source publishes into the same watch channel; a bad update is logged and counted and
 //! the last good policy stays in force.
 
+mod configmap;
+
+pub use configmap::{fetch_configmap_policy, watch_configmap, ConfigMapRef, POLICY_KEY};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +37,9 @@ impl PolicyPublisher {
     }
 
     /// Validates `text` from `origin` and, when it is new and valid, puts it in force.
-    /// Returns whether the policy in force changed.
-    pub fn offer(&mut self, origin: &str, text: &str) -> bool {
+    pub fn offer(&mut self, origin: &str, text: &str) -> Offer {
         if self.last_seen.as_deref() == Some(text) {
-            return false;
+            return Offer::Unchanged;
         }
         self.last_seen = Some(text.to_string());
         match Policy::parse(text) {
@@ -45,11 +48,12 @@ impl PolicyPublisher {
                 self.metrics.policy_loaded(self.generation);
                 tracing::info!(origin, generation = self.generation, mode = policy.mode().as_str(), "policy loaded");
                 self.sender.send_replace(Some(Arc::new(policy)));
-                true
+                Offer::Loaded { generation: self.generation }
             }
             Err(err) => {
-                self.reject(origin, &err.to_string());
-                false
+                let reason = err.to_string();
+                self.reject(origin, &reason);
+                Offer::Rejected(reason)
             }
         }
     }
@@ -61,14 +65,26 @@ impl PolicyPublisher {
         tracing::error!(origin, reason, "policy rejected, {kept}");
     }
 
-    /// Records a read failure once per distinct failure (not on every poll).
-    fn unreadable(&mut self, origin: &str, reason: String) {
+    /// Records that the source has no policy to offer (unreadable file, missing ConfigMap),
+    /// once per distinct reason rather than on every poll; the last good policy stays.
+    pub fn unavailable(&mut self, origin: &str, reason: String) {
         let marker = format!("\u{0}unreadable: {reason}");
         if self.last_seen.as_deref() != Some(marker.as_str()) {
             self.last_seen = Some(marker);
             self.reject(origin, &reason);
         }
     }
+}
+
+/// What became of an offered policy text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offer {
+    /// Valid and now in force.
+    Loaded { generation: u64 },
+    /// The same text as last time: nothing to do.
+    Unchanged,
+    /// Invalid; the reason lists every problem. The previous policy stays in force.
+    Rejected(String),
 }
 
 /// Loads the policy file now, then re-reads it every `interval` (which also catches the
@@ -91,7 +107,7 @@ pub async fn load_file(path: &Path, origin: &str, publisher: &mut PolicyPublishe
         Ok(text) => {
             publisher.offer(origin, &text);
         }
-        Err(err) => publisher.unreadable(origin, format!("cannot read the policy file: {err}")),
+        Err(err) => publisher.unavailable(origin, format!("cannot read the policy file: {err}")),
     }
 }
 
@@ -106,14 +122,14 @@ mod tests {
     fn a_bad_update_keeps_the_last_good_policy() {
         let metrics = Arc::new(Metrics::new());
         let (mut publisher, receiver) = PolicyPublisher::new(metrics.clone());
-        assert!(!publisher.offer("test", "kind: nope"));
+        assert!(matches!(publisher.offer("test", "kind: nope"), Offer::Rejected(_)));
         assert!(receiver.borrow().is_none(), "not ready without a valid policy");
-        assert!(publisher.offer("test", VALID));
-        assert!(!publisher.offer("test", VALID), "the same text is not reloaded");
-        assert!(!publisher.offer("test", "spec: [broken"));
+        assert_eq!(publisher.offer("test", VALID), Offer::Loaded { generation: 1 });
+        assert_eq!(publisher.offer("test", VALID), Offer::Unchanged, "the same text is not reloaded");
+        assert!(matches!(publisher.offer("test", "spec: [broken"), Offer::Rejected(_)));
         let mode = receiver.borrow().as_ref().map(|p| p.mode());
         assert_eq!(mode, Some(crate::policy::Mode::Warn));
-        assert!(publisher.offer("test", OTHER));
+        assert_eq!(publisher.offer("test", OTHER), Offer::Loaded { generation: 2 });
         let text = metrics.encode();
         assert!(text.contains("tokengate_policy_generation 2"), "{text}");
         assert!(text.contains(r#"tokengate_policy_reloads_total{result="error"} 2"#), "{text}");

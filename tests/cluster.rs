@@ -1,0 +1,275 @@
+//! Cluster integration against a fake API server spoken to by a real kube-rs client: the policy
+//! ConfigMap, the watch caches behind decisions, the cache-miss fallback, and `tokengate audit`.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::eventually;
+use support::fake_apiserver::FakeApiServer;
+use tokengate::cluster::{Cluster, LiveCluster, LiveOptions, ObjectStore};
+use tokengate::manifest;
+use tokengate::metrics::Metrics;
+use tokengate::policy::{Mode, Policy};
+use tokengate::review::{review, Reply, Webhook};
+use tokengate::source::{watch_configmap, ConfigMapRef, PolicyPublisher};
+
+const POLICY: &str = include_str!("fixtures/policy.yaml");
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(root().join(format!("tests/fixtures/reviews/{name}.json"))).expect("fixture")
+}
+
+fn fixture_objects() -> Vec<Value> {
+    manifest::load_file(&root().join("tests/fixtures/objects.yaml"))
+        .expect("objects")
+        .into_iter()
+        .map(|d| d.object)
+        .collect()
+}
+
+fn configmap(data: Option<&str>) -> Value {
+    let mut object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "tokengate-policy", "namespace": "tokengate-system"}});
+    if let Some(text) = data {
+        object["data"] = json!({"policy.yaml": text});
+    }
+    object
+}
+
+fn event_reasons(api: &FakeApiServer) -> Vec<String> {
+    api.events().iter().filter_map(|e| e["reason"].as_str().map(str::to_string)).collect()
+}
+
+#[tokio::test]
+async fn policy_configmap_created_updated_broken_deleted_and_recreated() {
+    let api = FakeApiServer::start().await;
+    let metrics = Arc::new(Metrics::new());
+    let (publisher, mut policy) = PolicyPublisher::new(metrics.clone());
+    let target: ConfigMapRef = "tokengate-system/tokengate-policy".parse().expect("ref");
+    tokio::spawn(watch_configmap(api.client(), target, publisher));
+    let mode = |policy: &tokengate::source::PolicyReceiver| policy.borrow().as_ref().map(|p| p.mode());
+    let within = Duration::from_secs(2);
+
+    // Cold start without the ConfigMap: no policy (not ready), counted, no crash.
+    assert!(eventually(within, async || metrics.encode().contains(r#"policy_reloads_total{result="error"} 1"#)).await);
+    assert_eq!(mode(&policy), None);
+
+    api.apply(configmap(Some(POLICY)));
+    let started = Instant::now();
+    tokio::time::timeout(within, policy.wait_for(Option::is_some)).await.expect("applied within 2 s").expect("open");
+    assert!(started.elapsed() < within);
+    assert_eq!(mode(&policy), Some(Mode::Enforce));
+    assert!(eventually(within, async || event_reasons(&api).contains(&"PolicyLoaded".to_string())).await);
+
+    api.apply(configmap(Some(
+        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  expiration: {minSeconds: 5}\n",
+    )));
+    assert!(eventually(within, async || event_reasons(&api).contains(&"InvalidPolicy".to_string())).await);
+    let invalid = api.events().into_iter().find(|e| e["reason"] == "InvalidPolicy").expect("event");
+    assert_eq!(invalid["type"], "Warning");
+    assert_eq!(invalid["regarding"]["name"], "tokengate-policy");
+    assert!(invalid["note"].as_str().expect("note").contains("spec.expiration.minSeconds"), "{invalid}");
+    assert_eq!(mode(&policy), Some(Mode::Enforce), "the last good policy stays");
+
+    api.apply(configmap(Some(&POLICY.replace("mode: Enforce", "mode: Warn"))));
+    assert!(eventually(within, async || mode(&policy) == Some(Mode::Warn)).await, "a valid update applies");
+
+    api.apply(configmap(None));
+    let found = eventually(within, async || {
+        api.events().iter().any(|e| e["note"].as_str().is_some_and(|n| n.contains("has no key policy.yaml")))
+    })
+    .await;
+    assert!(found, "{:#?}", api.events());
+    assert_eq!(mode(&policy), Some(Mode::Warn));
+
+    api.delete("v1", "ConfigMap", Some("tokengate-system"), "tokengate-policy");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mode(&policy), Some(Mode::Warn), "deleting the ConfigMap keeps the last good policy");
+
+    api.apply(configmap(Some(&POLICY.replace("mode: Enforce", "mode: Audit"))));
+    assert!(eventually(within, async || mode(&policy) == Some(Mode::Audit)).await, "a recreated ConfigMap applies");
+    let text = metrics.encode();
+    assert!(text.contains("tokengate_policy_generation 3"), "{text}");
+}
+
+/// A fake cluster holding the golden fixtures' objects, and a synced live cluster over it.
+async fn live(options: LiveOptions) -> (FakeApiServer, Arc<LiveCluster>) {
+    let api = FakeApiServer::start().await;
+    for object in fixture_objects() {
+        api.apply(object);
+    }
+    let cluster = LiveCluster::start(api.client(), options);
+    assert!(eventually(Duration::from_secs(5), async || cluster.is_ready()).await, "caches sync");
+    (api, cluster)
+}
+
+async fn respond<C: Cluster>(name: &str, webhook: Webhook, policy: &Policy, cluster: &C) -> Value {
+    let Reply::Review { body, .. } = review(&fixture(name), webhook, policy, cluster).await else { panic!("{name}") };
+    serde_json::from_slice(&body).expect("JSON")
+}
+
+#[tokio::test]
+async fn live_caches_answer_decisions_exactly_like_the_objects_files() {
+    let (api, cluster) = live(LiveOptions::default()).await;
+    // Every namespace has a `default` service account; the fixtures name only some.
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "prod"}}),
+    );
+    assert!(eventually(Duration::from_secs(2), async || cluster.sizes()[0] >= 4).await);
+    let policy = Policy::parse(POLICY).expect("valid");
+    let mut offline = ObjectStore::default();
+    for object in fixture_objects() {
+        offline.insert(&object).expect("decodes");
+    }
+    let cases = [
+        ("pod-irsa-mutate", Webhook::Mutate),
+        ("pod-irsa-validate-missing", Webhook::Validate),
+        ("pod-csi-inline-allowed", Webhook::Validate),
+        ("pod-csi-inline-denied", Webhook::Validate),
+        ("tokenrequest-node-csi-inline", Webhook::Validate),
+        ("tokenrequest-node-pvc", Webhook::Validate),
+        ("tokenrequest-node-ephemeral", Webhook::Validate),
+        ("tokenrequest-node-other-node", Webhook::Validate),
+        ("tokenrequest-node-wrong-uid", Webhook::Validate),
+        ("tokenrequest-node-vault-1.36", Webhook::Validate),
+    ];
+    for (name, webhook) in cases {
+        let live = respond(name, webhook, &policy, cluster.as_ref()).await;
+        let files = respond(name, webhook, &policy, &offline).await;
+        assert_eq!(live, files, "{name}");
+    }
+    let patched = respond("pod-irsa-mutate", Webhook::Mutate, &policy, cluster.as_ref()).await;
+    assert!(patched["response"]["patch"].is_string(), "service-account annotation read from the cache");
+    assert_eq!(api.single_gets(), 0, "every lookup was answered by a cache");
+    let [accounts, drivers, pods, claims, volumes] = cluster.sizes();
+    assert!(accounts >= 3 && drivers == 3 && pods >= 6 && claims == 2 && volumes == 2);
+}
+
+fn fresh_pod(name: &str, uid: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "team-a", "uid": uid},
+           "spec": {"nodeName": "node-1", "serviceAccountName": "web", "containers": [{"name": "app", "image": "app"}],
+                    "volumes": [{"name": "vault", "projected": {"sources": [{"serviceAccountToken": {"audience": "vault", "path": "t"}}]}}]}})
+}
+
+fn node_token_request(pod: &str, uid: &str) -> Vec<u8> {
+    let mut review: Value = serde_json::from_slice(&fixture("tokenrequest-node-vault-1.36")).expect("JSON");
+    review["request"]["object"]["spec"]["boundObjectRef"] =
+        json!({"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": uid});
+    serde_json::to_vec(&review).expect("JSON")
+}
+
+#[tokio::test]
+async fn a_pod_the_cache_has_not_seen_is_fetched_from_the_api() {
+    let (api, cluster) = live(LiveOptions::default()).await;
+    let policy = Policy::parse(POLICY).expect("valid");
+    api.set_watch_delay(Duration::from_secs(3));
+    api.apply(fresh_pod("just-created", "0b7c8a57-0000-4000-8000-000000000001"));
+    let body = node_token_request("just-created", "0b7c8a57-0000-4000-8000-000000000001");
+    let Reply::Review { body, .. } = review(&body, Webhook::Validate, &policy, cluster.as_ref()).await else {
+        panic!()
+    };
+    let response: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(response["response"]["allowed"], json!(true), "{response}");
+    assert!(api.single_gets() >= 1, "answered by the fallback");
+}
+
+#[tokio::test]
+async fn a_slow_api_fails_the_lookup_in_time_with_a_clear_reason() {
+    let options = LiveOptions { fallback_timeout: Duration::from_millis(300), ..LiveOptions::default() };
+    let (api, cluster) = live(options).await;
+    let policy = Policy::parse(POLICY).expect("valid");
+    api.set_watch_delay(Duration::from_secs(5));
+    api.set_get_delay(Duration::from_secs(5));
+    api.apply(fresh_pod("slow", "0b7c8a57-0000-4000-8000-000000000002"));
+    let started = Instant::now();
+    let body = node_token_request("slow", "0b7c8a57-0000-4000-8000-000000000002");
+    let Reply::Review { body, .. } = review(&body, Webhook::Validate, &policy, cluster.as_ref()).await else {
+        panic!()
+    };
+    assert!(started.elapsed() < Duration::from_secs(2), "bounded by the fallback timeout");
+    let response: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(response["response"]["allowed"], json!(false));
+    let message = response["response"]["status"]["message"].as_str().expect("message");
+    assert!(message.contains("could not look up pod team-a/slow") && message.contains("timed out"), "{message}");
+}
+
+fn workload_objects() -> Vec<Value> {
+    let template = |audience: &str| {
+        json!({"metadata": {"labels": {"app": "x"}}, "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "app"}],
+               "volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"audience": audience, "path": "t"}}]}}]}})
+    };
+    vec![
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bad-deploy", "namespace": "team-a"},
+               "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template("gcp.example.svc.id.goog")}}),
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "bad-deploy-1", "namespace": "team-a",
+                   "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "bad-deploy", "uid": "d1", "controller": true}]},
+               "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template("gcp.example.svc.id.goog")}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "good-deploy", "namespace": "team-a"},
+               "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template("vault")}}),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": "evil.example.com"},
+               "spec": {"tokenRequests": [{"audience": "vault"}]}}),
+    ]
+}
+
+#[tokio::test]
+async fn audit_reports_existing_violations_and_exits_1() {
+    let api = FakeApiServer::start().await;
+    for object in fixture_objects().into_iter().chain(workload_objects()) {
+        api.apply(object);
+    }
+    // A running pod lacking its required injection, and one in an exempt namespace.
+    api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "no-identity", "namespace": "team-a"},
+                     "spec": {"serviceAccountName": "irsa", "containers": [{"name": "app", "image": "app"}]}}));
+    api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "system", "namespace": "kube-system"},
+                     "spec": {"containers": [{"name": "app", "image": "app"}],
+                              "volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"audience": "x", "path": "t"}}]}}]}}));
+    let dir = support::TempDir::new("audit");
+    let kubeconfig = dir.write("kubeconfig", api.kubeconfig());
+    let run = |output: &str| {
+        let kubeconfig = kubeconfig.clone();
+        let output = output.to_string();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+                .args(["audit", "--policy", "tests/fixtures/policy.yaml", "--output", &output])
+                .current_dir(root())
+                .env("KUBECONFIG", &kubeconfig)
+                .output()
+                .expect("tokengate runs")
+        })
+    };
+    let text = run("text").await.expect("task");
+    let stdout = String::from_utf8_lossy(&text.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&text.stderr).to_string();
+    assert_eq!(text.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Deployment team-a/bad-deploy: spec.template.spec.volumes[0]"), "{stdout}");
+    assert!(stdout.contains("CSIDriver evil.example.com: spec.tokenRequests"), "{stdout}");
+    assert!(stdout.contains("Pod team-a/no-identity: spec.volumes: injection \"aws-web-identity\""), "{stdout}");
+    assert!(!stdout.contains("bad-deploy-1"), "controller-owned ReplicaSets are judged through their Deployment");
+    assert!(!stdout.contains("good-deploy") && !stdout.contains("kube-system"), "{stdout}");
+    assert!(stderr.contains("listed") && stderr.contains("Pod"), "progress on stderr: {stderr}");
+    let json = run("json").await.expect("task");
+    let report: Value = serde_json::from_slice(&json.stdout).expect("JSON report");
+    assert_eq!(report["violations"].as_array().expect("array").len(), stdout.lines().count());
+    assert!(report["violations"][0].get("file").is_none());
+}
+
+#[tokio::test]
+async fn audit_without_a_cluster_exits_2() {
+    let dir = support::TempDir::new("audit-none");
+    let kubeconfig = dir.write("kubeconfig", "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'http://127.0.0.1:9'}\ncontexts:\n- name: c\n  context: {cluster: c}\ncurrent-context: c\n");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["audit", "--policy", "tests/fixtures/policy.yaml"])
+        .current_dir(root())
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("tokengate runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("listing the cluster"));
+}

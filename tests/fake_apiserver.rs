@@ -1,0 +1,403 @@
+//! The fake API server answers a real `kube::Client` the way the cluster integration needs.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod, ServiceAccount};
+use k8s_openapi::api::storage::v1::CSIDriver;
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::{Resource, ResourceExt};
+use serde_json::{json, Value};
+use support::fake_apiserver::FakeApiServer;
+
+const STEP: Duration = Duration::from_secs(5);
+
+fn pod(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+        "spec": {"serviceAccountName": "default", "containers": [{"name": "main", "image": "busybox"}]},
+    })
+}
+
+fn config_map(namespace: &str, name: &str, value: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"value": value},
+    })
+}
+
+fn service_account(namespace: &str, name: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+    })
+}
+
+/// The next item of a stream, failing the test when none comes within [`STEP`].
+async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
+    tokio::time::timeout(STEP, stream.next()).await.expect("an item in time").expect("the stream goes on")
+}
+
+/// The next watcher event, failing on errors.
+async fn next_event<K, S>(stream: &mut S) -> Event<K>
+where
+    S: Stream<Item = Result<Event<K>, watcher::Error>> + Unpin,
+{
+    next(stream).await.expect("a watcher event")
+}
+
+fn names<K: ResourceExt>(objects: &[K]) -> Vec<String> {
+    objects.iter().map(ResourceExt::name_any).collect()
+}
+
+#[tokio::test]
+async fn lists_and_gets_objects() {
+    let server = FakeApiServer::start().await;
+    server.apply(pod("default", "web"));
+    server.apply(pod("team-a", "api"));
+    server.apply(json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "CSIDriver",
+        "metadata": {"name": "secrets-store.csi.k8s.io"},
+        "spec": {"tokenRequests": [{"audience": "vault"}]},
+    }));
+    server.apply(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": "pv-1"},
+        "spec": {"csi": {"driver": "secrets-store.csi.k8s.io", "volumeHandle": "h"}},
+    }));
+    let client = server.client();
+
+    let default_pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let listed = default_pods.list(&ListParams::default()).await.expect("list");
+    assert_eq!(names(&listed.items), ["web"]);
+    assert!(listed.metadata.resource_version.is_some_and(|v| !v.is_empty()));
+    let all_pods: Api<Pod> = Api::all(client.clone());
+    let mut all = names(&all_pods.list(&ListParams::default()).await.expect("list").items);
+    all.sort();
+    assert_eq!(all, ["api", "web"]);
+    let labelled = all_pods.list(&ListParams::default().labels("app in (api,db)")).await.expect("list");
+    assert_eq!(names(&labelled.items), ["api"]);
+    let unlabelled = all_pods.list(&ListParams::default().labels("!app")).await.expect("list");
+    assert!(unlabelled.items.is_empty());
+
+    let found = default_pods.get_opt("web").await.expect("get").expect("found");
+    assert_eq!(found.metadata.namespace.as_deref(), Some("default"));
+    assert!(found.metadata.uid.is_some() && found.metadata.resource_version.is_some());
+    assert_eq!(default_pods.get_opt("missing").await.expect("get"), None);
+    let team_a: Api<Pod> = Api::namespaced(client.clone(), "team-a");
+    assert!(team_a.get_opt("api").await.expect("get").is_some());
+    assert_eq!(team_a.get_opt("web").await.expect("get"), None);
+
+    let drivers: Api<CSIDriver> = Api::all(client.clone());
+    let driver = drivers.get_opt("secrets-store.csi.k8s.io").await.expect("get").expect("found");
+    assert_eq!(driver.metadata.namespace, None);
+    assert_eq!(driver.spec.token_requests.expect("token requests")[0].audience, "vault");
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    assert!(volumes.get_opt("pv-1").await.expect("get").is_some());
+    assert_eq!(server.single_gets(), 6);
+
+    // Not found: a Status kube understands.
+    let error = default_pods.get("missing").await.expect_err("missing");
+    match error {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 404);
+            assert_eq!(status.reason, "NotFound");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    let unknown = axum::http::Request::get("/apis/example.com/v1/widgets").body(Vec::new()).expect("request");
+    match client.request_text(unknown).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
+        other => panic!("unexpected answer {other:?}"),
+    }
+
+    server.delete("v1", "Pod", Some("default"), "web");
+    assert_eq!(default_pods.get_opt("web").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn pages_lists() {
+    let server = FakeApiServer::start().await;
+    for name in ["p1", "p2", "p3", "p4", "p5"] {
+        server.apply(pod("default", name));
+    }
+    let pods: Api<Pod> = Api::default_namespaced(server.client());
+    let mut params = ListParams::default().limit(2);
+    let mut pages = Vec::new();
+    loop {
+        let page = pods.list(&params).await.expect("list");
+        pages.push(names(&page.items));
+        if pages.len() == 1 {
+            // Later pages come from the first page's snapshot.
+            server.apply(pod("default", "p0"));
+            server.delete("v1", "Pod", Some("default"), "p5");
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec!["p1", "p2"], vec!["p3", "p4"], vec!["p5"]]);
+
+    let fresh = pods.list(&ListParams::default()).await.expect("list");
+    assert_eq!(names(&fresh.items), ["p0", "p1", "p2", "p3", "p4"]);
+}
+
+#[tokio::test]
+async fn watcher_sees_objects_before_and_after_it_started_and_deletions() {
+    let server = FakeApiServer::start().await;
+    server.apply(pod("default", "before"));
+    server.apply(pod("other", "elsewhere"));
+    let pods: Api<Pod> = Api::default_namespaced(server.client());
+    let mut stream = watcher(pods.clone(), watcher::Config::default().page_size(1)).boxed();
+
+    assert!(matches!(next_event(&mut stream).await, Event::Init));
+    match next_event(&mut stream).await {
+        Event::InitApply(pod) => assert_eq!(pod.name_any(), "before"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(next_event(&mut stream).await, Event::InitDone));
+
+    server.apply(pod("default", "after"));
+    match next_event(&mut stream).await {
+        Event::Apply(pod) => assert_eq!(pod.name_any(), "after"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut changed = pod("default", "after");
+    changed["metadata"]["labels"]["app"] = json!("changed");
+    server.apply(changed);
+    match next_event(&mut stream).await {
+        Event::Apply(pod) => assert_eq!(pod.labels()["app"], "changed"),
+        other => panic!("unexpected {other:?}"),
+    }
+    server.apply(pod("other", "ignored"));
+    server.delete("v1", "Pod", Some("default"), "before");
+    match next_event(&mut stream).await {
+        Event::Delete(pod) => assert_eq!(pod.name_any(), "before"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_from_a_list_version_replays_what_happened_in_between() {
+    let server = FakeApiServer::start().await;
+    server.apply(pod("default", "listed"));
+    let pods: Api<Pod> = Api::default_namespaced(server.client());
+    let list = pods.list(&ListParams::default()).await.expect("list");
+    let version = list.metadata.resource_version.expect("version");
+    server.apply(pod("default", "between"));
+    server.delete("v1", "Pod", Some("default"), "listed");
+
+    let mut stream = pods.watch(&WatchParams::default().timeout(1), &version).await.expect("watch").boxed();
+    match next(&mut stream).await.expect("event") {
+        WatchEvent::Added(pod) => assert_eq!(pod.name_any(), "between"),
+        other => panic!("unexpected {other:?}"),
+    }
+    match next(&mut stream).await.expect("event") {
+        WatchEvent::Deleted(pod) => {
+            assert_eq!(pod.name_any(), "listed");
+            assert_ne!(pod.resource_version(), list.items[0].resource_version(), "deletions carry a new version");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // timeoutSeconds ends the stream.
+    let end = tokio::time::timeout(STEP, stream.next()).await.expect("the watch ends in time");
+    assert!(end.is_none());
+}
+
+/// Drives a metadata watch of ServiceAccounts in `default` through an initial list and a change.
+async fn sees_annotations<S>(server: &FakeApiServer, mut stream: S)
+where
+    S: Stream<Item = Result<Event<PartialObjectMeta<ServiceAccount>>, watcher::Error>> + Unpin,
+{
+    assert!(matches!(next_event(&mut stream).await, Event::Init));
+    match next_event(&mut stream).await {
+        Event::InitApply(meta) => {
+            assert_eq!(meta.name_any(), "web");
+            assert_eq!(meta.annotations()["eks.amazonaws.com/role-arn"], "arn:aws:iam::1:role/web");
+            let types = meta.types.expect("types");
+            assert_eq!((types.api_version.as_str(), types.kind.as_str()), ("meta.k8s.io/v1", "PartialObjectMetadata"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(next_event(&mut stream).await, Event::InitDone));
+
+    server.apply(service_account("default", "web", json!({"azure.workload.identity/client-id": "abc"})));
+    match next_event(&mut stream).await {
+        Event::Apply(meta) => {
+            assert_eq!(meta.annotations()["azure.workload.identity/client-id"], "abc");
+            assert!(!meta.annotations().contains_key("eks.amazonaws.com/role-arn"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+#[allow(deprecated)] // kube 5 prefers `watcher` over `Api<PartialObjectMeta<K>>`; both are served.
+async fn metadata_watcher_sees_annotations() {
+    let server = FakeApiServer::start().await;
+    server.apply(service_account("default", "web", json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/web"})));
+    let accounts: Api<ServiceAccount> = Api::default_namespaced(server.client());
+    let stream = kube::runtime::watcher::metadata_watcher(accounts.clone(), watcher::Config::default()).boxed();
+    sees_annotations(&server, stream).await;
+
+    let listed = accounts.list_metadata(&ListParams::default()).await.expect("list metadata");
+    assert_eq!(listed.types.kind, "PartialObjectMetadataList");
+    assert_eq!(names(&listed.items), ["web"]);
+    let single = accounts.get_metadata_opt("web").await.expect("get metadata").expect("found");
+    assert_eq!(single.annotations()["azure.workload.identity/client-id"], "abc");
+}
+
+#[tokio::test]
+async fn watcher_over_partial_object_metadata_sees_annotations() {
+    let server = FakeApiServer::start().await;
+    server.apply(service_account("default", "web", json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/web"})));
+    let accounts: Api<PartialObjectMeta<ServiceAccount>> = Api::default_namespaced(server.client());
+    let stream = watcher(accounts, watcher::Config::default()).boxed();
+    sees_annotations(&server, stream).await;
+}
+
+#[tokio::test]
+async fn field_selectors_pick_by_name_and_namespace() {
+    let server = FakeApiServer::start().await;
+    server.apply(config_map("default", "wanted", "1"));
+    server.apply(config_map("default", "other", "1"));
+    server.apply(config_map("team-a", "wanted", "1"));
+    let client = server.client();
+    let maps: Api<ConfigMap> = Api::default_namespaced(client.clone());
+
+    let by_name = maps.list(&ListParams::default().fields("metadata.name=wanted")).await.expect("list");
+    assert_eq!(names(&by_name.items), ["wanted"]);
+    let everywhere: Api<ConfigMap> = Api::all(client.clone());
+    let by_both = everywhere
+        .list(&ListParams::default().fields("metadata.name=wanted,metadata.namespace=team-a"))
+        .await
+        .expect("list");
+    assert_eq!(by_both.items.len(), 1);
+    assert_eq!(by_both.items[0].namespace().as_deref(), Some("team-a"));
+    let not_wanted = maps.list(&ListParams::default().fields("metadata.name!=wanted")).await.expect("list");
+    assert_eq!(names(&not_wanted.items), ["other"]);
+
+    let mut stream = watcher(maps, watcher::Config::default().fields("metadata.name=wanted")).boxed();
+    assert!(matches!(next_event(&mut stream).await, Event::Init));
+    match next_event(&mut stream).await {
+        Event::InitApply(map) => assert_eq!(map.name_any(), "wanted"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(next_event(&mut stream).await, Event::InitDone));
+    server.apply(config_map("default", "other", "2"));
+    server.apply(config_map("team-a", "wanted", "2"));
+    server.apply(config_map("default", "wanted", "2"));
+    match next_event(&mut stream).await {
+        Event::Apply(map) => {
+            assert_eq!(map.name_any(), "wanted");
+            assert_eq!(map.data.expect("data")["value"], "2");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn recorder_publishes_events() {
+    let server = FakeApiServer::start().await;
+    server.apply(pod("team-a", "web"));
+    let client = server.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team-a");
+    let web = pods.get("web").await.expect("get");
+    let recorder = Recorder::new(client, Reporter { controller: "tokengate".into(), instance: None });
+    let event = RecorderEvent {
+        type_: EventType::Warning,
+        reason: "AudienceDenied".into(),
+        note: Some("audience \"vault\" is not allowed".into()),
+        action: "Admit".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &web.object_ref(&())).await.expect("publish");
+
+    let events = server.events();
+    assert_eq!(events.len(), 1);
+    let recorded = &events[0];
+    assert_eq!(recorded["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(recorded["kind"], "Event");
+    assert_eq!(recorded["metadata"]["namespace"], "team-a");
+    assert_eq!(recorded["reason"], "AudienceDenied");
+    assert_eq!(recorded["type"], "Warning");
+    assert_eq!(recorded["note"], "audience \"vault\" is not allowed");
+    assert_eq!(recorded["reportingController"], "tokengate");
+    assert_eq!(recorded["regarding"]["kind"], "Pod");
+    assert_eq!(recorded["regarding"]["name"], "web");
+
+    // The same event again is a series: a PATCH of the existing event.
+    recorder.publish(&event, &web.object_ref(&())).await.expect("publish again");
+    let events = server.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["series"]["count"], 2);
+
+    let listed: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(server.client(), "team-a");
+    assert_eq!(listed.list(&ListParams::default()).await.expect("list").items.len(), 1);
+}
+
+#[tokio::test]
+async fn get_delay_outlasts_a_timeout() {
+    let server = FakeApiServer::start().await;
+    server.apply(service_account("default", "web", json!({})));
+    let accounts: Api<ServiceAccount> = Api::default_namespaced(server.client());
+    server.set_get_delay(Duration::from_millis(800));
+
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_millis(100), accounts.get_opt("web")).await;
+    assert!(answer.is_err(), "the GET is slower than the timeout");
+    assert!(started.elapsed() < Duration::from_millis(700));
+    assert_eq!(server.single_gets(), 1);
+
+    // Lists and watches are not delayed.
+    let listed = tokio::time::timeout(Duration::from_millis(500), accounts.list(&ListParams::default())).await;
+    assert_eq!(listed.expect("in time").expect("list").items.len(), 1);
+
+    server.set_get_delay(Duration::ZERO);
+    let found = tokio::time::timeout(Duration::from_millis(500), accounts.get_opt("web")).await;
+    assert!(found.expect("in time").expect("get").is_some());
+    assert_eq!(server.single_gets(), 2);
+}
+
+#[tokio::test]
+async fn kubeconfig_points_at_the_server() {
+    let server = FakeApiServer::start().await;
+    server.apply(pod("default", "web"));
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("config");
+    assert_eq!(config.default_namespace, "default");
+    assert_eq!(config.cluster_url.to_string().trim_end_matches('/'), server.url());
+    let client = kube::Client::try_from(config).expect("client");
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    assert!(pods.get_opt("web").await.expect("get").is_some());
+}
+
+#[tokio::test]
+async fn dropping_the_server_ends_watches() {
+    let server = FakeApiServer::start().await;
+    let pods: Api<Pod> = Api::default_namespaced(server.client());
+    let mut stream = pods.watch(&WatchParams::default(), "0").await.expect("watch").boxed();
+    server.apply(pod("default", "web"));
+    match next(&mut stream).await.expect("event") {
+        WatchEvent::Added(pod) => assert_eq!(pod.name_any(), "web"),
+        other => panic!("unexpected {other:?}"),
+    }
+    drop(server);
+    let end = tokio::time::timeout(STEP, stream.next()).await.expect("the watch ends in time");
+    assert!(end.is_none_or(|item| item.is_err()));
+}
