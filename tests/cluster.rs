@@ -273,3 +273,111 @@ async fn audit_without_a_cluster_exits_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("listing the cluster"));
 }
+
+fn many_objects(api: &FakeApiServer, count: usize) {
+    for i in 0..count {
+        let namespace = format!("ns-{}", i % 100);
+        api.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": format!("sa-{i}"), "namespace": namespace, "uid": format!("00000000-0000-4000-8000-{i:012}"),
+                         "annotations": {"eks.amazonaws.com/role-arn": format!("arn:aws:iam::111122223333:role/sa-{i}")}}}));
+        api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("web-{i}-7d9f8b6c5d-x2x4q"), "namespace": namespace, "uid": format!("10000000-0000-4000-8000-{i:012}"),
+                         "labels": {"app": "web", "pod-template-hash": "7d9f8b6c5d"},
+                         "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-01T10:00:00Z"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8b6c5d", "uid": "r1", "controller": true}]},
+            "spec": {"nodeName": format!("node-{}", i % 50), "serviceAccountName": format!("sa-{i}"),
+                     "containers": [{"name": "app", "image": "registry.example.com/web:1.4.2",
+                                     "env": [{"name": "LOG_LEVEL", "value": "info"}],
+                                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                                     "volumeMounts": [{"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true},
+                                                      {"name": "vault-token", "mountPath": "/var/run/secrets/vault"}]}],
+                     "volumes": [
+                        {"name": "vault-token", "projected": {"sources": [{"serviceAccountToken": {"audience": "vault", "expirationSeconds": 3600, "path": "token"}}]}},
+                        {"name": "kube-api-access-abcde", "projected": {"sources": [
+                            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}));
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// `serve` against a cluster of 10 000 pods and 10 000 service accounts: ready only after the
+/// caches sync, lookups answered, and the resident memory measured (the README reports it).
+#[tokio::test]
+async fn serve_with_ten_thousand_pods_and_service_accounts_stays_under_100_mib() {
+    let api = FakeApiServer::start().await;
+    many_objects(&api, 10_000);
+    api.apply(configmap(Some(POLICY)));
+    let pki = support::Pki::new("memory-ca");
+    let dir = support::TempDir::new("memory");
+    let issued = pki.server(&[support::SERVER_NAME]);
+    let (cert, key) = (dir.write("tls.crt", &issued.cert_pem), dir.write("tls.key", &issued.key_pem));
+    let kubeconfig = dir.write("kubeconfig", api.kubeconfig());
+    let port = |_: ()| std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (webhook_port, admin_port) = (port(()), port(()));
+    let child = support::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["serve", "--policy-configmap", "tokengate-system/tokengate-policy", "--log", "warn"])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{webhook_port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin_port}"),
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tokengate starts"),
+    );
+    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    let ready = eventually(Duration::from_secs(60), async || {
+        reqwest::get(&readyz).await.is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+    })
+    .await;
+    assert!(ready, "ready once the policy loaded and the caches synced");
+    let client = support::client_for(&pki.ca_pem(), webhook_port);
+    let mut review_body: Value = serde_json::from_slice(&fixture("tokenrequest-node-vault-1.36")).expect("JSON");
+    let request = &mut review_body["request"];
+    request["namespace"] = json!("ns-7");
+    request["name"] = json!("sa-7");
+    request["userInfo"]["username"] = json!("system:node:node-7");
+    request["object"]["spec"]["boundObjectRef"] =
+        json!({"kind": "Pod", "name": "web-7-7d9f8b6c5d-x2x4q", "uid": "10000000-0000-4000-8000-000000000007"});
+    let url = format!("https://{}:{webhook_port}/validate", support::SERVER_NAME);
+    for _ in 0..200 {
+        let response = client
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(serde_json::to_vec(&review_body).expect("JSON"))
+            .send()
+            .await
+            .expect("request");
+        let answer: Value = response.json().await.expect("JSON");
+        assert_eq!(answer["response"]["allowed"], json!(false), "vault is not allowed in ns-7: {answer}");
+        let message = answer["response"]["status"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("is not allowed for service account ns-7/sa-7"), "{message}");
+        assert!(
+            !message.contains("does not exist") && !message.contains("could not look up"),
+            "found in the cache: {message}"
+        );
+    }
+    let rss_mib = rss_kib(child.0.id()) as f64 / 1024.0;
+    eprintln!("tokengate serve RSS with 10000 pods and 10000 service accounts cached: {rss_mib:.1} MiB");
+    assert_eq!(api.single_gets(), 0, "no API call on the hot path");
+    drop(child);
+    assert!(rss_mib < 100.0, "RSS {rss_mib:.1} MiB");
+}

@@ -196,6 +196,19 @@ pub fn client(ca_pem: &str, server: &TestServer, identity: Option<&Issued>) -> r
     builder.build().expect("client")
 }
 
+/// An HTTPS client that trusts `ca_pem` and reaches [`SERVER_NAME`] at a loopback port.
+pub fn client_for(ca_pem: &str, port: u16) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA"))
+        .resolve(SERVER_NAME, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .http1_only()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
 /// Polls `check` until it is true or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -206,4 +219,14 @@ pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// A child process killed (and reaped) when the test ends, even when it fails.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
