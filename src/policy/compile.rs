@@ -79,6 +79,8 @@ impl TryFrom<PolicyDocument> for Policy {
         check_max(&mut problems, "spec.expiration.maxSeconds", max_seconds, min_seconds);
 
         let mut builders: HashMap<String, (GlobSetBuilder, Vec<usize>, Vec<AudienceRule>)> = HashMap::new();
+        let mut all_namespaces = GlobSetBuilder::new();
+        let mut all_namespaces_owner = Vec::new();
         for (i, entry) in spec.audiences.iter().enumerate() {
             let path = format!("spec.audiences[{i}]");
             let entry_max = match entry.max_expiration_seconds {
@@ -91,29 +93,22 @@ impl TryFrom<PolicyDocument> for Policy {
             let service_accounts =
                 problems.globs(&format!("{path}.serviceAccounts"), entry.service_accounts.as_deref());
             let namespaces = problems.globs(&format!("{path}.namespaces"), entry.namespaces.as_deref());
-            let (builder, owners, rules) = builders
-                .entry(normalize(&entry.audience))
-                .or_insert_with(|| (GlobSetBuilder::new(), Vec::new(), Vec::new()));
+            let audience = normalize(&entry.audience);
+            let (builder, owners, rules) =
+                builders.entry(audience.clone()).or_insert_with(|| (GlobSetBuilder::new(), Vec::new(), Vec::new()));
             for pattern in namespaces.patterns() {
                 if let Ok(glob) = Glob::new(pattern) {
-                    builder.add(glob);
+                    builder.add(glob.clone());
                     owners.push(rules.len());
+                    // In document order, so denial messages list allowed audiences stably.
+                    all_namespaces.add(glob);
+                    all_namespaces_owner.push((audience.clone(), rules.len()));
                 }
             }
             rules.push(AudienceRule { namespaces, service_accounts, max_seconds: entry_max });
         }
-        let mut all_namespaces = GlobSetBuilder::new();
-        let mut all_namespaces_owner = Vec::new();
         let mut audiences = HashMap::with_capacity(builders.len());
         for (audience, (builder, glob_owner, entries)) in builders {
-            for (index, entry) in entries.iter().enumerate() {
-                for pattern in entry.namespaces.patterns() {
-                    if let Ok(glob) = Glob::new(pattern) {
-                        all_namespaces.add(glob);
-                        all_namespaces_owner.push((audience.clone(), index));
-                    }
-                }
-            }
             match builder.build() {
                 Ok(namespaces) => {
                     audiences.insert(audience, AudienceRules { namespaces, glob_owner, entries });

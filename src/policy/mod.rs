@@ -14,6 +14,8 @@ use globs::{Globs, LabelSelector};
 pub const MIN_EXPIRATION_SECONDS: u64 = 600;
 /// The API server's upper bound on token lifetimes (2^32 seconds is still accepted).
 pub const API_MAX_EXPIRATION_SECONDS: u64 = 1 << 32;
+/// How many allowed audiences a denial message names.
+pub const SHOWN_AUDIENCES: usize = 8;
 /// The lifetime the API server gives a token that asks for none.
 pub const DEFAULT_EXPIRATION_SECONDS: u64 = 3600;
 
@@ -118,8 +120,9 @@ struct Exemptions {
 /// Why a token was refused by the allow-list or the lifetime bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenDenial {
-    /// No `audiences` entry matches the audience, namespace and service account.
-    NotAllowed { allowed_here: Vec<String> },
+    /// No `audiences` entry matches the audience, namespace and service account; some that
+    /// would be allowed there, and whether there are more.
+    NotAllowed { allowed_here: Vec<String>, more: bool },
     /// The lifetime is below `expiration.minSeconds`.
     TooShort { min: u64 },
     /// The lifetime is above the largest maximum of the matching entries.
@@ -209,28 +212,33 @@ impl Policy {
             .and_then(|rules| rules.matching(namespace, service_account).map(|rule| rule.max_seconds).max());
         match max {
             None => {
-                Err(TokenDenial::NotAllowed { allowed_here: self.audiences_allowed_for(namespace, service_account) })
+                let (allowed_here, more) = self.audiences_allowed_for(namespace, service_account);
+                Err(TokenDenial::NotAllowed { allowed_here, more })
             }
             Some(max) if seconds > max => Err(TokenDenial::TooLong { max }),
             Some(_) => Ok(()),
         }
     }
 
-    /// Every audience the allow-list grants `namespace/service_account`, sorted (for messages).
-    /// Only the entries whose namespace globs match are visited, so a denial costs the same
-    /// with 1 or 10 000 entries.
-    pub fn audiences_allowed_for(&self, namespace: &str, service_account: &str) -> Vec<String> {
-        let allowed: std::collections::BTreeSet<&str> = self
-            .all_namespaces
-            .matches(namespace)
-            .into_iter()
-            .map(|glob| &self.all_namespaces_owner[glob])
-            .filter(|(audience, entry)| {
-                self.audiences[audience].entries[*entry].service_accounts.is_match(service_account)
-            })
-            .map(|(audience, _)| audience.as_str())
-            .collect();
-        allowed.into_iter().map(str::to_string).collect()
+    /// Up to [`SHOWN_AUDIENCES`] audiences the allow-list grants `namespace/service_account`,
+    /// in policy order, and whether there are more (for denial messages). The work is bounded:
+    /// only entries whose namespace globs match are visited, and the walk stops once more than
+    /// enough were found, so a denial costs little even with 10 000 entries.
+    pub fn audiences_allowed_for(&self, namespace: &str, service_account: &str) -> (Vec<String>, bool) {
+        let mut shown: Vec<String> = Vec::new();
+        for glob in self.all_namespaces.matches(namespace) {
+            let (audience, entry) = &self.all_namespaces_owner[glob];
+            if shown.contains(audience)
+                || !self.audiences[audience].entries[*entry].service_accounts.is_match(service_account)
+            {
+                continue;
+            }
+            if shown.len() == SHOWN_AUDIENCES {
+                return (shown, true);
+            }
+            shown.push(audience.clone());
+        }
+        (shown, false)
     }
 
     /// The policy for a CSI driver, if it is listed.
@@ -294,13 +302,12 @@ impl TokenDenial {
     pub fn explain(&self, audience: &str, namespace: &str, service_account: &str, seconds: u64) -> String {
         let who = format!("service account {namespace}/{service_account}");
         match self {
-            TokenDenial::NotAllowed { allowed_here } => {
+            TokenDenial::NotAllowed { allowed_here, more } => {
                 let allowed = if allowed_here.is_empty() {
                     "no audience is allowed there".to_string()
                 } else {
-                    let shown: Vec<String> = allowed_here.iter().take(8).map(|a| describe_audience(a)).collect();
-                    let more = allowed_here.len().saturating_sub(shown.len());
-                    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                    let shown: Vec<String> = allowed_here.iter().map(|a| describe_audience(a)).collect();
+                    let more = if *more { " and more" } else { "" };
                     format!("allowed there: {}{more}", shown.join(", "))
                 };
                 format!("audience {} is not allowed for {who} ({allowed})", describe_audience(audience))

@@ -91,7 +91,7 @@ fn denial_message_says_what_would_be_allowed() {
     let message = denial.explain("gcp", "team-a", "web", 3600);
     assert_eq!(
         message,
-        r#"audience "gcp" is not allowed for service account team-a/web (allowed there: "sts.amazonaws.com", "vault")"#
+        r#"audience "gcp" is not allowed for service account team-a/web (allowed there: "vault", "sts.amazonaws.com")"#
     );
     let denial = p.check_token("", "team-a", "web", 3600).expect_err("denied");
     assert!(denial
@@ -207,6 +207,25 @@ fn node_extra_audiences_are_per_namespace() {
     assert!(p.node_restriction().is_extra_audience("registry.example.com", "team-a"));
     assert!(!p.node_restriction().is_extra_audience("registry.example.com", "prod"));
     assert!(!p.node_restriction().is_extra_audience("vault", "team-a"));
+}
+
+#[test]
+fn denial_messages_name_a_few_allowed_audiences_however_long_the_list() {
+    let mut text = with_spec("  audiences:\n");
+    for i in 0..10_000 {
+        text.push_str(&format!("    - {{audience: aud-{i}, namespaces: [\"team-*\"]}}\n"));
+    }
+    let p = policy(&text);
+    let started = std::time::Instant::now();
+    let TokenDenial::NotAllowed { allowed_here, more } =
+        p.check_token("vault", "team-a", "web", 3600).expect_err("denied")
+    else {
+        panic!("not allowed");
+    };
+    assert!(started.elapsed() < std::time::Duration::from_millis(50), "bounded work");
+    assert_eq!(allowed_here.len(), SHOWN_AUDIENCES);
+    assert_eq!(allowed_here[0], "aud-0");
+    assert!(more);
 }
 
 #[test]
