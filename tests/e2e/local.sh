@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Runs the end-to-end scenarios with tokengate as a local process, against the cluster of the
+# current KUBECONFIG (typically a bare kube-apiserver with etcd and no nodes, on this machine):
+#
+#   tests/e2e/local.sh              install, start tokengate, test, stop, uninstall the webhooks
+#   tests/e2e/local.sh --dry-run    print every command instead of running it
+#
+# Makes development certificates (certs/generate.sh), applies manifests/overlays/local (the
+# namespace, the policy ConfigMap and the webhook configurations, which point at
+# https://127.0.0.1:8443), builds tokengate (cargo build --release --locked), starts
+#   tokengate serve --policy-configmap tokengate-system/tokengate-policy ...
+#     --listen 127.0.0.1:8443 --admin-listen 127.0.0.1:8080
+# in the background with the same KUBECONFIG, waits for http://127.0.0.1:8080/readyz and for the
+# webhooks to answer, and runs MODE=local tests/e2e/scenarios.sh. At the end it deletes the
+# webhook configurations and stops tokengate. The API server must reach 127.0.0.1:8443, so it has
+# to run on this machine (in its network namespace). Needs kubectl, and cargo unless
+# TOKENGATE_BIN names a built binary.
+#
+# Environment:
+#   TOKENGATE_BIN        the tokengate binary to run (default: build target/release/tokengate)
+#   TOKENGATE_LOG_FILE   where tokengate's log goes (default: a temporary file, shown on failure)
+#   NODE_CERT, NODE_KEY, NODE_NAME, E2E_IMAGE, ...   pass through to scenarios.sh
+set -euo pipefail
+
+usage() {
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+}
+
+dry_run=0
+for arg in "$@"; do
+  case $arg in
+    --dry-run) dry_run=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+done
+
+# Paths given relative to the caller's directory, before moving to the repository root.
+for var in TOKENGATE_BIN TOKENGATE_LOG_FILE NODE_CERT NODE_KEY; do
+  if [[ -n ${!var:-} && ${!var} != /* ]]; then
+    printf -v "$var" '%s/%s' "$PWD" "${!var}"
+    export "${var?}"
+  fi
+done
+
+cd "$(dirname "$0")/../.."
+
+readonly SYSTEM_NAMESPACE=tokengate-system
+readonly LISTEN=127.0.0.1:8443
+readonly ADMIN=127.0.0.1:8080
+
+run() {
+  if ((dry_run)); then
+    printf '+'
+    printf ' %q' "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+say() { printf '==> %s\n' "$*"; }
+
+if ((dry_run)); then
+  work=${TMPDIR:-/tmp}/tokengate-e2e-local.XXXXXX
+else
+  command -v kubectl >/dev/null || { echo "local.sh needs kubectl on PATH" >&2; exit 2; }
+  work=$(mktemp -d)
+fi
+log=${TOKENGATE_LOG_FILE:-$work/tokengate.log}
+
+# readyz: 0 when tokengate's admin port answers 200 on /readyz.
+readyz() {
+  if command -v curl >/dev/null; then
+    curl -fsS -o /dev/null --max-time 2 "http://$ADMIN/readyz" 2>/dev/null
+  else
+    # bash's /dev/tcp, for machines without curl.
+    local reply
+    { exec 3<>"/dev/tcp/${ADMIN%:*}/${ADMIN#*:}"; } 2>/dev/null || return 1
+    printf 'GET /readyz HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$ADMIN" >&3
+    read -r -t 2 reply <&3 || reply=
+    exec 3<&-
+    [[ $reply == "HTTP/1."[01]" 200"* ]]
+  fi
+}
+
+pid=
+installed=0
+finish() {
+  local status=$?
+  trap - EXIT
+  if ((installed)); then
+    say "deleting the webhook configurations"
+    run kubectl delete mutatingwebhookconfiguration tokengate --ignore-not-found || true
+    run kubectl delete validatingwebhookconfiguration tokengate --ignore-not-found || true
+  fi
+  if [[ -n $pid ]]; then
+    say "stopping tokengate (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    # Drain delay (5 s) plus in-flight requests; then give up waiting.
+    for _ in $(seq 1 60); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "tokengate did not exit after SIGTERM; killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  fi
+  if ((status != 0)) && [[ -s $log ]]; then
+    say "tokengate's log (last 100 lines of $log)"
+    tail -n 100 "$log" || true
+  fi
+  if ((!dry_run)) && [[ -z ${TOKENGATE_LOG_FILE:-} ]]; then rm -rf "$work"; fi
+  exit "$status"
+}
+trap finish EXIT
+
+say "installing the webhook configurations (manifests/overlays/local)"
+run certs/generate.sh
+installed=1
+run kubectl apply -k manifests/overlays/local
+
+bin=${TOKENGATE_BIN:-target/release/tokengate}
+if [[ -z ${TOKENGATE_BIN:-} ]]; then
+  if ((dry_run)) || command -v cargo >/dev/null; then
+    say "building tokengate"
+    run cargo build --release --locked
+  elif [[ ! -x $bin ]]; then
+    echo "no cargo to build $bin; set TOKENGATE_BIN to a tokengate binary" >&2
+    exit 2
+  fi
+fi
+
+say "starting tokengate on $LISTEN (admin $ADMIN), log: $log"
+serve=("$bin" serve --policy-configmap "$SYSTEM_NAMESPACE/tokengate-policy"
+  --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen "$LISTEN" --admin-listen "$ADMIN")
+if ((dry_run)); then
+  run "${serve[@]}"
+  echo "# (in the background, output to $log)"
+  run curl -fsS "http://$ADMIN/readyz"
+  echo "# (repeated until it answers 200, for up to 60 s)"
+else
+  if readyz; then
+    echo "something already answers on http://$ADMIN/readyz; stop it first" >&2
+    exit 1
+  fi
+  "${serve[@]}" > "$log" 2>&1 &
+  pid=$!
+  deadline=$((SECONDS + 60))
+  until readyz; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "tokengate exited before it was ready" >&2
+      exit 1
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "tokengate is not ready after 60 s" >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
+  echo "tokengate is ready"
+fi
+
+say "waiting for the webhooks to answer"
+# A dry-run CSIDriver no policy allows; it needs no namespace or service account, which a bare
+# API server (no controller manager) would not create.
+run tests/e2e/scenarios.sh --render "$work/objects"
+probe=(kubectl create --dry-run=server -f "$work/objects/denied/csidriver-probe.yaml")
+if ((dry_run)); then
+  run "${probe[@]}"
+  echo "# (repeated until the error comes from tokengate, for up to 60 s)"
+else
+  deadline=$((SECONDS + 60))
+  while true; do
+    answer=$("${probe[@]}" 2>&1) || true
+    # Not just "tokengate": an unreachable webhook is reported as "failed calling webhook ...tokengate.dev".
+    if [[ $answer == *"denied the request: tokengate:"* ]]; then break; fi
+    if ((SECONDS >= deadline)); then
+      echo "the API server does not get answers from tokengate at https://$LISTEN; last answer: $answer" >&2
+      exit 1
+    fi
+    sleep 1
+  done
+  echo "tokengate answers: ${answer%%$'\n'*}"
+fi
+
+say "running the scenarios"
+run env MODE=local tests/e2e/scenarios.sh
