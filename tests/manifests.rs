@@ -56,9 +56,18 @@ fn webhooks_ask_only_for_what_tokengate_decides() {
     ];
     for (kind, name, group, resource, operations) in &seen {
         let entry = allowed.iter().find(|(g, r, _)| g == group && r == resource);
-        let (_, _, expected) = entry.unwrap_or_else(|| panic!("{name} asks for {group}/{resource}, which tokengate does not decide"));
+        let (_, _, expected) =
+            entry.unwrap_or_else(|| panic!("{name} asks for {group}/{resource}, which tokengate does not decide"));
         assert_eq!(operations, expected, "{name}: {resource} operations");
-        assert!(!["nodes", "leases", "certificatesigningrequests", "validatingwebhookconfigurations", "mutatingwebhookconfigurations", "*"].contains(&resource.as_str()));
+        assert!(![
+            "nodes",
+            "leases",
+            "certificatesigningrequests",
+            "validatingwebhookconfigurations",
+            "mutatingwebhookconfigurations",
+            "*"
+        ]
+        .contains(&resource.as_str()));
         if kind == "MutatingWebhookConfiguration" {
             assert_eq!(resource, "pods", "only pods are mutated");
         }
@@ -87,7 +96,10 @@ fn webhooks_are_narrow_fast_and_side_effect_free() {
         assert!(conditions.iter().any(|c| c["name"] == "not-breakglass"), "{name}");
         let is_cluster_scoped = webhook["rules"][0]["scope"] == "Cluster";
         if is_cluster_scoped {
-            assert!(webhook.get("namespaceSelector").is_none(), "{name}: a namespaceSelector never excludes cluster-scoped objects");
+            assert!(
+                webhook.get("namespaceSelector").is_none(),
+                "{name}: a namespaceSelector never excludes cluster-scoped objects"
+            );
         } else {
             let expression = &webhook["namespaceSelector"]["matchExpressions"][0];
             assert_eq!(expression["key"], "kubernetes.io/metadata.name", "{name}");
