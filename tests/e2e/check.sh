@@ -95,7 +95,7 @@ run_shellcheck() {
   local -a scripts
   mapfile -t scripts < <(shell_scripts)
   echo "${scripts[*]}"
-  shellcheck "${scripts[@]}"
+  shellcheck -x "${scripts[@]}"
 }
 
 # Renders the base and every overlay from a copy of manifests/ and certs/, so certs/generate.sh

@@ -34,6 +34,8 @@ for arg in "$@"; do
 done
 
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/e2e/lib.sh
+source tests/e2e/lib.sh
 
 readonly CLUSTER=tokengate-e2e
 readonly IMAGE=tokengate:dev
@@ -44,30 +46,9 @@ KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-}
 export KUBECONFIG=${KIND_KUBECONFIG:-${TMPDIR:-/tmp}/tokengate-e2e.kubeconfig}
 
 # run COMMAND...: runs it, or with --dry-run prints it.
-run() {
-  if ((dry_run)); then
-    printf '+'
-    printf ' %q' "$@"
-    printf '\n'
-  else
-    "$@"
-  fi
-}
 
 # run_to FILE COMMAND...: the same, with standard output into FILE.
-run_to() {
-  local file=$1
-  shift
-  if ((dry_run)); then
-    printf '+'
-    printf ' %q' "$@"
-    printf ' > %q\n' "$file"
-  else
-    "$@" > "$file"
-  fi
-}
 
-say() { printf '==> %s\n' "$*"; }
 
 if ((dry_run)); then
   work=${TMPDIR:-/tmp}/tokengate-e2e.XXXXXX
@@ -133,24 +114,7 @@ run kubectl rollout status deployment/tokengate -n "$SYSTEM_NAMESPACE" --timeout
 say "waiting for the webhooks to answer"
 # A dry-run pod with an audience no policy allows: answered by tokengate once it is reachable.
 run tests/e2e/scenarios.sh --render "$work/objects"
-probe=(kubectl create --dry-run=server -f "$work/objects/denied/pod-probe.yaml")
-if ((dry_run)); then
-  run "${probe[@]}"
-  echo "# (repeated until the error comes from tokengate, for up to 120 s)"
-else
-  deadline=$((SECONDS + 120))
-  while true; do
-    answer=$("${probe[@]}" 2>&1) || true
-    # Not just "tokengate": an unreachable webhook is reported as "failed calling webhook ...tokengate.dev".
-    if [[ $answer == *"denied the request: tokengate:"* ]]; then break; fi
-    if ((SECONDS >= deadline)); then
-      echo "the webhooks did not answer within 120 s; last answer: $answer" >&2
-      exit 1
-    fi
-    sleep 2
-  done
-  echo "tokengate answers: ${answer%%$'\n'*}"
-fi
+wait_for_tokengate "$work/objects/denied/pod-probe.yaml" 120 "in the cluster"
 
 say "fetching the kubelet client certificate of $NODE"
 run_to "$work/node.pem" docker exec "$NODE" cat /var/lib/kubelet/pki/kubelet-client-current.pem

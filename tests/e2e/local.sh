@@ -44,22 +44,14 @@ for var in TOKENGATE_BIN TOKENGATE_LOG_FILE NODE_CERT NODE_KEY; do
 done
 
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/e2e/lib.sh
+source tests/e2e/lib.sh
 
 readonly SYSTEM_NAMESPACE=tokengate-system
 readonly LISTEN=127.0.0.1:8443
 readonly ADMIN=127.0.0.1:8080
 
-run() {
-  if ((dry_run)); then
-    printf '+'
-    printf ' %q' "$@"
-    printf '\n'
-  else
-    "$@"
-  fi
-}
 
-say() { printf '==> %s\n' "$*"; }
 
 if ((dry_run)); then
   work=${TMPDIR:-/tmp}/tokengate-e2e-local.XXXXXX
@@ -167,24 +159,7 @@ say "waiting for the webhooks to answer"
 # A dry-run CSIDriver no policy allows; it needs no namespace or service account, which a bare
 # API server (no controller manager) would not create.
 run tests/e2e/scenarios.sh --render "$work/objects"
-probe=(kubectl create --dry-run=server -f "$work/objects/denied/csidriver-probe.yaml")
-if ((dry_run)); then
-  run "${probe[@]}"
-  echo "# (repeated until the error comes from tokengate, for up to 60 s)"
-else
-  deadline=$((SECONDS + 60))
-  while true; do
-    answer=$("${probe[@]}" 2>&1) || true
-    # Not just "tokengate": an unreachable webhook is reported as "failed calling webhook ...tokengate.dev".
-    if [[ $answer == *"denied the request: tokengate:"* ]]; then break; fi
-    if ((SECONDS >= deadline)); then
-      echo "the API server does not get answers from tokengate at https://$LISTEN; last answer: $answer" >&2
-      exit 1
-    fi
-    sleep 1
-  done
-  echo "tokengate answers: ${answer%%$'\n'*}"
-fi
+wait_for_tokengate "$work/objects/denied/csidriver-probe.yaml" 60 "at https://$LISTEN"
 
 say "running the scenarios"
 run env MODE=local tests/e2e/scenarios.sh

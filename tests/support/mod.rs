@@ -182,13 +182,7 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(pki: &Pki, cluster: C, op
 
 /// An HTTPS client that trusts `ca_pem` and reaches [`SERVER_NAME`] on loopback.
 pub fn client(ca_pem: &str, server: &TestServer, identity: Option<&Issued>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA"))
-        .resolve(SERVER_NAME, server.running.addr)
-        .http1_only()
-        .timeout(Duration::from_secs(10));
+    let mut builder = client_builder(ca_pem, server.running.addr);
     if let Some(identity) = identity {
         let pem = format!("{}{}", identity.cert_pem, identity.key_pem);
         builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
@@ -196,17 +190,19 @@ pub fn client(ca_pem: &str, server: &TestServer, identity: Option<&Issued>) -> r
     builder.build().expect("client")
 }
 
-/// An HTTPS client that trusts `ca_pem` and reaches [`SERVER_NAME`] at a loopback port.
-pub fn client_for(ca_pem: &str, port: u16) -> reqwest::Client {
+fn client_builder(ca_pem: &str, addr: std::net::SocketAddr) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA"))
-        .resolve(SERVER_NAME, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .resolve(SERVER_NAME, addr)
         .http1_only()
         .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
+}
+
+/// An HTTPS client that trusts `ca_pem` and reaches [`SERVER_NAME`] at a loopback port.
+pub fn client_for(ca_pem: &str, port: u16) -> reqwest::Client {
+    client_builder(ca_pem, std::net::SocketAddr::from(([127, 0, 0, 1], port))).build().expect("client")
 }
 
 /// Polls `check` until it is true or `timeout` passes.

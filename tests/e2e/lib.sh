@@ -1,0 +1,54 @@
+# Helpers shared by kind.sh and local.sh (sourced, not run). The caller sets dry_run=0|1.
+# shellcheck shell=bash
+
+dry_run=${dry_run:-0}
+
+# run CMD...: run a command, or print it under --dry-run.
+run() {
+  if ((dry_run)); then
+    printf '+'
+    printf ' %q' "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+# run_to FILE CMD...: run a command with its output into FILE, or print it under --dry-run.
+run_to() {
+  local file=$1
+  shift
+  if ((dry_run)); then
+    printf '+'
+    printf ' %q' "$@"
+    printf ' > %q\n' "$file"
+  else
+    "$@" > "$file"
+  fi
+}
+
+say() { printf '==> %s\n' "$*"; }
+
+# wait_for_tokengate PROBE_FILE SECONDS WHERE: repeats a server-side dry-run create of an object
+# tokengate denies until the denial comes from tokengate (not "failed calling webhook ...").
+wait_for_tokengate() {
+  local probe_file=$1 limit=$2 where=$3 answer deadline
+  local probe=(kubectl create --dry-run=server -f "$probe_file")
+  if ((dry_run)); then
+    run "${probe[@]}"
+    echo "# (repeated until the error comes from tokengate, for up to $limit s)"
+    return 0
+  fi
+  deadline=$((SECONDS + limit))
+  while true; do
+    answer=$("${probe[@]}" 2>&1) || true
+    # Not just "tokengate": an unreachable webhook is reported as "failed calling webhook ...tokengate.dev".
+    if [[ $answer == *"denied the request: tokengate:"* ]]; then break; fi
+    if ((SECONDS >= deadline)); then
+      echo "the API server does not get answers from tokengate $where within $limit s; last answer: $answer" >&2
+      return 1
+    fi
+    sleep 1
+  done
+  echo "tokengate answers: ${answer%%$'\n'*}"
+}
