@@ -370,7 +370,7 @@ fn automount_token_requests_from_nodes_need_no_allow_list_entry() {
             &token_request(audiences, seconds, bound.clone()),
         )
     };
-    // The pod "p" references "" only through... nothing: give it the automount shape via the URL.
+    // Pod "p" has no token volume without an audience, so even the automount-shaped request is unreferenced.
     assert_eq!(
         request("system:node:node-1", json!(null), 3607).violations.len(),
         1,
