@@ -20,22 +20,11 @@
 # Other variables (E2E_IMAGE, TRAFFIC_SECONDS, ...) pass through to scenarios.sh.
 set -euo pipefail
 
-usage() {
-  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
-}
-
-dry_run=0
-for arg in "$@"; do
-  case $arg in
-    --dry-run) dry_run=1 ;;
-    -h | --help) usage; exit 0 ;;
-    *) usage >&2; exit 2 ;;
-  esac
-done
+# shellcheck source=tests/e2e/lib.sh
+source "$(dirname "$0")/lib.sh"
+parse_runner_args "$@"
 
 cd "$(dirname "$0")/../.."
-# shellcheck source=tests/e2e/lib.sh
-source tests/e2e/lib.sh
 
 readonly CLUSTER=tokengate-e2e
 readonly IMAGE=tokengate:dev

@@ -1,7 +1,25 @@
-# Helpers shared by kind.sh and local.sh (sourced, not run). The caller sets dry_run=0|1.
+# Helpers shared by kind.sh and local.sh (sourced, not run): argument parsing, --dry-run
+# printing, waiting for the webhooks.
 # shellcheck shell=bash
 
-dry_run=${dry_run:-0}
+dry_run=0
+
+# usage: the calling script's header comment (line 2 up to `set -euo`).
+usage() {
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+}
+
+# parse_runner_args ARGS...: --dry-run sets dry_run=1; --help prints usage; anything else fails.
+parse_runner_args() {
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      --dry-run) dry_run=1 ;;
+      -h | --help) usage; exit 0 ;;
+      *) usage >&2; exit 2 ;;
+    esac
+  done
+}
 
 # run CMD...: run a command, or print it under --dry-run.
 run() {

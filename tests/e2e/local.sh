@@ -22,18 +22,9 @@
 #   NODE_CERT, NODE_KEY, NODE_NAME, E2E_IMAGE, ...   pass through to scenarios.sh
 set -euo pipefail
 
-usage() {
-  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
-}
-
-dry_run=0
-for arg in "$@"; do
-  case $arg in
-    --dry-run) dry_run=1 ;;
-    -h | --help) usage; exit 0 ;;
-    *) usage >&2; exit 2 ;;
-  esac
-done
+# shellcheck source=tests/e2e/lib.sh
+source "$(dirname "$0")/lib.sh"
+parse_runner_args "$@"
 
 # Paths given relative to the caller's directory, before moving to the repository root.
 for var in TOKENGATE_BIN TOKENGATE_LOG_FILE NODE_CERT NODE_KEY; do
@@ -44,8 +35,6 @@ for var in TOKENGATE_BIN TOKENGATE_LOG_FILE NODE_CERT NODE_KEY; do
 done
 
 cd "$(dirname "$0")/../.."
-# shellcheck source=tests/e2e/lib.sh
-source tests/e2e/lib.sh
 
 readonly SYSTEM_NAMESPACE=tokengate-system
 readonly LISTEN=127.0.0.1:8443
