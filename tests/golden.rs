@@ -23,6 +23,9 @@ struct Case {
     webhook: String,
     allowed: bool,
     patched: bool,
+    /// The object cannot be decoded: refused with code 400 in every mode.
+    #[serde(default)]
+    invalid: bool,
     #[serde(default)]
     message_contains: Vec<String>,
     why: String,
@@ -106,7 +109,8 @@ async fn every_case_gets_the_expected_answer_and_matches_its_snapshot() {
         }
         let message = response.pointer("/response/status/message").and_then(Value::as_str).unwrap_or_default();
         if !case.allowed {
-            assert_eq!(response.pointer("/response/status/code"), Some(&json!(403)), "{label}");
+            let code = if case.invalid { 400 } else { 403 };
+            assert_eq!(response.pointer("/response/status/code"), Some(&json!(code)), "{label}");
         }
         for fragment in &case.message_contains {
             if !message.contains(fragment.as_str()) {
@@ -243,8 +247,16 @@ async fn warn_mode_allows_with_warnings_and_audit_mode_records_annotations() {
     let audit = policy_in_mode("Audit");
     let mut denied_cases = 0;
     for case in cases().into_iter().filter(|c| !c.allowed) {
-        denied_cases += 1;
         let body = input(&case.name);
+        if case.invalid {
+            for policy in [&warn, &audit] {
+                let answer = respond(&body, webhook(&case.webhook), policy, &cluster).await;
+                assert_eq!(answer["response"]["allowed"], json!(false), "{} is refused in every mode", case.name);
+                assert_eq!(answer["response"]["auditAnnotations"]["decision"], "invalid");
+            }
+            continue;
+        }
+        denied_cases += 1;
         let warned = respond(&body, webhook(&case.webhook), &warn, &cluster).await;
         let response = &warned["response"];
         assert_eq!(response["allowed"], json!(true), "{} in Warn mode is allowed", case.name);

@@ -3,19 +3,16 @@
 use k8s_openapi::api::storage::v1::CSIDriver;
 use serde_json::value::RawValue;
 
-use super::{Findings, Violation};
+use super::{decode_object, Findings, Violation};
 use crate::policy::{describe_audience, expiration_or_default, Policy, API_MAX_EXPIRATION_SECONDS};
 
 /// Checks a CSIDriver's `tokenRequests` and `requiresRepublish` against `spec.csiDrivers`.
 pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
-    let mut findings = Findings::default();
-    let driver: CSIDriver = match serde_json::from_str(object.get()) {
+    let driver: CSIDriver = match decode_object(object, "CSIDriver") {
         Ok(driver) => driver,
-        Err(err) => {
-            findings.undecodable = Some(Violation::new("object", format!("could not decode the CSIDriver: {err}")));
-            return findings;
-        }
+        Err(findings) => return findings,
     };
+    let mut findings = Findings::default();
     let name = driver.metadata.name.as_deref().unwrap_or_default();
     let token_requests = driver.spec.token_requests.as_deref().unwrap_or_default();
     if token_requests.is_empty() {

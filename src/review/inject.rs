@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use json_patch::{AddOperation, Patch, PatchOperation};
 use jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
 use serde_json::{json, Value};
 
+use super::pod_view::{Container, PodSpec, PodView, Volume};
 use super::Violation;
 use crate::cluster::ServiceAccountInfo;
 use crate::policy::{expiration_or_default, EnvSource, Injection, Policy};
@@ -17,17 +17,6 @@ use crate::policy::{expiration_or_default, EnvSource, Injection, Policy};
 /// Pod annotation listing injections (comma-separated) that the pod opts out of; honoured
 /// only for injections with `required: false`.
 pub const SKIP_ANNOTATION: &str = "tokengate.dev/skip-injection";
-
-/// The parts of a pod (or pod template) that planning reads.
-pub struct PodView<'a> {
-    pub namespace: &'a str,
-    pub service_account: &'a str,
-    pub labels: Option<&'a BTreeMap<String, String>>,
-    pub annotations: Option<&'a BTreeMap<String, String>>,
-    pub spec: &'a PodSpec,
-    /// The field path of the pod spec in messages: `spec`, `spec.template.spec`, ...
-    pub field: String,
-}
 
 /// A container of the pod: `containers[i]` or `initContainers[i]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,8 +41,8 @@ impl Slot {
 
     fn container(self, spec: &PodSpec) -> &Container {
         match self {
-            Slot::Init(i) => &spec.init_containers.as_deref().unwrap_or_default()[i],
-            Slot::Main(i) => &spec.containers[i],
+            Slot::Init(i) => &spec.init_containers()[i],
+            Slot::Main(i) => &spec.containers()[i],
         }
     }
 
@@ -158,7 +147,7 @@ fn plan_one(
     // Variables this injection adds; other injections see them only if it does not collide.
     let mut adding_env: Vec<((Slot, String), String)> = Vec::new();
 
-    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    let volumes = spec.volumes();
     match volumes.iter().position(|v| v.name == wanted.name) {
         Some(i) if is_injected_volume(&volumes[i], injection, policy) => {}
         Some(i) => {
@@ -261,14 +250,14 @@ fn plan_one(
 
 /// The containers an injection mounts into, init containers first.
 fn target_slots(spec: &PodSpec, injection: &Injection) -> Vec<Slot> {
-    let init = spec.init_containers.as_deref().unwrap_or_default();
-    let init_slots = init
+    let init_slots = spec
+        .init_containers()
         .iter()
         .enumerate()
         .filter(|(_, c)| injection.init_containers && injection.containers.is_match(&c.name))
         .map(|(i, _)| Slot::Init(i));
     let main_slots = spec
-        .containers
+        .containers()
         .iter()
         .enumerate()
         .filter(|(_, c)| injection.containers.is_match(&c.name))
@@ -278,8 +267,7 @@ fn target_slots(spec: &PodSpec, injection: &Injection) -> Vec<Slot> {
 
 /// Whether an existing volume is exactly the injection's token volume.
 fn is_injected_volume(volume: &Volume, injection: &Injection, policy: &Policy) -> bool {
-    let sources = volume.projected.as_ref().and_then(|p| p.sources.as_deref()).unwrap_or_default();
-    let [source] = sources else { return false };
+    let [source] = volume.sources() else { return false };
     source.service_account_token.as_ref().is_some_and(|token| {
         policy.normalize(token.audience.as_deref()) == injection.volume.audience
             && expiration_or_default(token.expiration_seconds) == injection.volume.expiration_seconds

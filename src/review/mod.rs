@@ -7,11 +7,14 @@ pub mod admission;
 mod csi_driver;
 mod inject;
 mod pod;
+mod pod_view;
 mod token_request;
 
 use std::fmt;
 
 use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use crate::cluster::Cluster;
 use crate::policy::{Mode, Policy};
@@ -194,6 +197,27 @@ pub struct Findings {
     pub undecodable: Option<Violation>,
 }
 
+impl Findings {
+    /// The findings on an object that could not be decoded.
+    fn undecodable(violation: Violation) -> Self {
+        Findings { undecodable: Some(violation), ..Default::default() }
+    }
+}
+
+/// Decodes the request's object as the `kind` it claims to be. On failure the object is decoded
+/// once more, slowly, only to name the field at fault.
+fn decode_object<T: DeserializeOwned>(object: &RawValue, kind: &str) -> Result<T, Findings> {
+    serde_json::from_str(object.get()).map_err(|_| {
+        let mut deserializer = serde_json::Deserializer::from_str(object.get());
+        let error = match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+            Err(err) if err.path().iter().next().is_some() => format!("{}: {}", err.path(), err.inner()),
+            Err(err) => err.into_inner().to_string(),
+            Ok(_) => "it decodes only on a second attempt".to_string(),
+        };
+        Findings::undecodable(Violation::new("object", format!("could not decode the {kind}: {error}")))
+    })
+}
+
 /// The decision on one request.
 #[derive(Debug)]
 pub struct Verdict {
@@ -311,10 +335,7 @@ pub async fn decide<C: Cluster>(
         return Verdict::without_checks(subject, Decision::Exempt);
     }
     let Some(object) = request.object else {
-        let findings = Findings {
-            undecodable: Some(Violation::new("request.object", "missing: there is nothing to check")),
-            ..Default::default()
-        };
+        let findings = Findings::undecodable(Violation::new("request.object", "missing: there is nothing to check"));
         return Verdict::from_findings(subject, policy.mode(), findings);
     };
     let namespace = request.namespace.as_deref().unwrap_or_default();

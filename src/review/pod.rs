@@ -1,14 +1,12 @@
 //! Pods and workload pod templates: token volumes, CSI drivers used inline, and injections.
 
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Volume};
-use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
-use super::inject::{self, PodView, State};
+use super::inject::{self, State};
+use super::pod_view::{Pod, PodView, Volume, Workload};
 use super::token_request::AUTOMOUNT_EXPIRATION_SECONDS;
-use super::{Findings, Violation, WorkloadKind};
-use crate::cluster::{service_account_of, Cluster, ServiceAccountInfo};
+use super::{decode_object, Findings, Violation, WorkloadKind};
+use crate::cluster::{Cluster, ServiceAccountInfo};
 use crate::policy::{expiration_or_default, Policy};
 
 /// Annotation the kubelet puts on mirror pods of static pods; those are never mutated.
@@ -18,9 +16,12 @@ const AUTOMOUNT_VOLUME_PREFIX: &str = "kube-api-access-";
 
 /// Pod CREATE on `/validate`: every token the pod would get, and every required injection.
 pub async fn validate_pod<C: Cluster>(object: &RawValue, namespace: &str, policy: &Policy, cluster: &C) -> Findings {
+    let pod: Pod = match decode_object(object, "Pod") {
+        Ok(pod) => pod,
+        Err(findings) => return findings,
+    };
     let mut findings = Findings::default();
-    let Some(pod) = decode_pod(object, &mut findings) else { return findings };
-    let Some(view) = pod_view(&pod, namespace) else { return findings };
+    let Some(view) = PodView::new(&pod, namespace, "spec".to_string()) else { return findings };
     check_tokens(&view, policy, cluster, &mut findings).await;
     if !is_mirror(&view) {
         let service_account = service_account_for(&view, policy, cluster, &mut findings).await;
@@ -43,9 +44,12 @@ pub async fn validate_pod<C: Cluster>(object: &RawValue, namespace: &str, policy
 
 /// Pod CREATE on `/mutate`: a patch adding what matching injections require.
 pub async fn mutate_pod<C: Cluster>(object: &RawValue, namespace: &str, policy: &Policy, cluster: &C) -> Findings {
+    let pod: Pod = match decode_object(object, "Pod") {
+        Ok(pod) => pod,
+        Err(findings) => return findings,
+    };
     let mut findings = Findings::default();
-    let Some(pod) = decode_pod(object, &mut findings) else { return findings };
-    let Some(view) = pod_view(&pod, namespace) else { return findings };
+    let Some(view) = PodView::new(&pod, namespace, "spec".to_string()) else { return findings };
     if is_mirror(&view) {
         return findings;
     }
@@ -81,35 +85,14 @@ pub async fn validate_template<C: Cluster>(
     policy: &Policy,
     cluster: &C,
 ) -> Findings {
+    let workload: Workload = match decode_object(object, kind.group_kind().1) {
+        Ok(workload) => workload,
+        Err(findings) => return findings,
+    };
     let mut findings = Findings::default();
-    let value: Value = match serde_json::from_str(object.get()) {
-        Ok(value) => value,
-        Err(err) => {
-            findings.undecodable =
-                Some(Violation::new("object", format!("could not decode the {}: {err}", kind.group_kind().1)));
-            return findings;
-        }
-    };
-    let path = kind.template_path();
-    let Some(template) = path.iter().try_fold(&value, |v, key| v.get(key)) else { return findings };
-    let template = match PodTemplateSpec::deserialize(template) {
-        Ok(template) => template,
-        Err(err) => {
-            findings.undecodable =
-                Some(Violation::new(path.join("."), format!("could not decode the pod template: {err}")));
-            return findings;
-        }
-    };
-    let Some(spec) = &template.spec else { return findings };
-    let metadata = template.metadata.as_ref();
-    let view = PodView {
-        namespace,
-        service_account: service_account_of(spec),
-        labels: metadata.and_then(|m| m.labels.as_ref()),
-        annotations: metadata.and_then(|m| m.annotations.as_ref()),
-        spec,
-        field: format!("{}.spec", path.join(".")),
-    };
+    let Some(template) = workload.into_template(kind) else { return findings };
+    let field = format!("{}.spec", kind.template_path().join("."));
+    let Some(view) = PodView::new(&template, namespace, field) else { return findings };
     check_tokens(&view, policy, cluster, &mut findings).await;
     let service_account = service_account_for(&view, policy, cluster, &mut findings).await;
     for planned in inject::plan(&view, policy, service_account.as_ref(), &mut Vec::new()) {
@@ -118,26 +101,6 @@ pub async fn validate_template<C: Cluster>(
         }
     }
     findings
-}
-
-fn decode_pod(object: &RawValue, findings: &mut Findings) -> Option<Pod> {
-    serde_json::from_str(object.get())
-        .map_err(|err| {
-            findings.undecodable = Some(Violation::new("object", format!("could not decode the Pod: {err}")))
-        })
-        .ok()
-}
-
-fn pod_view<'a>(pod: &'a Pod, namespace: &'a str) -> Option<PodView<'a>> {
-    let spec = pod.spec.as_ref()?;
-    Some(PodView {
-        namespace,
-        service_account: service_account_of(spec),
-        labels: pod.metadata.labels.as_ref(),
-        annotations: pod.metadata.annotations.as_ref(),
-        spec,
-        field: "spec".to_string(),
-    })
 }
 
 fn is_mirror(view: &PodView<'_>) -> bool {
@@ -175,12 +138,11 @@ async fn service_account_for<C: Cluster>(
 /// allow-list and lifetime bounds. The automount volume is always admitted.
 async fn check_tokens<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C, findings: &mut Findings) {
     let (namespace, service_account, field) = (view.namespace, view.service_account, &view.field);
-    for (i, volume) in view.spec.volumes.iter().flatten().enumerate() {
+    for (i, volume) in view.spec.volumes().iter().enumerate() {
         if is_automount_volume(volume) {
             continue;
         }
-        let sources = volume.projected.iter().flat_map(|p| p.sources.iter().flatten());
-        for (j, token) in sources.enumerate().filter_map(|(j, s)| Some((j, s.service_account_token.as_ref()?))) {
+        for (j, token) in volume.token_sources() {
             let audience = policy.normalize(token.audience.as_deref());
             let seconds = expiration_or_default(token.expiration_seconds);
             if let Err(denial) = policy.check_token(audience, namespace, service_account, seconds) {
@@ -225,8 +187,7 @@ pub fn is_automount_volume(volume: &Volume) -> bool {
     if !volume.name.starts_with(AUTOMOUNT_VOLUME_PREFIX) {
         return false;
     }
-    let sources = volume.projected.as_ref().and_then(|p| p.sources.as_deref()).unwrap_or_default();
-    let mut tokens = sources.iter().filter_map(|s| s.service_account_token.as_ref());
+    let mut tokens = volume.token_sources().map(|(_, token)| token);
     match (tokens.next(), tokens.next()) {
         (Some(token), None) => {
             token.audience.as_deref().unwrap_or_default().is_empty()

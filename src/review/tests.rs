@@ -145,10 +145,8 @@ fn automount_volume_is_recognised_by_shape_not_by_its_source_list() {
     let automount = |name: &str, token: Value, extra: usize| {
         let mut sources = vec![json!({"serviceAccountToken": token})];
         sources.extend((0..extra).map(|i| json!({"configMap": {"name": format!("cm-{i}")}})));
-        serde_json::from_value::<k8s_openapi::api::core::v1::Volume>(
-            json!({"name": name, "projected": {"sources": sources}}),
-        )
-        .expect("volume")
+        serde_json::from_value::<pod_view::Volume>(json!({"name": name, "projected": {"sources": sources}}))
+            .expect("volume")
     };
     let standard = json!({"expirationSeconds": 3607, "path": "token"});
     let cases = [

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::admission::AdmissionRequest;
-use super::{Findings, Violation};
+use super::{decode_object, Findings, Violation};
 use crate::cluster::{Cluster, PodInfo};
 use crate::policy::{describe_audience, expiration_or_default, Policy};
 
@@ -49,14 +49,11 @@ pub async fn validate<C: Cluster>(
     policy: &Policy,
     cluster: &C,
 ) -> Findings {
-    let mut findings = Findings::default();
-    let token: TokenRequest = match serde_json::from_str(object.get()) {
+    let token: TokenRequest = match decode_object(object, "TokenRequest") {
         Ok(token) => token,
-        Err(err) => {
-            findings.undecodable = Some(Violation::new("object", format!("could not decode the TokenRequest: {err}")));
-            return findings;
-        }
+        Err(findings) => return findings,
     };
+    let mut findings = Findings::default();
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let service_account = request.name.as_deref().unwrap_or_default();
     let seconds = expiration_or_default(token.spec.expiration_seconds);
