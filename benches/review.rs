@@ -65,7 +65,7 @@ fn respond(body: &[u8], webhook: Webhook, policy: &Policy, cluster: &ObjectStore
 
 /// The decision alone, on a review decoded once.
 fn decision(body: &[u8], webhook: Webhook, policy: &Policy, cluster: &ObjectStore) -> Decision {
-    let envelope: AdmissionReviewIn = serde_json::from_slice(body).expect("an AdmissionReview");
+    let envelope = AdmissionReviewIn::from_slice(body).expect("an AdmissionReview");
     let request = envelope.request.expect("a request");
     now(decide(&request, webhook, policy, cluster)).decision
 }
@@ -118,7 +118,7 @@ const ALLOW_LIST_SIZES: [usize; 3] = [1, 100, 10_000];
 /// 10 000-entry policy in memory slows the allocator down for everything else.
 fn allow_list_size(c: &mut Criterion) {
     let cluster = cluster(&[service_account_web()]);
-    let envelope: AdmissionReviewIn = serde_json::from_slice(POD_CREATE).expect("an AdmissionReview");
+    let envelope = AdmissionReviewIn::from_slice(POD_CREATE).expect("an AdmissionReview");
     let request = envelope.request.expect("a request");
     let policies: Vec<(usize, Policy)> =
         ALLOW_LIST_SIZES.into_iter().map(|entries| (entries, policy_with_allow_list(entries, true))).collect();
@@ -136,7 +136,7 @@ fn allow_list_size(c: &mut Criterion) {
 /// names a few audiences that would be allowed there; the walk is bounded, so this stays flat.
 fn allow_list_size_denied(c: &mut Criterion) {
     let cluster = cluster(&[service_account_web()]);
-    let envelope: AdmissionReviewIn = serde_json::from_slice(POD_CREATE).expect("an AdmissionReview");
+    let envelope = AdmissionReviewIn::from_slice(POD_CREATE).expect("an AdmissionReview");
     let request = envelope.request.expect("a request");
     let policies: Vec<(usize, Policy)> =
         ALLOW_LIST_SIZES.into_iter().map(|entries| (entries, policy_with_allow_list(entries, false))).collect();
@@ -185,7 +185,7 @@ fn pod_volumes(c: &mut Criterion) {
     for count in [1, 10, 50] {
         let body = pod_with_token_volumes(count);
         assert_eq!(decision(&body, Webhook::Validate, &policy, &cluster), Decision::Allowed);
-        let envelope: AdmissionReviewIn = serde_json::from_slice(&body).expect("an AdmissionReview");
+        let envelope = AdmissionReviewIn::from_slice(&body).expect("an AdmissionReview");
         let request = envelope.request.expect("a request");
         group.throughput(Throughput::Elements(count as u64));
         group.bench_with_input(BenchmarkId::from_parameter(count), &request, |b, request| {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::cluster::ObjectStore;
 use crate::manifest::Document;
 use crate::policy::{Mode, Policy};
-use crate::review::admission::{AdmissionRequest, GroupVersionKind, UserInfo};
+use crate::review::admission::{AdmissionRequest, GroupVersionKind, RequestObject, UserInfo};
 use crate::review::{decide, Subject, Violation, Webhook};
 
 /// One violation of one object.
@@ -140,7 +140,7 @@ fn create_request<'a>(raw: &'a RawValue, group: &str, kind: &str, namespace: Opt
         namespace,
         operation: "CREATE".to_string(),
         user_info: UserInfo::default(),
-        object: Some(raw),
+        object: Some(RequestObject::Raw(raw)),
         dry_run: Some(true),
     }
 }

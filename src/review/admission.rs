@@ -2,45 +2,157 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+
+use super::pod_view::Pod;
 
 /// The only AdmissionReview version tokengate speaks.
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 
-/// An AdmissionReview as the API server sends it; objects stay raw until a decision reads them.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// An AdmissionReview as the API server sends it, decoded by [`AdmissionReviewIn::from_slice`].
+#[derive(Debug)]
 pub struct AdmissionReviewIn<'a> {
-    #[serde(default)]
     pub api_version: String,
-    #[serde(default)]
     pub kind: String,
-    #[serde(borrow)]
     pub request: Option<AdmissionRequest<'a>>,
 }
 
+impl<'a> AdmissionReviewIn<'a> {
+    /// Decodes a body in one pass: a Pod is decoded as it is read (see [`RequestObject`]). A body
+    /// whose Pod does not decode is read again with the object kept raw, so that its decision
+    /// can say which field is wrong.
+    pub fn from_slice(body: &'a [u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice::<Envelope<Eager>>(body)
+            .map(|e| e.into_review(|r| r.0))
+            .or_else(|_| serde_json::from_slice::<Envelope<Lazy>>(body).map(|e| e.into_review(|r| r.0)))
+    }
+}
+
 /// `request` of an AdmissionReview.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default)]
 pub struct AdmissionRequest<'a> {
     pub uid: String,
-    #[serde(default)]
     pub kind: GroupVersionKind,
-    #[serde(default)]
     pub sub_resource: Option<String>,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub namespace: Option<String>,
-    #[serde(default)]
     pub operation: String,
-    #[serde(default)]
     pub user_info: UserInfo,
-    #[serde(default, borrow)]
-    pub object: Option<&'a RawValue>,
-    #[serde(default)]
+    pub object: Option<RequestObject<'a>>,
     pub dry_run: Option<bool>,
+}
+
+/// `request.object` as it was read.
+#[derive(Debug)]
+pub enum RequestObject<'a> {
+    /// A Pod, decoded in the same pass as the envelope because `request.kind` named a Pod
+    /// before the object came: the order in which the API server writes them.
+    Pod(Box<Pod>),
+    /// Anything else (or a Pod whose kind came after it), decoded by its decision.
+    Raw(&'a RawValue),
+}
+
+/// The envelope, generic over how its request is read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<R> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<R>,
+}
+
+impl<R> Envelope<R> {
+    fn into_review<'a>(self, request: impl FnOnce(R) -> AdmissionRequest<'a>) -> AdmissionReviewIn<'a> {
+        AdmissionReviewIn { api_version: self.api_version, kind: self.kind, request: self.request.map(request) }
+    }
+}
+
+/// A request whose Pod object is decoded on the spot.
+struct Eager<'a>(AdmissionRequest<'a>);
+/// A request whose object is kept raw.
+struct Lazy<'a>(AdmissionRequest<'a>);
+
+impl<'de> Deserialize<'de> for Eager<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RequestVisitor { decode_pods: true }).map(Eager)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lazy<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RequestVisitor { decode_pods: false }).map(Lazy)
+    }
+}
+
+/// The fields of `request` that tokengate reads; the others are skipped.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum Field {
+    Uid,
+    Kind,
+    SubResource,
+    Name,
+    Namespace,
+    Operation,
+    UserInfo,
+    Object,
+    DryRun,
+    #[serde(other)]
+    Other,
+}
+
+struct RequestVisitor {
+    decode_pods: bool,
+}
+
+impl<'de> Visitor<'de> for RequestVisitor {
+    type Value = AdmissionRequest<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an AdmissionReview request")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut request = AdmissionRequest::default();
+        let (mut uid, mut kind_seen) = (None, false);
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Uid => uid = Some(map.next_value::<String>()?),
+                // The kind decides how the object is read, so it may not change afterwards.
+                Field::Kind if kind_seen => return Err(de::Error::duplicate_field("kind")),
+                Field::Kind => {
+                    kind_seen = true;
+                    request.kind = map.next_value::<Option<_>>()?.unwrap_or_default();
+                }
+                Field::SubResource => request.sub_resource = map.next_value()?,
+                Field::Name => request.name = map.next_value()?,
+                Field::Namespace => request.namespace = map.next_value()?,
+                Field::Operation => request.operation = map.next_value::<Option<_>>()?.unwrap_or_default(),
+                Field::UserInfo => request.user_info = map.next_value::<Option<_>>()?.unwrap_or_default(),
+                Field::DryRun => request.dry_run = map.next_value()?,
+                Field::Object => {
+                    let kind = &request.kind;
+                    let is_pod = kind.group.is_empty() && kind.kind == "Pod" && request.sub_resource.is_none();
+                    request.object = if self.decode_pods && is_pod {
+                        map.next_value::<Option<Pod>>()?.map(|pod| RequestObject::Pod(Box::new(pod)))
+                    } else {
+                        map.next_value::<Option<&RawValue>>()?.map(RequestObject::Raw)
+                    };
+                }
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        request.uid = uid.ok_or_else(|| de::Error::missing_field("uid"))?;
+        Ok(request)
+    }
 }
 
 /// `request.kind`.

@@ -7,7 +7,7 @@ pub mod admission;
 mod csi_driver;
 mod inject;
 mod pod;
-mod pod_view;
+pub mod pod_view;
 mod token_request;
 
 use std::fmt;
@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 use crate::cluster::Cluster;
 use crate::policy::{Mode, Policy};
-use admission::{AdmissionRequest, AdmissionResponse, AdmissionReviewIn, Status, ADMISSION_API_VERSION};
+use admission::{AdmissionRequest, AdmissionResponse, AdmissionReviewIn, RequestObject, Status, ADMISSION_API_VERSION};
 
 pub use inject::SKIP_ANNOTATION;
 
@@ -334,18 +334,26 @@ pub async fn decide<C: Cluster>(
     if policy.is_exempt(request.namespace.as_deref(), &user.username, &user.groups) {
         return Verdict::without_checks(subject, Decision::Exempt);
     }
-    let Some(object) = request.object else {
+    let Some(object) = &request.object else {
         let findings = Findings::undecodable(Violation::new("request.object", "missing: there is nothing to check"));
         return Verdict::from_findings(subject, policy.mode(), findings);
     };
     let namespace = request.namespace.as_deref().unwrap_or_default();
-    let findings = match (subject, webhook) {
-        (Subject::Pod, Webhook::Validate) => pod::validate_pod(object, namespace, policy, cluster).await,
-        (Subject::Pod, Webhook::Mutate) => pod::mutate_pod(object, namespace, policy, cluster).await,
-        (Subject::Workload(kind), _) => pod::validate_template(object, kind, namespace, policy, cluster).await,
-        (Subject::CsiDriver, _) => csi_driver::validate(object, policy),
-        (Subject::TokenRequest, _) => token_request::validate(object, request, policy, cluster).await,
-        (Subject::Other, _) => Findings::default(),
+    let findings = match (subject, webhook, object) {
+        (Subject::Pod, Webhook::Validate, _) => pod::validate_pod(object, namespace, policy, cluster).await,
+        (Subject::Pod, Webhook::Mutate, _) => pod::mutate_pod(object, namespace, policy, cluster).await,
+        (Subject::Other, _, _) => Findings::default(),
+        // Only a request whose kind is Pod, which cannot change once read, carries a decoded Pod.
+        (_, _, RequestObject::Pod(_)) => {
+            Findings::undecodable(Violation::new("request.kind", "a Pod object in a request that is not about a Pod"))
+        }
+        (Subject::Workload(kind), _, RequestObject::Raw(raw)) => {
+            pod::validate_template(raw, kind, namespace, policy, cluster).await
+        }
+        (Subject::CsiDriver, _, RequestObject::Raw(raw)) => csi_driver::validate(raw, policy),
+        (Subject::TokenRequest, _, RequestObject::Raw(raw)) => {
+            token_request::validate(raw, request, policy, cluster).await
+        }
     };
     Verdict::from_findings(subject, policy.mode(), findings)
 }
@@ -375,7 +383,7 @@ pub enum Reply {
 /// Decodes an AdmissionReview body, decides it and encodes the response. The server's
 /// `/validate` and `/mutate` and `tokengate review` all answer through here.
 pub async fn review<C: Cluster>(body: &[u8], webhook: Webhook, policy: &Policy, cluster: &C) -> Reply {
-    let envelope: AdmissionReviewIn = match serde_json::from_slice(body) {
+    let envelope = match AdmissionReviewIn::from_slice(body) {
         Ok(envelope) => envelope,
         Err(err) => return undecodable(body, format!("the body is not an AdmissionReview: {err}")),
     };

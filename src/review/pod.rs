@@ -1,6 +1,10 @@
 //! Pods and workload pod templates: token volumes, CSI drivers used inline, and injections.
 
+use std::borrow::Cow;
+
 use serde_json::value::RawValue;
+
+use super::admission::RequestObject;
 
 use super::inject::{self, State};
 use super::pod_view::{Pod, PodView, Volume, Workload};
@@ -15,8 +19,13 @@ const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 const AUTOMOUNT_VOLUME_PREFIX: &str = "kube-api-access-";
 
 /// Pod CREATE on `/validate`: every token the pod would get, and every required injection.
-pub async fn validate_pod<C: Cluster>(object: &RawValue, namespace: &str, policy: &Policy, cluster: &C) -> Findings {
-    let pod: Pod = match decode_object(object, "Pod") {
+pub async fn validate_pod<C: Cluster>(
+    object: &RequestObject<'_>,
+    namespace: &str,
+    policy: &Policy,
+    cluster: &C,
+) -> Findings {
+    let pod = match decode_pod(object) {
         Ok(pod) => pod,
         Err(findings) => return findings,
     };
@@ -43,8 +52,13 @@ pub async fn validate_pod<C: Cluster>(object: &RawValue, namespace: &str, policy
 }
 
 /// Pod CREATE on `/mutate`: a patch adding what matching injections require.
-pub async fn mutate_pod<C: Cluster>(object: &RawValue, namespace: &str, policy: &Policy, cluster: &C) -> Findings {
-    let pod: Pod = match decode_object(object, "Pod") {
+pub async fn mutate_pod<C: Cluster>(
+    object: &RequestObject<'_>,
+    namespace: &str,
+    policy: &Policy,
+    cluster: &C,
+) -> Findings {
+    let pod = match decode_pod(object) {
         Ok(pod) => pod,
         Err(findings) => return findings,
     };
@@ -101,6 +115,14 @@ pub async fn validate_template<C: Cluster>(
         }
     }
     findings
+}
+
+/// The Pod of the request: decoded already, or now.
+fn decode_pod<'a>(object: &'a RequestObject<'_>) -> Result<Cow<'a, Pod>, Findings> {
+    match object {
+        RequestObject::Pod(pod) => Ok(Cow::Borrowed(pod)),
+        RequestObject::Raw(raw) => decode_object(raw, "Pod").map(Cow::Owned),
+    }
 }
 
 fn is_mirror(view: &PodView<'_>) -> bool {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::WorkloadKind;
 
 /// A Pod, or the pod template of a workload: the same `metadata` and `spec`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Pod {
     #[serde(default)]
     pub metadata: Metadata,
@@ -20,14 +20,14 @@ pub struct Pod {
 }
 
 /// `metadata` of a Pod or template.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Metadata {
     pub labels: Option<BTreeMap<String, String>>,
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// `spec` of a Pod.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     pub volumes: Option<Vec<Volume>>,
@@ -63,7 +63,7 @@ impl PodSpec {
 }
 
 /// One entry of `spec.volumes`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Volume {
     pub name: String,
     pub projected: Option<ProjectedVolume>,
@@ -83,20 +83,20 @@ impl Volume {
 }
 
 /// `projected` of a volume.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct ProjectedVolume {
     pub sources: Option<Vec<VolumeProjection>>,
 }
 
 /// One source of a projected volume; only token sources are read, the others only counted.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeProjection {
     pub service_account_token: Option<TokenProjection>,
 }
 
 /// A `serviceAccountToken` projection.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenProjection {
     pub audience: Option<String>,
@@ -106,13 +106,13 @@ pub struct TokenProjection {
 }
 
 /// An inline `csi` volume.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct CsiVolume {
     pub driver: String,
 }
 
 /// One entry of `containers` or `initContainers`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
     pub name: String,
@@ -121,7 +121,7 @@ pub struct Container {
 }
 
 /// One entry of a container's `env`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     pub name: String,
@@ -131,7 +131,7 @@ pub struct EnvVar {
 }
 
 /// One entry of a container's `volumeMounts`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeMount {
     pub name: String,
@@ -139,14 +139,14 @@ pub struct VolumeMount {
 }
 
 /// Any workload kind, reduced to where its pod template can be.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Workload {
     spec: Option<WorkloadSpec>,
     /// A PodTemplate's template.
     template: Option<Pod>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WorkloadSpec {
     template: Option<Pod>,

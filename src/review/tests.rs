@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::admission::{AdmissionRequest, GroupVersionKind, UserInfo};
+use super::admission::{AdmissionRequest, GroupVersionKind, RequestObject, UserInfo};
 use super::*;
 use crate::cluster::ObjectStore;
 
@@ -72,7 +72,7 @@ fn request<'a>(kind: (&str, &str), namespace: &str, user: &str, object: &'a RawV
             username: user.to_string(),
             groups: if user.starts_with("system:node:") { vec!["system:nodes".to_string()] } else { vec![] },
         },
-        object: Some(object),
+        object: Some(RequestObject::Raw(object)),
         dry_run: None,
     }
 }
@@ -401,4 +401,73 @@ fn verdict_response_carries_status_warnings_and_annotations() {
     assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
     assert_eq!(status.message, "tokengate: spec.volumes[0]: bad; spec.volumes[1]: worse");
     assert_eq!(response.audit_annotations["decision"], "denied");
+}
+
+/// A Pod CREATE review with `request.kind` before or after the object.
+fn pod_review(object: &Value, kind_first: bool) -> String {
+    let kind = r#""kind":{"group":"","version":"v1","kind":"Pod"}"#;
+    let object = format!(r#""object":{object}"#);
+    let (first, second) = if kind_first { (kind, object.as_str()) } else { (object.as_str(), kind) };
+    format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u-1",{first},"namespace":"team-a","operation":"CREATE",{second},"userInfo":{{"username":"alice"}}}}}}"#
+    )
+}
+
+fn answer(body: &str, webhook: Webhook) -> Vec<u8> {
+    let (policy, cluster) = (policy(), cluster());
+    let reply = tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(review(
+        body.as_bytes(),
+        webhook,
+        &policy,
+        &cluster,
+    ));
+    match reply {
+        Reply::Review { body, .. } => body,
+        Reply::BadRequest(message) => panic!("answered 400: {message}"),
+    }
+}
+
+#[test]
+fn a_pod_is_decoded_with_the_envelope_when_its_kind_comes_first() {
+    let object = mk_pod("web", json!([token_volume("t", "gcp.example", 3600)]), json!([{"name": "app"}]));
+    let in_order = pod_review(&object, true);
+    let reordered = pod_review(&object, false);
+    let decoded = |body: &str| {
+        let envelope = AdmissionReviewIn::from_slice(body.as_bytes()).expect("decodes");
+        matches!(envelope.request.expect("request").object, Some(RequestObject::Pod(_)))
+    };
+    assert!(decoded(&in_order), "kind before object: decoded in one pass");
+    assert!(!decoded(&reordered), "object before kind: kept raw");
+    for webhook in [Webhook::Validate, Webhook::Mutate] {
+        assert_eq!(answer(&in_order, webhook), answer(&reordered, webhook), "the order of fields changes nothing");
+    }
+}
+
+#[test]
+fn a_pod_that_does_not_decode_is_refused_naming_the_field() {
+    let object = mk_pod("web", json!("not-a-list"), json!([{"name": "app"}]));
+    for kind_first in [true, false] {
+        let response: Value =
+            serde_json::from_slice(&answer(&pod_review(&object, kind_first), Webhook::Validate)).expect("JSON");
+        assert_eq!(response["response"]["allowed"], false);
+        assert_eq!(response["response"]["status"]["code"], 400);
+        let message = response["response"]["status"]["message"].as_str().expect("message");
+        assert!(message.contains("could not decode the Pod: spec.volumes: invalid type"), "{message}");
+    }
+}
+
+#[test]
+fn the_request_kind_may_not_change_after_the_object() {
+    let body = pod_review(&mk_pod("web", json!([]), json!([])), true)
+        .replace(r#""userInfo""#, r#""kind":{"group":"apps","version":"v1","kind":"Deployment"},"userInfo""#);
+    let error = AdmissionReviewIn::from_slice(body.as_bytes()).expect_err("a second kind is refused");
+    assert!(error.to_string().contains("duplicate field `kind`"), "{error}");
+}
+
+#[test]
+fn null_request_fields_read_as_absent() {
+    let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-2","kind":null,"operation":null,"userInfo":null,"name":null,"object":null}}"#;
+    let request = AdmissionReviewIn::from_slice(body.as_bytes()).expect("decodes").request.expect("request");
+    assert_eq!((request.uid.as_str(), request.operation.as_str(), request.kind.kind.as_str()), ("u-2", "", ""));
+    assert!(request.object.is_none() && request.name.is_none());
 }

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -39,8 +39,8 @@ pub struct AppState<C> {
 /// The webhook routes.
 pub fn webhook_router<C: Cluster + Send + Sync + 'static>(state: Arc<AppState<C>>) -> Router {
     Router::new()
-        .route("/validate", post(|s, h, b| handle(s, h, b, Webhook::Validate)))
-        .route("/mutate", post(|s, h, b| handle(s, h, b, Webhook::Mutate)))
+        .route("/validate", post(|s, r| handle(s, r, Webhook::Validate)))
+        .route("/mutate", post(|s, r| handle(s, r, Webhook::Mutate)))
         .with_state(state)
 }
 
@@ -61,10 +61,10 @@ fn plain(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn handle<C: Cluster + Send + Sync + 'static>(
     State(state): State<Arc<AppState<C>>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
     webhook: Webhook,
 ) -> Response {
+    let (Parts { headers, .. }, body) = request.into_parts();
     let reject = |reason: Rejection, status: StatusCode, message: &str| {
         state.metrics.rejected(reason);
         plain(status, message)
