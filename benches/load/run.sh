@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark: the release tokengate server against a plain tokio/hyper/rustls floor that
 # answers `allowed: true` with no policy work, measured side by side in one run with oha.
+# A second floor also reads request.uid from the body and echoes it, as a correct answer must.
 # Server on core 0, load generator on core 1. Prints a table and writes results/*.json.
 #
 #   benches/load/run.sh                 # 20 s per run, 16 connections
@@ -47,6 +48,9 @@ tokengate_pid=$!
 taskset -c "$SERVER_CPU" target/release/examples/floor-server "$work/tls.crt" "$work/tls.key" 127.0.0.1:19443 &
 pids+=($!)
 floor_pid=$!
+taskset -c "$SERVER_CPU" target/release/examples/floor-server --echo-uid "$work/tls.crt" "$work/tls.key" 127.0.0.1:19444 &
+pids+=($!)
+echo_pid=$!
 
 for _ in $(seq 50); do
   curl -sf http://127.0.0.1:18080/readyz >/dev/null && break
@@ -73,6 +77,7 @@ run() {
 
 echo "idle RSS: tokengate $(rss_kib "$tokengate_pid") KiB, floor $(rss_kib "$floor_pid") KiB"
 run floor-keepalive 19443 "$floor_pid"
+run floor-echo-uid-keepalive 19444 "$echo_pid"
 run tokengate-keepalive 18443 "$tokengate_pid"
 run floor-churn 19443 "$floor_pid" --disable-keepalive
 run tokengate-churn 18443 "$tokengate_pid" --disable-keepalive
@@ -90,13 +95,15 @@ def load(name):
     bad = sum(v for k, v in codes.items() if k != "200") + sum(errors.values())
     rss = int((out / f"{name}.rss_kib").read_text().strip() or 0)
     return summary["requestsPerSec"], pct["p50"] * 1e3, pct["p99"] * 1e3, pct["p99.9"] * 1e3, ok, bad, rss
-print(f"{'run':22} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'ok':>8} {'failed':>7} {'peak RSS MiB':>12}")
+print(f"{'run':26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'ok':>8} {'failed':>7} {'peak RSS MiB':>12}")
 rows = {}
-for name in ["floor-keepalive", "tokengate-keepalive", "floor-churn", "tokengate-churn"]:
+for name in ["floor-keepalive", "floor-echo-uid-keepalive", "tokengate-keepalive", "floor-churn", "tokengate-churn"]:
     rows[name] = load(name)
     rps, p50, p99, p999, ok, bad, rss = rows[name]
-    print(f"{name:22} {rps:10.0f} {p50:8.3f} {p99:8.3f} {p999:9.3f} {ok:8d} {bad:7d} {rss / 1024:12.1f}")
+    print(f"{name:26} {rps:10.0f} {p50:8.3f} {p99:8.3f} {p999:9.3f} {ok:8d} {bad:7d} {rss / 1024:12.1f}")
 for mode in ["keepalive", "churn"]:
     ratio = rows[f"tokengate-{mode}"][0] / rows[f"floor-{mode}"][0]
     print(f"tokengate / floor throughput ({mode}): {ratio:.1%}")
+ratio = rows["tokengate-keepalive"][0] / rows["floor-echo-uid-keepalive"][0]
+print(f"tokengate / uid-echoing floor throughput (keepalive): {ratio:.1%}")
 PY

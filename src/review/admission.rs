@@ -26,9 +26,12 @@ impl<'a> AdmissionReviewIn<'a> {
     /// whose Pod does not decode is read again with the object kept raw, so that its decision
     /// can say which field is wrong.
     pub fn from_slice(body: &'a [u8]) -> serde_json::Result<Self> {
-        serde_json::from_slice::<Envelope<Eager>>(body)
+        // Checking UTF-8 once for the whole body is cheaper than string by string.
+        let text =
+            std::str::from_utf8(body).map_err(|err| de::Error::custom(format!("the body is not UTF-8: {err}")))?;
+        serde_json::from_str::<Envelope<Eager>>(text)
             .map(|e| e.into_review(|r| r.0))
-            .or_else(|_| serde_json::from_slice::<Envelope<Lazy>>(body).map(|e| e.into_review(|r| r.0)))
+            .or_else(|_| serde_json::from_str::<Envelope<Lazy>>(text).map(|e| e.into_review(|r| r.0)))
     }
 }
 
