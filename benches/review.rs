@@ -1,6 +1,7 @@
 //! Benchmarks of admission reviews: whole reviews (decode, decide, encode) of a realistic Pod
-//! CREATE and of a kubelet's TokenRequest, and the decision alone as the audience allow-list
-//! (allowed and denied) and the pod's token volumes grow.
+//! CREATE and of a kubelet's TokenRequest, and the decision alone (on a review decoded once,
+//! which decodes its Pod too) as the audience allow-list (allowed and denied) and the pod's
+//! token volumes grow.
 //!
 //! `cargo bench --bench review` runs everything; add `-- --quick` for a rough pass, or a
 //! filter such as `-- allow_list_size`.
