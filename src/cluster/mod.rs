@@ -109,7 +109,8 @@ impl From<&Pod> for PodInfo {
         let mut info = PodInfo { uid: pod.metadata.uid.clone().unwrap_or_default(), ..Default::default() };
         let Some(spec) = &pod.spec else { return info };
         info.node_name = spec.node_name.clone().filter(|n| !n.is_empty());
-        info.service_account = service_account_of(spec).to_string();
+        info.service_account =
+            service_account_named(spec.service_account_name.as_deref(), spec.service_account.as_deref()).to_string();
         for volume in spec.volumes.iter().flatten() {
             let token_sources = volume.projected.iter().flat_map(|p| p.sources.iter().flatten());
             for token in token_sources.filter_map(|s| s.service_account_token.as_ref()) {
@@ -143,11 +144,6 @@ impl From<&PersistentVolume> for VolumeInfo {
 
 /// The service account a pod (or template) runs as: `serviceAccountName`, then the deprecated
 /// `serviceAccount`, then `default`.
-pub fn service_account_of(spec: &k8s_openapi::api::core::v1::PodSpec) -> &str {
-    [&spec.service_account_name, &spec.service_account]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .find(|name| !name.is_empty())
-        .unwrap_or("default")
+pub fn service_account_named<'a>(name: Option<&'a str>, deprecated: Option<&'a str>) -> &'a str {
+    [name, deprecated].into_iter().flatten().find(|name| !name.is_empty()).unwrap_or("default")
 }

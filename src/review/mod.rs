@@ -340,8 +340,7 @@ pub async fn decide<C: Cluster>(
     };
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let findings = match (subject, webhook, object) {
-        (Subject::Pod, Webhook::Validate, _) => pod::validate_pod(object, namespace, policy, cluster).await,
-        (Subject::Pod, Webhook::Mutate, _) => pod::mutate_pod(object, namespace, policy, cluster).await,
+        (Subject::Pod, _, _) => pod::review_pod(object, webhook, namespace, policy, cluster).await,
         (Subject::Other, _, _) => Findings::default(),
         // Only a request whose kind is Pod, which cannot change once read, carries a decoded Pod.
         (_, _, RequestObject::Pod(_)) => {

@@ -9,7 +9,7 @@ use super::admission::RequestObject;
 use super::inject::{self, State};
 use super::pod_view::{Pod, PodView, Volume, Workload};
 use super::token_request::AUTOMOUNT_EXPIRATION_SECONDS;
-use super::{decode_object, Findings, Violation, WorkloadKind};
+use super::{decode_object, Findings, Violation, Webhook, WorkloadKind};
 use crate::cluster::{Cluster, ServiceAccountInfo};
 use crate::policy::{expiration_or_default, Policy};
 
@@ -18,9 +18,10 @@ const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// Name prefix of the volume the ServiceAccount admission plugin adds.
 const AUTOMOUNT_VOLUME_PREFIX: &str = "kube-api-access-";
 
-/// Pod CREATE on `/validate`: every token the pod would get, and every required injection.
-pub async fn validate_pod<C: Cluster>(
+/// Pod CREATE on either webhook.
+pub async fn review_pod<C: Cluster>(
     object: &RequestObject<'_>,
+    webhook: Webhook,
     namespace: &str,
     policy: &Policy,
     cluster: &C,
@@ -29,12 +30,20 @@ pub async fn validate_pod<C: Cluster>(
         Ok(pod) => pod,
         Err(findings) => return findings,
     };
+    let Some(view) = PodView::new(&pod, namespace, "spec".to_string()) else { return Findings::default() };
+    match webhook {
+        Webhook::Validate => validate_pod(&view, policy, cluster).await,
+        Webhook::Mutate => mutate_pod(&view, policy, cluster).await,
+    }
+}
+
+/// Pod CREATE on `/validate`: every token the pod would get, and every required injection.
+async fn validate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C) -> Findings {
     let mut findings = Findings::default();
-    let Some(view) = PodView::new(&pod, namespace, "spec".to_string()) else { return findings };
-    check_tokens(&view, policy, cluster, &mut findings).await;
-    if !is_mirror(&view) {
-        let service_account = service_account_for(&view, policy, cluster, &mut findings).await;
-        for planned in inject::plan(&view, policy, service_account.as_ref(), &mut Vec::new()) {
+    check_tokens(view, policy, cluster, &mut findings).await;
+    if !is_mirror(view) {
+        let service_account = service_account_for(view, policy, cluster, &mut findings).await;
+        for planned in inject::plan(view, policy, service_account.as_ref(), &mut Vec::new()) {
             match planned.state {
                 State::Collision(violation) => findings.violations.push(violation),
                 State::Missing { field, .. } if planned.injection.required => findings.violations.push(Violation::new(
@@ -52,25 +61,15 @@ pub async fn validate_pod<C: Cluster>(
 }
 
 /// Pod CREATE on `/mutate`: a patch adding what matching injections require.
-pub async fn mutate_pod<C: Cluster>(
-    object: &RequestObject<'_>,
-    namespace: &str,
-    policy: &Policy,
-    cluster: &C,
-) -> Findings {
-    let pod = match decode_pod(object) {
-        Ok(pod) => pod,
-        Err(findings) => return findings,
-    };
+async fn mutate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C) -> Findings {
     let mut findings = Findings::default();
-    let Some(view) = PodView::new(&pod, namespace, "spec".to_string()) else { return findings };
-    if is_mirror(&view) {
+    if is_mirror(view) {
         return findings;
     }
-    let service_account = service_account_for(&view, policy, cluster, &mut findings).await;
-    let skipped = inject::skipped_names(&view);
+    let service_account = service_account_for(view, policy, cluster, &mut findings).await;
+    let skipped = inject::skipped_names(view);
     let mut additions = Vec::new();
-    for planned in inject::plan(&view, policy, service_account.as_ref(), &mut findings.notes) {
+    for planned in inject::plan(view, policy, service_account.as_ref(), &mut findings.notes) {
         let injection = planned.injection;
         if skipped.contains(&injection.name.as_str()) {
             findings.notes.push(format!(

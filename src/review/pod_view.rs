@@ -10,6 +10,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::WorkloadKind;
+use crate::cluster::service_account_named;
 
 /// A Pod, or the pod template of a workload: the same `metadata` and `spec`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,12 +42,7 @@ impl PodSpec {
     /// The service account the pod runs as: `serviceAccountName`, then the deprecated
     /// `serviceAccount`, then `default`.
     pub fn service_account(&self) -> &str {
-        [&self.service_account_name, &self.service_account]
-            .into_iter()
-            .flatten()
-            .map(String::as_str)
-            .find(|name| !name.is_empty())
-            .unwrap_or("default")
+        service_account_named(self.service_account_name.as_deref(), self.service_account.as_deref())
     }
 
     pub fn volumes(&self) -> &[Volume] {
