@@ -1,7 +1,6 @@
 //! The AdmissionReview wire format: a lenient request envelope in, a response out.
 
 use std::collections::BTreeMap;
-
 use std::fmt;
 
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
@@ -29,9 +28,9 @@ impl<'a> AdmissionReviewIn<'a> {
         // Checking UTF-8 once for the whole body is cheaper than string by string.
         let text =
             std::str::from_utf8(body).map_err(|err| de::Error::custom(format!("the body is not UTF-8: {err}")))?;
-        serde_json::from_str::<Envelope<Eager>>(text)
-            .map(|e| e.into_review(|r| r.0))
-            .or_else(|_| serde_json::from_str::<Envelope<Lazy>>(text).map(|e| e.into_review(|r| r.0)))
+        serde_json::from_str::<Envelope<ReadRequest<true>>>(text)
+            .map(Envelope::into_review)
+            .or_else(|_| serde_json::from_str::<Envelope<ReadRequest<false>>>(text).map(Envelope::into_review))
     }
 }
 
@@ -70,26 +69,18 @@ struct Envelope<R> {
     request: Option<R>,
 }
 
-impl<R> Envelope<R> {
-    fn into_review<'a>(self, request: impl FnOnce(R) -> AdmissionRequest<'a>) -> AdmissionReviewIn<'a> {
-        AdmissionReviewIn { api_version: self.api_version, kind: self.kind, request: self.request.map(request) }
+impl<'a, const DECODE_PODS: bool> Envelope<ReadRequest<'a, DECODE_PODS>> {
+    fn into_review(self) -> AdmissionReviewIn<'a> {
+        AdmissionReviewIn { api_version: self.api_version, kind: self.kind, request: self.request.map(|r| r.0) }
     }
 }
 
-/// A request whose Pod object is decoded on the spot.
-struct Eager<'a>(AdmissionRequest<'a>);
-/// A request whose object is kept raw.
-struct Lazy<'a>(AdmissionRequest<'a>);
+/// A request read with its Pod object decoded on the spot (`DECODE_PODS`) or kept raw.
+struct ReadRequest<'a, const DECODE_PODS: bool>(AdmissionRequest<'a>);
 
-impl<'de> Deserialize<'de> for Eager<'de> {
+impl<'de, const DECODE_PODS: bool> Deserialize<'de> for ReadRequest<'de, DECODE_PODS> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(RequestVisitor { decode_pods: true }).map(Eager)
-    }
-}
-
-impl<'de> Deserialize<'de> for Lazy<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(RequestVisitor { decode_pods: false }).map(Lazy)
+        deserializer.deserialize_map(RequestVisitor { decode_pods: DECODE_PODS }).map(ReadRequest)
     }
 }
 

@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 
 use super::admission::RequestObject;
-
 use super::inject::{self, State};
 use super::pod_view::{Pod, PodView, Volume, Workload};
 use super::token_request::AUTOMOUNT_EXPIRATION_SECONDS;
