@@ -4,6 +4,7 @@
 //! metrics are recorded by the caller from the returned [`Summary`].
 
 pub mod admission;
+pub mod automount;
 mod csi_driver;
 mod inject;
 mod pod;

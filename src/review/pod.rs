@@ -6,16 +6,14 @@ use serde_json::value::RawValue;
 
 use super::admission::RequestObject;
 use super::inject::{self, State};
-use super::pod_view::{Pod, PodView, Volume, Workload};
-use super::token_request::AUTOMOUNT_EXPIRATION_SECONDS;
+use super::pod_view::{Pod, PodView, Workload};
+use super::automount::is_automount_volume;
 use super::{decode_object, Findings, Violation, Webhook, WorkloadKind};
 use crate::cluster::{Cluster, ServiceAccountInfo};
 use crate::policy::{expiration_or_default, Policy};
 
 /// Annotation the kubelet puts on mirror pods of static pods; those are never mutated.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
-/// Name prefix of the volume the ServiceAccount admission plugin adds.
-const AUTOMOUNT_VOLUME_PREFIX: &str = "kube-api-access-";
 
 /// Pod CREATE on either webhook.
 pub async fn review_pod<C: Cluster>(
@@ -198,22 +196,5 @@ async fn check_tokens<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: 
                 ));
             }
         }
-    }
-}
-
-/// The ServiceAccount admission plugin's volume: `kube-api-access-*` with exactly one token
-/// source (no audience, path `token`, 3607 s); its other sources vary by distribution.
-pub fn is_automount_volume(volume: &Volume) -> bool {
-    if !volume.name.starts_with(AUTOMOUNT_VOLUME_PREFIX) {
-        return false;
-    }
-    let mut tokens = volume.token_sources().map(|(_, token)| token);
-    match (tokens.next(), tokens.next()) {
-        (Some(token), None) => {
-            token.audience.as_deref().unwrap_or_default().is_empty()
-                && token.path == "token"
-                && token.expiration_seconds == Some(AUTOMOUNT_EXPIRATION_SECONDS as i64)
-        }
-        _ => false,
     }
 }

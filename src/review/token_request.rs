@@ -6,12 +6,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::admission::AdmissionRequest;
+use super::automount::AUTOMOUNT_EXPIRATION_SECONDS;
 use super::{decode_object, Findings, Violation};
 use crate::cluster::{Cluster, PodInfo};
 use crate::policy::{describe_audience, expiration_or_default, Policy};
-
-/// The lifetime the kubelet asks for the automount token (`kube-api-access-*`).
-pub const AUTOMOUNT_EXPIRATION_SECONDS: u64 = 3607;
 
 /// The fields of a TokenRequest that decisions read; everything else (new bound kinds,
 /// attestations) is ignored, so newer API servers still decode.
