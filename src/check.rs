@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::cluster::ObjectStore;
 use crate::manifest::Document;
 use crate::policy::{Mode, Policy};
-use crate::review::admission::{AdmissionRequest, GroupVersionKind, RequestObject, UserInfo};
+use crate::review::admission::{AdmissionRequest, GroupVersionKind, Operation, RequestObject, UserInfo};
 use crate::review::{decide, Subject, Violation, Webhook};
 
 /// One violation of one object.
@@ -138,9 +138,10 @@ fn create_request<'a>(raw: &'a RawValue, group: &str, kind: &str, namespace: Opt
         sub_resource: None,
         name: None,
         namespace,
-        operation: "CREATE".to_string(),
+        operation: Operation::Create,
         user_info: UserInfo::default(),
         object: Some(RequestObject::Raw(raw)),
+        old_object: None,
         dry_run: Some(true),
     }
 }

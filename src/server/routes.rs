@@ -117,7 +117,7 @@ fn log_review(webhook: Webhook, summary: &Summary, elapsed: std::time::Duration)
         kind = summary.subject.as_str(),
         namespace = %summary.namespace,
         name = %summary.name,
-        operation = %summary.operation,
+        operation = summary.operation.as_str(),
         decision = summary.decision.as_str(),
         violations = summary.violations,
         dry_run = summary.dry_run,
