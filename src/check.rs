@@ -10,6 +10,7 @@ use crate::cluster::ObjectStore;
 use crate::manifest::Document;
 use crate::policy::{Mode, Policy};
 use crate::review::admission::{AdmissionRequest, GroupVersionKind, Operation, RequestObject, UserInfo};
+use crate::review::legacy_token::SERVICE_ACCOUNT_TOKEN_TYPE;
 use crate::review::{decide, Subject, Violation, Webhook};
 
 /// One violation of one object.
@@ -84,7 +85,8 @@ pub async fn check(
         let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
         let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
         let subject = Subject::of(group, kind, None);
-        if matches!(subject, Subject::Other | Subject::TokenRequest) {
+        let legacy_token = object.get("type").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_TOKEN_TYPE);
+        if matches!(subject, Subject::Other | Subject::TokenRequest) || (subject == Subject::Secret && !legacy_token) {
             continue;
         }
         report.checked += 1;

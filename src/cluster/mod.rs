@@ -3,6 +3,8 @@
 //! Decisions read service accounts, CSI drivers, pods, PVCs and PVs through [`Cluster`]; each
 //! object is reduced to the few fields a decision reads, so caches of them stay small.
 
+pub mod audiences;
+mod deadline;
 mod live;
 mod objects;
 
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
 use k8s_openapi::api::storage::v1::CSIDriver;
 
+pub use deadline::{timeout_from_query, WithDeadline};
 pub use live::{LiveCluster, LiveOptions};
 pub use objects::{ObjectStore, ObjectsError};
 
@@ -42,6 +45,28 @@ pub trait Cluster: Sync {
     /// Whether lookups can be answered (watch caches have synced); readiness waits for it.
     fn is_ready(&self) -> bool {
         true
+    }
+}
+
+/// A shared cluster answers as the cluster it shares.
+impl<C: Cluster + Send + Sync> Cluster for Arc<C> {
+    fn service_account(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ServiceAccountInfo>> + Send {
+        self.as_ref().service_account(namespace, name)
+    }
+    fn csi_driver(&self, name: &str) -> impl Future<Output = Lookup<CsiDriverInfo>> + Send {
+        self.as_ref().csi_driver(name)
+    }
+    fn pod(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<PodInfo>> + Send {
+        self.as_ref().pod(namespace, name)
+    }
+    fn persistent_volume_claim(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ClaimInfo>> + Send {
+        self.as_ref().persistent_volume_claim(namespace, name)
+    }
+    fn persistent_volume(&self, name: &str) -> impl Future<Output = Lookup<VolumeInfo>> + Send {
+        self.as_ref().persistent_volume(name)
+    }
+    fn is_ready(&self) -> bool {
+        self.as_ref().is_ready()
     }
 }
 

@@ -7,7 +7,7 @@ pub mod admission;
 pub mod automount;
 mod csi_driver;
 mod inject;
-mod legacy_token;
+pub mod legacy_token;
 mod pod;
 pub mod pod_view;
 mod token_request;
@@ -82,6 +82,20 @@ impl WorkloadKind {
             WorkloadKind::CronJob => ("batch", "CronJob"),
             WorkloadKind::ReplicationController => ("", "ReplicationController"),
             WorkloadKind::PodTemplate => ("", "PodTemplate"),
+        }
+    }
+
+    /// The resource name in API paths.
+    pub fn plural(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployments",
+            WorkloadKind::StatefulSet => "statefulsets",
+            WorkloadKind::DaemonSet => "daemonsets",
+            WorkloadKind::ReplicaSet => "replicasets",
+            WorkloadKind::Job => "jobs",
+            WorkloadKind::CronJob => "cronjobs",
+            WorkloadKind::ReplicationController => "replicationcontrollers",
+            WorkloadKind::PodTemplate => "podtemplates",
         }
     }
 

@@ -191,10 +191,10 @@ impl<C: Cluster> NodeCheck<'_, C> {
             && pod.has_automount_volume
             && request.audiences.iter().all(|(_, audience)| audience.is_empty() || unknown.contains(audience));
         if automount_token && !unknown.is_empty() {
-            let known = self.policy.api_server_audiences();
-            let known = if known.is_empty() { "none".to_string() } else { format!("{known:?}") };
+            // The field and the verdict first: the API server may cut warnings at 120 characters.
             findings.notes.push(format!(
-                "spec.audiences: {unknown:?} not among the API server audiences tokengate knows ({known}); node {node}'s request for pod {pod_ref}'s automount token was admitted by its shape: add them to spec.apiServerAudiences"
+                "spec.apiServerAudiences looks incomplete: add {unknown:?} (node {node}'s request for the automount token of pod {pod_ref} was admitted by its shape; known: {:?})",
+                self.policy.api_server_audiences()
             ));
         }
         if !enforce {
