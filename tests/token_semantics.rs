@@ -89,7 +89,7 @@ struct Review {
 
 impl Review {
     fn new(group: &str, kind: &str, resource: &str, namespace: Option<&str>, object: Value) -> Self {
-        let version = if group.is_empty() { "v1".to_string() } else { "v1".to_string() };
+        let version = "v1";
         let name = object.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
         Review {
             request: json!({
