@@ -4,6 +4,7 @@ pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod cluster;
+pub mod explain;
 pub mod manifest;
 pub mod metrics;
 pub mod policy;

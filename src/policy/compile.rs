@@ -131,7 +131,7 @@ pub(super) fn compile(document: PolicyDocument, learned: &[String]) -> Result<Po
                     all_namespaces_owner.push((audience.clone(), rules.len()));
                 }
             }
-            rules.push(AudienceRule { namespaces, service_accounts, max_seconds: entry_max });
+            rules.push(AudienceRule { index: i, namespaces, service_accounts, max_seconds: entry_max });
         }
         let mut audiences = HashMap::with_capacity(builders.len());
         for (audience, (builder, glob_owner, entries)) in builders {

@@ -85,9 +85,25 @@ struct AudienceRules {
 
 #[derive(Debug, Clone)]
 struct AudienceRule {
+    /// Its index in `spec.audiences`.
+    index: usize,
     namespaces: Globs,
     service_accounts: Globs,
     max_seconds: u64,
+}
+
+/// The `audiences` entry that allows a token (see [`Policy::allowing_entry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowingEntry<'p> {
+    /// Its index in `spec.audiences`.
+    pub index: usize,
+    /// Its namespace globs as written (`["*"]` when absent).
+    pub namespaces: &'p [String],
+    /// Its service-account globs as written (`["*"]` when absent).
+    pub service_accounts: &'p [String],
+    /// The largest lifetime it admits: its `maxExpirationSeconds`, capped by
+    /// `expiration.maxSeconds`.
+    pub max_seconds: u64,
 }
 
 /// One `legacyTokens` entry.
@@ -267,6 +283,27 @@ impl Policy {
             }
             Some(max) => self.check_lifetime(token.lifetime, max),
         }
+    }
+
+    /// The `audiences` entry that allows `token`: of the entries matching its audience,
+    /// namespace and service account whose maximum admits its effective lifetime, the first in
+    /// document order. `None` exactly when [`Policy::check_token`] refuses the token.
+    pub fn allowing_entry(&self, token: &Token<'_>) -> Option<AllowingEntry<'_>> {
+        self.check_token(token).ok()?;
+        let rules = self.audiences.get(token.audience)?;
+        rules
+            .entries
+            .iter()
+            .filter(|rule| rule.namespaces.is_match(token.namespace))
+            .filter(|rule| rule.service_accounts.is_match(token.service_account))
+            .filter(|rule| self.check_lifetime(token.lifetime, rule.max_seconds).is_ok())
+            .min_by_key(|rule| rule.index)
+            .map(|rule| AllowingEntry {
+                index: rule.index,
+                namespaces: rule.namespaces.patterns(),
+                service_accounts: rule.service_accounts.patterns(),
+                max_seconds: rule.max_seconds,
+            })
     }
 
     /// The one lifetime rule: the effective lifetime lies within `[minSeconds, max]`.

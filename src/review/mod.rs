@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod automount;
+pub mod credentials;
 mod csi_driver;
 mod inject;
 pub mod legacy_token;
@@ -190,7 +191,7 @@ impl Decision {
 }
 
 /// One broken rule: where, and what is wrong (and what would be allowed).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Violation {
     pub field: String,
     pub message: String,

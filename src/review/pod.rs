@@ -5,12 +5,12 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 
 use super::admission::RequestObject;
-use super::automount;
+use super::credentials::{self, Credential, Found, Outcome};
 use super::inject::{self, State};
 use super::pod_view::{Pod, PodView, Workload};
 use super::{decode_object, Findings, Violation, Webhook, WorkloadKind};
 use crate::cluster::{Cluster, ServiceAccountInfo};
-use crate::policy::{expiration_or_default, Policy, Token};
+use crate::policy::Policy;
 
 /// Annotation the kubelet puts on mirror pods of static pods; those are never mutated.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -185,49 +185,13 @@ async fn service_account_for<C: Cluster>(
 /// Every projected token and every token an inline CSI volume's driver mints (in-tree types
 /// that CSI migration serves count as their driver), against the allow-list and the lifetime
 /// bounds, judged by the lifetime the API server will issue. The automount volume is always
-/// admitted.
+/// admitted. The list and each verdict come from [`credentials::pod_credentials`].
 async fn check_tokens<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C, findings: &mut Findings) {
-    let field = &view.field;
-    for (i, volume) in view.spec.volumes().iter().enumerate() {
-        if automount::is_automount_volume(volume) {
-            continue;
-        }
-        for (j, source) in volume.token_sources() {
-            let token = pod_token(view, policy, source.audience.as_deref(), source.expiration_seconds);
-            if let Err(denial) = policy.check_token(&token) {
-                let leaf = if denial.is_about_expiration() { "expirationSeconds" } else { "audience" };
-                findings.violations.push(Violation::new(
-                    format!("{field}.volumes[{i}].projected.sources[{j}].serviceAccountToken.{leaf}"),
-                    denial.explain(&token),
-                ));
-            }
-        }
-        let Some((driver_key, driver_name)) = volume.csi_driver() else { continue };
-        let driver_field = format!("{field}.volumes[{i}].{driver_key}");
-        let driver = match cluster.csi_driver(driver_name).await {
-            Ok(driver) => driver,
-            Err(err) => {
-                findings
-                    .violations
-                    .push(Violation::new(driver_field, format!("could not look up CSIDriver {driver_name:?}: {err}")));
-                continue;
-            }
-        };
-        for (audience, seconds) in driver.iter().flat_map(|d| d.token_requests.iter()) {
-            let token = pod_token(view, policy, Some(audience), *seconds);
-            if let Err(denial) = policy.check_token(&token) {
-                findings.violations.push(Violation::new(
-                    driver_field.clone(),
-                    format!("CSI driver {driver_name:?} mints a token for this pod: {}", denial.explain(&token)),
-                ));
-            }
+    for found in credentials::pod_credentials(view, policy, cluster).await {
+        match found {
+            Found::Token(Credential { outcome: Outcome::Denied(violation), .. })
+            | Found::LookupFailed { violation, .. } => findings.violations.push(violation),
+            Found::Token(_) => {}
         }
     }
-}
-
-/// A token the kubelet will request for the pod; it binds every such token to the pod.
-fn pod_token<'a>(view: &PodView<'a>, policy: &Policy, audience: Option<&'a str>, seconds: Option<i64>) -> Token<'a> {
-    let audience = policy.normalize(audience);
-    let lifetime = automount::lifetime(policy, expiration_or_default(seconds), true, audience.is_empty());
-    Token { audience, namespace: view.namespace, service_account: view.service_account, lifetime }
 }
