@@ -56,6 +56,85 @@ pub enum Command {
     /// their owner. Progress goes to stderr. Exit status: 1 when any violation would be denied
     /// (policy mode Enforce), 0 otherwise, 2 when the cluster or policy cannot be read.
     Audit(AuditArgs),
+    /// Show every service-account credential a pod will hold, and why it is allowed or denied.
+    ///
+    /// For each Pod and workload template among the manifests (or one live pod with --pod), one
+    /// row per credential: the automount token, each projected token (with the injection that
+    /// adds it and the variables it sets), each token a CSI driver the pod reaches mints
+    /// (inline, or through a PersistentVolumeClaim and its PersistentVolume when they are among
+    /// --objects), and legacy token Secrets it mounts; each with its audience, requested and
+    /// effective lifetime, when the kubelet refreshes it, the containers that mount it, and the
+    /// verdict: the spec.audiences entry that allows it, or the violation as the webhook words
+    /// it. Manifests are first given what the mutating webhook would add; a live pod is
+    /// explained as it runs. Exit status: 1 when any violation would be denied (policy mode
+    /// Enforce), 0 otherwise, 2 on unreadable input or an unreachable cluster.
+    Explain(ExplainArgs),
+    /// Write the smallest policy (mode Audit) that admits the Pods, workloads, CSIDrivers and
+    /// legacy token Secrets that exist, on stdout.
+    ///
+    /// One spec.audiences entry per audience and namespace actually used, listing the service
+    /// accounts and the longest lifetime seen; a spec.csiDrivers entry per CSIDriver with
+    /// tokenRequests; spec.legacyTokens for the legacy token Secrets (listed by type, their
+    /// data never read). Each entry names up to three objects that need it. Exit status: 0
+    /// when the policy was written, 2 on unreadable input or an unreachable cluster.
+    Init(InitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub policy: PolicySourceArgs,
+    /// Cluster objects that lookups would otherwise fetch (ServiceAccounts with their
+    /// annotations, CSIDrivers, PersistentVolumeClaims, PersistentVolumes, legacy token
+    /// Secrets), as multi-document YAML or a `kind: List`. Repeat for several files.
+    #[arg(long, value_name = "FILE", conflicts_with = "pod")]
+    pub objects: Vec<PathBuf>,
+    /// Explain this pod of the cluster of the current kubeconfig (or in-cluster configuration)
+    /// instead of manifests; its ServiceAccount, the CSIDrivers, its claims and volumes, and
+    /// the legacy token Secrets of its namespace (metadata only) are read from the cluster.
+    #[arg(long, value_name = "NAMESPACE/NAME", required_unless_present = "paths")]
+    pub pod: Option<ConfigMapRef>,
+    /// Output format: `text` (a block per object) or `json` (one document).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// The namespace of objects whose manifests name none (as `kubectl apply -n` would).
+    #[arg(long, value_name = "NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Manifest files or directories to explain.
+    #[arg(value_name = "PATH", conflicts_with = "pod")]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+#[group(id = "init_source", required = true, multiple = false, args = ["from_cluster", "from_files"])]
+pub struct InitArgs {
+    /// Read the cluster of the current kubeconfig (or in-cluster configuration): Pods,
+    /// workloads not owned by a controller, CSIDrivers, ServiceAccounts, and legacy token
+    /// Secrets (metadata only).
+    #[arg(long)]
+    pub from_cluster: bool,
+    /// Read manifests from these files or directories (e.g. a GitOps repository).
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pub from_files: Vec<PathBuf>,
+    /// Merge entries that differ only by namespace into one glob where the namespaces share a
+    /// prefix up to a `-` (team-a, team-b -> team-*). The policy then also admits namespaces
+    /// created later under that prefix.
+    #[arg(long)]
+    pub namespace_globs: bool,
+    /// An API server audience of the cluster (its --api-audiences; the `aud` claim of any
+    /// automount token). Repeat for several. When not given, the `aud` claim of the token in
+    /// --service-account-token is used if that file exists; otherwise spec.apiServerAudiences
+    /// is left out, with a comment saying how to fill it in. Never guessed.
+    #[arg(long, value_name = "AUDIENCE")]
+    pub api_audience: Vec<String>,
+    /// A service-account token the cluster issued, read only for its `aud` claim (the
+    /// cluster's API server audiences) when --api-audience is not given. In a pod this is its
+    /// own automount token; a missing file is not an error.
+    #[arg(long, value_name = "FILE", default_value = tokengate_default_token_file())]
+    pub service_account_token: PathBuf,
+    /// The namespace of objects whose manifests name none (as `kubectl apply -n` would).
+    #[arg(long, value_name = "NAMESPACE", default_value = "default")]
+    pub namespace: String,
 }
 
 #[derive(Debug, clap::Args)]

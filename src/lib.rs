@@ -5,6 +5,7 @@ pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod explain;
+pub mod init;
 pub mod manifest;
 pub mod metrics;
 pub mod policy;

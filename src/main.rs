@@ -10,8 +10,8 @@ use clap::Parser;
 
 use tokengate::check::{CheckOptions, Report};
 use tokengate::cli::{
-    AuditArgs, CheckArgs, Cli, Command, LogFormat, OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs,
-    ServeArgs, WebhookArg,
+    AuditArgs, CheckArgs, Cli, Command, ExplainArgs, InitArgs, LogFormat, OutputFormat, PolicyCommand,
+    PolicySourceArgs, ReviewArgs, ServeArgs, WebhookArg,
 };
 use tokengate::cluster::audiences::audiences_of_token_file;
 use tokengate::cluster::{Cluster, LiveCluster, LiveOptions, ObjectStore};
@@ -36,6 +36,8 @@ fn main() -> ExitCode {
             Command::Check(args) => run_check(args).await,
             Command::Audit(args) => run_audit(args).await,
             Command::Policy(PolicyCommand::Validate { file }) => validate_policy(&file),
+            Command::Explain(args) => run_explain(args).await,
+            Command::Init(args) => run_init(args).await,
         }
     });
     outcome.unwrap_or_else(|err| {
@@ -234,4 +236,80 @@ fn load_objects(files: &[PathBuf], documents: &[Document]) -> anyhow::Result<Obj
         let _ = store.insert(&document.object);
     }
     Ok(store)
+}
+
+async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    use tokengate::explain::{self, ExplainOptions, Extras};
+    let needs_client = args.pod.is_some() || args.policy.policy_configmap.is_some();
+    let client = if needs_client { Some(kube_client().await?) } else { None };
+    let policy = match (&args.policy, &client) {
+        (PolicySourceArgs { policy: Some(file), .. }, _) => load_policy(file)?,
+        (PolicySourceArgs { policy_configmap: Some(configmap), .. }, Some(client)) => {
+            let text = source::fetch_configmap_policy(client.clone(), configmap).await.map_err(anyhow::Error::msg)?;
+            Policy::parse(&text).map_err(|err| anyhow::anyhow!("ConfigMap {configmap}: {err}"))?
+        }
+        _ => unreachable!("clap requires --policy or --policy-configmap, and a client for the ConfigMap"),
+    };
+    let report = match (&args.pod, client) {
+        (Some(pod), Some(client)) => {
+            let live = explain::live::fetch_pod(client, &pod.namespace, &pod.name).await?;
+            let options = ExplainOptions { default_namespace: &pod.namespace, mutate_first: false };
+            explain::explain(&policy, &live.documents, &live.store, &live.extras, options).await
+        }
+        _ => {
+            let documents = manifest::load_paths(&args.paths)?;
+            let cluster = load_objects(&args.objects, &documents)?;
+            let mut extras = Extras::default();
+            for document in manifest::load_paths(&args.objects)?.iter().chain(&documents) {
+                extras.insert(&document.object);
+            }
+            let options = ExplainOptions { default_namespace: &args.namespace, mutate_first: true };
+            explain::explain(&policy, &documents, &cluster, &extras, options).await
+        }
+    };
+    match args.output {
+        OutputFormat::Text => {
+            print!("{}", report.to_text());
+            eprintln!(
+                "explained {} object(s): {} violation(s), policy mode {}",
+                report.objects.len(),
+                report.violations,
+                report.mode
+            );
+        }
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report).context("encoding the report")?),
+    }
+    Ok(if report.fails() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn run_init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    use tokengate::init::{self, InitOptions};
+    let mut api_audiences = args.api_audience.clone();
+    if api_audiences.is_empty() {
+        api_audiences = init::live::token_file_audiences(&args.service_account_token);
+    }
+    let (documents, origin) = if args.from_cluster {
+        let client = kube_client().await?;
+        let progress = |kind: &str, count: usize| eprintln!("listed {count} {kind} object(s)");
+        let documents = init::live::list_cluster(client, progress).await.context("listing the cluster")?;
+        (documents, "--from-cluster".to_string())
+    } else {
+        let documents = manifest::load_paths(&args.from_files)?;
+        let files: Vec<String> = args.from_files.iter().map(|p| p.display().to_string()).collect();
+        (documents, format!("--from-files {}", files.join(" ")))
+    };
+    let options = InitOptions {
+        default_namespace: &args.namespace,
+        namespace_globs: args.namespace_globs,
+        api_server_audiences: &api_audiences,
+    };
+    let draft = init::draft(&documents, options).await?;
+    print!("{}", draft.to_yaml(&origin));
+    eprintln!(
+        "wrote a policy with {} audiences, {} csiDrivers and {} legacyTokens entries",
+        draft.audiences.len(),
+        draft.csi_drivers.len(),
+        draft.legacy_tokens.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,8 @@
 //! manifests, so injected tokens appear), and the rows come from
 //! `review::credentials::pod_credentials`, the list the Pod validation takes its violations from.
 
+pub mod live;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use crate::cluster::Cluster;
 use crate::manifest::Document;
 use crate::policy::{describe_audience, Lifetime, Mode, Policy};
 use crate::review::admission::{AdmissionRequest, GroupVersionKind, Operation, RequestObject, UserInfo};
+use crate::review::automount;
 use crate::review::credentials::{self, Credential, Found, Origin, Outcome};
 use crate::review::legacy_token::{self, SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
 use crate::review::pod_view::{Pod, PodView};
@@ -225,8 +228,11 @@ pub struct ExplainOptions<'a> {
 /// annotations only; `data` is dropped on insertion).
 #[derive(Debug, Clone, Default)]
 pub struct Extras {
-    drivers: HashMap<String, (Option<bool>, Option<bool>)>,
+    /// `requiresRepublish` and `serviceAccountTokenInSecrets` of each CSIDriver (absent = false).
+    drivers: HashMap<String, (bool, bool)>,
     legacy_secrets: HashMap<(String, String), Value>,
+    /// `automountServiceAccountToken` of each ServiceAccount that sets it.
+    service_account_automount: HashMap<(String, String), bool>,
 }
 
 impl Extras {
@@ -236,20 +242,31 @@ impl Extras {
         let name = text("/metadata/name").unwrap_or_default().to_string();
         match (text("/apiVersion"), text("/kind")) {
             (Some("storage.k8s.io/v1"), Some("CSIDriver")) => {
-                let flag = |pointer: &str| object.pointer(pointer).and_then(Value::as_bool);
+                let flag = |pointer: &str| object.pointer(pointer).and_then(Value::as_bool) == Some(true);
                 let flags = (flag("/spec/requiresRepublish"), flag("/spec/serviceAccountTokenInSecrets"));
                 self.drivers.insert(name, flags);
             }
+            (Some("v1"), Some("ServiceAccount")) => {
+                if let Some(automount) = object.get("automountServiceAccountToken").and_then(Value::as_bool) {
+                    let namespace = text("/metadata/namespace").unwrap_or("default").to_string();
+                    self.service_account_automount.insert((namespace, name), automount);
+                }
+            }
             (Some("v1"), Some("Secret")) if text("/type") == Some(SERVICE_ACCOUNT_TOKEN_TYPE) => {
                 let namespace = text("/metadata/namespace").unwrap_or("default").to_string();
-                let annotation =
-                    object.pointer("/metadata/annotations").and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION));
+                let annotation = object
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION))
+                    .and_then(Value::as_str);
+                let annotations = match annotation {
+                    Some(service_account) => json!({SERVICE_ACCOUNT_NAME_ANNOTATION: service_account}),
+                    None => json!({}),
+                };
                 let reduced = json!({
                     "apiVersion": "v1",
                     "kind": "Secret",
                     "type": SERVICE_ACCOUNT_TOKEN_TYPE,
-                    "metadata": {"name": name, "namespace": namespace,
-                                 "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: annotation}},
+                    "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
                 });
                 self.legacy_secrets.insert((namespace, name), reduced);
             }
@@ -276,16 +293,23 @@ pub async fn explain<C: Cluster>(
     Report { mode: policy.mode().as_str(), objects, violations }
 }
 
-/// The pieces of a Pod or workload explain works on.
-struct Classified {
-    kind: String,
-    group: String,
-    namespace: String,
-    name: String,
-    workload: Option<WorkloadKind>,
+/// A Pod or workload: what it is and where.
+pub(crate) struct Classified {
+    pub kind: String,
+    pub group: String,
+    pub namespace: String,
+    pub name: String,
+    pub workload: Option<WorkloadKind>,
 }
 
-fn classify(object: &Value, default_namespace: &str) -> Option<Classified> {
+impl Classified {
+    /// `Kind namespace/name`, as comments and messages name the object.
+    pub fn label(&self) -> String {
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+pub(crate) fn classify(object: &Value, default_namespace: &str) -> Option<Classified> {
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
     let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
@@ -322,17 +346,11 @@ async fn explain_object<C: Cluster>(
         other_violations: Vec::new(),
         notes: Vec::new(),
     };
-    // The pod as the kubelet will run it: the Pod itself, or a workload's template as a Pod.
-    let (original, template_field) = match subject.workload {
-        None => (document.object.clone(), "spec".to_string()),
-        Some(kind) => {
-            let pointer: String = kind.template_path().iter().map(|p| format!("/{p}")).collect();
-            let template = document.object.pointer(&pointer).cloned().unwrap_or(Value::Null);
-            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": template.get("metadata").cloned().unwrap_or(json!({})),
-                             "spec": template.get("spec").cloned().unwrap_or(Value::Null)});
-            (pod, format!("{}.spec", kind.template_path().join(".")))
-        }
-    };
+    let (original, template_field) = pod_of(&document.object, subject.workload);
+    let mut original = original;
+    if options.mutate_first {
+        add_automount_volume(&mut original, &subject.namespace, extras);
+    }
     let mut pod = original.clone();
     if options.mutate_first {
         let verdict = decide_create(&original, "", "Pod", &subject.namespace, Webhook::Mutate, policy, cluster).await;
@@ -396,6 +414,73 @@ async fn explain_object<C: Cluster>(
     Some(explained)
 }
 
+/// The pod as the kubelet will run it (the Pod itself, or a workload's template as a Pod), and
+/// the field path of its spec in the object.
+pub(crate) fn pod_of(object: &Value, workload: Option<WorkloadKind>) -> (Value, String) {
+    let Some(kind) = workload else { return (object.clone(), "spec".to_string()) };
+    let pointer: String = kind.template_path().iter().map(|p| format!("/{p}")).collect();
+    let template = object.pointer(&pointer).cloned().unwrap_or(Value::Null);
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": template.get("metadata").cloned().unwrap_or(json!({})),
+        "spec": template.get("spec").cloned().unwrap_or(Value::Null),
+    });
+    (pod, format!("{}.spec", kind.template_path().join(".")))
+}
+
+/// Adds what the ServiceAccount admission plugin adds to a pod before any webhook sees it, when
+/// the manifest does not carry it yet: the automount volume, mounted into every container that
+/// has nothing at its mount path. Upstream: `shouldAutomount` (the pod's
+/// `automountServiceAccountToken`, else the ServiceAccount's, else true) and
+/// `mountServiceAccountToken` in plugin/pkg/admission/serviceaccount/admission.go. The volume's
+/// random 5-character suffix is shown as `<random>`.
+fn add_automount_volume(pod: &mut Value, namespace: &str, extras: &Extras) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let service_account = crate::cluster::service_account_named(
+        spec.get("serviceAccountName").and_then(Value::as_str),
+        spec.get("serviceAccount").and_then(Value::as_str),
+    )
+    .to_string();
+    let automount = spec.get("automountServiceAccountToken").and_then(Value::as_bool).unwrap_or_else(|| {
+        let key = (namespace.to_string(), service_account);
+        extras.service_account_automount.get(&key).copied().unwrap_or(true)
+    });
+    let volumes = spec.get("volumes").and_then(Value::as_array);
+    let has_one = volumes.into_iter().flatten().any(|v| {
+        v.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with(automount::AUTOMOUNT_VOLUME_PREFIX))
+    });
+    if !automount || has_one {
+        return;
+    }
+    let name = format!("{}<random>", automount::AUTOMOUNT_VOLUME_PREFIX);
+    let volume = json!({"name": name, "projected": {"sources": [
+        {"serviceAccountToken": {"expirationSeconds": automount::AUTOMOUNT_EXPIRATION_SECONDS, "path": automount::AUTOMOUNT_TOKEN_PATH}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ]}});
+    match spec.get_mut("volumes").and_then(Value::as_array_mut) {
+        Some(volumes) => volumes.push(volume),
+        None => {
+            spec.insert("volumes".to_string(), Value::Array(vec![volume]));
+        }
+    }
+    for key in ["initContainers", "containers"] {
+        for container in spec.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(container) = container.as_object_mut() else { continue };
+            let mounts = container.entry("volumeMounts").or_insert_with(|| json!([]));
+            let Some(mounts) = mounts.as_array_mut() else { continue };
+            if !mounts.iter().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(AUTOMOUNT_MOUNT_PATH)) {
+                mounts.push(json!({"name": name, "mountPath": AUTOMOUNT_MOUNT_PATH, "readOnly": true}));
+            }
+        }
+    }
+}
+
+/// Where the ServiceAccount admission plugin mounts the automount volume
+/// (`DefaultAPITokenMountPath` upstream).
+pub const AUTOMOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 /// The CREATE review the API server would send for `object`, decided by `webhook`.
 async fn decide_create<C: Cluster>(
     object: &Value,
@@ -425,7 +510,7 @@ async fn decide_create<C: Cluster>(
 /// The tokens of CSI drivers the pod reaches through claims: `persistentVolumeClaim` volumes,
 /// and generic ephemeral volumes (claim `<pod>-<volume>`, known only for a Pod), when the
 /// claim and its PersistentVolume are known. Each is judged by the same code as inline drivers.
-async fn claim_credentials<'a, C: Cluster>(
+pub(crate) async fn claim_credentials<'a, C: Cluster>(
     view: &PodView<'a>,
     pod: &Value,
     pod_name: Option<&str>,
@@ -501,7 +586,8 @@ fn token_row(
         Origin::CsiDriver { volume_index, driver, request_index, .. } => {
             let name = driver.clone();
             let reached_through = via.unwrap_or_else(|| "inline".to_string());
-            let (requires_republish, token_in_secrets) = extras.drivers.get(&name).copied().unwrap_or_default();
+            let flags = extras.drivers.get(&name).copied();
+            let (requires_republish, token_in_secrets) = (flags.map(|f| f.0), flags.map(|f| f.1));
             let field =
                 format!("{spec_field}.volumes[{volume_index}] -> CSIDriver {name} spec.tokenRequests[{request_index}]");
             (Source::CsiDriver, field, Some(DriverRow { name, reached_through, requires_republish, token_in_secrets }))
