@@ -779,6 +779,12 @@ fn write_row(out: &mut String, row: &Row, denied: &str) {
         (None, None, Some(secret)) => {
             format!("Secret {secret} through volume {}", row.volume.as_deref().unwrap_or_default())
         }
+        _ if row.source == Source::Automount && row.volume.as_deref().is_some_and(|v| v.ends_with("<random>")) => {
+            format!(
+                "volume {}, added by the API server's ServiceAccount admission plugin",
+                row.volume.as_deref().unwrap_or_default()
+            )
+        }
         _ => format!("volume {}", row.volume.as_deref().unwrap_or_default()),
     };
     let _ = writeln!(out, "  {}: {what}", row.source.label());
@@ -831,4 +837,63 @@ fn write_row(out: &mut String, row: &Row, denied: &str) {
         RowVerdict::Violation { field, message } => format!("{denied} {field}: {message}"),
     };
     let _ = writeln!(out, "    {verdict}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kubelet_refreshes_at_80_percent_of_the_requested_lifetime_or_after_a_day() {
+        let extended = Lifetime { requested: 3607, effective: 31_536_000 };
+        assert_eq!(refresh_after_seconds(extended), 2886);
+        assert_eq!(refresh_after_seconds(Lifetime::as_requested(600)), 480);
+        assert_eq!(refresh_after_seconds(Lifetime::as_requested(86_400)), 69_120);
+        assert_eq!(refresh_after_seconds(Lifetime::as_requested(172_800)), MAX_REFRESH_SECONDS);
+    }
+
+    #[test]
+    fn a_legacy_secret_is_kept_without_its_data() {
+        let mut extras = Extras::default();
+        extras.insert(&json!({"apiVersion": "v1", "kind": "Secret", "type": SERVICE_ACCOUNT_TOKEN_TYPE,
+            "metadata": {"name": "s", "namespace": "ns", "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: "sa", "other": "x"}},
+            "data": {"token": "c2VjcmV0"}}));
+        extras.insert(&json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "o"}}));
+        let kept = &extras.legacy_secrets[&("ns".to_string(), "s".to_string())];
+        assert!(kept.get("data").is_none());
+        assert_eq!(kept["metadata"]["annotations"], json!({SERVICE_ACCOUNT_NAME_ANNOTATION: "sa"}));
+        assert_eq!(extras.legacy_secrets.len(), 1);
+    }
+
+    #[test]
+    fn the_automount_volume_is_added_unless_the_pod_or_its_service_account_opts_out() {
+        let pod = |automount: Option<bool>| {
+            let mut pod = json!({"spec": {"serviceAccountName": "sa", "containers": [
+                {"name": "a"},
+                {"name": "b", "volumeMounts": [{"name": "own", "mountPath": AUTOMOUNT_MOUNT_PATH}]}]}});
+            if let Some(automount) = automount {
+                pod["spec"]["automountServiceAccountToken"] = json!(automount);
+            }
+            pod
+        };
+        let mut extras = Extras::default();
+        let mut added = pod(None);
+        add_automount_volume(&mut added, "ns", &extras);
+        assert_eq!(added["spec"]["volumes"][0]["name"], "kube-api-access-<random>");
+        assert_eq!(added["spec"]["containers"][0]["volumeMounts"][0]["mountPath"], AUTOMOUNT_MOUNT_PATH);
+        assert_eq!(added["spec"]["containers"][1]["volumeMounts"].as_array().map(Vec::len), Some(1));
+        let mut off = pod(Some(false));
+        add_automount_volume(&mut off, "ns", &extras);
+        assert!(off["spec"].get("volumes").is_none());
+        extras.insert(
+            &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa", "namespace": "ns"},
+            "automountServiceAccountToken": false}),
+        );
+        let mut by_account = pod(None);
+        add_automount_volume(&mut by_account, "ns", &extras);
+        assert!(by_account["spec"].get("volumes").is_none());
+        let mut pod_wins = pod(Some(true));
+        add_automount_volume(&mut pod_wins, "ns", &extras);
+        assert!(pod_wins["spec"]["volumes"].is_array());
+    }
 }

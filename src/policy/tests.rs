@@ -242,3 +242,23 @@ fn many_entries_for_one_audience_still_decide_correctly() {
     assert!(p.check_token(&token("vault", "ns-1234", "sa-1234", 3600)).is_ok());
     assert!(p.check_token(&token("vault", "ns-1234", "sa-1235", 3600)).is_err());
 }
+
+#[test]
+fn names_the_first_audiences_entry_whose_maximum_admits_the_token() {
+    let policy = Policy::parse(
+        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  audiences:\n    - audience: other\n    - audience: vault\n      namespaces: [\"team-*\"]\n      maxExpirationSeconds: 3600\n    - audience: vault\n      namespaces: [team-a]\n      serviceAccounts: [web]\n      maxExpirationSeconds: 7200\n",
+    )
+    .expect("valid");
+    let token = |namespace, seconds| Token {
+        audience: "vault",
+        namespace,
+        service_account: "web",
+        lifetime: Lifetime::as_requested(seconds),
+    };
+    let short = policy.allowing_entry(&token("team-a", 1800)).expect("allowed");
+    assert_eq!((short.index, short.namespaces, short.max_seconds), (1, &["team-*".to_string()][..], 3600));
+    let long = policy.allowing_entry(&token("team-a", 7000)).expect("allowed");
+    assert_eq!((long.index, long.service_accounts), (2, &["web".to_string()][..]));
+    assert!(policy.allowing_entry(&token("team-b", 7000)).is_none());
+    assert!(policy.allowing_entry(&token("payments", 1800)).is_none());
+}

@@ -1,0 +1,199 @@
+//! `tokengate explain`: golden text and JSON on the fixtures (automount token, IRSA injection,
+//! a CSI driver reached through a PVC, a legacy token Secret, violations), its agreement with
+//! `check`, its exit status, and `--pod` against a fake API server.
+//!
+//! Regenerate the snapshots with `TOKENGATE_BLESS=1 cargo test --test explain` and review the diff.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::{json, Value};
+use support::fake_apiserver::FakeApiServer;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/explain").join(name)
+}
+
+fn tokengate(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("tokengate runs")
+}
+
+const POLICY: &str = "examples/policy.yaml";
+const OBJECTS: &str = "tests/fixtures/explain/objects.yaml";
+const MANIFESTS: &str = "tests/fixtures/explain/manifests.yaml";
+
+/// Compares `actual` with the snapshot `name`, or writes it when blessing.
+fn assert_snapshot(name: &str, actual: &str) {
+    let path = fixture(name);
+    if std::env::var_os("TOKENGATE_BLESS").is_some() {
+        std::fs::write(&path, actual).expect("write the snapshot");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("no snapshot {} (run with TOKENGATE_BLESS=1)", path.display()));
+    pretty_assertions::assert_eq!(expected, actual, "snapshot {name}");
+}
+
+#[test]
+fn text_output_matches_the_golden_file_and_exits_1_on_a_denied_violation() {
+    let output = tokengate(&["explain", "--policy", POLICY, "--objects", OBJECTS, MANIFESTS]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_snapshot("expected.txt", &stdout);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("explained 4 object(s): 3 violation(s), policy mode Enforce")
+    );
+}
+
+#[test]
+fn json_output_matches_the_golden_file() {
+    let output = tokengate(&["explain", "--policy", POLICY, "--objects", OBJECTS, "--output", "json", MANIFESTS]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_snapshot("expected.json", &format!("{}\n", serde_json::to_string_pretty(&report).expect("encode")));
+
+    let objects = report["objects"].as_array().expect("objects");
+    let rows = |name: &str| -> Vec<Value> {
+        let object = objects.iter().find(|o| o["name"] == name).expect("object explained");
+        object["credentials"].as_array().expect("rows").clone()
+    };
+    // The automount token comes first, with the API server's extension and the kubelet's refresh.
+    let web = rows("web-5d8f7");
+    assert_eq!(web[0]["source"], "automount");
+    assert_eq!(
+        (web[0]["requestedSeconds"].as_u64(), web[0]["effectiveSeconds"].as_u64()),
+        (Some(3607), Some(31_536_000))
+    );
+    assert_eq!(web[0]["refreshAfterSeconds"], 2886);
+    assert_eq!(
+        web[1]["verdict"],
+        json!({"result": "allowed", "entry": 2, "namespaces": ["team-*"], "serviceAccounts": ["*"], "maxExpirationSeconds": 7200})
+    );
+    // The injection, with the role ARN resolved from the service account's annotation.
+    let uploader = rows("uploader");
+    let irsa = uploader.iter().find(|r| r["injection"]["name"] == "aws-web-identity").expect("injected row");
+    assert_eq!(irsa["injection"]["addedByWebhook"], true);
+    assert!(irsa["injection"]["env"].as_array().expect("env").contains(
+        &json!({"container": "app", "name": "AWS_ROLE_ARN", "value": "arn:aws:iam::111122223333:role/uploader"})
+    ));
+    // The CSI driver reached through a claim, and the legacy Secret (its data never shown).
+    let reports = rows("reports");
+    let csi = reports.iter().find(|r| r["source"] == "csiDriver").expect("CSI row");
+    assert_eq!(
+        csi["driver"]["reachedThrough"],
+        "PersistentVolumeClaim reports-secrets -> PersistentVolume pv-reports-secrets"
+    );
+    assert_eq!(csi["driver"]["requiresRepublish"], true);
+    let legacy = reports.iter().find(|r| r["source"] == "legacySecret").expect("legacy row");
+    assert_eq!(legacy["verdict"]["result"], "violation");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("bm90LWEtcmVhbC10b2tlbg"));
+}
+
+#[test]
+fn every_violation_check_reports_is_on_an_explained_row() {
+    let explained = tokengate(&["explain", "--policy", POLICY, "--objects", OBJECTS, "--output", "json", MANIFESTS]);
+    let checked = tokengate(&["check", "--policy", POLICY, "--objects", OBJECTS, "--output", "json", MANIFESTS]);
+    let explained: Value = serde_json::from_slice(&explained.stdout).expect("explain JSON");
+    let checked: Value = serde_json::from_slice(&checked.stdout).expect("check JSON");
+    let mut from_rows = Vec::new();
+    for object in explained["objects"].as_array().expect("objects") {
+        for row in object["credentials"].as_array().expect("rows") {
+            if row["verdict"]["result"] == "violation" && row["source"] != "legacySecret" {
+                from_rows.push((
+                    object["name"].clone(),
+                    row["verdict"]["field"].clone(),
+                    row["verdict"]["message"].clone(),
+                ));
+            }
+        }
+        assert!(object["otherViolations"].as_array().expect("others").is_empty(), "{object}");
+    }
+    let from_check: Vec<_> = checked["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .map(|v| (v["name"].clone(), v["field"].clone(), v["message"].clone()))
+        .collect();
+    assert!(!from_check.is_empty());
+    assert_eq!(from_rows, from_check, "the same violations, worded the same, in the same order");
+}
+
+#[test]
+fn exit_status_is_0_in_audit_mode_and_2_on_unreadable_input() {
+    let dir = support::TempDir::new("explain-exit");
+    let policy = std::fs::read_to_string(root().join(POLICY)).expect("policy").replace("mode: Enforce", "mode: Audit");
+    let audit = dir.write("policy.yaml", policy);
+    let audit = audit.to_str().expect("utf-8 path");
+    let output = tokengate(&["explain", "--policy", audit, "--objects", OBJECTS, MANIFESTS]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("AUDITED spec.volumes[0]"));
+    assert_eq!(tokengate(&["explain", "--policy", POLICY, "no/such/file.yaml"]).status.code(), Some(2));
+    assert_eq!(tokengate(&["explain", "--policy", "no/such/policy.yaml", MANIFESTS]).status.code(), Some(2));
+    // Neither manifests nor --pod: a usage error.
+    assert_eq!(tokengate(&["explain", "--policy", POLICY]).status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn explains_a_live_pod_of_the_current_kubeconfig() {
+    let api = FakeApiServer::start().await;
+    api.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "web", "namespace": "team-a", "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/web"}}}));
+    api.apply(json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": "secrets-store.csi.k8s.io"},
+        "spec": {"tokenRequests": [{"audience": "vault"}], "requiresRepublish": true, "serviceAccountTokenInSecrets": true}}));
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": "team-a"},
+        "spec": {"volumeName": "pv-data"}}),
+    );
+    api.apply(json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-data"},
+        "spec": {"csi": {"driver": "secrets-store.csi.k8s.io", "volumeHandle": "h"}}}));
+    api.apply(json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "web-token", "namespace": "team-a", "annotations": {"kubernetes.io/service-account.name": "web"}},
+        "data": {"token": "c2VjcmV0LWRhdGE="}}));
+    api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "team-a"},
+        "spec": {"serviceAccountName": "web", "nodeName": "node-1",
+            "containers": [{"name": "app", "image": "app", "volumeMounts": [
+                {"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"},
+                {"name": "data", "mountPath": "/data"}, {"name": "old", "mountPath": "/old"}]}],
+            "volumes": [
+                {"name": "kube-api-access-abcde", "projected": {"sources": [{"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}},
+                {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+                {"name": "old", "secret": {"secretName": "web-token"}}]}}));
+    let dir = support::TempDir::new("explain-pod");
+    let kubeconfig = dir.write("kubeconfig", api.kubeconfig());
+    let run = |args: Vec<&'static str>| {
+        let kubeconfig = kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+                .args(args)
+                .current_dir(root())
+                .env("KUBECONFIG", &kubeconfig)
+                .output()
+                .expect("tokengate runs")
+        })
+    };
+    let output = run(vec!["explain", "--policy", POLICY, "--pod", "team-a/web"]).await.expect("task");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    // The running pod lacks its required IRSA injection, and its legacy Secret is not listed.
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("automount token: volume kube-api-access-abcde"), "{stdout}");
+    assert!(stdout.contains("driver secrets-store.csi.k8s.io through volume data (PersistentVolumeClaim data -> PersistentVolume pv-data)"), "{stdout}");
+    assert!(stdout.contains("requiresRepublish true, token in the secrets field true"), "{stdout}");
+    assert!(stdout.contains("DENIED spec.volumes: injection \"aws-web-identity\" is required"), "{stdout}");
+    assert!(stdout.contains("legacy Secret token: Secret web-token through volume old"), "{stdout}");
+    assert!(!stdout.contains("c2VjcmV0") && !stderr.contains("c2VjcmV0"), "a Secret's data is never shown");
+
+    let missing = run(vec!["explain", "--policy", POLICY, "--pod", "team-a/nope"]).await.expect("task");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("pod team-a/nope not found"));
+}
