@@ -106,12 +106,11 @@ pub struct ExplainArgs {
 }
 
 #[derive(Debug, clap::Args)]
-#[group(id = "init_source", required = true, multiple = false, args = ["from_cluster", "from_files"])]
 pub struct InitArgs {
     /// Read the cluster of the current kubeconfig (or in-cluster configuration): Pods,
     /// workloads not owned by a controller, CSIDrivers, ServiceAccounts, and legacy token
     /// Secrets (metadata only).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from_files", required_unless_present = "from_files")]
     pub from_cluster: bool,
     /// Read manifests from these files or directories (e.g. a GitOps repository).
     #[arg(long, value_name = "PATH", num_args = 1..)]

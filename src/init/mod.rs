@@ -179,11 +179,10 @@ pub async fn draft(documents: &[Document], options: InitOptions<'_>) -> Result<D
         audiences = merge_namespaces(audiences);
     }
     result.audiences = drop_redundant(audiences);
+    result.csi_drivers = merge_drivers(std::mem::take(&mut result.csi_drivers));
     for driver in &mut result.csi_drivers {
         driver.needed_by = reached.remove(&driver.name).unwrap_or_default();
     }
-    result.csi_drivers.sort_by(|a, b| a.name.cmp(&b.name));
-    result.csi_drivers.dedup_by(|a, b| a.name == b.name);
     result.legacy_tokens.sort_by(|a, b| a.namespace.cmp(&b.namespace));
     Ok(result)
 }
@@ -205,6 +204,26 @@ fn push_unique(list: &mut Vec<String>, item: &str) {
     if !list.iter().any(|i| i == item) {
         list.push(item.to_string());
     }
+}
+
+/// One entry per driver name: a driver declared twice (two versions of its manifest) needs the
+/// union of their audiences, and a requirement only when every declaration meets it.
+fn merge_drivers(mut drivers: Vec<DriverDraft>) -> Vec<DriverDraft> {
+    drivers.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut merged: Vec<DriverDraft> = Vec::with_capacity(drivers.len());
+    for driver in drivers {
+        match merged.last_mut() {
+            Some(last) if last.name == driver.name => {
+                for audience in &driver.audiences {
+                    push_unique(&mut last.audiences, audience);
+                }
+                last.require_republish &= driver.require_republish;
+                last.require_token_in_secrets &= driver.require_token_in_secrets;
+            }
+            _ => merged.push(driver),
+        }
+    }
+    merged
 }
 
 /// A CSIDriver with `tokenRequests`, as a `csiDrivers` entry that admits it as it is.
@@ -351,16 +370,14 @@ impl Draft {
     /// The policy as commented YAML; `origin` says what it was drafted from (e.g. the flags).
     pub fn to_yaml(&self, origin: &str) -> String {
         let mut out = String::new();
+        let _ = writeln!(out, "# Drafted by `tokengate init {origin}`:");
         let _ = writeln!(
             out,
-            "# Drafted by `tokengate init {origin}`: the smallest policy that admits the {} Pod(s) and",
-            self.pods
-        );
-        let _ = writeln!(
-            out,
-            "# workload(s), {} CSIDriver(s) with tokenRequests and the legacy token Secrets it read.",
+            "# the smallest policy that admits the {} Pod(s) and workload(s), the {} CSIDriver(s) with",
+            self.pods,
             self.csi_drivers.len()
         );
+        out.push_str("# tokenRequests and the legacy token Secrets it read, and nothing more.\n");
         out.push_str(
             "# Mode Audit: nothing is denied, violations are recorded in the audit log. To enforce it:\n\
              #   1. tokengate policy validate policy.yaml; tokengate check --policy policy.yaml <manifests>\n\
