@@ -824,8 +824,16 @@ fn write_row(out: &mut String, row: &Row, denied: &str) {
         let _ = writeln!(out, "    mounted in {}", mounts.join(", "));
     }
     if let Some(injection) = &row.injection {
+        // One line per variable and value, naming every container that gets it.
+        let mut lines: Vec<(&str, &str, Vec<&str>)> = Vec::new();
         for env in &injection.env {
-            let _ = writeln!(out, "    env {}={} in {}", env.name, env.value, env.container);
+            match lines.iter_mut().find(|(name, value, _)| *name == env.name && *value == env.value) {
+                Some((_, _, containers)) => containers.push(&env.container),
+                None => lines.push((&env.name, &env.value, vec![&env.container])),
+            }
+        }
+        for (name, value, containers) in lines {
+            let _ = writeln!(out, "    env {name}={value} in {}", containers.join(", "));
         }
     }
     let verdict = match &row.verdict {
