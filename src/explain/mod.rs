@@ -177,6 +177,18 @@ pub struct Explained {
 }
 
 impl Explained {
+    /// Adds the object's violations that no credential row carries, once each.
+    fn add_other_violations(&mut self, decided: Vec<Violation>) {
+        let in_rows: Vec<Violation> = self.violations().collect();
+        let mut others: Vec<Violation> = Vec::new();
+        for violation in std::mem::take(&mut self.other_violations).into_iter().chain(decided) {
+            if !in_rows.contains(&violation) && !others.contains(&violation) {
+                others.push(violation);
+            }
+        }
+        self.other_violations = others;
+    }
+
     /// Every violation of the object: the credentials' and the others.
     pub fn violations(&self) -> impl Iterator<Item = Violation> + '_ {
         let rows = self.credentials.iter().filter_map(|row| match &row.verdict {
@@ -347,21 +359,8 @@ async fn explain_object<C: Cluster>(
         notes: Vec::new(),
     };
     let (original, template_field) = pod_of(&document.object, subject.workload);
-    let mut original = original;
-    if options.mutate_first {
-        add_automount_volume(&mut original, &subject.namespace, extras);
-    }
-    let mut pod = original.clone();
-    if options.mutate_first {
-        let verdict = decide_create(&original, "", "Pod", &subject.namespace, Webhook::Mutate, policy, cluster).await;
-        explained.notes = verdict.notes;
-        explained.other_violations.extend(verdict.violations);
-        if let Err(err) = json_patch::patch(&mut pod, &verdict.patch) {
-            explained
-                .other_violations
-                .push(Violation::new("object", format!("could not apply the injection patch: {err}")));
-        }
-    }
+    let (original, pod) =
+        admitted_pod(original, &subject.namespace, policy, cluster, extras, options, &mut explained).await;
     // The decision on the object itself, as `check` takes it: the (mutated) Pod, or the workload.
     let judged = match subject.workload {
         None => pod.clone(),
@@ -375,12 +374,12 @@ async fn explain_object<C: Cluster>(
     let typed: Pod = match serde_json::from_value(pod.clone()) {
         Ok(typed) => typed,
         Err(_) => {
-            explained.other_violations.extend(decided);
+            explained.add_other_violations(decided);
             return Some(explained);
         }
     };
     let Some(view) = PodView::new(&typed, &subject.namespace, template_field) else {
-        explained.other_violations.extend(decided);
+        explained.add_other_violations(decided);
         return Some(explained);
     };
     explained.service_account = view.service_account.to_string();
@@ -394,24 +393,40 @@ async fn explain_object<C: Cluster>(
                 let row = token_row(&view, &credential, via, (&original, &pod), policy, extras);
                 explained.credentials.push(row);
             }
-            Found::LookupFailed { violation, .. } => {
-                if !decided.contains(&violation) {
-                    explained.other_violations.push(violation);
-                }
-            }
+            Found::LookupFailed { violation, .. } => explained.other_violations.push(violation),
         }
     }
     explained.credentials.extend(legacy_rows(&view, &pod, policy, extras));
     explained.credentials.sort_by_key(|row| row.source);
-    let in_rows: Vec<Violation> = explained.violations().collect();
-    explained.other_violations.extend(decided.into_iter().filter(|v| !in_rows.contains(v)));
-    let mut seen = Vec::new();
-    explained.other_violations.retain(|v| {
-        let new = !seen.contains(v) && !in_rows.contains(v);
-        seen.push(v.clone());
-        new
-    });
+    explained.add_other_violations(decided);
     Some(explained)
+}
+
+/// The pod as the webhooks receive it and as the kubelet will run it. For manifests: with the
+/// automount volume the ServiceAccount admission plugin adds, then with the mutating webhook's
+/// patch applied (its notes kept; its violations are the validating webhook's too, reported
+/// from there). A live pod is taken as it runs.
+async fn admitted_pod<C: Cluster>(
+    mut original: Value,
+    namespace: &str,
+    policy: &Policy,
+    cluster: &C,
+    extras: &Extras,
+    options: ExplainOptions<'_>,
+    explained: &mut Explained,
+) -> (Value, Value) {
+    if !options.mutate_first {
+        return (original.clone(), original);
+    }
+    add_automount_volume(&mut original, namespace, extras);
+    let mut pod = original.clone();
+    let verdict = decide_create(&original, "", "Pod", namespace, Webhook::Mutate, policy, cluster).await;
+    explained.notes = verdict.notes;
+    if let Err(err) = json_patch::patch(&mut pod, &verdict.patch) {
+        let problem = Violation::new("object", format!("could not apply the injection patch: {err}"));
+        explained.other_violations.push(problem);
+    }
+    (original, pod)
 }
 
 /// The pod as the kubelet will run it (the Pod itself, or a workload's template as a Pod), and
