@@ -86,5 +86,5 @@ for overlay in dev local; do
   cabundle_patch 1 > "$generated/mutating-cabundle.yaml"
   cabundle_patch 4 > "$generated/validating-cabundle.yaml"
 done
-cp "$out/tls.crt" "$out/tls.key" "$root/manifests/overlays/dev/generated/"
+cp "$out/ca.crt" "$out/tls.crt" "$out/tls.key" "$root/manifests/overlays/dev/generated/"
 echo "wrote $out/{ca.crt,ca.key,tls.crt,tls.key} and manifests/overlays/{dev,local}/generated/"
