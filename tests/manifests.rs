@@ -406,3 +406,13 @@ fn the_network_policy_admits_the_webhook_port_only_from_the_configured_source() 
     assert_eq!(ingress[1]["ports"][0]["port"], "admin");
     assert_eq!(ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "observability");
 }
+
+#[test]
+fn the_image_is_stripped_labelled_and_versioned_like_the_crate() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains(&format!("ARG VERSION={}\n", env!("CARGO_PKG_VERSION"))), "image version");
+    assert!(dockerfile.contains("CARGO_PROFILE_RELEASE_STRIP=symbols"), "a stripped binary");
+    for label in ["title", "description", "version", "revision", "licenses"] {
+        assert!(dockerfile.contains(&format!("org.opencontainers.image.{label}=")), "OCI label {label}");
+    }
+}
