@@ -209,10 +209,13 @@ fn kubectl() -> Option<PathBuf> {
     })
 }
 
-/// `kubectl kustomize DIR`, as objects; None (with a message) when kubectl is not installed.
+/// `kubectl kustomize DIR`, as objects; None (with a message) when kubectl is not installed,
+/// except under CI (`CI` set), where .ci/run has installed it and its absence is a failure.
 fn render(dir: &str) -> Option<Vec<Value>> {
     let Some(kubectl) = kubectl() else {
-        eprintln!("SKIPPED: rendering {dir} needs kubectl (on PATH, in target/ci-venv/bin, or $KUBECTL)");
+        let message = format!("rendering {dir} needs kubectl (on PATH, in target/ci-venv/bin, or $KUBECTL)");
+        assert!(std::env::var_os("CI").is_none(), "{message}: .ci/run installs it");
+        eprintln!("SKIPPED: {message}");
         return None;
     };
     let output = Command::new(kubectl).arg("kustomize").arg(root().join(dir)).output().expect("run kubectl");
