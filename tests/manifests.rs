@@ -289,8 +289,14 @@ fn an_install_in_another_namespace_is_consistent() {
     // it is given (policy ConfigMap, webhook Service, cainjector source) is $(POD_NAMESPACE)/...
     let deployment = find(&objects, "Deployment", "tokengate");
     let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
-    let pod_namespace = env.iter().find(|e| e["name"] == "POD_NAMESPACE").expect("POD_NAMESPACE");
-    assert_eq!(pod_namespace["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    let pod_namespace = env.iter().position(|e| e["name"] == "POD_NAMESPACE").expect("POD_NAMESPACE");
+    assert_eq!(env[pod_namespace]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    // The kubelet expands $(VAR) in an env value only from variables defined before it.
+    for (index, variable) in env.iter().enumerate() {
+        if variable["value"].as_str().is_some_and(|v| v.contains("$(POD_NAMESPACE)")) {
+            assert!(index > pod_namespace, "{} uses POD_NAMESPACE before it is defined", variable["name"]);
+        }
+    }
     let settings = container_settings(deployment);
     let policy = settings.iter().find_map(|s| s.strip_prefix("--policy-configmap=")).expect("--policy-configmap");
     let (policy_namespace, policy_name) = policy.split_once('/').expect("NAMESPACE/NAME");
