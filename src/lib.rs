@@ -9,6 +9,8 @@ pub mod init;
 pub mod manifest;
 pub mod metrics;
 pub mod policy;
+pub mod positions;
+pub mod report;
 pub mod review;
 pub mod server;
 pub mod source;

@@ -148,7 +148,11 @@ fn violations(text: &str, documents: &[Document]) -> Vec<String> {
     }
     let options = CheckOptions { default_namespace: "default", mutate_pods_first: true };
     let report = block(check(&policy, documents, &store, options));
-    report.violations.iter().map(|v| format!("{} {}: {}: {}", v.kind, v.name, v.field, v.message)).collect()
+    report
+        .violations
+        .iter()
+        .map(|v| format!("{} {}: {}: {}", v.object.describe(), v.object.name, v.field, v.message))
+        .collect()
 }
 
 proptest! {
@@ -156,7 +160,7 @@ proptest! {
 
     #[test]
     fn the_drafted_policy_admits_its_inputs_and_no_entry_can_be_removed((objects, api_audience_known, globs) in inputs()) {
-        let documents: Vec<Document> = objects.into_iter().map(|object| Document { file: None, object }).collect();
+        let documents: Vec<Document> = objects.into_iter().map(Document::from_cluster).collect();
         let api = [API_AUDIENCE.to_string()];
         let options = InitOptions {
             default_namespace: "default",
@@ -190,11 +194,12 @@ proptest! {
 
 #[test]
 fn namespace_globs_merge_entries_that_differ_only_by_namespace() {
-    let pod = |namespace: &str, name: &str| Document {
-        file: None,
-        object: json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+    let pod = |namespace: &str, name: &str| {
+        Document::from_cluster(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
             "spec": {"serviceAccountName": "web", "containers": [{"name": "app"}], "volumes": [
                 {"name": "v", "projected": {"sources": [{"serviceAccountToken": {"audience": "vault", "path": "t"}}]}}]}}),
+        )
     };
     let documents =
         vec![pod("team-a", "a"), pod("team-b", "b"), pod("team-c", "c"), pod("payments", "p"), pod("ops", "o")];

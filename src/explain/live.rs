@@ -71,7 +71,7 @@ pub async fn fetch_pod(client: Client, namespace: &str, name: &str) -> Result<Li
         driver.types = Some(kube::api::TypeMeta { api_version: "storage.k8s.io/v1".into(), kind: "CSIDriver".into() });
         let value = serde_json::to_value(&driver).expect("a Kubernetes object serialises");
         let _ = store.insert(&value);
-        extras.insert(&value);
+        extras.insert(&value, namespace);
     }
 
     let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(name).to_string();
@@ -108,16 +108,19 @@ pub async fn fetch_pod(client: Client, namespace: &str, name: &str) -> Result<Li
             .map_err(api_error("legacy token Secrets"))?;
         for secret in &secrets.items {
             let annotation = secret.metadata.annotations.as_ref().and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION));
-            extras.insert(&json!({
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": SERVICE_ACCOUNT_TOKEN_TYPE,
-                "metadata": {"name": secret.metadata.name, "namespace": namespace,
-                             "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: annotation}},
-            }));
+            extras.insert(
+                &json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": SERVICE_ACCOUNT_TOKEN_TYPE,
+                    "metadata": {"name": secret.metadata.name, "namespace": namespace,
+                                 "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: annotation}},
+                }),
+                namespace,
+            );
         }
     }
-    Ok(LivePod { documents: vec![Document { file: None, object: pod }], store, extras })
+    Ok(LivePod { documents: vec![Document::from_cluster(pod)], store, extras })
 }
 
 /// The object as JSON, with `apiVersion` and `kind`.

@@ -248,8 +248,9 @@ pub struct Extras {
 }
 
 impl Extras {
-    /// Reads CSIDrivers and legacy token Secrets among `objects`; other objects are ignored.
-    pub fn insert(&mut self, object: &Value) {
+    /// Reads a CSIDriver, ServiceAccount or legacy token Secret (namespace-less ones are in
+    /// `default_namespace`); other objects are ignored.
+    pub fn insert(&mut self, object: &Value, default_namespace: &str) {
         let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
         let name = text("/metadata/name").unwrap_or_default().to_string();
         match (text("/apiVersion"), text("/kind")) {
@@ -260,12 +261,12 @@ impl Extras {
             }
             (Some("v1"), Some("ServiceAccount")) => {
                 if let Some(automount) = object.get("automountServiceAccountToken").and_then(Value::as_bool) {
-                    let namespace = text("/metadata/namespace").unwrap_or("default").to_string();
+                    let namespace = text("/metadata/namespace").unwrap_or(default_namespace).to_string();
                     self.service_account_automount.insert((namespace, name), automount);
                 }
             }
             (Some("v1"), Some("Secret")) if text("/type") == Some(SERVICE_ACCOUNT_TOKEN_TYPE) => {
-                let namespace = text("/metadata/namespace").unwrap_or("default").to_string();
+                let namespace = text("/metadata/namespace").unwrap_or(default_namespace).to_string();
                 let annotation = object
                     .pointer("/metadata/annotations")
                     .and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION))
@@ -880,8 +881,9 @@ mod tests {
         let mut extras = Extras::default();
         extras.insert(&json!({"apiVersion": "v1", "kind": "Secret", "type": SERVICE_ACCOUNT_TOKEN_TYPE,
             "metadata": {"name": "s", "namespace": "ns", "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: "sa", "other": "x"}},
-            "data": {"token": "c2VjcmV0"}}));
-        extras.insert(&json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "o"}}));
+            "data": {"token": "c2VjcmV0"}}), "ns");
+        extras
+            .insert(&json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "o"}}), "ns");
         let kept = &extras.legacy_secrets[&("ns".to_string(), "s".to_string())];
         assert!(kept.get("data").is_none());
         assert_eq!(kept["metadata"]["annotations"], json!({SERVICE_ACCOUNT_NAME_ANNOTATION: "sa"}));
@@ -911,6 +913,7 @@ mod tests {
         extras.insert(
             &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa", "namespace": "ns"},
             "automountServiceAccountToken": false}),
+            "ns",
         );
         let mut by_account = pod(None);
         add_automount_volume(&mut by_account, "ns", &extras);

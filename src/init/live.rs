@@ -38,7 +38,7 @@ pub async fn list_cluster(client: Client, progress: impl Fn(&str, usize)) -> Res
     documents.extend(drivers.into_iter().map(|d| dynamic_document(d, &driver_resource)));
     let pods = list(&Api::<Pod>::all(client.clone())).await?;
     progress("Pod", pods.len());
-    documents.extend(pods.iter().map(|pod| Document { file: None, object: to_value(pod) }));
+    documents.extend(pods.iter().map(|pod| Document::from_cluster(to_value(pod))));
     for kind in WorkloadKind::ALL {
         let (group, name) = kind.group_kind();
         let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", name), kind.plural());
@@ -60,16 +60,13 @@ pub async fn list_cluster(client: Client, progress: impl Fn(&str, usize)) -> Res
             let annotation = secret.metadata.annotations.as_ref().and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION));
             let Some(service_account) = annotation else { continue };
             secrets += 1;
-            documents.push(Document {
-                file: None,
-                object: json!({
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "type": SERVICE_ACCOUNT_TOKEN_TYPE,
-                    "metadata": {"name": secret.metadata.name, "namespace": secret.metadata.namespace,
-                                 "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: service_account}},
-                }),
-            });
+            documents.push(Document::from_cluster(json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": SERVICE_ACCOUNT_TOKEN_TYPE,
+                "metadata": {"name": secret.metadata.name, "namespace": secret.metadata.namespace,
+                             "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: service_account}},
+            })));
         }
         match next_page(&page) {
             Some(token) => params = params.continue_token(&token),
@@ -82,7 +79,7 @@ pub async fn list_cluster(client: Client, progress: impl Fn(&str, usize)) -> Res
 
 fn dynamic_document(mut object: DynamicObject, resource: &ApiResource) -> Document {
     object.types = Some(TypeMeta { api_version: resource.api_version.clone(), kind: resource.kind.clone() });
-    Document { file: None, object: serde_json::to_value(&object).expect("a Kubernetes object serialises") }
+    Document::from_cluster(serde_json::to_value(&object).expect("a Kubernetes object serialises"))
 }
 
 /// Every object of `api`, page by page.

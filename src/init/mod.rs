@@ -104,7 +104,7 @@ pub async fn draft(documents: &[Document], options: InitOptions<'_>) -> Result<D
     let base = base_policy(options.api_server_audiences)?;
     let mut store = ObjectStore::default();
     for document in documents {
-        let _ = store.insert(&document.object);
+        let _ = store.insert_in(&document.object, options.default_namespace);
     }
     let mut result = Draft { api_server_audiences: options.api_server_audiences.to_vec(), ..Draft::default() };
     let mut entries: BTreeMap<(String, String), AudienceDraft> = BTreeMap::new();
