@@ -10,3 +10,4 @@ pub mod policy;
 pub mod review;
 pub mod server;
 pub mod source;
+pub mod webhooks;
