@@ -15,7 +15,7 @@ fn objects(file: &str) -> Vec<Value> {
 }
 
 fn webhooks() -> Vec<(String, Value)> {
-    objects("manifests/base/webhooks.yaml")
+    objects("manifests/webhooks/webhooks.yaml")
         .into_iter()
         .flat_map(|config| {
             let kind = config["kind"].as_str().expect("kind").to_string();
@@ -53,6 +53,7 @@ fn webhooks_ask_only_for_what_tokengate_decides() {
         ("batch", "cronjobs", &["CREATE", "UPDATE"]),
         ("", "replicationcontrollers", &["CREATE", "UPDATE"]),
         ("", "podtemplates", &["CREATE", "UPDATE"]),
+        ("", "secrets", &["CREATE", "UPDATE"]),
     ];
     for (kind, name, group, resource, operations) in &seen {
         let entry = allowed.iter().find(|(g, r, _)| g == group && r == resource);
@@ -93,7 +94,7 @@ fn webhooks_are_narrow_fast_and_side_effect_free() {
         let expected = if name.starts_with("workloads.") { "Ignore" } else { "Fail" };
         assert_eq!(policy, expected, "{name}: documented failure policy");
         let conditions = webhook["matchConditions"].as_array().expect("matchConditions");
-        assert!(conditions.iter().any(|c| c["name"] == "not-breakglass"), "{name}");
+        assert!(conditions.iter().any(|c| c["name"] == "skip-breakglass"), "{name}");
         let is_cluster_scoped = webhook["rules"][0]["scope"] == "Cluster";
         if is_cluster_scoped {
             assert!(
@@ -130,6 +131,7 @@ fn the_deployment_is_highly_available_and_restricted() {
     assert!(container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().expect("preStop sleep") > 0);
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert!(strings(&container["args"]).contains(&"--manage-webhooks".to_string()), "replicas apply the webhooks");
     let pdb = objects("manifests/base/poddisruptionbudget.yaml").remove(0);
     assert_eq!(pdb["kind"], "PodDisruptionBudget");
 }
@@ -142,6 +144,10 @@ fn rbac_is_read_only_except_events() {
             let resources = strings(&rule["resources"]);
             if resources == ["events"] {
                 assert_eq!(verbs, ["create", "patch"], "events record why a policy was refused");
+            } else if rule["apiGroups"][0] == "admissionregistration.k8s.io" {
+                // serve --manage-webhooks: server-side apply of its own two objects only.
+                assert_eq!(verbs, ["get", "create", "patch"], "{resources:?}");
+                assert_eq!(strings(&rule["resourceNames"]), ["tokengate"], "only its own configurations");
             } else {
                 assert_eq!(verbs, ["get", "list", "watch"], "{resources:?} are only read");
             }

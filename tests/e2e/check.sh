@@ -107,7 +107,7 @@ render_manifests() {
   rm -rf "$copy/certs/out" "$copy"/manifests/overlays/*/generated
   "$copy/certs/generate.sh" "$copy/certs/out"
   mkdir -p "$work/rendered"
-  for dir in "$copy/manifests/base" "$copy"/manifests/overlays/*/; do
+  for dir in "$copy/manifests/base" "$copy/manifests/webhooks" "$copy"/manifests/overlays/*/; do
     dir=${dir%/}
     name=$(basename "$dir")
     kubectl kustomize "$dir" > "$work/rendered/$name.yaml"
@@ -118,7 +118,7 @@ render_manifests() {
 validate_rendered() {
   local -a files
   mapfile -t files < <(find "$work/rendered" -name '*.yaml' | sort)
-  ((${#files[@]} >= 4)) || { echo "expected the base and three overlays, rendered: ${files[*]}"; return 1; }
+  ((${#files[@]} >= 5)) || { echo "expected the base, the webhooks and three overlays, rendered: ${files[*]}"; return 1; }
   validate_objects "${files[@]}"
 }
 
@@ -134,8 +134,8 @@ check_certificate() {
   done
   ca_bundle=$(base64 < "$out/ca.crt" | tr -d '\n')
   for want in dev local; do
-    [[ $(grep -cF -- "caBundle: $ca_bundle" "$work/rendered/$want.yaml") == 5 ]] ||
-      { echo "overlay $want does not carry the generated CA in all 5 webhooks"; return 1; }
+    [[ $(grep -cF -- "caBundle: $ca_bundle" "$work/rendered/$want.yaml") == 6 ]] ||
+      { echo "overlay $want does not carry the generated CA in all 6 webhooks"; return 1; }
   done
   echo "certificate and caBundles consistent"
 }
@@ -145,8 +145,8 @@ check_overlays_for_scripts() {
   local dev=$work/rendered/dev.yaml local=$work/rendered/local.yaml result=0
   grep -q 'image: tokengate:dev$' "$dev" || { echo "overlay dev does not run image tokengate:dev"; result=1; }
   grep -q 'name: tokengate-tls$' "$dev" || { echo "overlay dev has no Secret tokengate-tls"; result=1; }
-  [[ $(grep -c 'url: https://127.0.0.1:8443/\(validate\|mutate\)$' "$local") == 5 ]] ||
-    { echo "overlay local does not point all 5 webhooks at https://127.0.0.1:8443"; result=1; }
+  [[ $(grep -c 'url: https://127.0.0.1:8443/\(validate\|mutate\)$' "$local") == 6 ]] ||
+    { echo "overlay local does not point all 6 webhooks at https://127.0.0.1:8443"; result=1; }
   if grep -qE '^kind: (Deployment|Service|PodDisruptionBudget)$' "$local"; then
     echo "overlay local still has a Deployment, Service or PodDisruptionBudget"
     result=1
