@@ -116,7 +116,13 @@ pub struct ManageWebhooksArgs {
     #[arg(long, value_name = "NAME", default_value = crate::webhooks::DEFAULT_CONFIGURATION_NAME, env = "TOKENGATE_WEBHOOK_CONFIGURATION_NAME")]
     pub webhook_configuration_name: String,
     /// The Service the managed configurations point at, NAMESPACE/NAME[:PORT].
-    #[arg(long, value_name = "NAMESPACE/NAME[:PORT]", default_value = "tokengate-system/tokengate:443", env = "TOKENGATE_WEBHOOK_SERVICE", conflicts_with = "webhook_url")]
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME[:PORT]",
+        default_value = "tokengate-system/tokengate:443",
+        env = "TOKENGATE_WEBHOOK_SERVICE",
+        conflicts_with = "webhook_url"
+    )]
     pub webhook_service: crate::webhooks::ServiceRef,
     /// A URL the managed configurations point at instead of the Service.
     #[arg(long, value_name = "URL", env = "TOKENGATE_WEBHOOK_URL")]

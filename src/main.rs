@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::ObjectReference;
 use clap::Parser;
+use k8s_openapi::api::core::v1::ObjectReference;
 
 use tokengate::check::{CheckOptions, Report};
 use tokengate::cli::{
@@ -57,8 +57,7 @@ async fn kube_client() -> anyhow::Result<kube::Client> {
 async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format, &args.log)?;
     let metrics = Arc::new(Metrics::new());
-    let needs_api =
-        args.policy.policy_configmap.is_some() || args.objects.is_empty() || args.webhooks.manage_webhooks;
+    let needs_api = args.policy.policy_configmap.is_some() || args.objects.is_empty() || args.webhooks.manage_webhooks;
     let client = if needs_api { Some(kube_client().await?) } else { None };
 
     let (mut publisher, policy) = PolicyPublisher::new(metrics.clone());
@@ -100,7 +99,8 @@ fn manage_options(args: &ServeArgs, client: &kube::Client) -> anyhow::Result<Man
         Some(url) => Endpoint::Url(url.clone()),
         None => Endpoint::Service(webhook_service.clone()),
     };
-    let webhooks = webhook_options(endpoint, webhook_configuration_name, webhook_ca_bundle.as_deref(), webhook_annotation)?;
+    let webhooks =
+        webhook_options(endpoint, webhook_configuration_name, webhook_ca_bundle.as_deref(), webhook_annotation)?;
     let event_target = match (&args.policy.policy_configmap, std::env::var("POD_NAME")) {
         (Some(configmap), _) => Some(ObjectReference {
             api_version: Some("v1".to_string()),

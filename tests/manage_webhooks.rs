@@ -15,7 +15,8 @@ use tokengate::source::{Offer, PolicyPublisher};
 use tokengate::webhooks::manage::{self, ManageOptions};
 use tokengate::webhooks::{names, Endpoint, Options};
 
-const POLICY: &str = "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  audiences: [{audience: sts.amazonaws.com}]\n";
+const POLICY: &str =
+    "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  audiences: [{audience: sts.amazonaws.com}]\n";
 
 /// The policy with an injection for namespace `team-a`: the mutating webhook's condition changes.
 const POLICY_WITH_INJECTION: &str = "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  audiences: [{audience: sts.amazonaws.com}]\n  injections:\n    - name: aws\n      match: {namespaces: [team-a]}\n      volume: {name: aws-iam-token, audience: sts.amazonaws.com, expirationSeconds: 3600}\n      mount: {mountPath: /var/run/aws}\n";
@@ -71,14 +72,18 @@ async fn applies_once_ready_once_per_policy_change_and_retries_refused_writes() 
 
     ready.store(true, Ordering::SeqCst);
     eventually("the first apply", || server.patches() == 2).await;
-    eventually("the metric", || metrics.encode().contains("tokengate_webhook_configurations_policy_generation 1")).await;
+    eventually("the metric", || metrics.encode().contains("tokengate_webhook_configurations_policy_generation 1"))
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.patches(), 2, "one apply of each configuration, then nothing while the policy stays");
 
     // A policy change: the first write is refused, retried with backoff, then both are applied.
     server.refuse_patches(1);
     assert!(matches!(publisher.offer("test", POLICY_WITH_INJECTION), Offer::Loaded { generation: 2 }));
-    eventually("the retried apply", || metrics.encode().contains("tokengate_webhook_configurations_policy_generation 2")).await;
+    eventually("the retried apply", || {
+        metrics.encode().contains("tokengate_webhook_configurations_policy_generation 2")
+    })
+    .await;
     let text = metrics.encode();
     assert!(text.contains(r#"tokengate_webhook_configuration_applies_total{result="error"} 1"#), "{text}");
     assert!(text.contains(r#"tokengate_webhook_configuration_applies_total{result="success"} 2"#), "{text}");

@@ -137,7 +137,11 @@ fn check(policy: &Policy, cluster: &ObjectStore, request: &Value) -> Result<bool
         if skipped.is_some_and(|name| name != condition::BREAKGLASS) {
             skipped_any = true;
             let (allowed, patched) = answer(request, endpoint, policy, cluster);
-            prop_assert!(allowed && !patched, "{} skipped a request tokengate answers allowed={allowed} patched={patched}: {request}", webhook.name);
+            prop_assert!(
+                allowed && !patched,
+                "{} skipped a request tokengate answers allowed={allowed} patched={patched}: {request}",
+                webhook.name
+            );
         }
     }
     Ok(skipped_any)
@@ -351,7 +355,8 @@ fn automount_only_pods_outside_injections_skip_both_pod_webhooks() {
     let request = pod_request("prod", pod("web", "prod", None, None, vec![openshift]), alice());
     assert!(!was_called(&policy, &request, names::PODS_VALIDATE));
     // No volumes at all (automountServiceAccountToken: false), ordinary volumes, sources: null.
-    let others = vec![json!({"name": "data", "emptyDir": {}}), json!({"name": "empty", "projected": {"sources": null}})];
+    let others =
+        vec![json!({"name": "data", "emptyDir": {}}), json!({"name": "empty", "projected": {"sources": null}})];
     let request = pod_request("prod", pod("web", "prod", None, None, others), alice());
     assert!(!was_called(&policy, &request, names::PODS_VALIDATE));
     let request = pod_request("prod", pod("web", "prod", None, None, vec![]), alice());
@@ -389,7 +394,8 @@ fn pods_an_injection_matches_go_to_both_webhooks() {
     // The same labels outside the injection's namespaces, or other labels inside: skipped.
     let request = pod_request("prod", pod("web", "prod", Some(labels), None, vec![automount()]), alice());
     assert!(!was_called(&policy, &request, names::PODS_MUTATE));
-    let request = pod_request("team-a", pod("web", "team-a", Some(json!({"app": "web"})), None, vec![automount()]), alice());
+    let request =
+        pod_request("team-a", pod("web", "team-a", Some(json!({"app": "web"})), None, vec![automount()]), alice());
     assert!(!was_called(&policy, &request, names::PODS_MUTATE));
 }
 
@@ -398,7 +404,8 @@ fn mirror_pods_breakglass_and_exemptions_are_skipped() {
     let policy = hand_policy();
     let labels = json!({"azure.workload.identity/use": "true"});
     let mirror = json!({"kubernetes.io/config.mirror": "abc"});
-    let request = pod_request("team-a", pod("web", "team-a", Some(labels.clone()), Some(mirror), vec![automount()]), alice());
+    let request =
+        pod_request("team-a", pod("web", "team-a", Some(labels.clone()), Some(mirror), vec![automount()]), alice());
     assert!(!was_called(&policy, &request, names::PODS_MUTATE));
     let vault = projected("vault-token", json!([token(Some("vault"), 3600, "token")]));
     for (namespace, user_info) in [
@@ -407,8 +414,12 @@ fn mirror_pods_breakglass_and_exemptions_are_skipped() {
         ("team-a", user("carol", &["platform:exempt"])),
         ("legacy-1", alice()),
     ] {
-        let request = pod_request(namespace, pod("web", namespace, Some(labels.clone()), None, vec![vault.clone()]), user_info);
-        assert_eq!(outcomes(&policy, &request), [(names::PODS_MUTATE.into(), false), (names::PODS_VALIDATE.into(), false)]);
+        let request =
+            pod_request(namespace, pod("web", namespace, Some(labels.clone()), None, vec![vault.clone()]), user_info);
+        assert_eq!(
+            outcomes(&policy, &request),
+            [(names::PODS_MUTATE.into(), false), (names::PODS_VALIDATE.into(), false)]
+        );
     }
     // A user without groups (omitted when empty) is no error.
     let mut anonymous = alice();
@@ -421,9 +432,7 @@ fn mirror_pods_breakglass_and_exemptions_are_skipped() {
 fn kubelet_automount_token_requests_are_skipped_and_nothing_else() {
     let policy = hand_policy();
     let store = cluster(&["team-a"], false);
-    let spec = |audiences: Value, seconds: i64, bound: Value| {
-        json!({"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": bound})
-    };
+    let spec = |audiences: Value, seconds: i64, bound: Value| json!({"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": bound});
     let pod_ref = || bound_pod("Pod", Some("v1"), Some(POD_UID));
     let skipped = [
         (kubelet(), spec(json!([API_AUDIENCE]), 3607, pod_ref())),
@@ -456,18 +465,22 @@ fn kubelet_automount_token_requests_are_skipped_and_nothing_else() {
 #[test]
 fn without_api_server_audiences_only_absent_or_empty_audiences_are_skipped() {
     let policy = Policy::parse("apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec: {}\n").expect("policy");
-    let spec = |audiences: Value| {
-        json!({"audiences": audiences, "expirationSeconds": 3607, "boundObjectRef": bound_pod("Pod", Some("v1"), Some(POD_UID))})
-    };
+    let spec = |audiences: Value| json!({"audiences": audiences, "expirationSeconds": 3607, "boundObjectRef": bound_pod("Pod", Some("v1"), Some(POD_UID))});
     assert!(!was_called(&policy, &token_request("ns", "web", kubelet(), spec(Value::Null)), names::TOKEN_REQUESTS));
     assert!(!was_called(&policy, &token_request("ns", "web", kubelet(), spec(json!([""]))), names::TOKEN_REQUESTS));
-    assert!(was_called(&policy, &token_request("ns", "web", kubelet(), spec(json!([API_AUDIENCE]))), names::TOKEN_REQUESTS));
+    assert!(was_called(
+        &policy,
+        &token_request("ns", "web", kubelet(), spec(json!([API_AUDIENCE]))),
+        names::TOKEN_REQUESTS
+    ));
     // The server's learned audiences widen the skip through the same function.
     let learned = [API_AUDIENCE.to_string()];
     let configurations = webhooks::configurations_for_audiences(&policy, &Options::new(shipped_endpoint()), &learned);
     let webhook = configurations.validating.webhooks.iter().find(|w| w.name == names::TOKEN_REQUESTS).expect("webhook");
-    let condition = webhook.match_conditions.iter().find(|c| c.name == condition::KUBELET_AUTOMOUNT_TOKENS).expect("condition");
-    assert!(!evaluate(&condition.expression, &token_request("ns", "web", kubelet(), spec(json!([API_AUDIENCE])))).expect("evaluates"));
+    let condition =
+        webhook.match_conditions.iter().find(|c| c.name == condition::KUBELET_AUTOMOUNT_TOKENS).expect("condition");
+    assert!(!evaluate(&condition.expression, &token_request("ns", "web", kubelet(), spec(json!([API_AUDIENCE]))))
+        .expect("evaluates"));
 }
 
 #[test]
@@ -503,8 +516,10 @@ fn only_csi_drivers_with_token_requests_are_sent() {
 #[test]
 fn the_checked_in_configurations_are_generated_from_the_shipped_policy() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let policy = Policy::parse(&std::fs::read_to_string(format!("{root}/{SHIPPED_POLICY}")).expect("policy")).expect("valid");
-    let expected = webhooks::render_yaml(&policy, &configurations(&policy, &Options::new(shipped_endpoint()))).expect("yaml");
+    let policy =
+        Policy::parse(&std::fs::read_to_string(format!("{root}/{SHIPPED_POLICY}")).expect("policy")).expect("valid");
+    let expected =
+        webhooks::render_yaml(&policy, &configurations(&policy, &Options::new(shipped_endpoint()))).expect("yaml");
     let actual = std::fs::read_to_string(format!("{root}/{SHIPPED_WEBHOOKS}")).unwrap_or_default();
     assert!(
         actual == expected,
@@ -528,7 +543,8 @@ struct Generated {
 
 fn policy_strategy() -> impl Strategy<Value = Generated> {
     let audiences = prop::sample::subsequence(vec![API_AUDIENCE, OTHER_API_AUDIENCE], 0..=2);
-    let injection = (prop::option::of(prop::sample::select(NAMESPACE_GLOBS.to_vec())), prop::option::of(0u8..6), any::<bool>());
+    let injection =
+        (prop::option::of(prop::sample::select(NAMESPACE_GLOBS.to_vec())), prop::option::of(0u8..6), any::<bool>());
     let injections = prop::collection::vec(injection, 0..=2);
     let exempt = prop::sample::subsequence(vec!["legacy-*", "ci"], 0..=2);
     (audiences, injections, exempt).prop_map(|(api_audiences, injections, exempt_namespaces)| Generated {
@@ -553,7 +569,9 @@ impl Generated {
     fn policy(&self) -> Policy {
         let mut text = String::from("apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n");
         text.push_str(&format!("  apiServerAudiences: {:?}\n", self.api_audiences));
-        text.push_str("  audiences:\n    - audience: sts.amazonaws.com\n    - audience: vault\n      namespaces: [\"team-*\"]\n");
+        text.push_str(
+            "  audiences:\n    - audience: sts.amazonaws.com\n    - audience: vault\n      namespaces: [\"team-*\"]\n",
+        );
         text.push_str("  injections:\n");
         for (i, (namespaces, selector_kind, by_annotation)) in self.injections.iter().enumerate() {
             text.push_str(&format!("    - name: i{i}\n      match:\n"));
@@ -612,18 +630,19 @@ fn labels_strategy() -> impl Strategy<Value = Option<Value>> {
 
 fn request_strategy() -> impl Strategy<Value = Value> {
     let namespace = prop::sample::select(NAMESPACES.to_vec());
-    let pods = (namespace.clone(), labels_strategy(), any::<bool>(), prop::collection::vec(volume_strategy(), 0..4), 0u8..4)
-        .prop_map(|(namespace, labels, mirror, mut volumes, who)| {
-            // Unique volume names, as the API server requires.
-            let mut seen = std::collections::HashSet::new();
-            volumes.retain(|v| seen.insert(v["name"].as_str().unwrap_or_default().to_string()));
-            let annotations = mirror.then(|| json!({"kubernetes.io/config.mirror": "x"}));
-            let user_info = match who {
-                0 => user("bob", &["system:authenticated", "tokengate:breakglass"]),
-                _ => alice(),
-            };
-            pod_request(namespace, pod("web", namespace, labels, annotations, volumes), user_info)
-        });
+    let pods =
+        (namespace.clone(), labels_strategy(), any::<bool>(), prop::collection::vec(volume_strategy(), 0..4), 0u8..4)
+            .prop_map(|(namespace, labels, mirror, mut volumes, who)| {
+                // Unique volume names, as the API server requires.
+                let mut seen = std::collections::HashSet::new();
+                volumes.retain(|v| seen.insert(v["name"].as_str().unwrap_or_default().to_string()));
+                let annotations = mirror.then(|| json!({"kubernetes.io/config.mirror": "x"}));
+                let user_info = match who {
+                    0 => user("bob", &["system:authenticated", "tokengate:breakglass"]),
+                    _ => alice(),
+                };
+                pod_request(namespace, pod("web", namespace, labels, annotations, volumes), user_info)
+            });
     let audiences = prop_oneof![
         Just(Value::Null),
         Just(json!([])),
@@ -639,14 +658,22 @@ fn request_strategy() -> impl Strategy<Value = Value> {
         1 => Just(bound_pod("Secret", Some("v1"), Some(POD_UID))),
         1 => Just(Value::Null),
     ];
-    let tokens = (namespace, any::<bool>(), audiences, prop::sample::select(vec![3607i64, 3600, 86400]), bound).prop_map(
-        |(namespace, by_kubelet, audiences, seconds, bound)| {
+    let tokens = (namespace, any::<bool>(), audiences, prop::sample::select(vec![3607i64, 3600, 86400]), bound)
+        .prop_map(|(namespace, by_kubelet, audiences, seconds, bound)| {
             let user_info = if by_kubelet { kubelet() } else { alice() };
-            token_request(namespace, "web", user_info, json!({"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": bound}))
-        },
-    );
+            token_request(
+                namespace,
+                "web",
+                user_info,
+                json!({"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": bound}),
+            )
+        });
     let sa = "kubernetes.io/service-account-token";
-    let secrets = (prop::sample::select(vec!["Opaque", sa]), prop::option::of(prop::sample::select(vec!["web", "admin"])), prop::option::of(prop::option::of(prop::sample::select(vec!["web", "admin"]))))
+    let secrets = (
+        prop::sample::select(vec!["Opaque", sa]),
+        prop::option::of(prop::sample::select(vec!["web", "admin"])),
+        prop::option::of(prop::option::of(prop::sample::select(vec!["web", "admin"]))),
+    )
         .prop_map(move |(type_, account, old)| match old {
             None => secret_request("team-a", "CREATE", secret(type_, account), None),
             Some(old) => secret_request("team-a", "UPDATE", secret(type_, account), Some(secret(type_, old))),
@@ -705,7 +732,11 @@ fn generated_requests_reach_both_outcomes_of_every_webhook() {
     }
     for name in [names::PODS_MUTATE, names::PODS_VALIDATE, names::TOKEN_REQUESTS, names::CSI_DRIVERS, names::SECRETS] {
         for is_called in [true, false] {
-            assert!(seen.contains_key(&(name.to_string(), is_called)), "{name} never {}: {seen:?}", if is_called { "called" } else { "skipped" });
+            assert!(
+                seen.contains_key(&(name.to_string(), is_called)),
+                "{name} never {}: {seen:?}",
+                if is_called { "called" } else { "skipped" }
+            );
         }
     }
 }

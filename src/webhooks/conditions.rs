@@ -174,7 +174,9 @@ fn selector_term(term: SelectorTerm<'_>) -> String {
     match term {
         SelectorTerm::Equals(key, wanted) => format!("{} && {} == {}", present(key), value(key), cel_string(wanted)),
         SelectorTerm::In(key, values) => format!("{} && {} in {}", present(key), value(key), strings(values)),
-        SelectorTerm::NotIn(key, values) => format!("(!({}) || !({} in {}))", present(key), value(key), strings(values)),
+        SelectorTerm::NotIn(key, values) => {
+            format!("(!({}) || !({} in {}))", present(key), value(key), strings(values))
+        }
         SelectorTerm::Exists(key) => present(key),
         SelectorTerm::DoesNotExist(key) => format!("!({})", present(key)),
     }
@@ -194,7 +196,9 @@ pub fn not_kubelet_automount_token(api_server_audiences: &[String]) -> MatchCond
     let automount = [
         format!("has({user}.username) && {user}.username.startsWith('system:node:') && size({user}.username) > 12"),
         format!("has({user}.groups) && 'system:nodes' in {user}.groups"),
-        format!("has(object.spec.expirationSeconds) && object.spec.expirationSeconds == {AUTOMOUNT_EXPIRATION_SECONDS}"),
+        format!(
+            "has(object.spec.expirationSeconds) && object.spec.expirationSeconds == {AUTOMOUNT_EXPIRATION_SECONDS}"
+        ),
         format!("has({bound}) && {bound} != null && has({bound}.kind) && {bound}.kind == 'Pod'"),
         format!("has({bound}.apiVersion) && {bound}.apiVersion == 'v1' && has({bound}.uid) && {bound}.uid != ''"),
         format!(

@@ -73,8 +73,13 @@ pub enum ApplyError {
 
 /// Runs until every policy sender is gone: waits for `ready()`, then applies the configurations
 /// for each policy in force, retrying failures with backoff.
-pub async fn run<R>(client: kube::Client, mut policy: PolicyReceiver, ready: R, options: ManageOptions, metrics: Arc<Metrics>)
-where
+pub async fn run<R>(
+    client: kube::Client,
+    mut policy: PolicyReceiver,
+    ready: R,
+    options: ManageOptions,
+    metrics: Arc<Metrics>,
+) where
     R: Fn() -> bool + Send,
 {
     let mut applied: Option<Configurations> = None;
@@ -130,7 +135,11 @@ pub async fn apply(client: &kube::Client, configurations: &Configurations) -> Re
 
 async fn apply_one<K>(client: &kube::Client, configuration: &WebhookConfiguration) -> Result<(), ApplyError>
 where
-    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::all(client.clone());

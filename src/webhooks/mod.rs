@@ -258,9 +258,15 @@ pub fn configurations_for_audiences(
     );
     mutate_pods.reinvocation_policy = Some("IfNeeded".to_string());
 
-    let validate = |name, failure_policy, rules, namespaced| webhook(name, "/validate", failure_policy, 3, rules, namespaced);
+    let validate =
+        |name, failure_policy, rules, namespaced| webhook(name, "/validate", failure_policy, 3, rules, namespaced);
     let workload_rules = vec![
-        Rule::new("apps", &["deployments", "statefulsets", "daemonsets", "replicasets"], &["CREATE", "UPDATE"], "Namespaced"),
+        Rule::new(
+            "apps",
+            &["deployments", "statefulsets", "daemonsets", "replicasets"],
+            &["CREATE", "UPDATE"],
+            "Namespaced",
+        ),
         Rule::new("batch", &["jobs", "cronjobs"], &["CREATE", "UPDATE"], "Namespaced"),
         Rule::new("", &["replicationcontrollers", "podtemplates"], &["CREATE", "UPDATE"], "Namespaced"),
     ];
@@ -389,7 +395,9 @@ fn header_comments(policy: &Policy) -> Vec<String> {
             "NOTE: injection(s) {} match by a service-account annotation, which CEL cannot see: every pod",
             by_annotation.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
         ));
-        lines.push("of the namespaces (and pod labels) they cover is sent to tokengate. Narrow such injections by".into());
+        lines.push(
+            "of the namespaces (and pod labels) they cover is sent to tokengate. Narrow such injections by".into(),
+        );
         lines.push("match.namespaces or match.podSelector so that fewer pods depend on tokengate.".into());
     }
     lines

@@ -38,7 +38,14 @@ fn every_webhook_keeps_the_properties_of_the_shipped_configuration() {
     let names: Vec<&str> = all.iter().map(|w| w.name.as_str()).collect();
     assert_eq!(
         names,
-        [names::PODS_MUTATE, names::PODS_VALIDATE, names::TOKEN_REQUESTS, names::CSI_DRIVERS, names::WORKLOADS, names::SECRETS]
+        [
+            names::PODS_MUTATE,
+            names::PODS_VALIDATE,
+            names::TOKEN_REQUESTS,
+            names::CSI_DRIVERS,
+            names::WORKLOADS,
+            names::SECRETS
+        ]
     );
     for webhook in &all {
         assert_eq!(webhook.side_effects, "None");
@@ -46,7 +53,10 @@ fn every_webhook_keeps_the_properties_of_the_shipped_configuration() {
         assert!(webhook.timeout_seconds <= 3);
         assert_eq!(webhook.match_conditions[0].name, conditions::names::BREAKGLASS);
         let service = webhook.client_config.service.as_ref().expect("a service");
-        assert_eq!((service.namespace.as_str(), service.name.as_str(), service.port), ("tokengate-system", "tokengate", 443));
+        assert_eq!(
+            (service.namespace.as_str(), service.name.as_str(), service.port),
+            ("tokengate-system", "tokengate", 443)
+        );
         assert!(webhook.client_config.ca_bundle.is_none(), "caBundle is left to cert-manager");
         let excluded = webhook.namespace_selector.as_ref().map(|s| s["matchExpressions"][0]["values"].clone());
         match webhook.name.as_str() {
@@ -81,9 +91,7 @@ fn the_output_names_injections_matched_by_service_account_annotation() {
     let policy = Policy::parse(POLICY).expect("policy");
     let yaml = render_yaml(&policy, &configurations(&policy, &Options::new(service()))).expect("yaml");
     assert!(yaml.contains("NOTE: injection(s) \"aws\" match by a service-account annotation"), "{yaml}");
-    let documents: Vec<WebhookConfiguration> = yaml
-        .split("\n---\n")
-        .map(|doc| serde_yaml_ng::from_str(doc).expect("each document reads back"))
-        .collect();
+    let documents: Vec<WebhookConfiguration> =
+        yaml.split("\n---\n").map(|doc| serde_yaml_ng::from_str(doc).expect("each document reads back")).collect();
     assert_eq!(documents.len(), 2);
 }

@@ -654,9 +654,15 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         (&Method::PATCH, Some(name)) => {
             if !shared.lock().resources[route.resource].is_events() {
                 shared.patches.fetch_add(1, Ordering::SeqCst);
-                let refused = shared.refuse_patches.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                let refused =
+                    shared.refuse_patches.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
                 if refused.is_ok() {
-                    return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "refused for the test".into(), None);
+                    return status(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        "refused for the test".into(),
+                        None,
+                    );
                 }
             }
             patch(&shared, &route, name, &query, &content_type, &body, metadata_only)
