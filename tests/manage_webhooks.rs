@@ -127,3 +127,74 @@ async fn applies_once_ready_once_per_policy_change_and_retries_refused_writes() 
     drop(publisher);
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("ends when the policy source ends").expect("task");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The binary: `serve --manage-webhooks` becomes ready although every write is refused, counts
+/// the failures, and applies once the API server accepts writes again.
+#[tokio::test]
+async fn refused_writes_never_make_the_server_unready() {
+    let server = FakeApiServer::start().await;
+    server.refuse_patches(usize::MAX);
+    let pki = support::Pki::new("manage-ca");
+    let dir = support::TempDir::new("manage");
+    let issued = pki.server(&[support::SERVER_NAME]);
+    let cert = dir.write("tls.crt", &issued.cert_pem);
+    let key = dir.write("tls.key", &issued.key_pem);
+    let policy = dir.write("policy.yaml", POLICY);
+    let kubeconfig = dir.write("kubeconfig", server.kubeconfig());
+    let (port, admin_port) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("serve")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .arg("--objects")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/objects.yaml"))
+        .args(["--manage-webhooks", "--webhook-url", &format!("https://127.0.0.1:{port}")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", "tokengate-test")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tokengate starts");
+    let admin = |path: &str| format!("http://127.0.0.1:{admin_port}{path}");
+    let get = async |path: &str| -> Option<(u16, String)> {
+        let response = reqwest::get(admin(path)).await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    };
+    let failing = support::eventually(Duration::from_secs(10), async || {
+        get("/metrics").await.is_some_and(|(_, text)| {
+            text.lines().any(|l| l.starts_with(r#"tokengate_webhook_configuration_applies_total{result="error"}"#) && !l.ends_with(" 0"))
+        })
+    })
+    .await;
+    assert!(failing, "refused applies are counted");
+    assert_eq!(get("/readyz").await.map(|(status, _)| status), Some(200), "ready while every apply fails");
+
+    server.refuse_patches(0);
+    let applied = support::eventually(Duration::from_secs(10), async || {
+        get("/metrics").await.is_some_and(|(_, text)| text.contains("tokengate_webhook_configurations_policy_generation 1"))
+    })
+    .await;
+    assert!(applied, "applied once writes are accepted again (retried with backoff)");
+    let api: kube::Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        kube::Api::all(server.client());
+    let mutating = api.get("tokengate").await.expect("applied");
+    let url = mutating.webhooks.expect("webhooks")[0].client_config.url.clone();
+    assert_eq!(url, Some(format!("https://127.0.0.1:{port}/mutate")));
+    let events = server.events();
+    assert!(
+        events.iter().any(|e| e["reason"] == "WebhooksApplied" && e["regarding"]["name"] == "tokengate-test"),
+        "an Event on the replica's Pod: {events:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
