@@ -740,3 +740,63 @@ fn generated_requests_reach_both_outcomes_of_every_webhook() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The command
+// ---------------------------------------------------------------------------------------------
+
+fn run_webhooks(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("webhooks")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("tokengate runs")
+}
+
+#[test]
+fn the_command_prints_both_configurations_for_a_url_or_service() {
+    let dir = std::env::temp_dir().join(format!("tokengate-webhooks-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").expect("write");
+    let ca_path = ca.to_str().expect("utf-8 path");
+    let output = run_webhooks(&[
+        "--policy",
+        SHIPPED_POLICY,
+        "--url",
+        "https://127.0.0.1:8443",
+        "--ca-bundle",
+        ca_path,
+        "--annotation",
+        "example.com/owner=platform",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let documents: Vec<webhooks::WebhookConfiguration> =
+        text.split("\n---\n").map(|doc| serde_yaml_ng::from_str(doc).expect("YAML")).collect();
+    let kinds: Vec<&str> = documents.iter().map(|d| d.kind.as_str()).collect();
+    assert_eq!(kinds, ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]);
+    let expected_bundle = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo=";
+    for webhook in documents.iter().flat_map(|d| d.webhooks.iter()) {
+        let url = webhook.client_config.url.as_deref().expect("url");
+        assert!(url == "https://127.0.0.1:8443/validate" || url == "https://127.0.0.1:8443/mutate", "{url}");
+        assert_eq!(webhook.client_config.ca_bundle.as_deref(), Some(expected_bundle));
+    }
+    assert_eq!(documents[0].metadata.annotations["example.com/owner"], "platform");
+
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello").expect("write");
+    let output = run_webhooks(&["--policy", SHIPPED_POLICY, "--url", "https://x", "--ca-bundle", not_pem.to_str().expect("path")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a PEM file"));
+    for bad in [
+        vec!["--policy", SHIPPED_POLICY],
+        vec!["--policy", SHIPPED_POLICY, "--service", "no-slash"],
+        vec!["--policy", SHIPPED_POLICY, "--service", "a/b", "--url", "https://x"],
+        vec!["--policy", "does/not/exist.yaml", "--service", "a/b"],
+    ] {
+        assert_eq!(run_webhooks(&bad).status.code(), Some(2), "{bad:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
