@@ -172,7 +172,9 @@ async fn refused_writes_never_make_the_server_unready() {
     };
     let failing = support::eventually(Duration::from_secs(10), async || {
         get("/metrics").await.is_some_and(|(_, text)| {
-            text.lines().any(|l| l.starts_with(r#"tokengate_webhook_configuration_applies_total{result="error"}"#) && !l.ends_with(" 0"))
+            text.lines().any(|l| {
+                l.starts_with(r#"tokengate_webhook_configuration_applies_total{result="error"}"#) && !l.ends_with(" 0")
+            })
         })
     })
     .await;
@@ -181,7 +183,9 @@ async fn refused_writes_never_make_the_server_unready() {
 
     server.refuse_patches(0);
     let applied = support::eventually(Duration::from_secs(10), async || {
-        get("/metrics").await.is_some_and(|(_, text)| text.contains("tokengate_webhook_configurations_policy_generation 1"))
+        get("/metrics")
+            .await
+            .is_some_and(|(_, text)| text.contains("tokengate_webhook_configurations_policy_generation 1"))
     })
     .await;
     assert!(applied, "applied once writes are accepted again (retried with backoff)");

@@ -787,7 +787,14 @@ fn the_command_prints_both_configurations_for_a_url_or_service() {
 
     let not_pem = dir.join("not.pem");
     std::fs::write(&not_pem, "hello").expect("write");
-    let output = run_webhooks(&["--policy", SHIPPED_POLICY, "--url", "https://x", "--ca-bundle", not_pem.to_str().expect("path")]);
+    let output = run_webhooks(&[
+        "--policy",
+        SHIPPED_POLICY,
+        "--url",
+        "https://x",
+        "--ca-bundle",
+        not_pem.to_str().expect("path"),
+    ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a PEM file"));
     for bad in [
