@@ -14,7 +14,7 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::Semaphore;
 
-use crate::cluster::Cluster;
+use crate::cluster::{timeout_from_query, Cluster, WithDeadline};
 use crate::metrics::{Metrics, Rejection};
 use crate::review::{self, Reply, Summary, Webhook};
 use crate::source::PolicyReceiver;
@@ -22,6 +22,9 @@ use crate::source::PolicyReceiver;
 /// The largest AdmissionReview body accepted: an UPDATE carries object and oldObject of up
 /// to 3 MiB each, plus the envelope.
 pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+
+/// The API server's default webhook timeout, for requests that carry no `?timeout=`.
+const DEFAULT_WEBHOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the handlers share.
 pub struct AppState<C> {
@@ -64,7 +67,7 @@ async fn handle<C: Cluster + Send + Sync + 'static>(
     request: Request,
     webhook: Webhook,
 ) -> Response {
-    let (Parts { headers, .. }, body) = request.into_parts();
+    let (Parts { headers, uri, .. }, body) = request.into_parts();
     let reject = |reason: Rejection, status: StatusCode, message: &str| {
         state.metrics.rejected(reason);
         plain(status, message)
@@ -95,7 +98,10 @@ async fn handle<C: Cluster + Send + Sync + 'static>(
         return reject(Rejection::NoPolicy, StatusCode::SERVICE_UNAVAILABLE, "tokengate has no valid policy loaded");
     };
     let started = Instant::now();
-    match review::review(&bytes, webhook, &policy, state.cluster.as_ref()).await {
+    // Lookups end before the API server stops waiting, so a slow API still gets our reason.
+    let timeout = timeout_from_query(uri.query()).unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
+    let cluster = WithDeadline::new(state.cluster.as_ref(), timeout);
+    match review::review(&bytes, webhook, &policy, &cluster).await {
         Reply::Review { body, summary } => {
             let elapsed = started.elapsed();
             state.metrics.review(webhook, summary.subject, summary.decision, elapsed);
@@ -117,7 +123,7 @@ fn log_review(webhook: Webhook, summary: &Summary, elapsed: std::time::Duration)
         kind = summary.subject.as_str(),
         namespace = %summary.namespace,
         name = %summary.name,
-        operation = %summary.operation,
+        operation = summary.operation.as_str(),
         decision = summary.decision.as_str(),
         violations = summary.violations,
         dry_run = summary.dry_run,
