@@ -251,7 +251,7 @@ check "tests/e2e/local.sh --dry-run" dry_run_prints tests/e2e/local.sh \
   "certs/generate.sh" \
   "kubectl apply -k manifests/overlays/local" \
   "cargo build --release --locked" \
-  "target/release/tokengate serve --policy-configmap tokengate-system/tokengate-policy --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen 127.0.0.1:8443 --admin-listen 127.0.0.1:8080" \
+  "target/release/tokengate serve --policy-configmap tokengate-system/tokengate-policy --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen 127.0.0.1:8443 --admin-listen 127.0.0.1:8080 --manage-webhooks --webhook-url https://127.0.0.1:8443 --webhook-ca-bundle certs/out/ca.crt" \
   "http://127.0.0.1:8080/readyz" \
   "MODE=local" \
   "kubectl delete mutatingwebhookconfiguration tokengate" \
