@@ -97,7 +97,8 @@ pub struct EndpointArgs {
     #[arg(long, value_name = "NAMESPACE/NAME[:PORT]")]
     pub service: Option<crate::webhooks::ServiceRef>,
     /// A URL instead of a Service, e.g. https://127.0.0.1:8443 for a tokengate outside the
-    /// cluster; /mutate and /validate are appended.
+    /// cluster; /mutate and /validate are appended (tokengate-system is then the namespace left
+    /// out of every webhook).
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
 }
@@ -107,7 +108,8 @@ pub struct EndpointArgs {
 pub struct ManageWebhooksArgs {
     /// Keep the webhook configurations equal to what `tokengate webhooks` computes from the
     /// policy in force: each ready replica server-side-applies both (field manager
-    /// tokengate-webhooks) and again after every policy change. Failures are logged, counted
+    /// tokengate-webhooks), again after every policy change, and every 10 minutes (undoing edits
+    /// by hand). Failures are logged, counted
     /// (tokengate_webhook_configuration_applies_total) and retried with backoff; readiness is
     /// unaffected. Needs RBAC get, create and patch on the two configurations.
     #[arg(long, env = "TOKENGATE_MANAGE_WEBHOOKS")]
