@@ -377,6 +377,10 @@ fn header_comments(policy: &Policy) -> Vec<String> {
         "- secrets.validate: only Secrets of type kubernetes.io/service-account-token (on UPDATE only when",
         "  the kubernetes.io/service-account.name annotation changes);",
         "- workloads.validate (failurePolicy: Ignore): an early warning at `kubectl apply` time only.",
+        "Why Fail elsewhere: a pod that must carry an identity token never starts without it, and one with a",
+        "forbidden token never slips through; kubelets refresh tokens at 80% of their lifetime, so a short",
+        "outage expires no running pod's token; CSIDriver and legacy token Secret changes are rare and",
+        "admin-driven.",
         "In an emergency: `kubectl delete mutatingwebhookconfiguration tokengate` and",
         "`kubectl delete validatingwebhookconfiguration tokengate` (see the README).",
     ]
