@@ -539,6 +539,8 @@ struct Generated {
     api_audiences: Vec<&'static str>,
     injections: Vec<(Option<&'static str>, Option<u8>, bool)>,
     exempt_namespaces: Vec<&'static str>,
+    /// Whether the user `ops-admin` and the group `platform:exempt` are exempt.
+    exempt_people: bool,
 }
 
 fn policy_strategy() -> impl Strategy<Value = Generated> {
@@ -547,11 +549,14 @@ fn policy_strategy() -> impl Strategy<Value = Generated> {
         (prop::option::of(prop::sample::select(NAMESPACE_GLOBS.to_vec())), prop::option::of(0u8..6), any::<bool>());
     let injections = prop::collection::vec(injection, 0..=2);
     let exempt = prop::sample::subsequence(vec!["legacy-*", "ci"], 0..=2);
-    (audiences, injections, exempt).prop_map(|(api_audiences, injections, exempt_namespaces)| Generated {
-        api_audiences,
-        injections,
-        exempt_namespaces,
-    })
+    (audiences, injections, exempt, any::<bool>()).prop_map(
+        |(api_audiences, injections, exempt_namespaces, exempt_people)| Generated {
+            api_audiences,
+            injections,
+            exempt_namespaces,
+            exempt_people,
+        },
+    )
 }
 
 fn selector(kind: u8) -> &'static str {
@@ -591,7 +596,12 @@ impl Generated {
         if self.injections.is_empty() {
             text.push_str("    []\n");
         }
-        text.push_str(&format!("  exemptions: {{namespaces: {:?}}}\n", self.exempt_namespaces));
+        let (users, groups) =
+            if self.exempt_people { (vec!["ops-admin"], vec!["platform:exempt"]) } else { (vec![], vec![]) };
+        text.push_str(&format!(
+            "  exemptions: {{namespaces: {:?}, users: {users:?}, groups: {groups:?}}}\n",
+            self.exempt_namespaces
+        ));
         Policy::parse(&text).unwrap_or_else(|e| panic!("generated policy is invalid: {e}\n{text}"))
     }
 }
@@ -628,19 +638,27 @@ fn labels_strategy() -> impl Strategy<Value = Option<Value>> {
     })
 }
 
+/// A requester: mostly an ordinary user, sometimes the break-glass group or a user or group the
+/// generated policy may exempt.
+fn someone(who: u8) -> Value {
+    match who {
+        0 => user("bob", &["system:authenticated", "tokengate:breakglass"]),
+        1 => user("ops-admin", &["system:authenticated"]),
+        2 => user("carol", &["system:authenticated", "platform:exempt"]),
+        _ => alice(),
+    }
+}
+
 fn request_strategy() -> impl Strategy<Value = Value> {
     let namespace = prop::sample::select(NAMESPACES.to_vec());
     let pods =
-        (namespace.clone(), labels_strategy(), any::<bool>(), prop::collection::vec(volume_strategy(), 0..4), 0u8..4)
+        (namespace.clone(), labels_strategy(), any::<bool>(), prop::collection::vec(volume_strategy(), 0..4), 0u8..6)
             .prop_map(|(namespace, labels, mirror, mut volumes, who)| {
                 // Unique volume names, as the API server requires.
                 let mut seen = std::collections::HashSet::new();
                 volumes.retain(|v| seen.insert(v["name"].as_str().unwrap_or_default().to_string()));
                 let annotations = mirror.then(|| json!({"kubernetes.io/config.mirror": "x"}));
-                let user_info = match who {
-                    0 => user("bob", &["system:authenticated", "tokengate:breakglass"]),
-                    _ => alice(),
-                };
+                let user_info = someone(who);
                 pod_request(namespace, pod("web", namespace, labels, annotations, volumes), user_info)
             });
     let audiences = prop_oneof![
@@ -659,25 +677,37 @@ fn request_strategy() -> impl Strategy<Value = Value> {
         1 => Just(bound_pod("Secret", Some("v1"), Some(POD_UID))),
         1 => Just(Value::Null),
     ];
-    let tokens = (namespace, any::<bool>(), audiences, prop::sample::select(vec![3607i64, 3600, 86400]), bound)
-        .prop_map(|(namespace, by_kubelet, audiences, seconds, bound)| {
-            let user_info = if by_kubelet { kubelet() } else { alice() };
-            token_request(
-                namespace,
-                "web",
-                user_info,
-                json!({"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": bound}),
-            )
-        });
+    let tokens =
+        (namespace.clone(), any::<bool>(), audiences, prop::sample::select(vec![3607i64, 3600, 86400]), bound, 0u8..6)
+            .prop_map(|(namespace, by_kubelet, audiences, seconds, bound, who)| {
+                let user_info = if by_kubelet { kubelet() } else { someone(who) };
+                token_request(
+                    namespace,
+                    "web",
+                    user_info,
+                    json!({"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": bound}),
+                )
+            });
     let sa = "kubernetes.io/service-account-token";
     let secrets = (
         prop::sample::select(vec!["Opaque", sa]),
         prop::option::of(prop::sample::select(vec!["web", "admin"])),
         prop::option::of(prop::option::of(prop::sample::select(vec!["web", "admin"]))),
+        namespace,
+        0u8..6,
     )
-        .prop_map(move |(type_, account, old)| match old {
-            None => secret_request("team-a", "CREATE", secret(type_, account), None),
-            Some(old) => secret_request("team-a", "UPDATE", secret(type_, account), Some(secret(type_, old))),
+        .prop_map(move |(type_, account, old, namespace, who)| {
+            let mut request = match old {
+                None => secret_request(namespace, "CREATE", secret(type_, account), None),
+                Some(old) => secret_request(namespace, "UPDATE", secret(type_, account), Some(secret(type_, old))),
+            };
+            request["userInfo"] = someone(who);
+            for object in ["object", "oldObject"] {
+                if request[object].is_object() {
+                    request[object]["metadata"]["namespace"] = json!(namespace);
+                }
+            }
+            request
         });
     let drivers = prop_oneof![
         Just(csi_driver_request(None)),
