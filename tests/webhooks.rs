@@ -103,6 +103,9 @@ fn webhooks_for<'a>(configurations: &'a Configurations, request: &Value) -> Vec<
         ("serviceaccounts", "token") => &[(names::TOKEN_REQUESTS, Endpoint::Validate)],
         ("csidrivers", "") => &[(names::CSI_DRIVERS, Endpoint::Validate)],
         ("secrets", "") => &[(names::SECRETS, Endpoint::Validate)],
+        ("deployments" | "cronjobs" | "podtemplates" | "replicationcontrollers", "") => {
+            &[(names::WORKLOADS, Endpoint::Validate)]
+        }
         _ => &[],
     };
     let all = configurations.mutating.webhooks.iter().chain(configurations.validating.webhooks.iter());
@@ -272,6 +275,57 @@ fn csi_driver_request(token_requests: Option<Value>) -> Value {
         "name": "d.example.com", "operation": "CREATE", "userInfo": alice(),
         "object": {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": "d.example.com"}, "spec": spec},
         "oldObject": null, "dryRun": false,
+    })
+}
+
+/// Where each generated workload kind keeps its pod template.
+const WORKLOAD_KINDS: [(&str, &str, &str, &str); 4] = [
+    ("apps", "Deployment", "deployments", "spec.template"),
+    ("batch", "CronJob", "cronjobs", "spec.jobTemplate.spec.template"),
+    ("", "PodTemplate", "podtemplates", "template"),
+    ("", "ReplicationController", "replicationcontrollers", "spec.template"),
+];
+
+/// A workload of `WORKLOAD_KINDS[kind]` with `template` (none when `None`) and `replicas`.
+fn workload(kind: usize, namespace: &str, template: Option<&Value>, replicas: i64, deleting: bool) -> Value {
+    let (group, kind_name, _, path) = WORKLOAD_KINDS[kind];
+    let api_version = if group.is_empty() { "v1".to_string() } else { format!("{group}/v1") };
+    let mut object =
+        json!({"apiVersion": api_version, "kind": kind_name, "metadata": {"name": "w", "namespace": namespace}});
+    if deleting {
+        object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        object["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    }
+    if kind_name != "PodTemplate" {
+        object["spec"] = json!({"replicas": replicas});
+    }
+    if let Some(template) = template {
+        let mut at = &mut object;
+        let segments: Vec<&str> = path.split('.').collect();
+        for segment in &segments[..segments.len() - 1] {
+            if at.get(*segment).is_none() {
+                at[*segment] = json!({});
+            }
+            at = &mut at[*segment];
+        }
+        at[segments[segments.len() - 1]] = template.clone();
+    }
+    object
+}
+
+fn template(labels: Option<Value>, volumes: Vec<Value>) -> Value {
+    let pod = pod("ignored", "ignored", labels, None, volumes);
+    json!({"metadata": pod["metadata"].get("labels").map(|l| json!({"labels": l})).unwrap_or_else(|| json!({})), "spec": pod["spec"]})
+}
+
+fn workload_request(kind: usize, namespace: &str, object: Value, old: Option<Value>, user_info: Value) -> Value {
+    let (group, kind_name, resource, _) = WORKLOAD_KINDS[kind];
+    let operation = if old.is_some() { "UPDATE" } else { "CREATE" };
+    json!({
+        "uid": "req-workload", "kind": {"group": group, "version": "v1", "kind": kind_name},
+        "resource": {"group": group, "version": "v1", "resource": resource},
+        "name": "w", "namespace": namespace, "operation": operation, "userInfo": user_info,
+        "object": object, "oldObject": old.unwrap_or(Value::Null), "dryRun": false,
     })
 }
 
@@ -514,6 +568,54 @@ fn only_csi_drivers_with_token_requests_are_sent() {
 }
 
 #[test]
+fn only_workload_changes_of_the_pod_template_are_sent() {
+    let policy = hand_policy();
+    let store = cluster(&["team-a"], false);
+    let vault = template(None, vec![projected("vault", json!([token(Some("vault"), 3600, "token")]))]);
+    let plain = template(None, vec![]);
+    for kind in 0..WORKLOAD_KINDS.len() {
+        let (_, name, _, _) = WORKLOAD_KINDS[kind];
+        let create = workload_request(kind, "prod", workload(kind, "prod", Some(&vault), 1, false), None, alice());
+        assert!(was_called(&policy, &create, names::WORKLOADS), "{name} CREATE");
+        let scale = workload_request(
+            kind,
+            "prod",
+            workload(kind, "prod", Some(&vault), 3, false),
+            Some(workload(kind, "prod", Some(&vault), 1, false)),
+            alice(),
+        );
+        assert!(!was_called(&policy, &scale, names::WORKLOADS), "{name}: a scale keeps the template");
+        check(&policy, &store, &scale).expect("property");
+        let changed = workload_request(
+            kind,
+            "prod",
+            workload(kind, "prod", Some(&vault), 1, false),
+            Some(workload(kind, "prod", Some(&plain), 1, false)),
+            alice(),
+        );
+        assert!(was_called(&policy, &changed, names::WORKLOADS), "{name}: a new template");
+        let deleting = workload_request(
+            kind,
+            "prod",
+            workload(kind, "prod", Some(&vault), 1, true),
+            Some(workload(kind, "prod", Some(&plain), 1, false)),
+            alice(),
+        );
+        assert!(!was_called(&policy, &deleting, names::WORKLOADS), "{name}: being deleted");
+        check(&policy, &store, &deleting).expect("property");
+    }
+    // A ReplicationController may have no template at all, before and after.
+    let bare = workload_request(
+        3,
+        "prod",
+        workload(3, "prod", None, 2, false),
+        Some(workload(3, "prod", None, 1, false)),
+        alice(),
+    );
+    assert!(!was_called(&policy, &bare, names::WORKLOADS));
+}
+
+#[test]
 fn the_checked_in_configurations_are_generated_from_the_shipped_policy() {
     let root = env!("CARGO_MANIFEST_DIR");
     let policy =
@@ -714,7 +816,28 @@ fn request_strategy() -> impl Strategy<Value = Value> {
         Just(csi_driver_request(Some(json!([])))),
         Just(csi_driver_request(Some(json!([{"audience": "vault", "expirationSeconds": 3600}])))),
     ];
-    prop_oneof![4 => pods, 3 => tokens, 1 => secrets, 1 => drivers]
+    let templates = || {
+        (labels_strategy(), prop::collection::vec(volume_strategy(), 0..3)).prop_map(|(labels, mut volumes)| {
+            let mut seen = std::collections::HashSet::new();
+            volumes.retain(|v| seen.insert(v["name"].as_str().unwrap_or_default().to_string()));
+            template(labels, volumes)
+        })
+    };
+    let workloads = (
+        0..WORKLOAD_KINDS.len(),
+        prop::sample::select(NAMESPACES.to_vec()),
+        templates(),
+        prop::option::of(prop::option::of(templates())),
+        any::<bool>(),
+        0u8..6,
+    )
+        .prop_map(|(kind, namespace, new, old, deleting, who)| {
+            // old: None = CREATE; Some(None) = UPDATE keeping the template; Some(Some(t)) = UPDATE to it.
+            let object = workload(kind, namespace, Some(&new), 2, deleting);
+            let old = old.map(|old| workload(kind, namespace, Some(old.as_ref().unwrap_or(&new)), 1, false));
+            workload_request(kind, namespace, object, old, someone(who))
+        });
+    prop_oneof![4 => pods, 3 => tokens, 1 => secrets, 1 => drivers, 2 => workloads]
 }
 
 /// What NodeRestriction guarantees before any webhook sees a kubelet's TokenRequest (upstream:
@@ -764,7 +887,14 @@ fn generated_requests_reach_both_outcomes_of_every_webhook() {
             *seen.entry((name, is_called)).or_default() += 1;
         }
     }
-    for name in [names::PODS_MUTATE, names::PODS_VALIDATE, names::TOKEN_REQUESTS, names::CSI_DRIVERS, names::SECRETS] {
+    for name in [
+        names::PODS_MUTATE,
+        names::PODS_VALIDATE,
+        names::TOKEN_REQUESTS,
+        names::CSI_DRIVERS,
+        names::SECRETS,
+        names::WORKLOADS,
+    ] {
         for is_called in [true, false] {
             assert!(
                 seen.contains_key(&(name.to_string(), is_called)),

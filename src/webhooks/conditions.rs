@@ -60,6 +60,8 @@ pub mod names {
     pub const DRIVERS_WITHOUT_TOKENS: &str = "skip-csidrivers-without-token-requests";
     pub const OTHER_SECRET_TYPES: &str = "skip-other-secret-types";
     pub const SECRET_UPDATES_KEEPING_THE_ACCOUNT: &str = "skip-secret-updates-keeping-the-service-account";
+    pub const WORKLOADS_BEING_DELETED: &str = "skip-workloads-being-deleted";
+    pub const WORKLOAD_UPDATES_KEEPING_THE_TEMPLATE: &str = "skip-workload-updates-keeping-the-pod-template";
 }
 
 /// The conditions of every webhook: the break-glass group and the policy's exemptions.
@@ -234,6 +236,42 @@ pub fn service_account_token_secret() -> Vec<MatchCondition> {
                 "request.operation != 'UPDATE'\n|| {new} != {old}\n|| ({new} && object.metadata.annotations[{key}] != oldObject.metadata.annotations[{key}])",
                 new = has_key("object"),
                 old = has_key("oldObject"),
+            ),
+        ),
+    ]
+}
+
+/// Workloads: not an object being deleted (its template is not judged), and on UPDATE only when
+/// the pod template changed (controllers scale and garbage-collect workloads by UPDATE without
+/// touching it). The template sits at `spec.jobTemplate.spec.template` in a CronJob, `template`
+/// in a PodTemplate and `spec.template` elsewhere.
+pub fn workload_template_changes() -> Vec<MatchCondition> {
+    let changed = |path: &str| {
+        // `has()` on every step: each may be absent.
+        let has = |o: &str| {
+            let segments: Vec<&str> = path.split('.').collect();
+            let steps: Vec<String> =
+                (1..=segments.len()).map(|n| format!("has({o}.{})", segments[..n].join("."))).collect();
+            steps.join(" && ")
+        };
+        format!(
+            "({new}) != ({old}) || (({new}) && object.{path} != oldObject.{path})",
+            new = has("object"),
+            old = has("oldObject"),
+        )
+    };
+    vec![
+        MatchCondition::new(
+            names::WORKLOADS_BEING_DELETED,
+            "!has(object.metadata.deletionTimestamp)".to_string(),
+        ),
+        MatchCondition::new(
+            names::WORKLOAD_UPDATES_KEEPING_THE_TEMPLATE,
+            format!(
+                "request.operation != 'UPDATE'\n|| (request.kind.kind == 'CronJob'\n  ? {}\n  : request.kind.kind == 'PodTemplate'\n  ? {}\n  : {})",
+                changed("spec.jobTemplate.spec.template"),
+                changed("template"),
+                changed("spec.template"),
             ),
         ),
     ]

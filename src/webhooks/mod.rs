@@ -293,7 +293,10 @@ pub fn configurations_for_audiences(
             ),
             vec![conditions::csi_driver_has_token_requests()],
         ),
-        validate(names::WORKLOADS, FailurePolicy::Ignore, workload_rules, true),
+        with(
+            validate(names::WORKLOADS, FailurePolicy::Ignore, workload_rules, true),
+            conditions::workload_template_changes(),
+        ),
         with(
             validate(
                 names::SECRETS,
@@ -376,7 +379,8 @@ fn header_comments(policy: &Policy) -> Vec<String> {
         "- csidrivers.validate: only drivers that declare tokenRequests;",
         "- secrets.validate: only Secrets of type kubernetes.io/service-account-token (on UPDATE only when",
         "  the kubernetes.io/service-account.name annotation changes);",
-        "- workloads.validate (failurePolicy: Ignore): an early warning at `kubectl apply` time only.",
+        "- workloads.validate (failurePolicy: Ignore): an early warning at `kubectl apply` time only; not",
+        "  for objects being deleted, and on UPDATE only when the pod template changes.",
         "Why Fail elsewhere: a pod that must carry an identity token never starts without it, and one with a",
         "forbidden token never slips through; kubelets refresh tokens at 80% of their lifetime, so a short",
         "outage expires no running pod's token; CSIDriver and legacy token Secret changes are rare and",
