@@ -573,8 +573,7 @@ fn only_workload_changes_of_the_pod_template_are_sent() {
     let store = cluster(&["team-a"], false);
     let vault = template(None, vec![projected("vault", json!([token(Some("vault"), 3600, "token")]))]);
     let plain = template(None, vec![]);
-    for kind in 0..WORKLOAD_KINDS.len() {
-        let (_, name, _, _) = WORKLOAD_KINDS[kind];
+    for (kind, (_, name, _, _)) in WORKLOAD_KINDS.iter().enumerate() {
         let create = workload_request(kind, "prod", workload(kind, "prod", Some(&vault), 1, false), None, alice());
         assert!(was_called(&policy, &create, names::WORKLOADS), "{name} CREATE");
         let scale = workload_request(
