@@ -4,6 +4,9 @@
 #
 #   certs/generate.sh [OUT_DIR]        default OUT_DIR: certs/out
 #
+# The certificate names the Service tokengate in NAMESPACE (default tokengate-system), e.g.
+#   NAMESPACE=security certs/generate.sh    for an install in the namespace security.
+#
 # The certificate verifies under Go's crypto/x509 rules, which kube-apiserver applies: SANs for
 # the service names (no reliance on the Common Name), extended key usage serverAuth, a proper CA
 # (basicConstraints CA:TRUE, keyCertSign). ECDSA P-256 keys. For production use cert-manager
@@ -14,7 +17,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-"$root/certs/out"}
 days=${DAYS:-365}
 service=tokengate
-namespace=tokengate-system
+namespace=${NAMESPACE:-tokengate-system}
 mkdir -p "$out"
 umask 077
 
@@ -86,5 +89,5 @@ for overlay in dev local; do
   cabundle_patch 1 > "$generated/mutating-cabundle.yaml"
   cabundle_patch 5 > "$generated/validating-cabundle.yaml"
 done
-cp "$out/tls.crt" "$out/tls.key" "$root/manifests/overlays/dev/generated/"
+cp "$out/ca.crt" "$out/tls.crt" "$out/tls.key" "$root/manifests/overlays/dev/generated/"
 echo "wrote $out/{ca.crt,ca.key,tls.crt,tls.key} and manifests/overlays/{dev,local}/generated/"

@@ -233,8 +233,8 @@ pub struct PolicySourceArgs {
 pub struct AuditArgs {
     #[command(flatten)]
     pub policy: PolicySourceArgs,
-    /// Output format: `text` (one line per violation) or `json` (one document).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    /// Output format: `text`, `json`, `junit` or `github` (as for check).
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
@@ -262,24 +262,41 @@ pub struct CheckArgs {
     /// ...), as multi-document YAML or a `kind: List`. Repeat for several files.
     #[arg(long, value_name = "FILE")]
     pub objects: Vec<PathBuf>,
-    /// Output format: `text` (one line per violation) or `json` (one document).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    /// Output format: `text` (one line per violation), `json` (one document), `junit` (JUnit
+    /// XML for CI test reports) or `github` (GitHub Actions annotations with file and line).
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-    /// The namespace of objects whose manifests name none (as `kubectl apply -n` would).
-    #[arg(long, value_name = "NAMESPACE", default_value = "default")]
+    /// The namespace of objects whose manifests name none, as `kubectl apply -n` would: every
+    /// namespace-less object takes it, ServiceAccounts from the manifests and --objects too.
+    #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Manifest files or directories to check.
+    /// Fail (exit 1) on violations whatever the policy's mode, so CI can gate while the cluster
+    /// runs the policy in Warn or Audit mode.
+    #[arg(long)]
+    pub fail_on_warn: bool,
+    /// Fail (exit 1) when something could not be checked: a lookup found nothing among the
+    /// objects (e.g. a CSIDriver a pod mounts is not among the files), or no object was checked.
+    #[arg(long)]
+    pub strict: bool,
+    /// Skip files whose path matches this glob (e.g. `**/templates/tests/**`); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Manifest files or directories to check; `-` reads standard input
+    /// (`helm template . | tokengate check --policy p.yaml -`).
     #[arg(value_name = "PATH", required = true)]
     pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy document and list every problem with its field path.
+    /// Validate a policy document and list every problem at once, each as
+    /// `file:line:column: field path: problem`; warnings (e.g. a missing apiServerAudiences) go
+    /// to stderr.
     ///
-    /// Exit status: 0 when valid, 1 when invalid, 2 when the file cannot be read.
+    /// Exit status: 0 when valid (warnings included), 1 when invalid, 2 when the file cannot be
+    /// read.
     Validate {
-        /// The policy document (YAML or JSON).
+        /// The policy document (YAML or JSON); `-` reads standard input.
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
@@ -319,12 +336,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(millis))
 }
 
-/// `--output`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Text,
-    Json,
-}
+pub use crate::report::OutputFormat;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,8 @@ pub mod cluster;
 pub mod manifest;
 pub mod metrics;
 pub mod policy;
+pub mod positions;
+pub mod report;
 pub mod review;
 pub mod server;
 pub mod source;

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use clap::Parser;
 use k8s_openapi::api::core::v1::ObjectReference;
 
-use tokengate::check::{CheckOptions, Report};
+use tokengate::check::{CheckOptions, FileError, Gate, Report};
 use tokengate::cli::{
     AuditArgs, CheckArgs, Cli, Command, LogFormat, ManageWebhooksArgs, OutputFormat, PolicyCommand, PolicySourceArgs,
     ReviewArgs, ServeArgs, WebhookArg, WebhooksArgs,
@@ -20,6 +20,7 @@ use tokengate::cluster::{Cluster, LiveCluster, LiveOptions, ObjectStore};
 use tokengate::manifest::{self, Document};
 use tokengate::metrics::Metrics;
 use tokengate::policy::{Policy, PolicyError};
+use tokengate::report::render;
 use tokengate::review::{self, Reply, Webhook};
 use tokengate::server::tls::CertificateFiles;
 use tokengate::server::{self, ServerConfig};
@@ -93,7 +94,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let options = LiveOptions { fallback_timeout: args.lookup_timeout, ..LiveOptions::default() };
             serve_with(&args, policy, LiveCluster::start(client, options), metrics, manager).await
         }
-        None => serve_with(&args, policy, Arc::new(load_objects(&args.objects, &[])?), metrics, manager).await,
+        None => {
+            serve_with(&args, policy, Arc::new(load_objects(&args.objects, &[], "default")?), metrics, manager).await
+        }
     }
 }
 
@@ -227,7 +230,7 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 
 async fn run_review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
-    let cluster = load_objects(&args.objects, &[])?;
+    let cluster = load_objects(&args.objects, &[], "default")?;
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body).context("reading the AdmissionReview from stdin")?;
     let webhook = match args.webhook {
@@ -249,11 +252,23 @@ async fn run_review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
-    let documents = manifest::load_paths(&args.paths)?;
-    let cluster = load_objects(&args.objects, &documents)?;
+    let exclude = exclude_globs(&args.exclude)?;
+    let loaded = manifest::load_inputs(&args.paths, &exclude);
+    let cluster = load_objects(&args.objects, &loaded.documents, &args.namespace)?;
     let options = CheckOptions { default_namespace: &args.namespace, mutate_pods_first: true };
-    let report = tokengate::check::check(&policy, &documents, &cluster, options).await;
-    print_report(&report, args.output)
+    let mut report = tokengate::check::check(&policy, &loaded.documents, &cluster, options).await;
+    report.errors = loaded.errors.into_iter().map(|e| FileError { file: e.path, message: e.message }).collect();
+    let gate = Gate { fail_on_warn: args.fail_on_warn, strict: args.strict };
+    print_report(&report, args.output, gate)
+}
+
+/// `--exclude` globs, matched against whole file paths.
+fn exclude_globs(patterns: &[String]) -> anyhow::Result<globset::GlobSet> {
+    let mut builder = globset::GlobSetBuilder::new();
+    for pattern in patterns {
+        builder.add(globset::Glob::new(pattern).with_context(|| format!("--exclude {pattern:?}"))?);
+    }
+    Ok(builder.build()?)
 }
 
 async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
@@ -268,60 +283,73 @@ async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     };
     let progress = |kind: &str, count: usize| eprintln!("listed {count} {kind} object(s)");
     let report = tokengate::audit::audit(client, &policy, progress).await.context("listing the cluster")?;
-    print_report(&report, args.output)
+    print_report(&report, args.output, Gate::default())
 }
 
-fn print_report(report: &Report, output: OutputFormat) -> anyhow::Result<ExitCode> {
-    match output {
-        OutputFormat::Text => {
-            print!("{}", report.to_text());
-            eprintln!(
-                "checked {} object(s): {} violation(s), policy mode {}",
-                report.checked,
-                report.violations.len(),
-                report.mode
-            );
-        }
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report).context("encoding the report")?),
-    }
-    Ok(if report.fails() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+fn print_report(report: &Report, output: OutputFormat, gate: Gate) -> anyhow::Result<ExitCode> {
+    let rendered = render(report, output, gate);
+    print!("{}", rendered.stdout);
+    eprint!("{}", rendered.stderr);
+    Ok(if !report.errors.is_empty() {
+        ExitCode::from(EXIT_UNREADABLE)
+    } else if report.fails(gate) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn validate_policy(file: &Path) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = read_text(file)?;
+    let name = file.display().to_string();
     match Policy::parse(&text) {
         Ok(policy) => {
-            println!("{}: valid", file.display());
+            println!("{name}: valid");
             for warning in policy.warnings() {
-                eprintln!("{}: warning: {warning}", file.display());
+                eprintln!("{name}: warning: {warning}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
             for problem in err.problems() {
-                println!("{}: {problem}", file.display());
+                println!("{}", problem.at(&name));
             }
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
-fn load_policy(file: &Path) -> anyhow::Result<Policy> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading policy {}", file.display()))?;
-    Policy::parse(&text).map_err(|err: PolicyError| anyhow::anyhow!("{}: {err}", file.display()))
+/// A file's text; `-` is standard input.
+fn read_text(file: &Path) -> anyhow::Result<String> {
+    if file.as_os_str() == manifest::STDIN {
+        return std::io::read_to_string(std::io::stdin()).context("reading standard input");
+    }
+    std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
 }
 
-/// The offline cluster: objects from `--objects` files plus those found among manifests.
-fn load_objects(files: &[PathBuf], documents: &[Document]) -> anyhow::Result<ObjectStore> {
+fn load_policy(file: &Path) -> anyhow::Result<Policy> {
+    let text = read_text(file).context("reading the policy")?;
+    Policy::parse(&text).map_err(|err: PolicyError| {
+        let name = file.display().to_string();
+        let problems: Vec<String> = err.problems().iter().map(|p| format!("  {}", p.at(&name))).collect();
+        anyhow::anyhow!("the policy {name} is invalid:\n{}", problems.join("\n"))
+    })
+}
+
+/// The offline cluster: objects from `--objects` files plus those found among manifests;
+/// namespace-less objects are in `default_namespace`.
+fn load_objects(files: &[PathBuf], documents: &[Document], default_namespace: &str) -> anyhow::Result<ObjectStore> {
     let mut store = ObjectStore::default();
     for (file, document) in files.iter().map(|f| (f, manifest::load_paths(std::slice::from_ref(f)))) {
         for document in document? {
-            store.insert(&document.object).with_context(|| format!("reading objects from {}", file.display()))?;
+            store
+                .insert_in(&document.object, default_namespace)
+                .with_context(|| format!("reading objects from {}", file.display()))?;
         }
     }
     // A manifest that does not decode is reported by the check itself.
     for document in documents {
-        let _ = store.insert(&document.object);
+        let _ = store.insert_in(&document.object, default_namespace);
     }
     Ok(store)
 }

@@ -25,7 +25,7 @@ use tokengate::webhooks::conditions::names as condition;
 use tokengate::webhooks::{self, configurations, names, Configurations, Options, Webhook};
 
 /// The policy the checked-in configurations are generated from; one const so it can move.
-const SHIPPED_POLICY: &str = "manifests/base/policy.yaml";
+const SHIPPED_POLICY: &str = "manifests/policy/policy.yaml";
 /// The checked-in configurations.
 const SHIPPED_WEBHOOKS: &str = "manifests/webhooks/webhooks.yaml";
 /// The Service they point at.

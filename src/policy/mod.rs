@@ -8,6 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use document::Mode;
+
+use crate::positions::{self, Position};
 use globs::{Globs, LabelSelector};
 
 /// The API server's lower bound on token lifetimes, and tokengate's default minimum.
@@ -180,6 +182,18 @@ pub enum TokenDenial {
 pub struct Problem {
     pub path: String,
     pub message: String,
+    /// Where the field is in the document's text, when it was read from YAML or JSON text.
+    pub position: Option<Position>,
+}
+
+impl Problem {
+    /// `file:line:column: path: message`, or `file: path: message` without a position.
+    pub fn at(&self, file: &str) -> String {
+        match self.position {
+            Some(Position { line, column }) => format!("{file}:{line}:{column}: {self}"),
+            None => format!("{file}: {self}"),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -218,8 +232,19 @@ impl Policy {
     /// Like [`Policy::parse`], with `learned` API server audiences (read from the cluster)
     /// added to the document's `apiServerAudiences`.
     pub fn parse_with_api_server_audiences(text: &str, learned: &[String]) -> Result<Policy, PolicyError> {
-        let document = compile::parse_document(text)?;
-        compile::compile(document, learned)
+        let (document, mut problems) = compile::read_document(text)?;
+        match document.map(|document| compile::compile(document, learned)) {
+            Some(Ok(policy)) if problems.is_empty() => return Ok(policy),
+            Some(Err(PolicyError::Invalid(more))) => problems.extend(more),
+            _ => {}
+        }
+        let located = positions::positions(text);
+        if let Some(fields) = located.first() {
+            for problem in &mut problems {
+                problem.position = positions::locate(fields, &problem.path);
+            }
+        }
+        Err(PolicyError::Invalid(problems))
     }
 
     /// What to do with violations.
@@ -309,6 +334,7 @@ impl Policy {
         if !self.api_server_audiences_listed {
             warnings.push(Problem {
                 path: "spec.apiServerAudiences".to_string(),
+                position: None,
                 message: "absent: list the cluster's --api-audiences (the `aud` claim of any pod's automount token, e.g. `kubectl create token default | cut -d. -f2 | base64 -d`); offline commands then treat only \"\" and absent audiences as the API server's, and `serve` learns the list from its own token".to_string(),
             });
         }
