@@ -12,3 +12,4 @@ pub mod report;
 pub mod review;
 pub mod server;
 pub mod source;
+pub mod webhooks;
