@@ -14,3 +14,4 @@ pub mod report;
 pub mod review;
 pub mod server;
 pub mod source;
+pub mod webhooks;

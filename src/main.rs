@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use base64::Engine as _;
 use clap::Parser;
+use k8s_openapi::api::core::v1::ObjectReference;
 
 use tokengate::check::{CheckOptions, FileError, Gate, Report};
 use tokengate::cli::{
-    AuditArgs, CheckArgs, Cli, Command, ExplainArgs, ExplainFormat, InitArgs, LogFormat, OutputFormat, PolicyCommand,
-    PolicySourceArgs, ReviewArgs, ServeArgs, WebhookArg,
+    AuditArgs, CheckArgs, Cli, Command, ExplainArgs, ExplainFormat, InitArgs, LogFormat, ManageWebhooksArgs,
+    OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs, ServeArgs, WebhookArg, WebhooksArgs,
 };
 use tokengate::cluster::audiences::audiences_of_token_file;
 use tokengate::cluster::{Cluster, LiveCluster, LiveOptions, ObjectStore};
@@ -23,6 +25,8 @@ use tokengate::review::{self, Reply, Webhook};
 use tokengate::server::tls::CertificateFiles;
 use tokengate::server::{self, ServerConfig};
 use tokengate::source::{self, PolicyPublisher, PolicyReceiver};
+use tokengate::webhooks::manage::{self, ManageOptions};
+use tokengate::webhooks::{self, Endpoint};
 
 /// Exit status for input that cannot be read (unreadable files, invalid policy, no cluster).
 const EXIT_UNREADABLE: u8 = 2;
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
             Command::Policy(PolicyCommand::Validate { file }) => validate_policy(&file),
             Command::Explain(args) => run_explain(args).await,
             Command::Init(args) => run_init(args).await,
+            Command::Webhooks(args) => run_webhooks(args),
         }
     });
     outcome.unwrap_or_else(|err| {
@@ -56,7 +61,7 @@ async fn kube_client() -> anyhow::Result<kube::Client> {
 async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format, &args.log)?;
     let metrics = Arc::new(Metrics::new());
-    let needs_api = args.policy.policy_configmap.is_some() || args.objects.is_empty();
+    let needs_api = args.policy.policy_configmap.is_some() || args.objects.is_empty() || args.webhooks.manage_webhooks;
     let client = if needs_api { Some(kube_client().await?) } else { None };
 
     let (mut publisher, policy) = PolicyPublisher::new(metrics.clone());
@@ -82,13 +87,93 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => unreachable!("clap requires --policy or --policy-configmap, and a client for the ConfigMap"),
     }
 
+    let manager = match (&client, args.webhooks.manage_webhooks) {
+        (Some(client), true) => Some((client.clone(), manage_options(&args, client)?)),
+        _ => None,
+    };
     match client.filter(|_| args.objects.is_empty()) {
         Some(client) => {
             let options = LiveOptions { fallback_timeout: args.lookup_timeout, ..LiveOptions::default() };
-            serve_with(&args, policy, LiveCluster::start(client, options), metrics).await
+            serve_with(&args, policy, LiveCluster::start(client, options), metrics, manager).await
         }
-        None => serve_with(&args, policy, Arc::new(load_objects(&args.objects, &[], "default")?), metrics).await,
+        None => {
+            serve_with(&args, policy, Arc::new(load_objects(&args.objects, &[], "default")?), metrics, manager).await
+        }
     }
+}
+
+/// `--manage-webhooks` and its settings, typed once.
+fn manage_options(args: &ServeArgs, client: &kube::Client) -> anyhow::Result<ManageOptions> {
+    let ManageWebhooksArgs {
+        webhook_configuration_name,
+        webhook_service,
+        webhook_url,
+        webhook_ca_bundle,
+        webhook_annotation,
+        ..
+    } = &args.webhooks;
+    let endpoint = match webhook_url {
+        Some(url) => Endpoint::Url(url.clone()),
+        None => Endpoint::Service(webhook_service.clone()),
+    };
+    let webhooks =
+        webhook_options(endpoint, webhook_configuration_name, webhook_ca_bundle.as_deref(), webhook_annotation)?;
+    let event_target = match (&args.policy.policy_configmap, std::env::var("POD_NAME")) {
+        (Some(configmap), _) => Some(ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("ConfigMap".to_string()),
+            namespace: Some(configmap.namespace.clone()),
+            name: Some(configmap.name.clone()),
+            ..ObjectReference::default()
+        }),
+        (None, Ok(pod)) => Some(ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("Pod".to_string()),
+            namespace: Some(client.default_namespace().to_string()),
+            name: Some(pod),
+            ..ObjectReference::default()
+        }),
+        (None, Err(_)) => None,
+    };
+    Ok(ManageOptions { event_target, ..ManageOptions::new(webhooks) })
+}
+
+/// The options shared by `webhooks` and `serve --manage-webhooks`; reads the CA bundle file.
+fn webhook_options(
+    endpoint: Endpoint,
+    name: &str,
+    ca_bundle: Option<&Path>,
+    annotations: &[(String, String)],
+) -> anyhow::Result<webhooks::Options> {
+    let ca_bundle = match ca_bundle {
+        Some(file) => {
+            let pem = std::fs::read(file).with_context(|| format!("reading the CA bundle {}", file.display()))?;
+            if !pem.starts_with(b"-----BEGIN") {
+                anyhow::bail!("{} is not a PEM file (it should start with -----BEGIN)", file.display());
+            }
+            Some(base64::engine::general_purpose::STANDARD.encode(pem))
+        }
+        None => None,
+    };
+    Ok(webhooks::Options {
+        name: name.to_string(),
+        endpoint,
+        ca_bundle,
+        annotations: annotations.iter().cloned().collect(),
+    })
+}
+
+fn run_webhooks(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(&args.policy)?;
+    let endpoint = match (args.endpoint.service, args.endpoint.url) {
+        (Some(service), _) => Endpoint::Service(service),
+        (None, Some(url)) => Endpoint::Url(url),
+        (None, None) => unreachable!("clap requires --service or --url"),
+    };
+    let options = webhook_options(endpoint, &args.name, args.ca_bundle.as_deref(), &args.annotation)?;
+    let yaml = webhooks::render_yaml(&policy, &webhooks::configurations(&policy, &options))?;
+    std::io::stdout().lock().write_all(yaml.as_bytes()).context("writing the configurations")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve_with<C: Cluster + Send + Sync + 'static>(
@@ -96,6 +181,7 @@ async fn serve_with<C: Cluster + Send + Sync + 'static>(
     policy: PolicyReceiver,
     cluster: Arc<C>,
     metrics: Arc<Metrics>,
+    manager: Option<(kube::Client, ManageOptions)>,
 ) -> anyhow::Result<ExitCode> {
     let certificates = CertificateFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone() };
     let config = ServerConfig {
@@ -113,6 +199,7 @@ async fn serve_with<C: Cluster + Send + Sync + 'static>(
         ..ServerConfig::new(certificates)
     };
     tracing::info!(config = ?config, policy = ?args.policy, objects = ?args.objects, "starting");
+    let (manager_policy, manager_cluster, manager_metrics) = (policy.clone(), cluster.clone(), metrics.clone());
     let running = match server::start(config, policy, cluster, metrics).await {
         Ok(running) => running,
         Err(err) => {
@@ -121,6 +208,11 @@ async fn serve_with<C: Cluster + Send + Sync + 'static>(
             return Ok(ExitCode::FAILURE);
         }
     };
+    // Started only now that the certificate has loaded; it also waits for a policy and synced caches.
+    if let Some((client, options)) = manager {
+        let ready = move || manager_cluster.is_ready();
+        tokio::spawn(manage::run(client, manager_policy, ready, options, manager_metrics));
+    }
     server::termination_signal().await;
     running.shutdown();
     running.wait().await;

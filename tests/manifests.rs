@@ -19,7 +19,7 @@ fn objects(file: &str) -> Vec<Value> {
 }
 
 fn webhooks() -> Vec<(String, Value)> {
-    objects("manifests/base/webhooks.yaml")
+    objects("manifests/webhooks/webhooks.yaml")
         .into_iter()
         .flat_map(|config| {
             let kind = config["kind"].as_str().expect("kind").to_string();
@@ -57,6 +57,7 @@ fn webhooks_ask_only_for_what_tokengate_decides() {
         ("batch", "cronjobs", &["CREATE", "UPDATE"]),
         ("", "replicationcontrollers", &["CREATE", "UPDATE"]),
         ("", "podtemplates", &["CREATE", "UPDATE"]),
+        ("", "secrets", &["CREATE", "UPDATE"]),
     ];
     for (kind, name, group, resource, operations) in &seen {
         let entry = allowed.iter().find(|(g, r, _)| g == group && r == resource);
@@ -97,7 +98,7 @@ fn webhooks_are_narrow_fast_and_side_effect_free() {
         let expected = if name.starts_with("workloads.") { "Ignore" } else { "Fail" };
         assert_eq!(policy, expected, "{name}: documented failure policy");
         let conditions = webhook["matchConditions"].as_array().expect("matchConditions");
-        assert!(conditions.iter().any(|c| c["name"] == "not-breakglass"), "{name}");
+        assert!(conditions.iter().any(|c| c["name"] == "skip-breakglass"), "{name}");
         let is_cluster_scoped = webhook["rules"][0]["scope"] == "Cluster";
         if is_cluster_scoped {
             assert!(
@@ -140,6 +141,7 @@ fn the_deployment_is_highly_available_and_restricted() {
     let startup_seconds =
         startup["periodSeconds"].as_u64().expect("period") * startup["failureThreshold"].as_u64().expect("threshold");
     assert!(startup_seconds >= 60, "a startup probe gives a slow start {startup_seconds} s");
+    assert!(strings(&container["args"]).contains(&"--manage-webhooks".to_string()), "replicas apply the webhooks");
     let pdb = objects("manifests/base/poddisruptionbudget.yaml").remove(0);
     assert_eq!(pdb["kind"], "PodDisruptionBudget");
 }
@@ -170,6 +172,10 @@ fn rbac_is_read_only_except_events() {
             let resources = strings(&rule["resources"]);
             if resources == ["events"] {
                 assert_eq!(verbs, ["create", "patch"], "events record why a policy was refused");
+            } else if rule["apiGroups"][0] == "admissionregistration.k8s.io" {
+                // serve --manage-webhooks: server-side apply of its own two objects only.
+                assert_eq!(verbs, ["get", "create", "patch"], "{resources:?}");
+                assert_eq!(strings(&rule["resourceNames"]), ["tokengate"], "only its own configurations");
             } else {
                 assert_eq!(verbs, ["get", "list", "watch"], "{resources:?} are only read");
             }

@@ -517,5 +517,27 @@ pub fn expiration_or_default(seconds: Option<i64>) -> u64 {
     seconds.map_or(DEFAULT_EXPIRATION_SECONDS, |s| u64::try_from(s).unwrap_or(0))
 }
 
+/// Read access for rendering the policy elsewhere (the webhook configurations' match conditions).
+impl Policy {
+    /// The namespace globs of `spec.exemptions.namespaces`, as written.
+    pub fn exempt_namespaces(&self) -> &[String] {
+        self.exemptions.namespaces.as_ref().map_or(&[], |globs| globs.patterns())
+    }
+
+    /// `spec.exemptions.users`, sorted.
+    pub fn exempt_users(&self) -> Vec<&str> {
+        let mut users: Vec<&str> = self.exemptions.users.iter().map(String::as_str).collect();
+        users.sort_unstable();
+        users
+    }
+
+    /// `spec.exemptions.groups`, sorted.
+    pub fn exempt_groups(&self) -> Vec<&str> {
+        let mut groups: Vec<&str> = self.exemptions.groups.iter().map(String::as_str).collect();
+        groups.sort_unstable();
+        groups
+    }
+}
+
 #[cfg(test)]
 mod tests;

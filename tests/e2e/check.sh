@@ -115,8 +115,8 @@ render_manifests() {
   rm -rf "$copy/certs/out" "$copy"/manifests/overlays/*/generated
   "$copy/certs/generate.sh" "$copy/certs/out"
   mkdir -p "$work/rendered"
-  for dir in "$copy/manifests/base" "$copy/manifests/policy" "$copy"/manifests/overlays/*/ \
-    "$copy"/tests/fixtures/overlays/*/; do
+  for dir in "$copy/manifests/base" "$copy/manifests/policy" "$copy/manifests/webhooks" \
+    "$copy"/manifests/overlays/*/ "$copy"/tests/fixtures/overlays/*/; do
     dir=${dir%/}
     name=$(basename "$dir")
     kubectl kustomize "$dir" > "$work/rendered/$name.yaml"
@@ -127,8 +127,8 @@ render_manifests() {
 validate_rendered() {
   local -a files
   mapfile -t files < <(find "$work/rendered" -name '*.yaml' | sort)
-  ((${#files[@]} >= 6)) ||
-    { echo "expected the base, the policy, three overlays and the example overlays, rendered: ${files[*]}"; return 1; }
+  ((${#files[@]} >= 7)) ||
+    { echo "expected the base, the policy, the webhooks, three overlays and the example overlays, rendered: ${files[*]}"; return 1; }
   validate_objects "${files[@]}"
 }
 
@@ -302,7 +302,7 @@ check "tests/e2e/local.sh --dry-run" dry_run_prints tests/e2e/local.sh \
   "kubectl create --save-config -k manifests/policy" \
   "kubectl apply -k manifests/overlays/local" \
   "cargo build --release --locked" \
-  "target/release/tokengate serve --policy-configmap tokengate-system/tokengate-policy --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen 127.0.0.1:8443 --admin-listen 127.0.0.1:8080" \
+  "target/release/tokengate serve --policy-configmap tokengate-system/tokengate-policy --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen 127.0.0.1:8443 --admin-listen 127.0.0.1:8080 --manage-webhooks --webhook-url https://127.0.0.1:8443 --webhook-ca-bundle certs/out/ca.crt" \
   "http://127.0.0.1:8080/readyz" \
   "MODE=local" \
   "kubectl delete mutatingwebhookconfiguration tokengate" \

@@ -117,8 +117,10 @@ if [[ -z ${TOKENGATE_BIN:-} ]]; then
 fi
 
 say "starting tokengate on $LISTEN (admin $ADMIN), log: $log"
+# --manage-webhooks: the match conditions follow the policy the scenarios install, as in a cluster.
 serve=("$bin" serve --policy-configmap "$SYSTEM_NAMESPACE/tokengate-policy"
-  --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen "$LISTEN" --admin-listen "$ADMIN")
+  --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen "$LISTEN" --admin-listen "$ADMIN"
+  --manage-webhooks --webhook-url "https://$LISTEN" --webhook-ca-bundle certs/out/ca.crt)
 if ((dry_run)); then
   run "${serve[@]}"
   echo "# (in the background, output to $log)"
