@@ -21,6 +21,7 @@ pub(super) fn read_document(text: &str) -> Result<(Option<PolicyDocument>, Vec<P
     if let Some(problem) = foreign_kind(&value) {
         return Ok((None, vec![problem]));
     }
+    drop_nulls(&mut value);
     let mut problems: Vec<Problem> = Vec::new();
     // Each pass removes one field, so the document's size bounds the passes.
     loop {
@@ -36,6 +37,19 @@ pub(super) fn read_document(text: &str) -> Result<(Option<PolicyDocument>, Vec<P
         if !repaired {
             return Ok((None, problems));
         }
+    }
+}
+
+/// Takes out fields written without a value (`match:`), which YAML reads as null: a field
+/// left empty means the same as a field left out.
+fn drop_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
     }
 }
 

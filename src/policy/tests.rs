@@ -138,6 +138,13 @@ fn typos_type_errors_and_value_problems_are_reported_together_with_their_lines()
 }
 
 #[test]
+fn a_field_written_without_a_value_counts_as_absent() {
+    let p = policy(&with_spec("  mode:\n  audiences:\n    - audience: vault\n      namespaces:\n"));
+    assert_eq!(p.mode(), Mode::Enforce);
+    assert!(p.check_token(&token("vault", "any", "sa", 3600)).is_ok());
+}
+
+#[test]
 fn a_document_of_another_kind_is_named() {
     let kyverno = "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nspec:\n  rules: []\n";
     let found = problems(kyverno);
