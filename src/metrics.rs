@@ -28,6 +28,11 @@ pub enum Rejection {
     BadRequest,
     /// No valid policy has been loaded yet (503).
     NoPolicy,
+    /// The request (headers and body) did not arrive within the read timeout: the connection
+    /// is closed.
+    ReadTimeout,
+    /// Buffering the body would take the bodies being read past the byte budget (503).
+    BodyBudget,
 }
 
 impl Rejection {
@@ -38,6 +43,8 @@ impl Rejection {
             Rejection::Overloaded => "overloaded",
             Rejection::BadRequest => "bad_request",
             Rejection::NoPolicy => "no_policy",
+            Rejection::ReadTimeout => "read_timeout",
+            Rejection::BodyBudget => "body_budget",
         }
     }
 }

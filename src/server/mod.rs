@@ -1,5 +1,7 @@
 //! The HTTPS webhook server: TLS connections, the admin port, reloads and graceful shutdown.
 
+mod body;
+mod deadline;
 mod routes;
 pub mod tls;
 
@@ -20,12 +22,18 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::cluster::Cluster;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejection};
 use crate::source::PolicyReceiver;
+pub use body::BodyBudget;
+use deadline::ReadClock;
 pub use routes::{AppState, MAX_BODY_BYTES};
 use tls::{CertificateFiles, CertificateStore, TlsError};
+
+/// The default byte budget of buffered request bodies: four bodies of the largest size.
+pub const DEFAULT_BODY_BUDGET: usize = 4 * MAX_BODY_BYTES;
 
 /// Everything `serve` is configured with.
 #[derive(Debug, Clone)]
@@ -35,12 +43,18 @@ pub struct ServerConfig {
     pub certificates: CertificateFiles,
     pub client_ca: Option<PathBuf>,
     pub http2: bool,
-    /// Reviews in flight at once; more are refused at once with 503.
+    /// Reviews in flight at once (counted once their body is read); more are refused at once
+    /// with 503.
     pub max_in_flight: usize,
+    /// Bytes that request bodies being read or reviewed may take, all connections together;
+    /// a body that does not fit is refused at once with 503. At least [`MAX_BODY_BYTES`].
+    pub body_budget: usize,
     /// How often certificate files are re-read.
     pub reload_interval: Duration,
     pub handshake_timeout: Duration,
-    pub header_read_timeout: Duration,
+    /// A request (headers and body) must arrive within this of its first byte, or its
+    /// connection is closed.
+    pub read_timeout: Duration,
     /// Idle keep-alive connections are closed after this; above the API server's 90 s.
     pub idle_timeout: Duration,
     /// After SIGTERM: how long to keep serving (while endpoints stop routing to this pod).
@@ -60,9 +74,10 @@ impl ServerConfig {
             client_ca: None,
             http2: false,
             max_in_flight: 512,
+            body_budget: DEFAULT_BODY_BUDGET,
             reload_interval: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(120),
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(20),
@@ -77,6 +92,9 @@ pub enum ServeError {
     /// The certificate, key or client CA is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The body budget cannot hold even one body of the largest size.
+    #[error("the body budget ({budget} bytes) must be at least the largest body ({MAX_BODY_BYTES} bytes)")]
+    BodyBudget { budget: usize },
     /// A listening address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -111,6 +129,9 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(
     cluster: Arc<C>,
     metrics: Arc<Metrics>,
 ) -> Result<Running, ServeError> {
+    if config.body_budget < MAX_BODY_BYTES {
+        return Err(ServeError::BodyBudget { budget: config.body_budget });
+    }
     let certificates = Arc::new(CertificateStore::load(config.certificates.clone(), metrics.clone())?);
     let tls = tls::server_config(certificates.clone(), config.client_ca.as_deref(), config.http2)?;
     let bind = |addr: SocketAddr| async move {
@@ -127,6 +148,8 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(
         cluster,
         metrics,
         in_flight: Semaphore::new(config.max_in_flight),
+        body_budget: BodyBudget::new(config.body_budget),
+        read_timeout: config.read_timeout,
         shutting_down: AtomicBool::new(false),
         log_reviews: config.log_reviews,
     });
@@ -196,9 +219,10 @@ async fn run<C: Cluster + Send + Sync + 'static>(
         };
         let connection = Connection {
             acceptor: acceptor.clone(),
-            service: TowerToHyperService::new(router.clone()),
+            router: router.clone(),
             config: config.clone(),
             close: close_connections.clone(),
+            metrics: state.metrics.clone(),
         };
         connections.spawn(connection.serve(stream, peer));
     }
@@ -218,9 +242,10 @@ async fn run<C: Cluster + Send + Sync + 'static>(
 /// One accepted TCP connection: TLS handshake (with a timeout), then HTTP until closed.
 struct Connection {
     acceptor: TlsAcceptor,
-    service: TowerToHyperService<axum::Router>,
+    router: axum::Router,
     config: ServerConfig,
     close: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Connection {
@@ -239,14 +264,43 @@ impl Connection {
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Tracked { inner: tls, activity: activity.clone() });
+        // HTTP/1.1 carries one request at a time, so one clock per connection bounds the time
+        // from a request's first byte to its last; hyper's own header timeout would also run
+        // while the connection idles between requests, closing keep-alive connections the API
+        // server still holds. HTTP/2 streams are bounded by the handler's body deadline.
+        let clock = (!h2).then(|| Arc::new(ReadClock::default()));
+        let io = TokioIo::new(Tracked { inner: tls, activity: activity.clone(), clock: clock.clone() });
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(self.config.header_read_timeout).keep_alive(true);
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
         builder.http2().timer(TokioTimer::new());
         let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
-        let connection = builder.serve_connection(io, self.service);
+        let service = {
+            let (on_request, on_response) = (clock.clone(), clock.clone());
+            self.router
+                .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(clock) = &on_request {
+                        request.extensions_mut().insert(clock.clone());
+                    }
+                    request
+                })
+                .map_response(move |response| {
+                    if let Some(clock) = &on_response {
+                        clock.request_read();
+                    }
+                    response
+                })
+        };
+        let connection = builder.serve_connection(io, TowerToHyperService::new(service));
         tokio::pin!(connection);
         let idle_timeout = self.config.idle_timeout;
+        let read_timeout = self.config.read_timeout;
+        let overdue = async {
+            match &clock {
+                Some(clock) => clock.overdue(read_timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(overdue);
         let mut closing = false;
         loop {
             tokio::select! {
@@ -254,6 +308,11 @@ impl Connection {
                     if let Err(err) = result {
                         tracing::debug!(%peer, error = %err, "connection ended with an error");
                     }
+                    return;
+                }
+                () = overdue.as_mut() => {
+                    self.metrics.rejected(Rejection::ReadTimeout);
+                    tracing::debug!(%peer, ?read_timeout, "request not received within the read timeout: connection closed");
                     return;
                 }
                 () = self.close.cancelled(), if !closing => {
@@ -298,10 +357,11 @@ impl Activity {
     }
 }
 
-/// An I/O stream that records activity.
+/// An I/O stream that records activity, and starts the read clock when a request's bytes arrive.
 struct Tracked<T> {
     inner: T,
     activity: Arc<Activity>,
+    clock: Option<Arc<ReadClock>>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -310,6 +370,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
+            if let Some(clock) = &self.clock {
+                clock.bytes_arrived();
+            }
         }
         result
     }

@@ -1,0 +1,154 @@
+//! Request bodies: read under a byte budget shared by every connection, so the memory that
+//! buffered bodies take has a fixed ceiling whatever clients send.
+//!
+//! A body is charged to the budget as its buffer grows (never for what a client merely
+//! declares in `Content-Length`), and the charge is returned when the buffer is dropped, after
+//! the review that reads it has answered. A body that would take the budget past its size is
+//! refused at once instead of waiting for room.
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// Bytes that buffered request bodies may take, all connections together.
+#[derive(Debug)]
+pub struct BodyBudget {
+    bytes: Semaphore,
+    size: usize,
+}
+
+/// Why a body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body is larger than the per-request limit (413).
+    #[error("the body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    /// Buffering it would take the bodies being read past the budget (503).
+    #[error("tokengate is reading too many request bodies at once, retry later")]
+    OverBudget,
+    /// The connection failed while the body was read (400).
+    #[error("cannot read the body: {0}")]
+    Read(#[from] axum::Error),
+}
+
+impl BodyBudget {
+    /// A budget of `size` bytes.
+    pub fn new(size: usize) -> Self {
+        Self { bytes: Semaphore::new(size.min(Semaphore::MAX_PERMITS)), size }
+    }
+
+    /// The budget's size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Bytes currently taken by buffered bodies.
+    pub fn in_use(&self) -> usize {
+        self.size.saturating_sub(self.bytes.available_permits())
+    }
+
+    /// Takes `bytes` more from the budget, or fails at once when there is not enough left.
+    fn charge(&self, bytes: usize) -> Result<SemaphorePermit<'_>, BodyError> {
+        let bytes = u32::try_from(bytes).map_err(|_| BodyError::OverBudget)?;
+        self.bytes.try_acquire_many(bytes).map_err(|_| BodyError::OverBudget)
+    }
+
+    /// Reads a whole body of at most `limit` bytes (`declared` is its `Content-Length`, if any).
+    pub async fn read(&self, body: Body, declared: Option<usize>, limit: usize) -> Result<Buffered<'_>, BodyError> {
+        if declared.is_some_and(|length| length > limit) {
+            return Err(BodyError::TooLarge { limit });
+        }
+        let mut buffered = Buffered { bytes: Vec::new(), charge: None };
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else { continue };
+            let needed = buffered.bytes.len() + data.len();
+            if needed > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            if needed > buffered.bytes.capacity() {
+                // Grow by doubling (up to what was declared, or the limit), and charge the
+                // budget for the new capacity before allocating it. The first allocation is the
+                // first chunk's size: a client that sends one byte holds one byte of the budget.
+                let ceiling = declared.unwrap_or(limit).max(needed);
+                let doubled = buffered.bytes.capacity().saturating_mul(2);
+                let capacity = doubled.max(needed).min(ceiling);
+                let more = self.charge(capacity - buffered.bytes.capacity())?;
+                match buffered.charge.as_mut() {
+                    Some(charge) => charge.merge(more),
+                    None => buffered.charge = Some(more),
+                }
+                buffered.bytes.reserve_exact(capacity - buffered.bytes.len());
+            }
+            buffered.bytes.extend_from_slice(&data);
+        }
+        Ok(buffered)
+    }
+}
+
+/// A body read whole; its bytes count against the budget until it is dropped.
+#[derive(Debug)]
+pub struct Buffered<'a> {
+    bytes: Vec<u8>,
+    charge: Option<SemaphorePermit<'a>>,
+}
+
+impl Buffered<'_> {
+    /// The body.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(chunks: &[&'static [u8]]) -> Body {
+        let chunks: Vec<_> =
+            chunks.iter().map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::from_static(c))).collect();
+        let stream = futures::stream::iter(chunks);
+        Body::from_stream(stream)
+    }
+
+    #[tokio::test]
+    async fn reads_chunked_bodies_and_returns_the_charge_when_dropped() {
+        let budget = BodyBudget::new(1 << 20);
+        let read = budget.read(body_of(&[b"{\"a\":", b"1}"]), None, 1024).await.expect("read");
+        assert_eq!(read.bytes(), b"{\"a\":1}");
+        assert!(budget.in_use() >= 7, "the buffer is charged while it lives");
+        drop(read);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn charges_no_more_than_the_declared_length() {
+        let budget = BodyBudget::new(1 << 20);
+        let read = budget.read(body_of(&[b"12345"]), Some(5), 1024).await.expect("read");
+        assert_eq!(budget.in_use(), 5);
+        drop(read);
+    }
+
+    #[tokio::test]
+    async fn refuses_a_body_over_the_limit_declared_or_not() {
+        let budget = BodyBudget::new(1 << 20);
+        let declared = budget.read(body_of(&[b"x"]), Some(2048), 1024).await;
+        assert!(matches!(declared, Err(BodyError::TooLarge { limit: 1024 })));
+        static BIG: [u8; 2048] = [b' '; 2048];
+        let grown = budget.read(body_of(&[&BIG[..1000], &BIG[1000..]]), None, 1024).await;
+        assert!(matches!(grown, Err(BodyError::TooLarge { .. })));
+        assert_eq!(budget.in_use(), 0, "a refused body returns its charge");
+    }
+
+    #[tokio::test]
+    async fn refuses_at_once_when_the_budget_is_taken() {
+        let budget = BodyBudget::new(40 * 1024);
+        static BIG: [u8; 30 * 1024] = [b' '; 30 * 1024];
+        let first = budget.read(body_of(&[&BIG]), Some(BIG.len()), 1 << 20).await.expect("fits");
+        let second = budget.read(body_of(&[&BIG]), Some(BIG.len()), 1 << 20).await;
+        assert!(matches!(second, Err(BodyError::OverBudget)));
+        drop(first);
+        let third = budget.read(body_of(&[&BIG]), Some(BIG.len()), 1 << 20).await;
+        assert!(third.is_ok(), "room again once the first body is dropped");
+    }
+}
