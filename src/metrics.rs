@@ -31,8 +31,10 @@ pub enum Rejection {
     /// The request (headers and body) did not arrive within the read timeout: the connection
     /// is closed.
     ReadTimeout,
-    /// Buffering the body would take the bodies being read past the byte budget (503).
+    /// Buffering the body (or the answer) would take what is buffered past the byte budget (503).
     BodyBudget,
+    /// The client did not take the answer within the read timeout: the connection is closed.
+    WriteTimeout,
 }
 
 impl Rejection {
@@ -45,6 +47,7 @@ impl Rejection {
             Rejection::NoPolicy => "no_policy",
             Rejection::ReadTimeout => "read_timeout",
             Rejection::BodyBudget => "body_budget",
+            Rejection::WriteTimeout => "write_timeout",
         }
     }
 }

@@ -1,19 +1,26 @@
-//! Request bodies: read under a byte budget shared by every connection, so the memory that
-//! buffered bodies take has a fixed ceiling whatever clients send.
+//! Request and answer bodies: held under a byte budget shared by every connection, so the
+//! memory that buffered bodies take has a fixed ceiling whatever clients send.
 //!
-//! A body is charged to the budget as its buffer grows (never for what a client merely
+//! A request body is charged to the budget as its buffer grows (never for what a client merely
 //! declares in `Content-Length`), and the charge is returned when the buffer is dropped, after
-//! the review that reads it has answered. A body that would take the budget past its size is
-//! refused at once instead of waiting for room.
+//! the review that reads it has answered. An answer is charged until it has been handed to the
+//! connection. Whatever would take the budget past its size is refused at once instead of
+//! waiting for room.
 
-use axum::body::Body;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes, HttpBody};
 use http_body_util::BodyExt;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use hyper::body::{Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Bytes that buffered request bodies may take, all connections together.
 #[derive(Debug)]
 pub struct BodyBudget {
-    bytes: Semaphore,
+    bytes: Arc<Semaphore>,
     size: usize,
 }
 
@@ -34,7 +41,7 @@ pub enum BodyError {
 impl BodyBudget {
     /// A budget of `size` bytes.
     pub fn new(size: usize) -> Self {
-        Self { bytes: Semaphore::new(size.min(Semaphore::MAX_PERMITS)), size }
+        Self { bytes: Arc::new(Semaphore::new(size.min(Semaphore::MAX_PERMITS))), size }
     }
 
     /// The budget's size in bytes.
@@ -48,13 +55,19 @@ impl BodyBudget {
     }
 
     /// Takes `bytes` more from the budget, or fails at once when there is not enough left.
-    fn charge(&self, bytes: usize) -> Result<SemaphorePermit<'_>, BodyError> {
+    fn charge(&self, bytes: usize) -> Result<OwnedSemaphorePermit, BodyError> {
         let bytes = u32::try_from(bytes).map_err(|_| BodyError::OverBudget)?;
-        self.bytes.try_acquire_many(bytes).map_err(|_| BodyError::OverBudget)
+        self.bytes.clone().try_acquire_many_owned(bytes).map_err(|_| BodyError::OverBudget)
+    }
+
+    /// An answer of `bytes`, charged to the budget until the connection has taken all of it.
+    pub fn answer(&self, bytes: Vec<u8>) -> Result<Body, BodyError> {
+        let charge = self.charge(bytes.len())?;
+        Ok(Body::new(Answer { bytes: Some(Bytes::from(bytes)), charge: Some(charge) }))
     }
 
     /// Reads a whole body of at most `limit` bytes (`declared` is its `Content-Length`, if any).
-    pub async fn read(&self, body: Body, declared: Option<usize>, limit: usize) -> Result<Buffered<'_>, BodyError> {
+    pub async fn read(&self, body: Body, declared: Option<usize>, limit: usize) -> Result<Buffered, BodyError> {
         if declared.is_some_and(|length| length > limit) {
             return Err(BodyError::TooLarge { limit });
         }
@@ -88,15 +101,41 @@ impl BodyBudget {
 
 /// A body read whole; its bytes count against the budget until it is dropped.
 #[derive(Debug)]
-pub struct Buffered<'a> {
+pub struct Buffered {
     bytes: Vec<u8>,
-    charge: Option<SemaphorePermit<'a>>,
+    charge: Option<OwnedSemaphorePermit>,
 }
 
-impl Buffered<'_> {
+impl Buffered {
     /// The body.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+/// An answer's bytes, holding their charge until the connection asks for the end of the body
+/// (it does once it has room for more, so most of the bytes have left by then) or drops it.
+struct Answer {
+    bytes: Option<Bytes>,
+    charge: Option<OwnedSemaphorePermit>,
+}
+
+impl HttpBody for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.bytes.take() {
+            Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            None => {
+                self.charge = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.bytes.as_ref().map_or(0, |b| b.len() as u64))
     }
 }
 
@@ -150,5 +189,16 @@ mod tests {
         drop(first);
         let third = budget.read(body_of(&[&BIG]), Some(BIG.len()), 1 << 20).await;
         assert!(third.is_ok(), "room again once the first body is dropped");
+    }
+
+    #[tokio::test]
+    async fn charges_answers_until_they_are_taken() {
+        let budget = BodyBudget::new(40 * 1024);
+        assert!(matches!(budget.answer(vec![b' '; 50 * 1024]), Err(BodyError::OverBudget)));
+        let answer = budget.answer(vec![b'x'; 30 * 1024]).expect("fits");
+        assert_eq!(budget.in_use(), 30 * 1024);
+        let bytes = answer.collect().await.expect("infallible").to_bytes();
+        assert_eq!(bytes.len(), 30 * 1024);
+        assert_eq!(budget.in_use(), 0);
     }
 }

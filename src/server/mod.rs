@@ -28,7 +28,7 @@ use crate::cluster::Cluster;
 use crate::metrics::{Metrics, Rejection};
 use crate::source::PolicyReceiver;
 pub use body::BodyBudget;
-use deadline::ReadClock;
+use deadline::{Deadlines, Overdue};
 pub use routes::{AppState, MAX_BODY_BYTES};
 use tls::{CertificateFiles, CertificateStore, TlsError};
 
@@ -149,6 +149,7 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(
         metrics,
         in_flight: Semaphore::new(config.max_in_flight),
         body_budget: BodyBudget::new(config.body_budget),
+        decoding: Semaphore::new(MAX_BODY_BYTES),
         read_timeout: config.read_timeout,
         shutting_down: AtomicBool::new(false),
         log_reviews: config.log_reviews,
@@ -264,18 +265,24 @@ impl Connection {
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let activity = Arc::new(Activity::new());
-        // HTTP/1.1 carries one request at a time, so one clock per connection bounds the time
-        // from a request's first byte to its last; hyper's own header timeout would also run
-        // while the connection idles between requests, closing keep-alive connections the API
-        // server still holds. HTTP/2 streams are bounded by the handler's body deadline.
-        let clock = (!h2).then(|| Arc::new(ReadClock::default()));
-        let io = TokioIo::new(Tracked { inner: tls, activity: activity.clone(), clock: clock.clone() });
+        // HTTP/1.1 carries one request at a time, so one read clock per connection bounds the
+        // time from a request's first byte to its last; hyper's own header timeout would also
+        // run while the connection idles between requests, closing keep-alive connections the
+        // API server still holds. HTTP/2 streams are bounded by the handler's body deadline.
+        let deadlines = Arc::new(Deadlines::default());
+        let read_clock = (!h2).then(|| deadlines.clone());
+        let io = TokioIo::new(Tracked {
+            inner: tls,
+            activity: activity.clone(),
+            deadlines: deadlines.clone(),
+            reads_requests: !h2,
+        });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
         builder.http2().timer(TokioTimer::new());
         let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
         let service = {
-            let (on_request, on_response) = (clock.clone(), clock.clone());
+            let (on_request, on_response) = (read_clock.clone(), read_clock);
             self.router
                 .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
                     if let Some(clock) = &on_request {
@@ -294,12 +301,7 @@ impl Connection {
         tokio::pin!(connection);
         let idle_timeout = self.config.idle_timeout;
         let read_timeout = self.config.read_timeout;
-        let overdue = async {
-            match &clock {
-                Some(clock) => clock.overdue(read_timeout).await,
-                None => std::future::pending().await,
-            }
-        };
+        let overdue = deadlines.overdue(read_timeout);
         tokio::pin!(overdue);
         let mut closing = false;
         loop {
@@ -310,9 +312,13 @@ impl Connection {
                     }
                     return;
                 }
-                () = overdue.as_mut() => {
-                    self.metrics.rejected(Rejection::ReadTimeout);
-                    tracing::debug!(%peer, ?read_timeout, "request not received within the read timeout: connection closed");
+                overdue = overdue.as_mut() => {
+                    let (reason, what) = match overdue {
+                        Overdue::Read => (Rejection::ReadTimeout, "request not received"),
+                        Overdue::Write => (Rejection::WriteTimeout, "answer not taken"),
+                    };
+                    self.metrics.rejected(reason);
+                    tracing::debug!(%peer, ?read_timeout, "{what} within the read timeout: connection closed");
                     return;
                 }
                 () = self.close.cancelled(), if !closing => {
@@ -357,11 +363,14 @@ impl Activity {
     }
 }
 
-/// An I/O stream that records activity, and starts the read clock when a request's bytes arrive.
+/// An I/O stream that records activity, starts the read clock when a request's bytes arrive
+/// and the write clock when the client does not take what is written.
 struct Tracked<T> {
     inner: T,
     activity: Arc<Activity>,
-    clock: Option<Arc<ReadClock>>,
+    deadlines: Arc<Deadlines>,
+    /// Whether arriving bytes start the read clock (HTTP/1.1).
+    reads_requests: bool,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -370,25 +379,54 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
-            if let Some(clock) = &self.clock {
-                clock.bytes_arrived();
+            if self.reads_requests {
+                self.deadlines.bytes_arrived();
             }
         }
         result
     }
 }
 
+impl<T> Tracked<T> {
+    fn wrote(&self, result: &Poll<std::io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.touch(),
+            Poll::Pending => self.deadlines.write_blocked(),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.wrote(&result);
         result
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&result);
+        result
+    }
+
+    /// Forwarded, so hyper queues large answers instead of copying them into its own buffer.
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        match result {
+            Poll::Ready(Ok(())) => self.deadlines.write_flushed(),
+            Poll::Pending => self.deadlines.write_blocked(),
+            Poll::Ready(Err(_)) => {}
+        }
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
@@ -19,11 +19,14 @@ use crate::review::{self, Reply, Summary, Webhook};
 use crate::source::PolicyReceiver;
 
 use super::body::{BodyBudget, BodyError};
-use super::deadline::ReadClock;
+use super::deadline::Deadlines;
 
 /// The largest AdmissionReview body accepted: an UPDATE carries object and oldObject of up
 /// to 3 MiB each, plus the envelope.
 pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+
+/// How long a review may wait for other bodies' decoding to make room before it is refused.
+const DECODE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the handlers share.
 pub struct AppState<C> {
@@ -37,6 +40,10 @@ pub struct AppState<C> {
     pub body_budget: BodyBudget,
     /// Longest time a request body may take to arrive.
     pub read_timeout: std::time::Duration,
+    /// Bytes of request bodies being reviewed at once: decoding takes memory in proportion to
+    /// the body, so this bounds it. [`MAX_BODY_BYTES`] permits: one body of the largest size, or
+    /// many small ones.
+    pub decoding: Semaphore,
     /// Set when SIGTERM arrives: readiness fails from then on.
     pub shutting_down: AtomicBool,
     /// Whether review logs are written (one line per review).
@@ -70,7 +77,7 @@ fn plain(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn handle<C: Cluster + Send + Sync + 'static>(
     State(state): State<Arc<AppState<C>>>,
-    clock: Option<Extension<Arc<ReadClock>>>,
+    clock: Option<Extension<Arc<Deadlines>>>,
     request: Request,
     webhook: Webhook,
 ) -> Response {
@@ -121,17 +128,26 @@ async fn handle<C: Cluster + Send + Sync + 'static>(
     let Some(policy) = state.policy.borrow().clone() else {
         return reject(Rejection::NoPolicy, StatusCode::SERVICE_UNAVAILABLE, "tokengate has no valid policy loaded");
     };
+    let weight = u32::try_from(body.bytes().len().max(1)).unwrap_or(u32::MAX);
+    let Ok(Ok(decoding)) = tokio::time::timeout(DECODE_WAIT, state.decoding.acquire_many(weight)).await else {
+        return reject(Rejection::Overloaded, StatusCode::SERVICE_UNAVAILABLE, "tokengate is overloaded, retry later");
+    };
     let started = Instant::now();
-    // `body` (and its share of the budget) lives until the review has answered: decoding
-    // borrows from it.
-    match review::review(body.bytes(), webhook, &policy, state.cluster.as_ref()).await {
+    let reply = review::review(body.bytes(), webhook, &policy, state.cluster.as_ref()).await;
+    // The review's memory is gone; the body's share of the budget goes back before the answer
+    // takes its own.
+    drop((decoding, body));
+    match reply {
         Reply::Review { body, summary } => {
             let elapsed = started.elapsed();
             state.metrics.review(webhook, summary.subject, summary.decision, elapsed);
             if state.log_reviews {
                 log_review(webhook, &summary, elapsed);
             }
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+            match state.body_budget.answer(body) {
+                Ok(answer) => ([(header::CONTENT_TYPE, "application/json")], answer).into_response(),
+                Err(err) => reject(Rejection::BodyBudget, StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+            }
         }
         Reply::BadRequest(message) => reject(Rejection::BadRequest, StatusCode::BAD_REQUEST, &message),
     }
