@@ -99,6 +99,37 @@ impl BodyBudget {
     }
 }
 
+/// Bodies above this size are decoded from the large pool, the others from the small pool.
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+
+/// Bytes of small bodies decoded at once: hundreds of ordinary reviews (a Pod review is a few
+/// KiB), whatever large bodies are being decoded meanwhile.
+pub const SMALL_POOL_BYTES: usize = 1024 * 1024;
+
+/// Bytes of request bodies being reviewed at once. Decoding takes memory in proportion to the
+/// body, so this bounds it: one body of the largest size (or several large ones) from the large
+/// pool, and small bodies from a pool of their own, so that an ordinary review never waits for
+/// a large body's.
+#[derive(Debug)]
+pub struct DecodeBudget {
+    large: Semaphore,
+    small: Semaphore,
+}
+
+impl DecodeBudget {
+    /// Pools of `large` and [`SMALL_POOL_BYTES`] bytes.
+    pub fn new(large: usize) -> Self {
+        Self { large: Semaphore::new(large), small: Semaphore::new(SMALL_POOL_BYTES) }
+    }
+
+    /// Waits up to `wait` for room to decode a body of `len` bytes.
+    pub async fn admit(&self, len: usize, wait: std::time::Duration) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let pool = if len > SMALL_BODY_BYTES { &self.large } else { &self.small };
+        let weight = u32::try_from(len.max(1)).ok()?;
+        tokio::time::timeout(wait, pool.acquire_many(weight)).await.ok()?.ok()
+    }
+}
+
 /// A body read whole; its bytes count against the budget until it is dropped.
 #[derive(Debug)]
 pub struct Buffered {
@@ -189,6 +220,18 @@ mod tests {
         drop(first);
         let third = budget.read(body_of(&[&BIG]), Some(BIG.len()), 1 << 20).await;
         assert!(third.is_ok(), "room again once the first body is dropped");
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_decoded_while_a_large_one_is() {
+        let pools = DecodeBudget::new(1 << 20);
+        let wait = std::time::Duration::from_millis(50);
+        let large = pools.admit(1 << 20, wait).await.expect("room for one large body");
+        assert!(pools.admit(SMALL_BODY_BYTES + 1, wait).await.is_none(), "a second large one waits, then is refused");
+        let small: Vec<_> = futures::future::join_all((0..16).map(|_| pools.admit(4096, wait))).await;
+        assert!(small.iter().all(Option::is_some), "small bodies have their own pool");
+        drop(large);
+        assert!(pools.admit(1 << 20, wait).await.is_some());
     }
 
     #[tokio::test]

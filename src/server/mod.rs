@@ -149,7 +149,7 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(
         metrics,
         in_flight: Semaphore::new(config.max_in_flight),
         body_budget: BodyBudget::new(config.body_budget),
-        decoding: Semaphore::new(MAX_BODY_BYTES),
+        decoding: body::DecodeBudget::new(MAX_BODY_BYTES),
         read_timeout: config.read_timeout,
         shutting_down: AtomicBool::new(false),
         log_reviews: config.log_reviews,

@@ -18,7 +18,7 @@ use crate::metrics::{Metrics, Rejection};
 use crate::review::{self, Reply, Summary, Webhook};
 use crate::source::PolicyReceiver;
 
-use super::body::{BodyBudget, BodyError};
+use super::body::{BodyBudget, BodyError, DecodeBudget};
 use super::deadline::Deadlines;
 
 /// The largest AdmissionReview body accepted: an UPDATE carries object and oldObject of up
@@ -40,10 +40,9 @@ pub struct AppState<C> {
     pub body_budget: BodyBudget,
     /// Longest time a request body may take to arrive.
     pub read_timeout: std::time::Duration,
-    /// Bytes of request bodies being reviewed at once: decoding takes memory in proportion to
-    /// the body, so this bounds it. [`MAX_BODY_BYTES`] permits: one body of the largest size, or
-    /// many small ones.
-    pub decoding: Semaphore,
+    /// Bytes of request bodies being reviewed at once (decoding takes memory in proportion to
+    /// the body).
+    pub decoding: DecodeBudget,
     /// Set when SIGTERM arrives: readiness fails from then on.
     pub shutting_down: AtomicBool,
     /// Whether review logs are written (one line per review).
@@ -128,8 +127,7 @@ async fn handle<C: Cluster + Send + Sync + 'static>(
     let Some(policy) = state.policy.borrow().clone() else {
         return reject(Rejection::NoPolicy, StatusCode::SERVICE_UNAVAILABLE, "tokengate has no valid policy loaded");
     };
-    let weight = u32::try_from(body.bytes().len().max(1)).unwrap_or(u32::MAX);
-    let Ok(Ok(decoding)) = tokio::time::timeout(DECODE_WAIT, state.decoding.acquire_many(weight)).await else {
+    let Some(decoding) = state.decoding.admit(body.bytes().len(), DECODE_WAIT).await else {
         return reject(Rejection::Overloaded, StatusCode::SERVICE_UNAVAILABLE, "tokengate is overloaded, retry later");
     };
     let started = Instant::now();
