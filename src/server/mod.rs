@@ -32,6 +32,9 @@ use deadline::{Deadlines, Overdue};
 pub use routes::{AppState, MAX_BODY_BYTES};
 use tls::{CertificateFiles, CertificateStore, TlsError};
 
+/// The most an HTTP/1.1 connection buffers of what it reads, beyond the budgeted bodies.
+const MAX_BUF_BYTES: usize = 64 * 1024;
+
 /// The default byte budget of buffered request bodies: four bodies of the largest size.
 pub const DEFAULT_BODY_BUDGET: usize = 4 * MAX_BODY_BYTES;
 
@@ -278,7 +281,9 @@ impl Connection {
             reads_requests: !h2,
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
+        // Hyper's read buffer grows up to this while a body streams in (400 KiB by default):
+        // per connection, on top of the budget. 64 KiB holds any request head the API server sends.
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true).max_buf_size(MAX_BUF_BYTES);
         builder.http2().timer(TokioTimer::new());
         let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
         let service = {
