@@ -39,6 +39,9 @@ enum Attack {
         connections: usize,
         #[arg(long, default_value_t = 100)]
         reviews: usize,
+        /// The server's process id, to read its memory with the slow requests open.
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// Rounds of concurrent maximum-size bodies.
     Large {
@@ -74,7 +77,9 @@ fn main() -> anyhow::Result<()> {
         let ca = std::fs::read(&args.ca)?;
         let review = std::fs::read(&args.review)?;
         match args.attack {
-            Attack::Slow { connections, reviews } => slow(args.addr, &ca, &review, connections, reviews).await,
+            Attack::Slow { connections, reviews, pid } => {
+                slow(args.addr, &ca, &review, connections, reviews, pid).await
+            }
             Attack::Large { concurrency, rounds, shape, pid } => {
                 large(args.addr, &ca, &review, concurrency, rounds, shape, pid).await
             }
@@ -112,7 +117,9 @@ async fn slow(
     review: &[u8],
     connections: usize,
     reviews: usize,
+    pid: Option<u32>,
 ) -> anyhow::Result<()> {
+    let before = pid.map(memory_mib).transpose()?;
     let connector = tokio_rustls::TlsConnector::from(tls_config(ca)?);
     let head = format!(
         "POST /validate HTTP/1.1\r\nHost: {SERVER_NAME}\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{{"
@@ -127,6 +134,10 @@ async fn slow(
         slow.push(tls);
     }
     println!("{connections} slow requests open (took {:.2} s)", opened.elapsed().as_secs_f64());
+    if let (Some(pid), Some((_, before))) = (pid, before) {
+        let (_, open) = memory_mib(pid)?;
+        println!("server RSS {before:.1} MiB before, {open:.1} MiB with them open");
+    }
     let client = client(addr, ca)?;
     let url = format!("https://{SERVER_NAME}:{}/validate", addr.port());
     let (mut ok, mut failed, mut latencies) = (0, Vec::new(), Vec::new());

@@ -12,6 +12,7 @@
 #
 #   benches/attack/run.sh
 #   SLOW=1000 CONCURRENCY=96 SHAPES="sources violations" benches/attack/run.sh
+#   TOKENGATE=/path/to/an/older/tokengate benches/attack/run.sh     # the same attacks on another build
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -22,6 +23,7 @@ ROUNDS=${ROUNDS:-3}
 SHAPES=${SHAPES:-annotation labels sources violations}
 SERVER_FLAGS=${SERVER_FLAGS:-}
 REVIEW=tests/fixtures/reviews/pod-captured-1.21.json
+TOKENGATE=${TOKENGATE:-target/release/tokengate}
 
 cargo build --release --bin tokengate --example attack-client
 client=target/release/examples/attack-client
@@ -46,7 +48,7 @@ openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -
 
 start_server() {
   # shellcheck disable=SC2086
-  target/release/tokengate serve --policy tests/fixtures/policy.yaml --objects tests/fixtures/objects.yaml \
+  "$TOKENGATE" serve --policy tests/fixtures/policy.yaml --objects tests/fixtures/objects.yaml \
     --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" \
     --listen 127.0.0.1:18443 --admin-listen 127.0.0.1:18080 --log error $SERVER_FLAGS &
   server_pid=$!
@@ -63,7 +65,7 @@ rejections() { curl -sf http://127.0.0.1:18080/metrics | grep '^tokengate_http_r
 
 echo "== slow requests"
 start_server
-"$client" --ca "$work/ca.pem" --review "$REVIEW" slow --connections "$SLOW" --reviews "$REVIEWS"
+"$client" --ca "$work/ca.pem" --review "$REVIEW" slow --connections "$SLOW" --reviews "$REVIEWS" --pid "$server_pid"
 rejections
 stop_server
 

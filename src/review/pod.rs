@@ -5,9 +5,9 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 
 use super::admission::RequestObject;
+use super::automount::is_automount_volume;
 use super::inject::{self, State};
 use super::pod_view::{Pod, PodView, Workload};
-use super::automount::is_automount_volume;
 use super::{decode_object, Findings, Violation, Webhook, WorkloadKind};
 use crate::cluster::{Cluster, ServiceAccountInfo};
 use crate::policy::{expiration_or_default, Policy};
