@@ -1,95 +1,119 @@
-//! `tokengate audit`: every existing Pod, workload and CSIDriver of a live cluster, judged
-//! against a policy.
+//! `tokengate audit`: every existing Pod, workload, CSIDriver and legacy token Secret of a live
+//! cluster, judged against a policy.
 
 use std::fmt::Debug;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Pod, PodTemplate, ReplicationController, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::storage::v1::CSIDriver;
-use kube::api::ListParams;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectList};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::check::{self, CheckOptions, Report};
 use crate::cluster::ObjectStore;
 use crate::manifest::Document;
 use crate::policy::Policy;
+use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
+use crate::review::WorkloadKind;
 
 /// Objects listed per API call.
 const PAGE_SIZE: u32 = 500;
 
 /// Lists the cluster and checks every Pod (as it runs: no mutation is simulated), every
 /// workload not owned by a controller (a ReplicaSet of a Deployment is judged through its
-/// Deployment), and every CSIDriver. `progress` receives `(kind, count)` after each kind.
+/// Deployment), every CSIDriver, and every legacy token Secret (listed by type, metadata only:
+/// their data is never read). `progress` receives `(kind, count)` after each kind.
 pub async fn audit(client: Client, policy: &Policy, progress: impl Fn(&str, usize)) -> Result<Report, kube::Error> {
     let mut lookups = ObjectStore::default();
-    let accounts = list::<ServiceAccount>(&client).await?;
+    let accounts = list(&Api::<ServiceAccount>::all(client.clone()), ListParams::default()).await?;
     progress("ServiceAccount", accounts.len());
     for account in &accounts {
         let _ = lookups.insert(&to_value(account));
     }
     let mut documents = Vec::new();
-    let drivers = list::<CSIDriver>(&client).await?;
+    let drivers = list(&Api::<CSIDriver>::all(client.clone()), ListParams::default()).await?;
     progress("CSIDriver", drivers.len());
     for driver in &drivers {
         let value = to_value(driver);
         let _ = lookups.insert(&value);
         documents.push(Document { file: None, object: value });
     }
-    collect::<Pod>(&client, &mut documents, &progress, false).await?;
-    collect::<Deployment>(&client, &mut documents, &progress, true).await?;
-    collect::<StatefulSet>(&client, &mut documents, &progress, true).await?;
-    collect::<DaemonSet>(&client, &mut documents, &progress, true).await?;
-    collect::<ReplicaSet>(&client, &mut documents, &progress, true).await?;
-    collect::<Job>(&client, &mut documents, &progress, true).await?;
-    collect::<CronJob>(&client, &mut documents, &progress, true).await?;
-    collect::<ReplicationController>(&client, &mut documents, &progress, true).await?;
-    collect::<PodTemplate>(&client, &mut documents, &progress, true).await?;
+    let pods = list(&Api::<Pod>::all(client.clone()), ListParams::default()).await?;
+    progress("Pod", pods.len());
+    documents.extend(pods.iter().map(|pod| Document { file: None, object: to_value(pod) }));
+    for kind in WorkloadKind::ALL {
+        let (group, name) = kind.group_kind();
+        let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", name), kind.plural());
+        let objects = list(&Api::<DynamicObject>::all_with(client.clone(), &resource), ListParams::default()).await?;
+        progress(name, objects.len());
+        for mut object in objects {
+            let controlled = object.metadata.owner_references.iter().flatten().any(|o| o.controller == Some(true));
+            if !controlled {
+                object.types =
+                    Some(kube::api::TypeMeta { api_version: resource.api_version.clone(), kind: name.into() });
+                let value = serde_json::to_value(&object).expect("a Kubernetes object serialises");
+                documents.push(Document { file: None, object: value });
+            }
+        }
+    }
+    let secrets = legacy_token_secrets(&client).await?;
+    progress("Secret (legacy token)", secrets.len());
+    documents.extend(secrets.into_iter().map(|object| Document { file: None, object }));
     let options = CheckOptions { default_namespace: "default", mutate_pods_first: false };
     Ok(check::check(policy, &documents, &lookups, options).await)
 }
 
-/// Lists every object of kind `K` into `documents`, skipping controller-owned ones when asked.
-async fn collect<K>(
-    client: &Client,
-    documents: &mut Vec<Document>,
-    progress: &impl Fn(&str, usize),
-    skip_controlled: bool,
-) -> Result<(), kube::Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
-{
-    let objects = list::<K>(client).await?;
-    progress(&K::kind(&()), objects.len());
-    for object in objects {
-        let controlled = object.meta().owner_references.iter().flatten().any(|owner| owner.controller == Some(true));
-        if !(skip_controlled && controlled) {
-            documents.push(Document { file: None, object: to_value(&object) });
+/// Every Secret of type `kubernetes.io/service-account-token`, as metadata only (selected by
+/// the API server's `type` field selector, so no other Secret and no Secret's data is ever
+/// transferred), rebuilt as the few fields the decision reads.
+async fn legacy_token_secrets(client: &Client) -> Result<Vec<Value>, kube::Error> {
+    let api = Api::<Secret>::all(client.clone());
+    let mut params = ListParams::default().fields(&format!("type={SERVICE_ACCOUNT_TOKEN_TYPE}")).limit(PAGE_SIZE);
+    let mut secrets = Vec::new();
+    loop {
+        let page = api.list_metadata(&params).await?;
+        for secret in &page.items {
+            let annotation = secret.metadata.annotations.as_ref().and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION));
+            secrets.push(json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": secret.metadata.name,
+                    "namespace": secret.metadata.namespace,
+                    "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: annotation},
+                },
+                "type": SERVICE_ACCOUNT_TOKEN_TYPE,
+            }));
+        }
+        match next_page(&page) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(secrets),
         }
     }
-    Ok(())
 }
 
-/// Every object of kind `K` in the cluster, page by page.
-async fn list<K>(client: &Client) -> Result<Vec<K>, kube::Error>
+/// Every object of `api`, page by page.
+async fn list<K>(api: &Api<K>, params: ListParams) -> Result<Vec<K>, kube::Error>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Clone + DeserializeOwned + Debug,
 {
-    let api = Api::<K>::all(client.clone());
-    let mut params = ListParams::default().limit(PAGE_SIZE);
+    let mut params = params.limit(PAGE_SIZE);
     let mut objects = Vec::new();
     loop {
         let page = api.list(&params).await?;
-        let next = page.metadata.continue_.clone().filter(|token| !token.is_empty());
+        let next = next_page(&page);
         objects.extend(page.items);
         match next {
             Some(token) => params = params.continue_token(&token),
             None => return Ok(objects),
         }
     }
+}
+
+fn next_page<K: Clone>(page: &ObjectList<K>) -> Option<String> {
+    page.metadata.continue_.clone().filter(|token| !token.is_empty())
 }
 
 /// The object as JSON, with `apiVersion` and `kind` (list items may lack them).

@@ -9,7 +9,8 @@ use serde_json::Value;
 use crate::cluster::ObjectStore;
 use crate::manifest::Document;
 use crate::policy::{Mode, Policy};
-use crate::review::admission::{AdmissionRequest, GroupVersionKind, RequestObject, UserInfo};
+use crate::review::admission::{AdmissionRequest, GroupVersionKind, Operation, RequestObject, UserInfo};
+use crate::review::legacy_token::SERVICE_ACCOUNT_TOKEN_TYPE;
 use crate::review::{decide, Subject, Violation, Webhook};
 
 /// One violation of one object.
@@ -84,7 +85,8 @@ pub async fn check(
         let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
         let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
         let subject = Subject::of(group, kind, None);
-        if matches!(subject, Subject::Other | Subject::TokenRequest) {
+        let legacy_token = object.get("type").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_TOKEN_TYPE);
+        if matches!(subject, Subject::Other | Subject::TokenRequest) || (subject == Subject::Secret && !legacy_token) {
             continue;
         }
         report.checked += 1;
@@ -138,9 +140,10 @@ fn create_request<'a>(raw: &'a RawValue, group: &str, kind: &str, namespace: Opt
         sub_resource: None,
         name: None,
         namespace,
-        operation: "CREATE".to_string(),
+        operation: Operation::Create,
         user_info: UserInfo::default(),
         object: Some(RequestObject::Raw(raw)),
+        old_object: None,
         dry_run: Some(true),
     }
 }

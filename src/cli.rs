@@ -87,6 +87,13 @@ pub struct ServeArgs {
     /// created a moment ago); the lookup then fails and the request is denied with that reason.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, env = "TOKENGATE_LOOKUP_TIMEOUT")]
     pub lookup_timeout: Duration,
+    /// A service-account token the cluster issued, read once at start-up to learn the API
+    /// server's audiences (its `aud` claim lists exactly the cluster's --api-audiences); they are
+    /// added to the policy's apiServerAudiences, logged, and exported as
+    /// tokengate_api_server_audiences_info. In a pod this is its own automount token; when the
+    /// file is absent only the policy's list is used.
+    #[arg(long, value_name = "FILE", default_value = tokengate_default_token_file(), env = "TOKENGATE_SERVICE_ACCOUNT_TOKEN")]
+    pub service_account_token: PathBuf,
     /// Also offer HTTP/2 in ALPN (kube-apiserver speaks HTTP/1.1 to webhooks).
     #[arg(long, env = "TOKENGATE_HTTP2")]
     pub http2: bool,
@@ -208,6 +215,10 @@ pub enum WebhookArg {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+const fn tokengate_default_token_file() -> &'static str {
+    crate::cluster::audiences::AUTOMOUNT_TOKEN_FILE
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.

@@ -13,6 +13,7 @@ use tokengate::cli::{
     AuditArgs, CheckArgs, Cli, Command, LogFormat, OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs,
     ServeArgs, WebhookArg,
 };
+use tokengate::cluster::audiences::audiences_of_token_file;
 use tokengate::cluster::{Cluster, LiveCluster, LiveOptions, ObjectStore};
 use tokengate::manifest::{self, Document};
 use tokengate::metrics::Metrics;
@@ -56,6 +57,17 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let client = if needs_api { Some(kube_client().await?) } else { None };
 
     let (mut publisher, policy) = PolicyPublisher::new(metrics.clone());
+    match audiences_of_token_file(&args.service_account_token) {
+        Ok(audiences) => {
+            tracing::info!(?audiences, "learned the API server audiences from the service-account token");
+            metrics.api_server_audiences(&audiences);
+            publisher.learn_api_server_audiences(audiences);
+        }
+        Err(err) => tracing::warn!(
+            error = %err,
+            "could not learn the API server audiences; only the policy's apiServerAudiences are used"
+        ),
+    }
     match (&args.policy.policy, &args.policy.policy_configmap, &client) {
         (Some(file), _, _) => {
             source::load_file(file, &file.display().to_string(), &mut publisher).await;
@@ -189,8 +201,11 @@ fn print_report(report: &Report, output: OutputFormat) -> anyhow::Result<ExitCod
 fn validate_policy(file: &Path) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     match Policy::parse(&text) {
-        Ok(_) => {
+        Ok(policy) => {
             println!("{}: valid", file.display());
+            for warning in policy.warnings() {
+                eprintln!("{}: warning: {warning}", file.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {

@@ -74,6 +74,12 @@ struct ResultLabels {
     result: &'static str,
 }
 
+/// An API server audience: from the cluster's configuration, a handful at most.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AudienceLabels {
+    audience: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -90,6 +96,7 @@ pub struct Metrics {
     policy_reloads: Family<ResultLabels, Counter>,
     certificate_expiry: Gauge,
     certificate_reloads: Family<ResultLabels, Counter>,
+    api_server_audiences: Family<AudienceLabels, Gauge>,
 }
 
 /// Latency buckets in seconds, from 50 µs: decisions take microseconds.
@@ -139,6 +146,12 @@ impl Metrics {
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "Build information; always 1", build_info);
+        let api_server_audiences = Family::<AudienceLabels, Gauge>::default();
+        registry.register(
+            "api_server_audiences_info",
+            "The API server audiences learned from tokengate's own service-account token; always 1",
+            api_server_audiences.clone(),
+        );
         Self {
             registry,
             reviews,
@@ -148,6 +161,14 @@ impl Metrics {
             policy_reloads,
             certificate_expiry,
             certificate_reloads,
+            api_server_audiences,
+        }
+    }
+
+    /// Records the API server audiences learned from the cluster.
+    pub fn api_server_audiences(&self, audiences: &[String]) {
+        for audience in audiences {
+            self.api_server_audiences.get_or_create(&AudienceLabels { audience: audience.clone() }).set(1);
         }
     }
 

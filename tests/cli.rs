@@ -127,6 +127,15 @@ fn policy_validate_lists_every_problem() {
         assert!(stdout.contains(path), "{path} reported: {stdout}");
     }
     assert_eq!(code(&tokengate(&["policy", "validate", "no/such/file.yaml"], b"")), 2);
+    // Valid, but without apiServerAudiences: a warning on stderr, exit 0.
+    let unlisted = dir.join("unlisted.yaml");
+    std::fs::write(&unlisted, "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec: {}\n").expect("write");
+    let output = tokengate(&["policy", "validate", unlisted.to_str().expect("utf-8")], b"");
+    assert_eq!(code(&output), 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("warning: spec.apiServerAudiences: absent"), "{stderr}");
+    let listed = tokengate(&["policy", "validate", "examples/policy.yaml"], b"");
+    assert!(!String::from_utf8_lossy(&listed.stderr).contains("warning"), "no warning when the list is there");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 

@@ -200,6 +200,51 @@ async fn a_slow_api_fails_the_lookup_in_time_with_a_clear_reason() {
     assert!(message.contains("could not look up pod team-a/slow") && message.contains("timed out"), "{message}");
 }
 
+#[tokio::test]
+async fn a_review_needing_lookups_answers_with_its_reason_before_the_api_servers_timeout() {
+    // The fallback alone would wait 30 s; the API server gives the webhook 2 s (`?timeout=2s`).
+    let options = LiveOptions { fallback_timeout: Duration::from_secs(30), ..LiveOptions::default() };
+    let (api, cluster) = live(options).await;
+    api.set_watch_delay(Duration::from_secs(10));
+    api.set_get_delay(Duration::from_secs(10));
+    api.apply(fresh_pod("slow", "0b7c8a57-0000-4000-8000-000000000003"));
+    let pki = support::Pki::new("deadline");
+    let server = support::start(&pki, cluster, support::Options::default()).await;
+    let client = support::client(&pki.ca_pem(), &server, None);
+    let started = Instant::now();
+    let response = client
+        .post(server.url("/validate?timeout=2s"))
+        .header("content-type", "application/json")
+        .body(node_token_request("slow", "0b7c8a57-0000-4000-8000-000000000003"))
+        .send()
+        .await
+        .expect("answered over TLS");
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(2), "answered before the API server gives up: {elapsed:?}");
+    let review: Value = response.json().await.expect("an AdmissionReview");
+    assert_eq!(review["response"]["allowed"], json!(false));
+    let message = review["response"]["status"]["message"].as_str().expect("message");
+    assert!(message.contains("could not look up pod team-a/slow") && message.contains("in time"), "{message}");
+}
+
+#[tokio::test]
+async fn a_storm_of_requests_for_a_missing_pod_costs_one_api_call() {
+    let (api, cluster) = live(LiveOptions::default()).await;
+    let policy = Policy::parse(POLICY).expect("valid");
+    api.set_get_delay(Duration::from_millis(200));
+    let before = api.single_gets();
+    let body = node_token_request("ghost", "0b7c8a57-0000-4000-8000-000000000009");
+    let storm = (0..20).map(|_| review(&body, Webhook::Validate, &policy, cluster.as_ref()));
+    for reply in futures::future::join_all(storm).await {
+        let Reply::Review { body, .. } = reply else { panic!("a review") };
+        let response: Value = serde_json::from_slice(&body).expect("JSON");
+        let message = response["response"]["status"]["message"].as_str().expect("denied");
+        assert!(message.contains("pod team-a/ghost does not exist"), "{message}");
+    }
+    let Reply::Review { .. } = review(&body, Webhook::Validate, &policy, cluster.as_ref()).await else { panic!() };
+    assert_eq!(api.single_gets() - before, 1, "one API call for 21 reviews within a few seconds");
+}
+
 fn workload_objects() -> Vec<Value> {
     let template = |audience: &str| {
         json!({"metadata": {"labels": {"app": "x"}}, "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "app"}],
@@ -227,6 +272,15 @@ async fn audit_reports_existing_violations_and_exits_1() {
     // A running pod lacking its required injection, and one in an exempt namespace.
     api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "no-identity", "namespace": "team-a"},
                      "spec": {"serviceAccountName": "irsa", "containers": [{"name": "app", "image": "app"}]}}));
+    // Legacy token Secrets: one the policy lists, one it does not; and a Secret of another type.
+    let secret = |namespace: &str, name: &str, service_account: &str, kind: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "type": kind, "data": {"token": "c2VjcmV0LWRhdGE="},
+               "metadata": {"name": name, "namespace": namespace,
+                            "annotations": {"kubernetes.io/service-account.name": service_account}}})
+    };
+    api.apply(secret("ci", "deployer-token", "deployer", "kubernetes.io/service-account-token"));
+    api.apply(secret("team-a", "web-token", "web", "kubernetes.io/service-account-token"));
+    api.apply(secret("team-a", "opaque", "web", "Opaque"));
     api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "system", "namespace": "kube-system"},
                      "spec": {"containers": [{"name": "app", "image": "app"}],
                               "volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"audience": "x", "path": "t"}}]}}]}}));
@@ -252,6 +306,9 @@ async fn audit_reports_existing_violations_and_exits_1() {
     assert!(stdout.contains("CSIDriver evil.example.com: spec.tokenRequests"), "{stdout}");
     assert!(stdout.contains("Pod team-a/no-identity: spec.volumes: injection \"aws-web-identity\""), "{stdout}");
     assert!(!stdout.contains("bad-deploy-1"), "controller-owned ReplicaSets are judged through their Deployment");
+    assert!(stdout.contains("Secret team-a/web-token: metadata.annotations"), "{stdout}");
+    assert!(!stdout.contains("deployer-token") && !stdout.contains("opaque"), "{stdout}");
+    assert!(!stdout.contains("c2VjcmV0") && !stderr.contains("c2VjcmV0"), "a Secret's data is never shown");
     assert!(!stdout.contains("good-deploy") && !stdout.contains("kube-system"), "{stdout}");
     assert!(stderr.contains("listed") && stderr.contains("Pod"), "progress on stderr: {stderr}");
     let json = run("json").await.expect("task");

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
@@ -16,7 +16,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
 use super::*;
 
@@ -35,15 +35,25 @@ impl Default for LiveOptions {
     }
 }
 
+/// How long an API answer "not found" is reused, so that a storm of requests for an object
+/// that does not exist costs one API call.
+const NOT_FOUND_TTL: Duration = Duration::from_secs(3);
+
 /// One watch cache: key `(namespace, name)` (namespace empty for cluster-scoped objects).
 struct Cache<T> {
     objects: RwLock<HashMap<(String, String), Arc<T>>>,
     synced: AtomicBool,
+    /// API lookups made on cache misses: in flight (shared by every request for the same
+    /// object), or answered "not found" within [`NOT_FOUND_TTL`].
+    fetches: Mutex<HashMap<(String, String), Fetch<T>>>,
 }
+
+/// One API lookup, shared by the requests that wait for it.
+type Fetch<T> = (Instant, Arc<OnceCell<Lookup<T>>>);
 
 impl<T> Default for Cache<T> {
     fn default() -> Self {
-        Self { objects: RwLock::new(HashMap::new()), synced: AtomicBool::new(false) }
+        Self { objects: RwLock::new(HashMap::new()), synced: AtomicBool::new(false), fetches: Mutex::default() }
     }
 }
 
@@ -168,19 +178,39 @@ impl LiveCluster {
         if let Some(found) = cache.get(namespace, name) {
             return Ok(Some(found));
         }
+        let key = (namespace.to_string(), name.to_string());
+        let fetch = {
+            let mut fetches = cache.fetches.lock().expect("fetch lock is never poisoned");
+            fetches.retain(|_, (started, cell)| cell.get().is_none() || started.elapsed() < NOT_FOUND_TTL);
+            fetches.entry(key.clone()).or_insert_with(|| (Instant::now(), Arc::new(OnceCell::new()))).1.clone()
+        };
         let kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or("object");
         let call = async {
             let _permit = self.fallbacks.acquire().await.map_err(|_| LookupError("shutting down".to_string()))?;
             api.get_opt(name).await.map_err(|err| LookupError(format!("API error reading {kind} {name}: {err}")))
         };
-        match tokio::time::timeout(self.options.fallback_timeout, call).await {
-            Ok(Ok(found)) => Ok(found.map(|object| Arc::new(T::from(&object)))),
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err(LookupError(format!(
-                "timed out after {:?} reading {kind} {name} from the API server",
-                self.options.fallback_timeout
-            ))),
+        let answer = fetch
+            .get_or_init(|| async {
+                match tokio::time::timeout(self.options.fallback_timeout, call).await {
+                    Ok(Ok(found)) => Ok(found.map(|object| Arc::new(T::from(&object)))),
+                    Ok(Err(err)) => Err(err),
+                    Err(_) => Err(LookupError(format!(
+                        "timed out after {:?} reading {kind} {name} from the API server",
+                        self.options.fallback_timeout
+                    ))),
+                }
+            })
+            .await
+            .clone();
+        // Only "not found" is worth keeping: a found object reaches the watch cache, an error
+        // is retried by the next request.
+        if !matches!(answer, Ok(None)) {
+            let mut fetches = cache.fetches.lock().expect("fetch lock is never poisoned");
+            if fetches.get(&key).is_some_and(|(_, cell)| Arc::ptr_eq(cell, &fetch)) {
+                fetches.remove(&key);
+            }
         }
+        answer
     }
 }
 

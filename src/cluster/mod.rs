@@ -3,6 +3,8 @@
 //! Decisions read service accounts, CSI drivers, pods, PVCs and PVs through [`Cluster`]; each
 //! object is reduced to the few fields a decision reads, so caches of them stay small.
 
+pub mod audiences;
+mod deadline;
 mod live;
 mod objects;
 
@@ -13,8 +15,11 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
 use k8s_openapi::api::storage::v1::CSIDriver;
 
+pub use deadline::{timeout_from_query, WithDeadline};
 pub use live::{LiveCluster, LiveOptions};
 pub use objects::{ObjectStore, ObjectsError};
+
+use crate::review::automount;
 
 /// The outcome of a lookup: the object, `None` when it does not exist, or why it is unknown.
 pub type Lookup<T> = Result<Option<Arc<T>>, LookupError>;
@@ -43,6 +48,28 @@ pub trait Cluster: Sync {
     }
 }
 
+/// A shared cluster answers as the cluster it shares.
+impl<C: Cluster + Send + Sync> Cluster for Arc<C> {
+    fn service_account(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ServiceAccountInfo>> + Send {
+        self.as_ref().service_account(namespace, name)
+    }
+    fn csi_driver(&self, name: &str) -> impl Future<Output = Lookup<CsiDriverInfo>> + Send {
+        self.as_ref().csi_driver(name)
+    }
+    fn pod(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<PodInfo>> + Send {
+        self.as_ref().pod(namespace, name)
+    }
+    fn persistent_volume_claim(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ClaimInfo>> + Send {
+        self.as_ref().persistent_volume_claim(namespace, name)
+    }
+    fn persistent_volume(&self, name: &str) -> impl Future<Output = Lookup<VolumeInfo>> + Send {
+        self.as_ref().persistent_volume(name)
+    }
+    fn is_ready(&self) -> bool {
+        self.as_ref().is_ready()
+    }
+}
+
 /// A service account, as far as decisions care: its annotations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceAccountInfo {
@@ -62,9 +89,11 @@ pub struct PodInfo {
     pub uid: String,
     pub node_name: Option<String>,
     pub service_account: String,
+    /// Whether it has the automount volume (`kube-api-access-*`).
+    pub has_automount_volume: bool,
     /// Audiences of its projected token volumes (`""` where none is set).
     pub token_audiences: Vec<String>,
-    /// Drivers of its inline CSI volumes.
+    /// Drivers of its inline CSI volumes, and of in-tree volumes CSI migration serves.
     pub csi_drivers: Vec<String>,
     /// Claims it mounts: `persistentVolumeClaim` volumes and `<pod>-<volume>` for generic
     /// ephemeral volumes.
@@ -113,11 +142,23 @@ impl From<&Pod> for PodInfo {
             service_account_named(spec.service_account_name.as_deref(), spec.service_account.as_deref()).to_string();
         for volume in spec.volumes.iter().flatten() {
             let token_sources = volume.projected.iter().flat_map(|p| p.sources.iter().flatten());
-            for token in token_sources.filter_map(|s| s.service_account_token.as_ref()) {
-                info.token_audiences.push(token.audience.clone().unwrap_or_default());
-            }
-            if let Some(csi) = &volume.csi {
-                info.csi_drivers.push(csi.driver.clone());
+            let tokens: Vec<_> = token_sources.filter_map(|s| s.service_account_token.as_ref()).collect();
+            let shape = tokens.iter().map(|t| (t.audience.as_deref(), t.path.as_str(), t.expiration_seconds));
+            info.has_automount_volume |= automount::has_automount_shape(&volume.name, shape);
+            info.token_audiences.extend(tokens.iter().map(|t| t.audience.clone().unwrap_or_default()));
+            let in_tree = automount::in_tree_driver([
+                volume.aws_elastic_block_store.is_some(),
+                volume.gce_persistent_disk.is_some(),
+                volume.azure_disk.is_some(),
+                volume.azure_file.is_some(),
+                volume.cinder.is_some(),
+                volume.vsphere_volume.is_some(),
+                volume.portworx_volume.is_some(),
+            ]);
+            match (&volume.csi, in_tree) {
+                (Some(csi), _) => info.csi_drivers.push(csi.driver.clone()),
+                (None, Some((_, driver))) => info.csi_drivers.push(driver.to_string()),
+                (None, None) => {}
             }
             if let Some(claim) = &volume.persistent_volume_claim {
                 info.claim_names.push(claim.claim_name.clone());
@@ -137,8 +178,20 @@ impl From<&PersistentVolumeClaim> for ClaimInfo {
 }
 
 impl From<&PersistentVolume> for VolumeInfo {
+    /// The PV's `csi.driver`, or the driver CSI migration serves its in-tree type with.
     fn from(volume: &PersistentVolume) -> Self {
-        Self { csi_driver: volume.spec.as_ref().and_then(|s| s.csi.as_ref()).map(|c| c.driver.clone()) }
+        let Some(spec) = &volume.spec else { return Self::default() };
+        let in_tree = automount::in_tree_driver([
+            spec.aws_elastic_block_store.is_some(),
+            spec.gce_persistent_disk.is_some(),
+            spec.azure_disk.is_some(),
+            spec.azure_file.is_some(),
+            spec.cinder.is_some(),
+            spec.vsphere_volume.is_some(),
+            spec.portworx_volume.is_some(),
+        ]);
+        let driver = spec.csi.as_ref().map(|c| c.driver.clone()).or(in_tree.map(|(_, driver)| driver.to_string()));
+        Self { csi_driver: driver }
     }
 }
 

@@ -7,6 +7,7 @@ use globset::{Glob, GlobSetBuilder};
 use super::document::{PolicyDocument, API_VERSION, KIND};
 use super::globs::{Globs, LabelSelector};
 use super::*;
+use crate::review::automount::AUTOMOUNT_EXPIRATION_SECONDS;
 
 /// Reads YAML or JSON into a document; unknown and mistyped fields are reported with their path.
 pub(super) fn parse_document(text: &str) -> Result<PolicyDocument, PolicyError> {
@@ -45,6 +46,13 @@ impl TryFrom<PolicyDocument> for Policy {
     type Error = PolicyError;
 
     fn try_from(document: PolicyDocument) -> Result<Self, Self::Error> {
+        compile(document, &[])
+    }
+}
+
+/// Compiles a document; `learned` API server audiences are added to its `apiServerAudiences`.
+pub(super) fn compile(document: PolicyDocument, learned: &[String]) -> Result<Policy, PolicyError> {
+    {
         let mut problems = Problems::default();
         if document.api_version != API_VERSION {
             problems.add("apiVersion", format!("must be {API_VERSION}, not {:?}", document.api_version));
@@ -59,7 +67,8 @@ impl TryFrom<PolicyDocument> for Policy {
                 problems.add(format!("spec.apiServerAudiences[{i}]"), "must not be empty");
             }
         }
-        let api_server_audiences: HashSet<String> = spec.api_server_audiences.iter().cloned().collect();
+        let api_server_audiences: HashSet<String> =
+            spec.api_server_audiences.iter().chain(learned).filter(|a| !a.is_empty()).cloned().collect();
         let normalize = |a: &str| -> String {
             if api_server_audiences.contains(a) {
                 String::new()
@@ -77,6 +86,23 @@ impl TryFrom<PolicyDocument> for Policy {
         }
         let max_seconds = spec.expiration.max_seconds.unwrap_or(API_MAX_EXPIRATION_SECONDS);
         check_max(&mut problems, "spec.expiration.maxSeconds", max_seconds, min_seconds);
+        let extended_seconds = spec.expiration.extended_seconds.unwrap_or(DEFAULT_EXTENDED_SECONDS);
+        if !(AUTOMOUNT_EXPIRATION_SECONDS..=API_MAX_EXPIRATION_SECONDS).contains(&extended_seconds) {
+            problems.add(
+                "spec.expiration.extendedSeconds",
+                format!("{extended_seconds} is outside {AUTOMOUNT_EXPIRATION_SECONDS}..{API_MAX_EXPIRATION_SECONDS}: 3607 when the API server does not extend tokens, else its --service-account-max-extended-token-expiration"),
+            );
+        }
+        let legacy_tokens = spec
+            .legacy_tokens
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| LegacyTokenRule {
+                namespaces: problems.globs(&format!("spec.legacyTokens[{i}].namespaces"), entry.namespaces.as_deref()),
+                service_accounts: problems
+                    .globs(&format!("spec.legacyTokens[{i}].serviceAccounts"), entry.service_accounts.as_deref()),
+            })
+            .collect();
 
         let mut builders: HashMap<String, (GlobSetBuilder, Vec<usize>, Vec<AudienceRule>)> = HashMap::new();
         let mut all_namespaces = GlobSetBuilder::new();
@@ -138,6 +164,7 @@ impl TryFrom<PolicyDocument> for Policy {
             let rule = CsiDriverRule {
                 audiences: driver.audiences.iter().map(|a| normalize(a)).collect(),
                 require_republish: driver.require_republish,
+                require_token_in_secrets: driver.require_token_in_secrets,
             };
             csi_drivers.insert(driver.name.clone(), rule);
         }
@@ -159,8 +186,11 @@ impl TryFrom<PolicyDocument> for Policy {
         let mut policy = Policy {
             mode: spec.mode,
             api_server_audiences: api_server_audiences.clone(),
+            api_server_audiences_listed: !spec.api_server_audiences.is_empty(),
             min_seconds,
             max_seconds,
+            extended_seconds,
+            legacy_tokens,
             audiences,
             all_namespaces,
             all_namespaces_owner,

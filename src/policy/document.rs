@@ -31,6 +31,8 @@ pub struct PolicySpec {
     #[serde(default)]
     pub expiration: ExpirationSpec,
     #[serde(default)]
+    pub legacy_tokens: Vec<LegacyTokenEntry>,
+    #[serde(default)]
     pub audiences: Vec<AudienceEntry>,
     #[serde(default)]
     pub csi_drivers: Vec<CsiDriverEntry>,
@@ -71,6 +73,16 @@ impl Mode {
 pub struct ExpirationSpec {
     pub min_seconds: Option<u64>,
     pub max_seconds: Option<u64>,
+    /// What the API server turns a pod-bound 3607 s API-server-audience token into.
+    pub extended_seconds: Option<u64>,
+}
+
+/// Who may have legacy Secret-based tokens (`type: kubernetes.io/service-account-token`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LegacyTokenEntry {
+    pub namespaces: Option<Vec<String>>,
+    pub service_accounts: Option<Vec<String>>,
 }
 
 /// One entry of the audience allow-list.
@@ -92,6 +104,8 @@ pub struct CsiDriverEntry {
     pub audiences: Vec<String>,
     #[serde(default)]
     pub require_republish: bool,
+    #[serde(default)]
+    pub require_token_in_secrets: bool,
 }
 
 /// `spec.nodeRestriction`.

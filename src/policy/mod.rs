@@ -18,14 +18,51 @@ pub const API_MAX_EXPIRATION_SECONDS: u64 = 1 << 32;
 pub const SHOWN_AUDIENCES: usize = 8;
 /// The lifetime the API server gives a token that asks for none.
 pub const DEFAULT_EXPIRATION_SECONDS: u64 = 3600;
+/// What the API server makes of a pod-bound 3607 s API-server-audience token by default:
+/// `--service-account-max-extended-token-expiration`, one year.
+pub const DEFAULT_EXTENDED_SECONDS: u64 = 31_536_000;
+
+/// A token's lifetime: what was asked for, and what the API server will issue (see
+/// `review::automount::lifetime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    pub requested: u64,
+    pub effective: u64,
+}
+
+impl Lifetime {
+    /// A lifetime the API server issues as asked.
+    pub fn as_requested(seconds: u64) -> Self {
+        Self { requested: seconds, effective: seconds }
+    }
+
+    /// Whether the API server lengthens the token beyond what was asked.
+    pub fn is_extended(self) -> bool {
+        self.effective != self.requested
+    }
+}
+
+/// A token as decisions judge it: its audience (normalised: the API server audience is `""`),
+/// whom it is for, and how long it lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Token<'a> {
+    pub audience: &'a str,
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    pub lifetime: Lifetime,
+}
 
 /// A validated, compiled policy. Build it with [`Policy::parse`].
 #[derive(Debug, Clone)]
 pub struct Policy {
     mode: Mode,
     api_server_audiences: HashSet<String>,
+    /// Whether the document itself listed `apiServerAudiences` (learned ones do not count).
+    api_server_audiences_listed: bool,
     min_seconds: u64,
     max_seconds: u64,
+    extended_seconds: u64,
+    legacy_tokens: Vec<LegacyTokenRule>,
     audiences: HashMap<String, AudienceRules>,
     /// Every namespace glob of every entry, for "what is allowed here" in messages.
     all_namespaces: globset::GlobSet,
@@ -53,6 +90,13 @@ struct AudienceRule {
     max_seconds: u64,
 }
 
+/// One `legacyTokens` entry.
+#[derive(Debug, Clone)]
+struct LegacyTokenRule {
+    namespaces: Globs,
+    service_accounts: Globs,
+}
+
 /// What the policy says about one CSI driver.
 #[derive(Debug, Clone)]
 pub struct CsiDriverRule {
@@ -60,6 +104,8 @@ pub struct CsiDriverRule {
     pub audiences: HashSet<String>,
     /// Whether `requiresRepublish: true` is needed when it declares `tokenRequests`.
     pub require_republish: bool,
+    /// Whether `serviceAccountTokenInSecrets: true` is needed when it declares `tokenRequests`.
+    pub require_token_in_secrets: bool,
 }
 
 /// `spec.nodeRestriction`, compiled.
@@ -166,8 +212,14 @@ impl PolicyError {
 impl Policy {
     /// Parses, validates and compiles a policy document written in YAML or JSON.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse_with_api_server_audiences(text, &[])
+    }
+
+    /// Like [`Policy::parse`], with `learned` API server audiences (read from the cluster)
+    /// added to the document's `apiServerAudiences`.
+    pub fn parse_with_api_server_audiences(text: &str, learned: &[String]) -> Result<Policy, PolicyError> {
         let document = compile::parse_document(text)?;
-        Policy::try_from(document)
+        compile::compile(document, learned)
     }
 
     /// What to do with violations.
@@ -194,30 +246,73 @@ impl Policy {
         }
     }
 
-    /// Whether a token for `audience` (normalised) may be minted for `namespace/service_account`
-    /// with a lifetime of `seconds`.
-    pub fn check_token(
-        &self,
-        audience: &str,
-        namespace: &str,
-        service_account: &str,
-        seconds: u64,
-    ) -> Result<(), TokenDenial> {
-        if seconds < self.min_seconds {
+    /// What the API server turns a pod-bound 3607 s API-server-audience token into.
+    pub fn extended_seconds(&self) -> u64 {
+        self.extended_seconds
+    }
+
+    /// Whether `token` may be minted: an `audiences` entry matches its audience, namespace and
+    /// service account, and its effective lifetime lies within the bounds.
+    pub fn check_token(&self, token: &Token<'_>) -> Result<(), TokenDenial> {
+        if token.lifetime.effective < self.min_seconds {
             return Err(TokenDenial::TooShort { min: self.min_seconds });
         }
-        let max = self
-            .audiences
-            .get(audience)
-            .and_then(|rules| rules.matching(namespace, service_account).map(|rule| rule.max_seconds).max());
+        let max = self.audiences.get(token.audience).and_then(|rules| {
+            rules.matching(token.namespace, token.service_account).map(|rule| rule.max_seconds).max()
+        });
         match max {
             None => {
-                let (allowed_here, more) = self.audiences_allowed_for(namespace, service_account);
+                let (allowed_here, more) = self.audiences_allowed_for(token.namespace, token.service_account);
                 Err(TokenDenial::NotAllowed { allowed_here, more })
             }
-            Some(max) if seconds > max => Err(TokenDenial::TooLong { max }),
-            Some(_) => Ok(()),
+            Some(max) => self.check_lifetime(token.lifetime, max),
         }
+    }
+
+    /// The one lifetime rule: the effective lifetime lies within `[minSeconds, max]`.
+    pub fn check_lifetime(&self, lifetime: Lifetime, max: u64) -> Result<(), TokenDenial> {
+        if lifetime.effective < self.min_seconds {
+            Err(TokenDenial::TooShort { min: self.min_seconds })
+        } else if lifetime.effective > max {
+            Err(TokenDenial::TooLong { max })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether `namespace/service_account` may have a legacy Secret-based token.
+    pub fn allows_legacy_token(&self, namespace: &str, service_account: &str) -> bool {
+        self.legacy_tokens
+            .iter()
+            .any(|rule| rule.namespaces.is_match(namespace) && rule.service_accounts.is_match(service_account))
+    }
+
+    /// The API server audiences decisions map to `""`: the document's list, plus those learned
+    /// from the cluster. Sorted.
+    pub fn api_server_audiences(&self) -> Vec<&str> {
+        let mut audiences: Vec<&str> = self.api_server_audiences.iter().map(String::as_str).collect();
+        audiences.sort_unstable();
+        audiences
+    }
+
+    /// Whether the policy names `audience` (normalised) anywhere: an allow-list entry, a CSI
+    /// driver's audiences or a node's extra audiences.
+    pub fn knows_audience(&self, audience: &str) -> bool {
+        self.audiences.contains_key(audience)
+            || self.csi_drivers.values().any(|driver| driver.audiences.contains(audience))
+            || self.node_restriction.extra_audiences.contains_key(audience)
+    }
+
+    /// Things a valid policy may still get wrong, for `policy validate` to point out.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut warnings = Vec::new();
+        if !self.api_server_audiences_listed {
+            warnings.push(Problem {
+                path: "spec.apiServerAudiences".to_string(),
+                message: "absent: list the cluster's --api-audiences (the `aud` claim of any pod's automount token, e.g. `kubectl create token default | cut -d. -f2 | base64 -d`); offline commands then treat only \"\" and absent audiences as the API server's, and `serve` learns the list from its own token".to_string(),
+            });
+        }
+        warnings
     }
 
     /// Up to [`SHOWN_AUDIENCES`] audiences the allow-list grants `namespace/service_account`,
@@ -299,8 +394,8 @@ pub fn describe_audience(audience: &str) -> String {
 impl TokenDenial {
     /// The sentence after the field path, e.g. `audience "vault" is not allowed for service
     /// account team-a/web (allowed there: "sts.amazonaws.com")`.
-    pub fn explain(&self, audience: &str, namespace: &str, service_account: &str, seconds: u64) -> String {
-        let who = format!("service account {namespace}/{service_account}");
+    pub fn explain(&self, token: &Token<'_>) -> String {
+        let who = format!("service account {}/{}", token.namespace, token.service_account);
         match self {
             TokenDenial::NotAllowed { allowed_here, more } => {
                 let allowed = if allowed_here.is_empty() {
@@ -310,15 +405,37 @@ impl TokenDenial {
                     let more = if *more { " and more" } else { "" };
                     format!("allowed there: {}{more}", shown.join(", "))
                 };
-                format!("audience {} is not allowed for {who} ({allowed})", describe_audience(audience))
+                format!("audience {} is not allowed for {who} ({allowed})", describe_audience(token.audience))
             }
-            TokenDenial::TooShort { min } => {
-                format!("expirationSeconds {seconds} is below the minimum of {min} seconds")
+            TokenDenial::TooShort { .. } => self.explain_lifetime(token.lifetime),
+            TokenDenial::TooLong { .. } if token.lifetime.is_extended() => {
+                format!("{} for {who}{}", self.explain_lifetime(token.lifetime), EXTENSION_ADVICE)
             }
-            TokenDenial::TooLong { max } => format!(
-                "expirationSeconds {seconds} is above the maximum of {max} seconds for audience {} and {who}",
-                describe_audience(audience)
-            ),
+            TokenDenial::TooLong { .. } => {
+                format!(
+                    "{} for audience {} and {who}",
+                    self.explain_lifetime(token.lifetime),
+                    describe_audience(token.audience)
+                )
+            }
+        }
+    }
+
+    /// What is wrong with the lifetime alone, e.g. `expirationSeconds 3607 for the API server
+    /// audience is extended by the API server to 31536000 s, above the maximum of 86400 seconds`.
+    pub fn explain_lifetime(&self, lifetime: Lifetime) -> String {
+        let asked = if lifetime.is_extended() {
+            format!(
+                "expirationSeconds {} for the API server audience is extended by the API server to {} s,",
+                lifetime.requested, lifetime.effective
+            )
+        } else {
+            format!("expirationSeconds {} is", lifetime.requested)
+        };
+        match self {
+            TokenDenial::TooShort { min } => format!("{asked} below the minimum of {min} seconds"),
+            TokenDenial::TooLong { max } => format!("{asked} above the maximum of {max} seconds"),
+            TokenDenial::NotAllowed { .. } => format!("{asked} within bounds"),
         }
     }
 
@@ -327,6 +444,9 @@ impl TokenDenial {
         !matches!(self, TokenDenial::NotAllowed { .. })
     }
 }
+
+/// What to change when an extended token is too long.
+const EXTENSION_ADVICE: &str = " (ask for any other lifetime than 3607 s; if the API server runs with --service-account-extend-token-expiration=false, set spec.expiration.extendedSeconds to 3607)";
 
 /// A token's lifetime as the API server reads `expirationSeconds`: absent means 3600, and a
 /// negative value (which the API server rejects) counts as 0.

@@ -31,6 +31,10 @@ fn problems(text: &str) -> Vec<Problem> {
     }
 }
 
+fn token<'a>(audience: &'a str, namespace: &'a str, service_account: &'a str, seconds: u64) -> Token<'a> {
+    Token { audience, namespace, service_account, lifetime: Lifetime::as_requested(seconds) }
+}
+
 fn with_spec(extra: &str) -> String {
     format!("apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n{extra}")
 }
@@ -67,7 +71,7 @@ fn allow_list_decides_by_audience_namespace_and_service_account() {
         ("", "team-a", "x", 3600, Err("NotAllowed")),
     ];
     for (audience, ns, sa, seconds, expected) in cases {
-        let got = p.check_token(audience, ns, sa, seconds).map_err(|e| match e {
+        let got = p.check_token(&token(audience, ns, sa, seconds)).map_err(|e| match e {
             TokenDenial::NotAllowed { .. } => "NotAllowed".to_string(),
             TokenDenial::TooShort { .. } => "TooShort".to_string(),
             TokenDenial::TooLong { max } => format!("TooLong {max}"),
@@ -87,15 +91,15 @@ fn api_server_audiences_mean_the_empty_audience() {
 #[test]
 fn denial_message_says_what_would_be_allowed() {
     let p = policy(BASE);
-    let denial = p.check_token("gcp", "team-a", "web", 3600).expect_err("denied");
-    let message = denial.explain("gcp", "team-a", "web", 3600);
+    let denial = p.check_token(&token("gcp", "team-a", "web", 3600)).expect_err("denied");
+    let message = denial.explain(&token("gcp", "team-a", "web", 3600));
     assert_eq!(
         message,
         r#"audience "gcp" is not allowed for service account team-a/web (allowed there: "vault", "sts.amazonaws.com")"#
     );
-    let denial = p.check_token("", "team-a", "web", 3600).expect_err("denied");
+    let denial = p.check_token(&token("", "team-a", "web", 3600)).expect_err("denied");
     assert!(denial
-        .explain("", "team-a", "web", 3600)
+        .explain(&token("", "team-a", "web", 3600))
         .starts_with(r#"audience "" (the API server audience) is not allowed"#));
 }
 
@@ -218,7 +222,7 @@ fn denial_messages_name_a_few_allowed_audiences_however_long_the_list() {
     let p = policy(&text);
     let started = std::time::Instant::now();
     let TokenDenial::NotAllowed { allowed_here, more } =
-        p.check_token("vault", "team-a", "web", 3600).expect_err("denied")
+        p.check_token(&token("vault", "team-a", "web", 3600)).expect_err("denied")
     else {
         panic!("not allowed");
     };
@@ -235,6 +239,6 @@ fn many_entries_for_one_audience_still_decide_correctly() {
         text.push_str(&format!("    - {{audience: vault, namespaces: [\"ns-{i}\"], serviceAccounts: [\"sa-{i}\"]}}\n"));
     }
     let p = policy(&text);
-    assert!(p.check_token("vault", "ns-1234", "sa-1234", 3600).is_ok());
-    assert!(p.check_token("vault", "ns-1234", "sa-1235", 3600).is_err());
+    assert!(p.check_token(&token("vault", "ns-1234", "sa-1234", 3600)).is_ok());
+    assert!(p.check_token(&token("vault", "ns-1234", "sa-1235", 3600)).is_err());
 }

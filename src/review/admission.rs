@@ -42,10 +42,39 @@ pub struct AdmissionRequest<'a> {
     pub sub_resource: Option<String>,
     pub name: Option<String>,
     pub namespace: Option<String>,
-    pub operation: String,
+    pub operation: Operation,
     pub user_info: UserInfo,
     pub object: Option<RequestObject<'a>>,
+    /// The object before an UPDATE; kept raw, decoded only by decisions that compare.
+    pub old_object: Option<&'a RawValue>,
     pub dry_run: Option<bool>,
+}
+
+/// `request.operation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+    Connect,
+    /// Absent or unknown.
+    #[default]
+    #[serde(other)]
+    Other,
+}
+
+impl Operation {
+    /// The name the API server uses, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
+            Operation::Other => "",
+        }
+    }
 }
 
 /// `request.object` as it was read.
@@ -96,6 +125,7 @@ enum Field {
     Operation,
     UserInfo,
     Object,
+    OldObject,
     DryRun,
     #[serde(other)]
     Other,
@@ -139,6 +169,7 @@ impl<'de> Visitor<'de> for RequestVisitor {
                         map.next_value::<Option<&RawValue>>()?.map(RequestObject::Raw)
                     };
                 }
+                Field::OldObject => request.old_object = map.next_value()?,
                 Field::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -170,10 +201,12 @@ pub struct UserInfo {
 }
 
 impl UserInfo {
-    /// The node name when the caller is a kubelet (`system:node:<name>` in `system:nodes`).
+    /// The node name when the caller is a kubelet (`system:node:<name>` in `system:nodes`);
+    /// empty when the user names no node, which NodeRestriction refuses. Upstream:
+    /// `NodeIdentity` in `pkg/auth/nodeidentifier/default.go`.
     pub fn node_name(&self) -> Option<&str> {
         let name = self.username.strip_prefix("system:node:")?;
-        (!name.is_empty() && self.groups.iter().any(|g| g == "system:nodes")).then_some(name)
+        self.groups.iter().any(|g| g == "system:nodes").then_some(name)
     }
 }
 

@@ -3,6 +3,7 @@
 //! volume types that CSI migration serves through a CSI driver.
 
 use super::pod_view::Volume;
+use crate::policy::{Lifetime, Policy};
 
 /// Name prefix of the volume the ServiceAccount admission plugin adds (`kube-api-access-<5>`).
 pub const AUTOMOUNT_VOLUME_PREFIX: &str = "kube-api-access-";
@@ -30,16 +31,43 @@ pub const IN_TREE_VOLUME_DRIVERS: [(&str, &str); 7] = [
 /// source (no audience, path `token`, 3607 s); its other sources vary by distribution.
 /// Upstream: `TokenVolumeSource` in `plugin/pkg/admission/serviceaccount/admission.go`.
 pub fn is_automount_volume(volume: &Volume) -> bool {
-    if !volume.name.starts_with(AUTOMOUNT_VOLUME_PREFIX) {
+    let tokens = volume.token_sources().map(|(_, t)| (t.audience.as_deref(), t.path.as_str(), t.expiration_seconds));
+    has_automount_shape(&volume.name, tokens)
+}
+
+/// [`is_automount_volume`] on a volume's name and its token sources' `(audience, path,
+/// expirationSeconds)`, for any representation of a volume.
+pub fn has_automount_shape<'a>(
+    name: &str,
+    mut tokens: impl Iterator<Item = (Option<&'a str>, &'a str, Option<i64>)>,
+) -> bool {
+    if !name.starts_with(AUTOMOUNT_VOLUME_PREFIX) {
         return false;
     }
-    let mut tokens = volume.token_sources().map(|(_, token)| token);
     match (tokens.next(), tokens.next()) {
-        (Some(token), None) => {
-            token.audience.as_deref().unwrap_or_default().is_empty()
-                && token.path == AUTOMOUNT_TOKEN_PATH
-                && token.expiration_seconds == Some(AUTOMOUNT_EXPIRATION_SECONDS as i64)
+        (Some((audience, path, seconds)), None) => {
+            audience.unwrap_or_default().is_empty()
+                && path == AUTOMOUNT_TOKEN_PATH
+                && seconds == Some(AUTOMOUNT_EXPIRATION_SECONDS as i64)
         }
         _ => false,
     }
+}
+
+/// The lifetime the API server issues for a token request of `requested` seconds. Upstream,
+/// `TokenREST.Create` (pkg/registry/core/serviceaccount/storage/token.go) runs validating
+/// admission first and only then, when `--service-account-extend-token-expiration` is on (the
+/// default), turns a request bound to a pod, of exactly 3607 s, whose audiences are all API
+/// server audiences (`isKubeAudiences`) into a token of
+/// `--service-account-max-extended-token-expiration` (one year by default): the policy's
+/// `expiration.extendedSeconds`, 3607 when the extension is off.
+pub fn lifetime(policy: &Policy, requested: u64, bound_to_pod: bool, api_server_audiences_only: bool) -> Lifetime {
+    let extended = bound_to_pod && api_server_audiences_only && requested == AUTOMOUNT_EXPIRATION_SECONDS;
+    Lifetime { requested, effective: if extended { policy.extended_seconds() } else { requested } }
+}
+
+/// The in-tree volume type that is set and the CSI driver that serves it, given which of
+/// [`IN_TREE_VOLUME_DRIVERS`]' types are set, in that order.
+pub fn in_tree_driver(set: [bool; IN_TREE_VOLUME_DRIVERS.len()]) -> Option<(&'static str, &'static str)> {
+    IN_TREE_VOLUME_DRIVERS.iter().zip(set).find_map(|(&pair, set)| set.then_some(pair))
 }

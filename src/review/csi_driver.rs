@@ -1,19 +1,57 @@
 //! CSIDriver CREATE/UPDATE: which drivers may have the kubelet mint tokens, for which audiences.
 
-use k8s_openapi::api::storage::v1::CSIDriver;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{decode_object, Findings, Violation};
+use super::{automount, decode_object, Findings, Violation};
 use crate::policy::{describe_audience, expiration_or_default, Policy, API_MAX_EXPIRATION_SECONDS};
 
-/// Checks a CSIDriver's `tokenRequests` and `requiresRepublish` against `spec.csiDrivers`.
+/// The fields of a CSIDriver that decisions read, decoded leniently: fields of older or newer
+/// API servers (`serviceAccountTokenInSecrets` is GA in 1.36) are read when present and
+/// everything else is skipped.
+#[derive(Debug, Default, Deserialize)]
+struct CsiDriver {
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default)]
+    spec: Spec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    #[serde(default)]
+    token_requests: Option<Vec<TokenRequest>>,
+    #[serde(default)]
+    requires_republish: Option<bool>,
+    #[serde(default)]
+    service_account_token_in_secrets: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenRequest {
+    #[serde(default)]
+    audience: String,
+    #[serde(default)]
+    expiration_seconds: Option<i64>,
+}
+
+/// Checks a CSIDriver's `tokenRequests`, `requiresRepublish` and `serviceAccountTokenInSecrets`
+/// against `spec.csiDrivers`.
 pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
-    let driver: CSIDriver = match decode_object(object, "CSIDriver") {
+    let driver: CsiDriver = match decode_object(object, "CSIDriver") {
         Ok(driver) => driver,
         Err(findings) => return findings,
     };
     let mut findings = Findings::default();
-    let name = driver.metadata.name.as_deref().unwrap_or_default();
+    let name = driver.metadata.name.as_str();
     let token_requests = driver.spec.token_requests.as_deref().unwrap_or_default();
     if token_requests.is_empty() {
         return findings;
@@ -25,6 +63,7 @@ pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
         ));
         return findings;
     };
+    let max = policy.max_seconds().min(API_MAX_EXPIRATION_SECONDS);
     for (i, token) in token_requests.iter().enumerate() {
         let audience = policy.normalize(Some(&token.audience));
         if !rule.audiences.contains(audience) {
@@ -39,12 +78,13 @@ pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
                 ),
             ));
         }
+        // The kubelet binds every token it requests for a driver to the pod being mounted.
         let seconds = expiration_or_default(token.expiration_seconds);
-        let max = policy.max_seconds().min(API_MAX_EXPIRATION_SECONDS);
-        if seconds < policy.min_seconds() || seconds > max {
+        let lifetime = automount::lifetime(policy, seconds, true, audience.is_empty());
+        if let Err(denial) = policy.check_lifetime(lifetime, max) {
             findings.violations.push(Violation::new(
                 format!("spec.tokenRequests[{i}].expirationSeconds"),
-                format!("{seconds} is outside the allowed range {}..{max} seconds", policy.min_seconds()),
+                format!("{} (allowed: {}..{max} seconds)", denial.explain_lifetime(lifetime), policy.min_seconds()),
             ));
         }
     }
@@ -52,6 +92,12 @@ pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
         findings.violations.push(Violation::new(
             "spec.requiresRepublish",
             format!("must be true: CSI driver {name:?} declares tokenRequests, and without republish its tokens expire under mounted volumes"),
+        ));
+    }
+    if rule.require_token_in_secrets && driver.spec.service_account_token_in_secrets != Some(true) {
+        findings.violations.push(Violation::new(
+            "spec.serviceAccountTokenInSecrets",
+            format!("must be true: CSI driver {name:?} declares tokenRequests, and the policy requires its tokens to travel in the NodePublishVolume secrets field rather than the volume context, which drivers have leaked into logs"),
         ));
     }
     findings

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod automount;
 mod csi_driver;
 mod inject;
+pub mod legacy_token;
 mod pod;
 pub mod pod_view;
 mod token_request;
@@ -19,7 +20,9 @@ use serde_json::value::RawValue;
 
 use crate::cluster::Cluster;
 use crate::policy::{Mode, Policy};
-use admission::{AdmissionRequest, AdmissionResponse, AdmissionReviewIn, RequestObject, Status, ADMISSION_API_VERSION};
+use admission::{
+    AdmissionRequest, AdmissionResponse, AdmissionReviewIn, Operation, RequestObject, Status, ADMISSION_API_VERSION,
+};
 
 pub use inject::SKIP_ANNOTATION;
 
@@ -82,6 +85,20 @@ impl WorkloadKind {
         }
     }
 
+    /// The resource name in API paths.
+    pub fn plural(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployments",
+            WorkloadKind::StatefulSet => "statefulsets",
+            WorkloadKind::DaemonSet => "daemonsets",
+            WorkloadKind::ReplicaSet => "replicasets",
+            WorkloadKind::Job => "jobs",
+            WorkloadKind::CronJob => "cronjobs",
+            WorkloadKind::ReplicationController => "replicationcontrollers",
+            WorkloadKind::PodTemplate => "podtemplates",
+        }
+    }
+
     /// The JSON path of the pod template inside the object.
     pub fn template_path(self) -> &'static [&'static str] {
         match self {
@@ -99,6 +116,8 @@ pub enum Subject {
     Workload(WorkloadKind),
     CsiDriver,
     TokenRequest,
+    /// A Secret; only those of type `kubernetes.io/service-account-token` are governed.
+    Secret,
     /// Anything tokengate does not govern.
     Other,
 }
@@ -111,6 +130,7 @@ impl Subject {
             ("", "Pod", "") => Subject::Pod,
             ("storage.k8s.io", "CSIDriver", "") => Subject::CsiDriver,
             ("authentication.k8s.io", "TokenRequest", "token") => Subject::TokenRequest,
+            ("", "Secret", "") => Subject::Secret,
             (group, kind, "") => WorkloadKind::ALL
                 .into_iter()
                 .find(|w| w.group_kind() == (group, kind))
@@ -126,6 +146,7 @@ impl Subject {
             Subject::Workload(w) => w.group_kind().1,
             Subject::CsiDriver => "CSIDriver",
             Subject::TokenRequest => "TokenRequest",
+            Subject::Secret => "Secret",
             Subject::Other => "Other",
         }
     }
@@ -321,12 +342,15 @@ pub async fn decide<C: Cluster>(
     cluster: &C,
 ) -> Verdict {
     let subject = Subject::of(&request.kind.group, &request.kind.kind, request.sub_resource.as_deref());
-    let operation = request.operation.as_str();
     let governed = matches!(
-        (webhook, subject, operation),
-        (_, Subject::Pod, "CREATE")
-            | (Webhook::Validate, Subject::Workload(_) | Subject::CsiDriver, "CREATE" | "UPDATE")
-            | (Webhook::Validate, Subject::TokenRequest, "CREATE")
+        (webhook, subject, request.operation),
+        (_, Subject::Pod, Operation::Create)
+            | (
+                Webhook::Validate,
+                Subject::Workload(_) | Subject::CsiDriver | Subject::Secret,
+                Operation::Create | Operation::Update
+            )
+            | (Webhook::Validate, Subject::TokenRequest, Operation::Create)
     );
     if !governed {
         return Verdict::without_checks(subject, Decision::Ignored);
@@ -340,6 +364,7 @@ pub async fn decide<C: Cluster>(
         return Verdict::from_findings(subject, policy.mode(), findings);
     };
     let namespace = request.namespace.as_deref().unwrap_or_default();
+    let old_object = request.old_object.filter(|_| request.operation == Operation::Update);
     let findings = match (subject, webhook, object) {
         (Subject::Pod, _, _) => pod::review_pod(object, webhook, namespace, policy, cluster).await,
         (Subject::Other, _, _) => Findings::default(),
@@ -348,12 +373,13 @@ pub async fn decide<C: Cluster>(
             Findings::undecodable(Violation::new("request.kind", "a Pod object in a request that is not about a Pod"))
         }
         (Subject::Workload(kind), _, RequestObject::Raw(raw)) => {
-            pod::validate_template(raw, kind, namespace, policy, cluster).await
+            pod::validate_workload(raw, old_object, kind, namespace, policy, cluster).await
         }
         (Subject::CsiDriver, _, RequestObject::Raw(raw)) => csi_driver::validate(raw, policy),
         (Subject::TokenRequest, _, RequestObject::Raw(raw)) => {
             token_request::validate(raw, request, policy, cluster).await
         }
+        (Subject::Secret, _, RequestObject::Raw(raw)) => legacy_token::validate(raw, old_object, namespace, policy),
     };
     Verdict::from_findings(subject, policy.mode(), findings)
 }
@@ -363,7 +389,7 @@ pub async fn decide<C: Cluster>(
 pub struct Summary {
     pub uid: String,
     pub subject: Subject,
-    pub operation: String,
+    pub operation: Operation,
     pub namespace: String,
     pub name: String,
     pub decision: Decision,
@@ -430,7 +456,7 @@ fn invalid(uid: String, message: String) -> Reply {
     let summary = Summary {
         uid,
         subject: Subject::Other,
-        operation: String::new(),
+        operation: Operation::Other,
         namespace: String::new(),
         name: String::new(),
         decision: Decision::Invalid,

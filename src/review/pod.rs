@@ -5,12 +5,12 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 
 use super::admission::RequestObject;
-use super::automount::is_automount_volume;
+use super::automount;
 use super::inject::{self, State};
 use super::pod_view::{Pod, PodView, Workload};
 use super::{decode_object, Findings, Violation, Webhook, WorkloadKind};
 use crate::cluster::{Cluster, ServiceAccountInfo};
-use crate::policy::{expiration_or_default, Policy};
+use crate::policy::{expiration_or_default, Policy, Token};
 
 /// Annotation the kubelet puts on mirror pods of static pods; those are never mutated.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -86,10 +86,13 @@ async fn mutate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C
 }
 
 /// Workload CREATE/UPDATE: the pod checks on the template, so problems surface at apply time.
-/// Missing injections are not violations here (the mutating webhook adds them to each pod),
-/// but collisions are, since every pod of the workload would be denied.
-pub async fn validate_template<C: Cluster>(
+/// On UPDATE only a changed template is judged, and only for violations the old template did
+/// not already have: controllers scale and garbage-collect workloads by UPDATE without touching
+/// the template, and refusing those would stall rollouts and deletions. An object being
+/// deleted is not judged.
+pub async fn validate_workload<C: Cluster>(
     object: &RawValue,
+    old_object: Option<&RawValue>,
     kind: WorkloadKind,
     namespace: &str,
     policy: &Policy,
@@ -99,10 +102,37 @@ pub async fn validate_template<C: Cluster>(
         Ok(workload) => workload,
         Err(findings) => return findings,
     };
+    if workload.is_being_deleted() {
+        return Findings::default();
+    }
+    let Some(template) = workload.into_template(kind) else { return Findings::default() };
+    let old_template = old_object
+        .and_then(|old| decode_object::<Workload>(old, kind.group_kind().1).ok())
+        .and_then(|old| old.into_template(kind));
+    if old_template.as_ref() == Some(&template) {
+        return Findings::default();
+    }
+    let mut findings = validate_template(&template, kind, namespace, policy, cluster).await;
+    if let Some(old_template) = &old_template {
+        let before = validate_template(old_template, kind, namespace, policy, cluster).await;
+        findings.violations.retain(|violation| !before.violations.contains(violation));
+    }
+    findings
+}
+
+/// The pod checks on one template. Missing injections are not violations here (the mutating
+/// webhook adds them to each pod), but collisions are, since every pod of the workload would be
+/// denied.
+async fn validate_template<C: Cluster>(
+    template: &Pod,
+    kind: WorkloadKind,
+    namespace: &str,
+    policy: &Policy,
+    cluster: &C,
+) -> Findings {
     let mut findings = Findings::default();
-    let Some(template) = workload.into_template(kind) else { return findings };
     let field = format!("{}.spec", kind.template_path().join("."));
-    let Some(view) = PodView::new(&template, namespace, field) else { return findings };
+    let Some(view) = PodView::new(template, namespace, field) else { return findings };
     check_tokens(&view, policy, cluster, &mut findings).await;
     let service_account = service_account_for(&view, policy, cluster, &mut findings).await;
     for planned in inject::plan(&view, policy, service_account.as_ref(), &mut Vec::new()) {
@@ -152,49 +182,52 @@ async fn service_account_for<C: Cluster>(
     }
 }
 
-/// Every projected token and every token an inline CSI volume's driver mints, against the
-/// allow-list and lifetime bounds. The automount volume is always admitted.
+/// Every projected token and every token an inline CSI volume's driver mints (in-tree types
+/// that CSI migration serves count as their driver), against the allow-list and the lifetime
+/// bounds, judged by the lifetime the API server will issue. The automount volume is always
+/// admitted.
 async fn check_tokens<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C, findings: &mut Findings) {
-    let (namespace, service_account, field) = (view.namespace, view.service_account, &view.field);
+    let field = &view.field;
     for (i, volume) in view.spec.volumes().iter().enumerate() {
-        if is_automount_volume(volume) {
+        if automount::is_automount_volume(volume) {
             continue;
         }
-        for (j, token) in volume.token_sources() {
-            let audience = policy.normalize(token.audience.as_deref());
-            let seconds = expiration_or_default(token.expiration_seconds);
-            if let Err(denial) = policy.check_token(audience, namespace, service_account, seconds) {
+        for (j, source) in volume.token_sources() {
+            let token = pod_token(view, policy, source.audience.as_deref(), source.expiration_seconds);
+            if let Err(denial) = policy.check_token(&token) {
                 let leaf = if denial.is_about_expiration() { "expirationSeconds" } else { "audience" };
                 findings.violations.push(Violation::new(
                     format!("{field}.volumes[{i}].projected.sources[{j}].serviceAccountToken.{leaf}"),
-                    denial.explain(audience, namespace, service_account, seconds),
+                    denial.explain(&token),
                 ));
             }
         }
-        let Some(csi) = &volume.csi else { continue };
-        let driver_field = format!("{field}.volumes[{i}].csi.driver");
-        let driver = match cluster.csi_driver(&csi.driver).await {
+        let Some((driver_key, driver_name)) = volume.csi_driver() else { continue };
+        let driver_field = format!("{field}.volumes[{i}].{driver_key}");
+        let driver = match cluster.csi_driver(driver_name).await {
             Ok(driver) => driver,
             Err(err) => {
                 findings
                     .violations
-                    .push(Violation::new(driver_field, format!("could not look up CSIDriver {:?}: {err}", csi.driver)));
+                    .push(Violation::new(driver_field, format!("could not look up CSIDriver {driver_name:?}: {err}")));
                 continue;
             }
         };
         for (audience, seconds) in driver.iter().flat_map(|d| d.token_requests.iter()) {
-            let audience = policy.normalize(Some(audience));
-            let seconds = expiration_or_default(*seconds);
-            if let Err(denial) = policy.check_token(audience, namespace, service_account, seconds) {
+            let token = pod_token(view, policy, Some(audience), *seconds);
+            if let Err(denial) = policy.check_token(&token) {
                 findings.violations.push(Violation::new(
                     driver_field.clone(),
-                    format!(
-                        "CSI driver {:?} mints a token for this pod: {}",
-                        csi.driver,
-                        denial.explain(audience, namespace, service_account, seconds)
-                    ),
+                    format!("CSI driver {driver_name:?} mints a token for this pod: {}", denial.explain(&token)),
                 ));
             }
         }
     }
+}
+
+/// A token the kubelet will request for the pod; it binds every such token to the pod.
+fn pod_token<'a>(view: &PodView<'a>, policy: &Policy, audience: Option<&'a str>, seconds: Option<i64>) -> Token<'a> {
+    let audience = policy.normalize(audience);
+    let lifetime = automount::lifetime(policy, expiration_or_default(seconds), true, audience.is_empty());
+    Token { audience, namespace: view.namespace, service_account: view.service_account, lifetime }
 }

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::WorkloadKind;
+use super::{automount, WorkloadKind};
 use crate::cluster::service_account_named;
 
 /// A Pod, or the pod template of a workload: the same `metadata` and `spec`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Pod {
     #[serde(default)]
     pub metadata: Metadata,
@@ -21,14 +21,14 @@ pub struct Pod {
 }
 
 /// `metadata` of a Pod or template.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Metadata {
     pub labels: Option<BTreeMap<String, String>>,
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// `spec` of a Pod.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     pub volumes: Option<Vec<Volume>>,
@@ -59,14 +59,41 @@ impl PodSpec {
 }
 
 /// One entry of `spec.volumes`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Volume {
     pub name: String,
     pub projected: Option<ProjectedVolume>,
     pub csi: Option<CsiVolume>,
+    /// In-tree types that CSI migration serves through a CSI driver: only whether they are set
+    /// matters (see `automount::IN_TREE_VOLUME_DRIVERS`, same order).
+    pub aws_elastic_block_store: Option<IgnoredAny>,
+    pub gce_persistent_disk: Option<IgnoredAny>,
+    pub azure_disk: Option<IgnoredAny>,
+    pub azure_file: Option<IgnoredAny>,
+    pub cinder: Option<IgnoredAny>,
+    pub vsphere_volume: Option<IgnoredAny>,
+    pub portworx_volume: Option<IgnoredAny>,
 }
 
 impl Volume {
+    /// The CSI driver the volume reaches inline, with the field that names it: `csi.driver`, or
+    /// an in-tree type that CSI migration serves through its driver (`azureFile`, ...).
+    pub fn csi_driver(&self) -> Option<(&'static str, &str)> {
+        if let Some(csi) = &self.csi {
+            return Some(("csi.driver", &csi.driver));
+        }
+        automount::in_tree_driver([
+            self.aws_elastic_block_store.is_some(),
+            self.gce_persistent_disk.is_some(),
+            self.azure_disk.is_some(),
+            self.azure_file.is_some(),
+            self.cinder.is_some(),
+            self.vsphere_volume.is_some(),
+            self.portworx_volume.is_some(),
+        ])
+    }
+
     /// The `serviceAccountToken` sources of a projected volume, with their index in `sources`.
     pub fn token_sources(&self) -> impl Iterator<Item = (usize, &TokenProjection)> {
         self.sources().iter().enumerate().filter_map(|(j, source)| Some((j, source.service_account_token.as_ref()?)))
@@ -79,20 +106,20 @@ impl Volume {
 }
 
 /// `projected` of a volume.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct ProjectedVolume {
     pub sources: Option<Vec<VolumeProjection>>,
 }
 
 /// One source of a projected volume; only token sources are read, the others only counted.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeProjection {
     pub service_account_token: Option<TokenProjection>,
 }
 
 /// A `serviceAccountToken` projection.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenProjection {
     pub audience: Option<String>,
@@ -102,13 +129,13 @@ pub struct TokenProjection {
 }
 
 /// An inline `csi` volume.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct CsiVolume {
     pub driver: String,
 }
 
 /// One entry of `containers` or `initContainers`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
     pub name: String,
@@ -117,7 +144,7 @@ pub struct Container {
 }
 
 /// One entry of a container's `env`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     pub name: String,
@@ -127,7 +154,7 @@ pub struct EnvVar {
 }
 
 /// One entry of a container's `volumeMounts`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeMount {
     pub name: String,
@@ -137,6 +164,8 @@ pub struct VolumeMount {
 /// Any workload kind, reduced to where its pod template can be.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Workload {
+    #[serde(default)]
+    metadata: WorkloadMetadata,
     spec: Option<WorkloadSpec>,
     /// A PodTemplate's template.
     template: Option<Pod>,
@@ -150,7 +179,18 @@ struct WorkloadSpec {
     job_template: Option<Box<Workload>>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkloadMetadata {
+    deletion_timestamp: Option<IgnoredAny>,
+}
+
 impl Workload {
+    /// Whether the object is being deleted (`metadata.deletionTimestamp` is set).
+    pub fn is_being_deleted(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+
     /// The pod template of a workload of `kind`, at [`WorkloadKind::template_path`].
     pub fn into_template(self, kind: WorkloadKind) -> Option<Pod> {
         match kind {

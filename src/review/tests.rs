@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::admission::{AdmissionRequest, GroupVersionKind, RequestObject, UserInfo};
+use super::admission::{AdmissionRequest, GroupVersionKind, Operation, RequestObject, UserInfo};
 use super::*;
 use crate::cluster::ObjectStore;
 
@@ -67,12 +67,13 @@ fn request<'a>(kind: (&str, &str), namespace: &str, user: &str, object: &'a RawV
         sub_resource: (kind.1 == "TokenRequest").then(|| "token".to_string()),
         name: Some("web".to_string()),
         namespace: Some(namespace.to_string()),
-        operation: "CREATE".to_string(),
+        operation: Operation::Create,
         user_info: UserInfo {
             username: user.to_string(),
             groups: if user.starts_with("system:node:") { vec!["system:nodes".to_string()] } else { vec![] },
         },
         object: Some(RequestObject::Raw(object)),
+        old_object: None,
         dry_run: None,
     }
 }
@@ -125,7 +126,7 @@ fn recognises_kubelets_by_name_and_group() {
     };
     assert_eq!(user("system:node:n1", &["system:nodes"]).node_name(), Some("n1"));
     assert_eq!(user("system:node:n1", &["system:authenticated"]).node_name(), None);
-    assert_eq!(user("system:node:", &["system:nodes"]).node_name(), None);
+    assert_eq!(user("system:node:", &["system:nodes"]).node_name(), Some(""), "refused later, not taken for a user");
     assert_eq!(user("alice", &["system:nodes"]).node_name(), None);
 }
 
@@ -339,15 +340,31 @@ fn node_token_requests_must_match_the_bound_pod() {
     let tr = |audiences: Value, bound: Value| {
         run(("authentication.k8s.io", "TokenRequest"), node, Webhook::Validate, &token_request(audiences, 3600, bound))
     };
-    let bound = json!({"kind": "Pod", "name": "p", "uid": "u1"});
+    let bound = json!({"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u1"});
     assert_eq!(tr(json!(["vault"]), bound.clone()).decision, Decision::Allowed);
     assert_eq!(fields(&tr(json!(["vault", "sts.amazonaws.com"]), bound.clone()))[0], "spec.audiences");
     assert_eq!(fields(&tr(json!(["sts.amazonaws.com"]), bound.clone())), ["spec.audiences[0]"]);
-    assert_eq!(fields(&tr(json!(["vault"]), json!({"kind": "Secret", "name": "s"}))), ["spec.boundObjectRef"]);
+    assert_eq!(fields(&tr(json!(["vault"]), json!({"kind": "Secret", "name": "s"}))), ["spec.boundObjectRef.kind"]);
     assert_eq!(
-        fields(&tr(json!(["vault"]), json!({"kind": "Pod", "name": "p", "uid": "u2"}))),
+        fields(&tr(json!(["vault"]), json!({"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u2"}))),
         ["spec.boundObjectRef.uid"]
     );
+    assert_eq!(
+        fields(&tr(json!(["vault"]), json!({"apiVersion": "v1", "kind": "Pod", "name": "p"}))),
+        ["spec.boundObjectRef.uid"],
+        "upstream NodeRestriction refuses a pod binding without a uid"
+    );
+    assert_eq!(
+        fields(&tr(json!(["vault"]), json!({"apiVersion": "v2", "kind": "Pod", "name": "p", "uid": "u1"}))),
+        ["spec.boundObjectRef.apiVersion"]
+    );
+    let nameless = run(
+        ("authentication.k8s.io", "TokenRequest"),
+        "system:node:",
+        Webhook::Validate,
+        &token_request(json!(["vault"]), 3600, bound.clone()),
+    );
+    assert_eq!(fields(&nameless), ["userInfo.username"]);
     let other_node = run(
         ("authentication.k8s.io", "TokenRequest"),
         "system:node:node-2",
@@ -359,7 +376,7 @@ fn node_token_requests_must_match_the_bound_pod() {
 
 #[test]
 fn automount_token_requests_from_nodes_need_no_allow_list_entry() {
-    let bound = json!({"kind": "Pod", "name": "p", "uid": "u1"});
+    let bound = json!({"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u1"});
     let request = |user: &str, audiences: Value, seconds: i64| {
         run(
             ("authentication.k8s.io", "TokenRequest"),
@@ -368,12 +385,10 @@ fn automount_token_requests_from_nodes_need_no_allow_list_entry() {
             &token_request(audiences, seconds, bound.clone()),
         )
     };
-    // Pod "p" has no token volume without an audience, so even the automount-shaped request is unreferenced.
-    assert_eq!(
-        request("system:node:node-1", json!(null), 3607).violations.len(),
-        1,
-        "pod p has no API server token volume"
-    );
+    // Pod "p" has no automount volume: the automount-shaped request is a one-year token that
+    // no entry allows, and no volume of the pod references.
+    let verdict = request("system:node:node-1", json!(null), 3607);
+    assert_eq!(fields(&verdict), ["spec.audiences", "spec.audiences"], "pod p has no API server token volume");
     assert!(request("alice", json!(null), 3607).violations[0].message.contains("is not allowed"));
     assert!(request("alice", json!(["https://kubernetes.default.svc.cluster.local"]), 3607).violations[0]
         .message

@@ -6,10 +6,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::admission::AdmissionRequest;
-use super::automount::AUTOMOUNT_EXPIRATION_SECONDS;
+use super::automount::{self, AUTOMOUNT_EXPIRATION_SECONDS};
 use super::{decode_object, Findings, Violation};
 use crate::cluster::{Cluster, PodInfo};
-use crate::policy::{describe_audience, expiration_or_default, Policy};
+use crate::policy::{describe_audience, expiration_or_default, Lifetime, Policy, Token};
 
 /// The fields of a TokenRequest that decisions read; everything else (new bound kinds,
 /// attestations) is ignored, so newer API servers still decode.
@@ -31,7 +31,10 @@ struct TokenRequestSpec {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct BoundObjectRef {
+    #[serde(default)]
+    api_version: Option<String>,
     #[serde(default)]
     kind: Option<String>,
     #[serde(default)]
@@ -40,10 +43,41 @@ struct BoundObjectRef {
     uid: Option<String>,
 }
 
+impl BoundObjectRef {
+    /// Whether it names a core Pod (`apiVersion` empty or of the core group), as `TokenREST.Create`
+    /// reads it: only then does the API server bind the token to a pod and may extend it.
+    fn is_pod(&self) -> bool {
+        let api_version = self.api_version.as_deref().unwrap_or_default();
+        self.kind.as_deref() == Some("Pod") && !api_version.contains('/')
+    }
+}
+
+/// What decisions read of a TokenRequest: its audiences (normalised, with their field paths)
+/// and the lifetime the API server will issue.
+struct Request<'a> {
+    namespace: &'a str,
+    service_account: &'a str,
+    audiences: Vec<(String, &'a str)>,
+    lifetime: Lifetime,
+    bound: Option<&'a BoundObjectRef>,
+}
+
+impl<'a> Request<'a> {
+    fn token(&self, audience: &'a str) -> Token<'a> {
+        Token { audience, namespace: self.namespace, service_account: self.service_account, lifetime: self.lifetime }
+    }
+
+    /// The audiences as one token holds them: each once, in request order.
+    fn distinct_audiences(&self) -> Vec<&'a str> {
+        let mut seen = BTreeSet::new();
+        self.audiences.iter().map(|(_, a)| *a).filter(|a| seen.insert(*a)).collect()
+    }
+}
+
 /// Checks a TokenRequest for the service account `request.namespace/request.name`.
 pub async fn validate<C: Cluster>(
     object: &RawValue,
-    request: &AdmissionRequest<'_>,
+    admission: &AdmissionRequest<'_>,
     policy: &Policy,
     cluster: &C,
 ) -> Findings {
@@ -51,87 +85,130 @@ pub async fn validate<C: Cluster>(
         Ok(token) => token,
         Err(findings) => return findings,
     };
-    let mut findings = Findings::default();
-    let namespace = request.namespace.as_deref().unwrap_or_default();
-    let service_account = request.name.as_deref().unwrap_or_default();
-    let seconds = expiration_or_default(token.spec.expiration_seconds);
-    let requested = token.spec.audiences.as_deref().unwrap_or_default();
+    let spec = &token.spec;
+    let requested = spec.audiences.as_deref().unwrap_or_default();
     // Absent or empty audiences mean the API server audience; keep the field path of each.
     let audiences: Vec<(String, &str)> = if requested.is_empty() {
         vec![("spec.audiences".to_string(), "")]
     } else {
         requested.iter().enumerate().map(|(i, a)| (format!("spec.audiences[{i}]"), policy.normalize(Some(a)))).collect()
     };
-    let node = request.user_info.node_name();
-    let automount = node.is_some()
-        && seconds == AUTOMOUNT_EXPIRATION_SECONDS
-        && audiences.iter().all(|(_, audience)| audience.is_empty());
+    let bound = spec.bound_object_ref.as_ref();
+    let bound_to_pod = bound.is_some_and(BoundObjectRef::is_pod);
+    let api_server_only = audiences.iter().all(|(_, audience)| audience.is_empty());
+    let seconds = expiration_or_default(spec.expiration_seconds);
+    let request = Request {
+        namespace: admission.namespace.as_deref().unwrap_or_default(),
+        service_account: admission.name.as_deref().unwrap_or_default(),
+        audiences,
+        lifetime: automount::lifetime(policy, seconds, bound_to_pod, api_server_only),
+        bound,
+    };
 
-    if !automount {
-        for (field, audience) in &audiences {
-            if let Err(denial) = policy.check_token(audience, namespace, service_account, seconds) {
-                let field = if denial.is_about_expiration() { "spec.expirationSeconds" } else { field.as_str() };
-                findings
-                    .violations
-                    .push(Violation::new(field, denial.explain(audience, namespace, service_account, seconds)));
-            }
-        }
+    let mut findings = Findings::default();
+    let automount_token = match admission.user_info.node_name() {
+        Some(node) => NodeCheck { node, request: &request, policy, cluster }.run(&mut findings).await,
+        None => false,
+    };
+    if automount_token {
+        return findings;
     }
-    if let Some(node) = node.filter(|_| policy.node_restriction().enabled) {
-        let check = NodeCheck { node, namespace, service_account, policy, cluster };
-        check.run(&token.spec, &audiences, &mut findings.violations).await;
+    for audience in request.distinct_audiences() {
+        let token = request.token(audience);
+        if let Err(denial) = policy.check_token(&token) {
+            let field = if denial.is_about_expiration() {
+                "spec.expirationSeconds"
+            } else {
+                request.audiences.iter().find(|(_, a)| *a == audience).map_or("spec.audiences", |(f, _)| f)
+            };
+            findings.violations.push(Violation::new(field, denial.explain(&token)));
+        }
     }
     findings
 }
 
-/// The node-audience restriction: a kubelet may only mint tokens its bound pod references.
+/// A kubelet's request, checked against the pod it is bound to. Upstream NodeRestriction does
+/// the same in `admitServiceAccount` (plugin/pkg/admission/noderestriction/admission.go), on the
+/// raw request in the mutating phase; tokengate repeats it with the policy's extra audiences,
+/// and where NodeRestriction is older than the node-audience restriction (before 1.33).
 struct NodeCheck<'a, C> {
     node: &'a str,
-    namespace: &'a str,
-    service_account: &'a str,
+    request: &'a Request<'a>,
     policy: &'a Policy,
     cluster: &'a C,
 }
 
 impl<C: Cluster> NodeCheck<'_, C> {
-    async fn run(&self, spec: &TokenRequestSpec, audiences: &[(String, &str)], violations: &mut Vec<Violation>) {
-        let node = self.node;
-        if audiences.len() > 1 {
-            violations.push(Violation::new(
-                "spec.audiences",
-                format!("node {node} may request one audience per token, not {}", audiences.len()),
-            ));
+    /// Records what the node may not ask for; returns whether the request is the kubelet's
+    /// request for its bound pod's automount token, which is admitted without the allow-list.
+    async fn run(&self, findings: &mut Findings) -> bool {
+        let (node, request) = (self.node, self.request);
+        let enforce = self.policy.node_restriction().enabled;
+        let violations = &mut findings.violations;
+        if node.is_empty() {
+            if enforce {
+                violations.push(Violation::new(
+                    "userInfo.username",
+                    "the user system:node: names no node, so it may not request tokens for pods",
+                ));
+            }
+            return false;
         }
-        let bound = spec.bound_object_ref.as_ref();
-        let kind = bound.and_then(|b| b.kind.as_deref()).unwrap_or_default();
-        let Some(pod_name) = bound.filter(|_| kind == "Pod").and_then(|b| b.name.as_deref()) else {
-            let bound_to = if kind.is_empty() { "nothing".to_string() } else { format!("a {kind}") };
-            violations.push(Violation::new(
-                "spec.boundObjectRef",
-                format!("node {node} may only request tokens bound to a pod it runs, not to {bound_to}"),
-            ));
-            return;
-        };
-        let pod_ref = format!("{}/{pod_name}", self.namespace);
-        let pod = match self.cluster.pod(self.namespace, pod_name).await {
+        let bound = request.bound.filter(|b| b.is_pod());
+        let pod_name = bound.and_then(|b| b.name.as_deref()).filter(|n| !n.is_empty());
+        let bound_uid = bound.and_then(|b| b.uid.as_deref()).unwrap_or_default();
+        if enforce {
+            if let Some(problem) = bound_pod_problem(request.bound, node) {
+                violations.push(problem);
+                return false;
+            }
+        }
+        // The automount token has this shape; it is worth a lookup even when the node-audience
+        // restriction is off, to tell it from any other token.
+        let shaped = bound.is_some() && request.lifetime.requested == AUTOMOUNT_EXPIRATION_SECONDS;
+        let Some(pod_name) = pod_name.filter(|_| enforce || shaped) else { return false };
+        let pod_ref = format!("{}/{pod_name}", request.namespace);
+        let pod = match self.cluster.pod(request.namespace, pod_name).await {
             Ok(Some(pod)) => pod,
-            Ok(None) => {
+            Ok(None) if enforce => {
                 violations.push(Violation::new(
                     "spec.boundObjectRef.name",
                     format!("pod {pod_ref} does not exist; node {node} may only request tokens for pods bound to it"),
                 ));
-                return;
+                return false;
             }
-            Err(err) => {
+            Err(err) if enforce => {
                 violations.push(Violation::new(
                     "spec.boundObjectRef.name",
                     format!("could not look up pod {pod_ref}: {err}"),
                 ));
-                return;
+                return false;
             }
+            _ => return false,
         };
-        let bound_uid = bound.and_then(|b| b.uid.as_deref()).unwrap_or_default();
-        if !bound_uid.is_empty() && bound_uid != pod.uid {
+        let unknown = self.unknown_audiences(&pod);
+        let automount_token = shaped
+            && pod.has_automount_volume
+            && request.audiences.iter().all(|(_, audience)| audience.is_empty() || unknown.contains(audience));
+        if automount_token && !unknown.is_empty() {
+            // The field and the verdict first: the API server may cut warnings at 120 characters.
+            findings.notes.push(format!(
+                "spec.apiServerAudiences looks incomplete: add {unknown:?} (node {node}'s request for the automount token of pod {pod_ref} was admitted by its shape; known: {:?})",
+                self.policy.api_server_audiences()
+            ));
+        }
+        if !enforce {
+            return automount_token;
+        }
+        // Several API server audiences are one audience here: the kubelet asked for none.
+        let distinct = if automount_token { 1 } else { request.distinct_audiences().len() };
+        if distinct > 1 {
+            violations.push(Violation::new(
+                "spec.audiences",
+                format!("node {node} may request one audience per token, not {distinct}"),
+            ));
+        }
+        if bound_uid != pod.uid {
             violations.push(Violation::new(
                 "spec.boundObjectRef.uid",
                 format!("pod {pod_ref} has uid {}, not {bound_uid}", pod.uid),
@@ -147,66 +224,172 @@ impl<C: Cluster> NodeCheck<'_, C> {
                 format!("pod {pod_ref} {runs_on}, not on node {node}"),
             ));
         }
-        if pod.service_account != self.service_account {
+        if pod.service_account != request.service_account {
             violations.push(Violation::new(
                 "spec.boundObjectRef.name",
-                format!("pod {pod_ref} runs as service account {}, not {}", pod.service_account, self.service_account),
+                format!(
+                    "pod {pod_ref} runs as service account {}, not {}",
+                    pod.service_account, request.service_account
+                ),
             ));
         }
-        let mut reached: Option<Result<BTreeSet<String>, String>> = None;
-        for (field, audience) in audiences {
-            if self.references_directly(&pod, audience) {
+        if !automount_token {
+            self.check_references(&pod, &pod_ref, violations).await;
+        }
+        automount_token
+    }
+
+    /// Audiences the request names that the policy knows nothing of and the pod does not
+    /// reference: on an automount-shaped request these are most likely API server audiences
+    /// missing from `spec.apiServerAudiences`.
+    fn unknown_audiences<'r>(&self, pod: &PodInfo) -> Vec<&'r str>
+    where
+        Self: 'r,
+    {
+        let referenced =
+            |audience: &str| pod.token_audiences.iter().any(|a| self.policy.normalize(Some(a)) == audience);
+        let mut unknown: Vec<&str> = self
+            .request
+            .distinct_audiences()
+            .into_iter()
+            .filter(|a| !a.is_empty() && !self.policy.knows_audience(a) && !referenced(a))
+            .collect();
+        unknown.dedup();
+        unknown
+    }
+
+    /// Each audience must be referenced by the pod: a projected token volume, a CSI driver it
+    /// reaches, or `nodeRestriction.extraAudiences`.
+    async fn check_references(&self, pod: &PodInfo, pod_ref: &str, violations: &mut Vec<Violation>) {
+        let node = self.node;
+        let mut reached: Option<Reached> = None;
+        for (field, audience) in &self.request.audiences {
+            if self.references_directly(pod, audience) {
                 continue;
             }
-            let via_csi = reached.get_or_insert(self.csi_audiences(&pod).await);
-            match via_csi {
-                Ok(set) if set.contains(*audience) => {}
-                Ok(_) => violations.push(Violation::new(
-                    field.as_str(),
-                    format!(
-                        "audience {} is not referenced by pod {pod_ref} (no projected token volume or CSI driver of the pod asks for it), so node {node} may not request it",
-                        describe_audience(audience)
-                    ),
-                )),
-                Err(err) => violations.push(Violation::new(
-                    field.as_str(),
-                    format!("could not tell whether pod {pod_ref} references audience {}: {err}", describe_audience(audience)),
-                )),
+            let reached = match &reached {
+                Some(reached) => reached,
+                None => reached.insert(self.csi_audiences(pod).await),
+            };
+            if reached.audiences.contains(*audience) {
+                continue;
             }
+            let message = match &reached.unknown {
+                Some(err) => format!(
+                    "could not tell whether pod {pod_ref} references audience {}: {err}",
+                    describe_audience(audience)
+                ),
+                None => {
+                    let missing = if reached.missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; not found: {}", reached.missing.join(", "))
+                    };
+                    format!(
+                        "audience {} is not referenced by pod {pod_ref} (no projected token volume or CSI driver of the pod asks for it{missing}), so node {node} may not request it",
+                        describe_audience(audience)
+                    )
+                }
+            };
+            violations.push(Violation::new(field.as_str(), message));
         }
     }
 
     /// Referenced by a projected token volume, or granted by `nodeRestriction.extraAudiences`.
     fn references_directly(&self, pod: &PodInfo, audience: &str) -> bool {
         pod.token_audiences.iter().any(|a| self.policy.normalize(Some(a)) == audience)
-            || self.policy.node_restriction().is_extra_audience(audience, self.namespace)
+            || self.policy.node_restriction().is_extra_audience(audience, self.request.namespace)
     }
 
-    /// The audiences of every CSI driver the pod reaches: inline, through a PVC's PV, or
-    /// through the PVC of a generic ephemeral volume.
-    async fn csi_audiences(&self, pod: &PodInfo) -> Result<BTreeSet<String>, String> {
+    /// The audiences of every CSI driver the pod reaches: inline (or an in-tree type CSI
+    /// migration serves), through a PVC's PV, or through the PVC of a generic ephemeral volume.
+    /// Objects that do not exist are named, so a denial can say what is missing.
+    async fn csi_audiences(&self, pod: &PodInfo) -> Reached {
+        let namespace = self.request.namespace;
+        let mut reached = Reached::default();
         let mut drivers: BTreeSet<String> = pod.csi_drivers.iter().cloned().collect();
         for claim_name in &pod.claim_names {
-            let claim = self.cluster.persistent_volume_claim(self.namespace, claim_name).await;
-            let claim_ref = format!("PVC {}/{claim_name}", self.namespace);
-            let Some(volume_name) = claim.map_err(|e| format!("{claim_ref}: {e}"))?.and_then(|c| c.volume_name.clone())
-            else {
+            let claim_ref = format!("PVC {namespace}/{claim_name}");
+            let claim = match self.cluster.persistent_volume_claim(namespace, claim_name).await {
+                Ok(Some(claim)) => claim,
+                Ok(None) => {
+                    reached.missing.push(claim_ref);
+                    continue;
+                }
+                Err(err) => return Reached::unknown(format!("{claim_ref}: {err}")),
+            };
+            let Some(volume_name) = claim.volume_name.as_deref() else {
+                reached.missing.push(format!("the PV of {claim_ref}, which is not bound yet"));
                 continue;
             };
-            let volume = self.cluster.persistent_volume(&volume_name).await;
-            if let Some(driver) =
-                volume.map_err(|e| format!("PV {volume_name}: {e}"))?.and_then(|v| v.csi_driver.clone())
-            {
-                drivers.insert(driver);
+            match self.cluster.persistent_volume(volume_name).await {
+                Ok(Some(volume)) => drivers.extend(volume.csi_driver.clone()),
+                Ok(None) => reached.missing.push(format!("PV {volume_name} (of {claim_ref})")),
+                Err(err) => return Reached::unknown(format!("PV {volume_name}: {err}")),
             }
         }
-        let mut audiences = BTreeSet::new();
         for driver in drivers {
-            let info = self.cluster.csi_driver(&driver).await.map_err(|e| format!("CSIDriver {driver}: {e}"))?;
-            for (audience, _) in info.iter().flat_map(|d| d.token_requests.iter()) {
-                audiences.insert(self.policy.normalize(Some(audience)).to_string());
+            match self.cluster.csi_driver(&driver).await {
+                Ok(Some(info)) => reached.audiences.extend(
+                    info.token_requests.iter().map(|(audience, _)| self.policy.normalize(Some(audience)).to_string()),
+                ),
+                Ok(None) => reached.missing.push(format!("CSIDriver {driver}")),
+                Err(err) => return Reached::unknown(format!("CSIDriver {driver}: {err}")),
             }
         }
-        Ok(audiences)
+        reached
     }
+}
+
+/// What a pod reaches through CSI drivers.
+#[derive(Debug, Default)]
+struct Reached {
+    audiences: BTreeSet<String>,
+    /// Objects on the way that do not exist.
+    missing: Vec<String>,
+    /// Set when a lookup failed, so nothing can be concluded.
+    unknown: Option<String>,
+}
+
+impl Reached {
+    fn unknown(error: String) -> Self {
+        Reached { unknown: Some(error), ..Default::default() }
+    }
+}
+
+/// Why a node may not request a token bound as `bound`, if it may not: upstream
+/// `admitServiceAccount` requires a binding to a `v1` Pod with a uid.
+fn bound_pod_problem(bound: Option<&BoundObjectRef>, node: &str) -> Option<Violation> {
+    let Some(bound) = bound else {
+        return Some(Violation::new(
+            "spec.boundObjectRef",
+            format!("node {node} may only request tokens bound to a pod it runs, not to nothing"),
+        ));
+    };
+    let kind = bound.kind.as_deref().unwrap_or_default();
+    let problem = if kind != "Pod" {
+        let kind = if kind.is_empty() { "an object without a kind".to_string() } else { format!("a {kind}") };
+        (
+            "spec.boundObjectRef.kind",
+            format!("node {node} may only request tokens bound to a pod it runs, not to {kind}"),
+        )
+    } else if bound.api_version.as_deref() != Some("v1") {
+        (
+            "spec.boundObjectRef.apiVersion",
+            format!(
+                "node {node} may only request tokens bound to a pod of apiVersion v1, not {:?}",
+                bound.api_version.as_deref().unwrap_or_default()
+            ),
+        )
+    } else if bound.name.as_deref().unwrap_or_default().is_empty() {
+        ("spec.boundObjectRef.name", format!("node {node} requested a token bound to a pod without a name"))
+    } else if bound.uid.as_deref().unwrap_or_default().is_empty() {
+        (
+            "spec.boundObjectRef.uid",
+            format!("node {node} requested a token bound to a pod without a uid; the uid ties the token to one pod"),
+        )
+    } else {
+        return None;
+    };
+    Some(Violation::new(problem.0, problem.1))
 }

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tokio::sync::Semaphore;
 
-use crate::cluster::Cluster;
+use crate::cluster::{timeout_from_query, Cluster, WithDeadline};
 use crate::metrics::{Metrics, Rejection};
 use crate::review::{self, Reply, Summary, Webhook};
 use crate::source::PolicyReceiver;
@@ -27,6 +27,9 @@ pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
 
 /// How long a review may wait for other bodies' decoding to make room before it is refused.
 const DECODE_WAIT: Duration = Duration::from_secs(1);
+
+/// The API server's default webhook timeout, for requests that carry no `?timeout=`.
+const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 pub struct AppState<C> {
@@ -80,7 +83,7 @@ async fn handle<C: Cluster + Send + Sync + 'static>(
     request: Request,
     webhook: Webhook,
 ) -> Response {
-    let (Parts { headers, .. }, body) = request.into_parts();
+    let (Parts { headers, uri, .. }, body) = request.into_parts();
     let reject = |reason: Rejection, status: StatusCode, message: &str| {
         state.metrics.rejected(reason);
         plain(status, message)
@@ -131,7 +134,10 @@ async fn handle<C: Cluster + Send + Sync + 'static>(
         return reject(Rejection::Overloaded, StatusCode::SERVICE_UNAVAILABLE, "tokengate is overloaded, retry later");
     };
     let started = Instant::now();
-    let reply = review::review(body.bytes(), webhook, &policy, state.cluster.as_ref()).await;
+    // Lookups end before the API server stops waiting, so a slow API still gets our reason.
+    let timeout = timeout_from_query(uri.query()).unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
+    let cluster = WithDeadline::new(state.cluster.as_ref(), timeout);
+    let reply = review::review(body.bytes(), webhook, &policy, &cluster).await;
     // The review's memory is gone; the body's share of the budget goes back before the answer
     // takes its own.
     drop((decoding, body));
@@ -160,7 +166,7 @@ fn log_review(webhook: Webhook, summary: &Summary, elapsed: std::time::Duration)
         kind = summary.subject.as_str(),
         namespace = %summary.namespace,
         name = %summary.name,
-        operation = %summary.operation,
+        operation = summary.operation.as_str(),
         decision = summary.decision.as_str(),
         violations = summary.violations,
         dry_run = summary.dry_run,

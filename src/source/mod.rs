@@ -27,13 +27,21 @@ pub struct PolicyPublisher {
     generation: u64,
     /// The text most recently seen, valid or not, so each change is judged once.
     last_seen: Option<String>,
+    /// API server audiences learned from the cluster, added to every policy's own list.
+    learned_audiences: Vec<String>,
 }
 
 impl PolicyPublisher {
     /// A publisher with no policy yet, and its receiver.
     pub fn new(metrics: Arc<Metrics>) -> (Self, PolicyReceiver) {
         let (sender, receiver) = watch::channel(None);
-        (Self { sender, metrics, generation: 0, last_seen: None }, receiver)
+        (Self { sender, metrics, generation: 0, last_seen: None, learned_audiences: Vec::new() }, receiver)
+    }
+
+    /// Adds `audiences`, learned from the cluster, to the `apiServerAudiences` of every policy
+    /// offered from now on.
+    pub fn learn_api_server_audiences(&mut self, audiences: Vec<String>) {
+        self.learned_audiences = audiences;
     }
 
     /// Validates `text` from `origin` and, when it is new and valid, puts it in force.
@@ -42,7 +50,7 @@ impl PolicyPublisher {
             return Offer::Unchanged;
         }
         self.last_seen = Some(text.to_string());
-        match Policy::parse(text) {
+        match Policy::parse_with_api_server_audiences(text, &self.learned_audiences) {
             Ok(policy) => {
                 self.generation += 1;
                 self.metrics.policy_loaded(self.generation);
