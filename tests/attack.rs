@@ -323,19 +323,20 @@ const DECODE_FACTOR_SOURCES: u64 = 22;
 const DECODE_FACTOR_WORST: u64 = 34;
 /// Bytes of bodies decoded at once: one of the largest size plus the small-body pool (MiB).
 const DECODING_MIB: u64 = 8;
-/// What the allocator holds beyond what is in use (freed memory kept in per-thread arenas), as
-/// a share of the variable part.
-const ALLOCATOR_SLACK: f64 = 1.25;
+/// What the allocator holds beyond what is in use (freed memory kept in per-thread arenas) and
+/// what connections hold: a share of the variable part, plus a fixed amount (MiB).
+const ALLOCATOR_SLACK: f64 = 1.2;
+const FIXED_SLACK_MIB: u64 = 32;
 /// The default `--body-budget`, in MiB.
 const BUDGET_MIB: u64 = 28;
 /// Idle RSS of the release binary, and what watch caches add in a cluster of 10 000 pods and
 /// service accounts (README.md, "Performance").
-const BASE_MIB: u64 = 16;
+const BASE_MIB: u64 = 15;
 const CACHES_MIB: u64 = 42;
 
 /// The memory ceiling above an idle process, in MiB, for bodies costing `factor` times their size.
 fn ceiling_above_base_mib(budget_mib: u64, factor: u64) -> u64 {
-    ((budget_mib + (factor - 1) * DECODING_MIB) as f64 * ALLOCATOR_SLACK).ceil() as u64
+    ((budget_mib + (factor - 1) * DECODING_MIB) as f64 * ALLOCATOR_SLACK).ceil() as u64 + FIXED_SLACK_MIB
 }
 
 fn mebibytes(quantity: &str) -> u64 {
