@@ -38,11 +38,11 @@ pub async fn audit(client: Client, policy: &Policy, progress: impl Fn(&str, usiz
     for driver in &drivers {
         let value = to_value(driver);
         let _ = lookups.insert(&value);
-        documents.push(Document { file: None, object: value });
+        documents.push(Document::from_cluster(value));
     }
     let pods = list(&Api::<Pod>::all(client.clone()), ListParams::default()).await?;
     progress("Pod", pods.len());
-    documents.extend(pods.iter().map(|pod| Document { file: None, object: to_value(pod) }));
+    documents.extend(pods.iter().map(|pod| Document::from_cluster(to_value(pod))));
     for kind in WorkloadKind::ALL {
         let (group, name) = kind.group_kind();
         let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", name), kind.plural());
@@ -54,13 +54,13 @@ pub async fn audit(client: Client, policy: &Policy, progress: impl Fn(&str, usiz
                 object.types =
                     Some(kube::api::TypeMeta { api_version: resource.api_version.clone(), kind: name.into() });
                 let value = serde_json::to_value(&object).expect("a Kubernetes object serialises");
-                documents.push(Document { file: None, object: value });
+                documents.push(Document::from_cluster(value));
             }
         }
     }
     let secrets = legacy_token_secrets(&client).await?;
     progress("Secret (legacy token)", secrets.len());
-    documents.extend(secrets.into_iter().map(|object| Document { file: None, object }));
+    documents.extend(secrets.into_iter().map(Document::from_cluster));
     let options = CheckOptions { default_namespace: "default", mutate_pods_first: false };
     Ok(check::check(policy, &documents, &lookups, options).await)
 }

@@ -1,28 +1,73 @@
 //! `tokengate check`: judges manifests on disk as the webhooks would at admission time.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::cluster::ObjectStore;
+use crate::cluster::{ClaimInfo, Cluster, CsiDriverInfo, Lookup, ObjectStore, PodInfo, ServiceAccountInfo, VolumeInfo};
 use crate::manifest::Document;
 use crate::policy::{Mode, Policy};
 use crate::review::admission::{AdmissionRequest, GroupVersionKind, Operation, RequestObject, UserInfo};
 use crate::review::legacy_token::SERVICE_ACCOUNT_TOKEN_TYPE;
 use crate::review::{decide, Subject, Violation, Webhook};
 
-/// One violation of one object.
+/// Which object a finding is about, and where it was read.
 #[derive(Debug, Clone, Serialize)]
-pub struct Finding {
+pub struct ObjectRef {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
+}
+
+impl ObjectRef {
+    /// `Kind namespace/name`.
+    pub fn describe(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+
+    /// `file:line: ` (or `file: `), or nothing for objects read from a cluster.
+    pub fn location(&self) -> String {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => format!("{}:{line}: ", file.display()),
+            (Some(file), None) => format!("{}: ", file.display()),
+            _ => String::new(),
+        }
+    }
+}
+
+/// One violation of one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    #[serde(flatten)]
+    pub object: ObjectRef,
     pub field: String,
+    pub message: String,
+}
+
+/// Something a check could not verify, e.g. a lookup that found nothing among the objects.
+#[derive(Debug, Clone, Serialize)]
+pub struct Note {
+    #[serde(flatten)]
+    pub object: ObjectRef,
+    pub message: String,
+}
+
+/// A file that could not be read; the others were still checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileError {
+    pub file: PathBuf,
     pub message: String,
 }
 
@@ -32,31 +77,62 @@ pub struct Finding {
 pub struct Report {
     /// The policy mode, which decides whether findings fail the check.
     pub mode: &'static str,
-    /// How many objects tokengate governs were checked (Pods, workloads, CSIDrivers).
+    /// How many objects tokengate governs were checked (Pods, workloads, CSIDrivers, legacy
+    /// token Secrets).
     pub checked: usize,
+    /// The objects tokengate does not govern, counted by kind (ConfigMaps, CRDs such as Argo
+    /// Rollouts, Secrets of other types, ...).
+    pub skipped: BTreeMap<String, usize>,
     pub violations: Vec<Finding>,
+    pub notes: Vec<Note>,
+    pub errors: Vec<FileError>,
+}
+
+/// When a report fails the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gate {
+    /// Fail on violations whatever the policy mode (Warn and Audit too).
+    pub fail_on_warn: bool,
+    /// Fail when something could not be checked: a lookup found nothing, or no object was
+    /// checked at all.
+    pub strict: bool,
 }
 
 impl Report {
-    /// Whether the findings would be denied at admission (Enforce mode).
-    pub fn fails(&self) -> bool {
-        self.mode == Mode::Enforce.as_str() && !self.violations.is_empty()
+    /// Whether the violations would be denied at admission (Enforce mode), or the gate asks
+    /// for more.
+    pub fn fails(&self, gate: Gate) -> bool {
+        let denied = !self.violations.is_empty() && (self.mode == Mode::Enforce.as_str() || gate.fail_on_warn);
+        let unverified = gate.strict && (!self.notes.is_empty() || self.checked == 0);
+        denied || unverified
     }
 
-    /// One line per violation: `file: Kind namespace/name: field: message` (no `file: ` for
-    /// objects read from a cluster).
+    /// One line per violation: `file:line: Kind namespace/name: field: message` (no location
+    /// for objects read from a cluster).
     pub fn to_text(&self) -> String {
         self.violations
             .iter()
-            .map(|f| {
-                let object = match &f.namespace {
-                    Some(ns) => format!("{ns}/{}", f.name),
-                    None => f.name.clone(),
-                };
-                let file = f.file.as_ref().map(|file| format!("{}: ", file.display())).unwrap_or_default();
-                format!("{file}{} {object}: {}: {}\n", f.kind, f.field, f.message)
-            })
+            .map(|f| format!("{}{}: {}: {}\n", f.object.location(), f.object.describe(), f.field, f.message))
             .collect()
+    }
+
+    /// What was checked and skipped, for the closing line: `checked 3 object(s): 1
+    /// violation(s), policy mode Enforce; skipped 2 ConfigMap, 1 Rollout`.
+    pub fn summary(&self) -> String {
+        let mut summary = format!(
+            "checked {} object(s): {} violation(s), policy mode {}",
+            self.checked,
+            self.violations.len(),
+            self.mode
+        );
+        if !self.skipped.is_empty() {
+            let skipped: Vec<String> = self.skipped.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+            summary.push_str(&format!("; not governed, skipped: {}", skipped.join(", ")));
+        }
+        if self.checked == 0 {
+            summary.push_str("; nothing was checked");
+        }
+        summary
     }
 }
 
@@ -70,15 +146,22 @@ pub struct CheckOptions<'a> {
     pub mutate_pods_first: bool,
 }
 
-/// Checks every Pod, workload and CSIDriver among `documents` as the validating webhook would
-/// at CREATE.
+/// Checks every Pod, workload, CSIDriver and legacy token Secret among `documents` as the
+/// validating webhook would at CREATE.
 pub async fn check(
     policy: &Policy,
     documents: &[Document],
     cluster: &ObjectStore,
     options: CheckOptions<'_>,
 ) -> Report {
-    let mut report = Report { mode: policy.mode().as_str(), checked: 0, violations: Vec::new() };
+    let mut report = Report {
+        mode: policy.mode().as_str(),
+        checked: 0,
+        skipped: BTreeMap::new(),
+        violations: Vec::new(),
+        notes: Vec::new(),
+        errors: Vec::new(),
+    };
     for document in documents {
         let object = &document.object;
         let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
@@ -87,6 +170,8 @@ pub async fn check(
         let subject = Subject::of(group, kind, None);
         let legacy_token = object.get("type").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_TOKEN_TYPE);
         if matches!(subject, Subject::Other | Subject::TokenRequest) || (subject == Subject::Secret && !legacy_token) {
+            let kind = if kind.is_empty() { "(no kind)" } else { kind };
+            *report.skipped.entry(kind.to_string()).or_default() += 1;
             continue;
         }
         report.checked += 1;
@@ -94,16 +179,23 @@ pub async fn check(
         let name = metadata("name").or(metadata("generateName")).unwrap_or_default().to_string();
         let namespace = (subject != Subject::CsiDriver)
             .then(|| metadata("namespace").unwrap_or(options.default_namespace).to_string());
+        let reference = ObjectRef {
+            file: document.file.clone(),
+            line: document.line,
+            kind: kind.to_string(),
+            namespace: namespace.clone(),
+            name,
+        };
         let mutate_first = options.mutate_pods_first && subject == Subject::Pod;
-        let violations = match evaluate(object, mutate_first, group, kind, namespace.clone(), policy, cluster).await {
+        let lookups = Recorder { store: cluster, misses: Mutex::default() };
+        let violations = match evaluate(object, mutate_first, group, kind, namespace, policy, &lookups).await {
             Ok(violations) => violations,
             Err(message) => vec![Violation::new("object", message)],
         };
+        let misses = lookups.misses.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        report.notes.extend(misses.into_iter().map(|message| Note { object: reference.clone(), message }));
         report.violations.extend(violations.into_iter().map(|v| Finding {
-            file: document.file.clone(),
-            kind: kind.to_string(),
-            namespace: namespace.clone(),
-            name: name.clone(),
+            object: reference.clone(),
             field: v.field,
             message: v.message,
         }));
@@ -111,14 +203,14 @@ pub async fn check(
     report
 }
 
-async fn evaluate(
+async fn evaluate<C: Cluster>(
     object: &Value,
     mutate_first: bool,
     group: &str,
     kind: &str,
     namespace: Option<String>,
     policy: &Policy,
-    cluster: &ObjectStore,
+    cluster: &C,
 ) -> Result<Vec<Violation>, String> {
     let mut object = object.clone();
     if mutate_first {
@@ -145,5 +237,55 @@ fn create_request<'a>(raw: &'a RawValue, group: &str, kind: &str, namespace: Opt
         object: Some(RequestObject::Raw(raw)),
         old_object: None,
         dry_run: Some(true),
+    }
+}
+
+/// The offline cluster, noting every lookup that finds nothing: offline, a missing object means
+/// something went unchecked, not that it does not exist.
+struct Recorder<'a> {
+    store: &'a ObjectStore,
+    misses: Mutex<Vec<String>>,
+}
+
+impl Recorder<'_> {
+    fn note<T>(&self, found: Lookup<T>, missing: impl FnOnce() -> String) -> Lookup<T> {
+        if matches!(found, Ok(None)) {
+            let message = missing();
+            let mut misses = self.misses.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !misses.contains(&message) {
+                misses.push(message);
+            }
+        }
+        found
+    }
+}
+
+impl Cluster for Recorder<'_> {
+    async fn service_account(&self, namespace: &str, name: &str) -> Lookup<ServiceAccountInfo> {
+        self.note(self.store.service_account(namespace, name).await, || {
+            format!("ServiceAccount {namespace}/{name} is not among the objects: injections that match on its annotations, and env values taken from them, were not checked")
+        })
+    }
+
+    async fn csi_driver(&self, name: &str) -> Lookup<CsiDriverInfo> {
+        self.note(self.store.csi_driver(name).await, || {
+            format!("CSIDriver {name} is not among the objects: its token requests were not checked")
+        })
+    }
+
+    async fn pod(&self, namespace: &str, name: &str) -> Lookup<PodInfo> {
+        self.note(self.store.pod(namespace, name).await, || format!("Pod {namespace}/{name} is not among the objects"))
+    }
+
+    async fn persistent_volume_claim(&self, namespace: &str, name: &str) -> Lookup<ClaimInfo> {
+        self.note(self.store.persistent_volume_claim(namespace, name).await, || {
+            format!("PersistentVolumeClaim {namespace}/{name} is not among the objects")
+        })
+    }
+
+    async fn persistent_volume(&self, name: &str) -> Lookup<VolumeInfo> {
+        self.note(self.store.persistent_volume(name).await, || {
+            format!("PersistentVolume {name} is not among the objects")
+        })
     }
 }

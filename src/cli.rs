@@ -56,6 +56,96 @@ pub enum Command {
     /// their owner. Progress goes to stderr. Exit status: 1 when any violation would be denied
     /// (policy mode Enforce), 0 otherwise, 2 when the cluster or policy cannot be read.
     Audit(AuditArgs),
+    /// Print the MutatingWebhookConfiguration and ValidatingWebhookConfiguration for a policy,
+    /// as YAML that `kubectl apply -f -` takes as it is.
+    ///
+    /// Their CEL matchConditions keep requests tokengate would allow unchanged inside the API
+    /// server (pods with only the automount token outside every injection, kubelets' automount
+    /// token requests, Secrets of other types, CSIDrivers without tokenRequests, the policy's
+    /// exemptions), so that while tokengate is down only requests whose answer it could change
+    /// fail. Exit status: 0 when printed, 2 when the policy or CA bundle cannot be read.
+    Webhooks(WebhooksArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WebhooksArgs {
+    /// The policy document (YAML or JSON, kind TokenPolicy).
+    #[arg(long, value_name = "FILE", env = "TOKENGATE_POLICY")]
+    pub policy: PathBuf,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    /// PEM file of the CA that signed tokengate's serving certificate, written base64-encoded to
+    /// every clientConfig.caBundle. Without it caBundle is left out (cert-manager's cainjector,
+    /// or an overlay, fills it in).
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// metadata.name of both configurations.
+    #[arg(long, value_name = "NAME", default_value = crate::webhooks::DEFAULT_CONFIGURATION_NAME)]
+    pub name: String,
+    /// An annotation for both configurations, e.g.
+    /// cert-manager.io/inject-ca-from=tokengate-system/tokengate-serving; repeat for several.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_annotation)]
+    pub annotation: Vec<(String, String)>,
+}
+
+/// How the API server reaches tokengate (exactly one).
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct EndpointArgs {
+    /// The Service in front of tokengate, NAMESPACE/NAME[:PORT] (port default 443); its
+    /// namespace is also left out of every webhook.
+    #[arg(long, value_name = "NAMESPACE/NAME[:PORT]")]
+    pub service: Option<crate::webhooks::ServiceRef>,
+    /// A URL instead of a Service, e.g. https://127.0.0.1:8443 for a tokengate outside the
+    /// cluster; /mutate and /validate are appended (tokengate-system is then the namespace left
+    /// out of every webhook).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+}
+
+/// `serve --manage-webhooks` and what the managed configurations look like.
+#[derive(Debug, clap::Args)]
+pub struct ManageWebhooksArgs {
+    /// Keep the webhook configurations equal to what `tokengate webhooks` computes from the
+    /// policy in force: each ready replica server-side-applies both (field manager
+    /// tokengate-webhooks), again after every policy change, and every 10 minutes (undoing edits
+    /// by hand). Failures are logged, counted
+    /// (tokengate_webhook_configuration_applies_total) and retried with backoff; readiness is
+    /// unaffected. Needs RBAC get, create and patch on the two configurations.
+    #[arg(long, env = "TOKENGATE_MANAGE_WEBHOOKS")]
+    pub manage_webhooks: bool,
+    /// metadata.name of both managed configurations.
+    #[arg(long, value_name = "NAME", default_value = crate::webhooks::DEFAULT_CONFIGURATION_NAME, env = "TOKENGATE_WEBHOOK_CONFIGURATION_NAME")]
+    pub webhook_configuration_name: String,
+    /// The Service the managed configurations point at, NAMESPACE/NAME[:PORT].
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME[:PORT]",
+        default_value = "tokengate-system/tokengate:443",
+        env = "TOKENGATE_WEBHOOK_SERVICE",
+        conflicts_with = "webhook_url"
+    )]
+    pub webhook_service: crate::webhooks::ServiceRef,
+    /// A URL the managed configurations point at instead of the Service.
+    #[arg(long, value_name = "URL", env = "TOKENGATE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// PEM CA bundle to write into the managed configurations' caBundle. Without it caBundle is
+    /// never written, so cert-manager's cainjector (or whoever set it) keeps it.
+    #[arg(long, value_name = "FILE", env = "TOKENGATE_WEBHOOK_CA_BUNDLE")]
+    pub webhook_ca_bundle: Option<PathBuf>,
+    /// An annotation the managed configurations carry, e.g.
+    /// cert-manager.io/inject-ca-from=tokengate-system/tokengate-serving; repeat for several
+    /// (comma-separated in the environment variable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_annotation, env = "TOKENGATE_WEBHOOK_ANNOTATION", value_delimiter = ',')]
+    pub webhook_annotation: Vec<(String, String)>,
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_annotation(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +221,8 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info`, `warn`, `tokengate=debug` (tracing EnvFilter syntax).
     #[arg(long, value_name = "FILTER", default_value = "info", env = "TOKENGATE_LOG")]
     pub log: String,
+    #[command(flatten)]
+    pub webhooks: ManageWebhooksArgs,
 }
 
 /// Where the policy comes from: a file or a ConfigMap (exactly one).
@@ -151,8 +243,8 @@ pub struct PolicySourceArgs {
 pub struct AuditArgs {
     #[command(flatten)]
     pub policy: PolicySourceArgs,
-    /// Output format: `text` (one line per violation) or `json` (one document).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    /// Output format: `text`, `json`, `junit` or `github` (as for check).
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
@@ -180,24 +272,41 @@ pub struct CheckArgs {
     /// ...), as multi-document YAML or a `kind: List`. Repeat for several files.
     #[arg(long, value_name = "FILE")]
     pub objects: Vec<PathBuf>,
-    /// Output format: `text` (one line per violation) or `json` (one document).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    /// Output format: `text` (one line per violation), `json` (one document), `junit` (JUnit
+    /// XML for CI test reports) or `github` (GitHub Actions annotations with file and line).
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-    /// The namespace of objects whose manifests name none (as `kubectl apply -n` would).
-    #[arg(long, value_name = "NAMESPACE", default_value = "default")]
+    /// The namespace of objects whose manifests name none, as `kubectl apply -n` would: every
+    /// namespace-less object takes it, ServiceAccounts from the manifests and --objects too.
+    #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Manifest files or directories to check.
+    /// Fail (exit 1) on violations whatever the policy's mode, so CI can gate while the cluster
+    /// runs the policy in Warn or Audit mode.
+    #[arg(long)]
+    pub fail_on_warn: bool,
+    /// Fail (exit 1) when something could not be checked: a lookup found nothing among the
+    /// objects (e.g. a CSIDriver a pod mounts is not among the files), or no object was checked.
+    #[arg(long)]
+    pub strict: bool,
+    /// Skip files whose path matches this glob (e.g. `**/templates/tests/**`); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Manifest files or directories to check; `-` reads standard input
+    /// (`helm template . | tokengate check --policy p.yaml -`).
     #[arg(value_name = "PATH", required = true)]
     pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy document and list every problem with its field path.
+    /// Validate a policy document and list every problem at once, each as
+    /// `file:line:column: field path: problem`; warnings (e.g. a missing apiServerAudiences) go
+    /// to stderr.
     ///
-    /// Exit status: 0 when valid, 1 when invalid, 2 when the file cannot be read.
+    /// Exit status: 0 when valid (warnings included), 1 when invalid, 2 when the file cannot be
+    /// read.
     Validate {
-        /// The policy document (YAML or JSON).
+        /// The policy document (YAML or JSON); `-` reads standard input.
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
@@ -253,12 +362,7 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
     number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// `--output`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Text,
-    Json,
-}
+pub use crate::report::OutputFormat;
 
 #[cfg(test)]
 mod tests {

@@ -6,22 +6,27 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use base64::Engine as _;
 use clap::Parser;
+use k8s_openapi::api::core::v1::ObjectReference;
 
-use tokengate::check::{CheckOptions, Report};
+use tokengate::check::{CheckOptions, FileError, Gate, Report};
 use tokengate::cli::{
-    AuditArgs, CheckArgs, Cli, Command, LogFormat, OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs,
-    ServeArgs, WebhookArg,
+    AuditArgs, CheckArgs, Cli, Command, LogFormat, ManageWebhooksArgs, OutputFormat, PolicyCommand, PolicySourceArgs,
+    ReviewArgs, ServeArgs, WebhookArg, WebhooksArgs,
 };
 use tokengate::cluster::audiences::audiences_of_token_file;
 use tokengate::cluster::{Cluster, LiveCluster, LiveOptions, ObjectStore};
 use tokengate::manifest::{self, Document};
 use tokengate::metrics::Metrics;
 use tokengate::policy::{Policy, PolicyError};
+use tokengate::report::render;
 use tokengate::review::{self, Reply, Webhook};
 use tokengate::server::tls::CertificateFiles;
 use tokengate::server::{self, ServerConfig};
 use tokengate::source::{self, PolicyPublisher, PolicyReceiver};
+use tokengate::webhooks::manage::{self, ManageOptions};
+use tokengate::webhooks::{self, Endpoint};
 
 /// Exit status for input that cannot be read (unreadable files, invalid policy, no cluster).
 const EXIT_UNREADABLE: u8 = 2;
@@ -36,6 +41,7 @@ fn main() -> ExitCode {
             Command::Check(args) => run_check(args).await,
             Command::Audit(args) => run_audit(args).await,
             Command::Policy(PolicyCommand::Validate { file }) => validate_policy(&file),
+            Command::Webhooks(args) => run_webhooks(args),
         }
     });
     outcome.unwrap_or_else(|err| {
@@ -53,7 +59,7 @@ async fn kube_client() -> anyhow::Result<kube::Client> {
 async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format, &args.log)?;
     let metrics = Arc::new(Metrics::new());
-    let needs_api = args.policy.policy_configmap.is_some() || args.objects.is_empty();
+    let needs_api = args.policy.policy_configmap.is_some() || args.objects.is_empty() || args.webhooks.manage_webhooks;
     let client = if needs_api { Some(kube_client().await?) } else { None };
 
     let (mut publisher, policy) = PolicyPublisher::new(metrics.clone());
@@ -79,13 +85,93 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => unreachable!("clap requires --policy or --policy-configmap, and a client for the ConfigMap"),
     }
 
+    let manager = match (&client, args.webhooks.manage_webhooks) {
+        (Some(client), true) => Some((client.clone(), manage_options(&args, client)?)),
+        _ => None,
+    };
     match client.filter(|_| args.objects.is_empty()) {
         Some(client) => {
             let options = LiveOptions { fallback_timeout: args.lookup_timeout, ..LiveOptions::default() };
-            serve_with(&args, policy, LiveCluster::start(client, options), metrics).await
+            serve_with(&args, policy, LiveCluster::start(client, options), metrics, manager).await
         }
-        None => serve_with(&args, policy, Arc::new(load_objects(&args.objects, &[])?), metrics).await,
+        None => {
+            serve_with(&args, policy, Arc::new(load_objects(&args.objects, &[], "default")?), metrics, manager).await
+        }
     }
+}
+
+/// `--manage-webhooks` and its settings, typed once.
+fn manage_options(args: &ServeArgs, client: &kube::Client) -> anyhow::Result<ManageOptions> {
+    let ManageWebhooksArgs {
+        webhook_configuration_name,
+        webhook_service,
+        webhook_url,
+        webhook_ca_bundle,
+        webhook_annotation,
+        ..
+    } = &args.webhooks;
+    let endpoint = match webhook_url {
+        Some(url) => Endpoint::Url(url.clone()),
+        None => Endpoint::Service(webhook_service.clone()),
+    };
+    let webhooks =
+        webhook_options(endpoint, webhook_configuration_name, webhook_ca_bundle.as_deref(), webhook_annotation)?;
+    let event_target = match (&args.policy.policy_configmap, std::env::var("POD_NAME")) {
+        (Some(configmap), _) => Some(ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("ConfigMap".to_string()),
+            namespace: Some(configmap.namespace.clone()),
+            name: Some(configmap.name.clone()),
+            ..ObjectReference::default()
+        }),
+        (None, Ok(pod)) => Some(ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("Pod".to_string()),
+            namespace: Some(client.default_namespace().to_string()),
+            name: Some(pod),
+            ..ObjectReference::default()
+        }),
+        (None, Err(_)) => None,
+    };
+    Ok(ManageOptions { event_target, ..ManageOptions::new(webhooks) })
+}
+
+/// The options shared by `webhooks` and `serve --manage-webhooks`; reads the CA bundle file.
+fn webhook_options(
+    endpoint: Endpoint,
+    name: &str,
+    ca_bundle: Option<&Path>,
+    annotations: &[(String, String)],
+) -> anyhow::Result<webhooks::Options> {
+    let ca_bundle = match ca_bundle {
+        Some(file) => {
+            let pem = std::fs::read(file).with_context(|| format!("reading the CA bundle {}", file.display()))?;
+            if !pem.starts_with(b"-----BEGIN") {
+                anyhow::bail!("{} is not a PEM file (it should start with -----BEGIN)", file.display());
+            }
+            Some(base64::engine::general_purpose::STANDARD.encode(pem))
+        }
+        None => None,
+    };
+    Ok(webhooks::Options {
+        name: name.to_string(),
+        endpoint,
+        ca_bundle,
+        annotations: annotations.iter().cloned().collect(),
+    })
+}
+
+fn run_webhooks(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(&args.policy)?;
+    let endpoint = match (args.endpoint.service, args.endpoint.url) {
+        (Some(service), _) => Endpoint::Service(service),
+        (None, Some(url)) => Endpoint::Url(url),
+        (None, None) => unreachable!("clap requires --service or --url"),
+    };
+    let options = webhook_options(endpoint, &args.name, args.ca_bundle.as_deref(), &args.annotation)?;
+    let yaml = webhooks::render_yaml(&policy, &webhooks::configurations(&policy, &options))?;
+    std::io::stdout().lock().write_all(yaml.as_bytes()).context("writing the configurations")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve_with<C: Cluster + Send + Sync + 'static>(
@@ -93,6 +179,7 @@ async fn serve_with<C: Cluster + Send + Sync + 'static>(
     policy: PolicyReceiver,
     cluster: Arc<C>,
     metrics: Arc<Metrics>,
+    manager: Option<(kube::Client, ManageOptions)>,
 ) -> anyhow::Result<ExitCode> {
     let certificates = CertificateFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone() };
     let config = ServerConfig {
@@ -111,6 +198,7 @@ async fn serve_with<C: Cluster + Send + Sync + 'static>(
         ..ServerConfig::new(certificates)
     };
     tracing::info!(config = ?config, policy = ?args.policy, objects = ?args.objects, "starting");
+    let (manager_policy, manager_cluster, manager_metrics) = (policy.clone(), cluster.clone(), metrics.clone());
     let running = match server::start(config, policy, cluster, metrics).await {
         Ok(running) => running,
         Err(err) => {
@@ -119,6 +207,11 @@ async fn serve_with<C: Cluster + Send + Sync + 'static>(
             return Ok(ExitCode::FAILURE);
         }
     };
+    // Started only now that the certificate has loaded; it also waits for a policy and synced caches.
+    if let Some((client, options)) = manager {
+        let ready = move || manager_cluster.is_ready();
+        tokio::spawn(manage::run(client, manager_policy, ready, options, manager_metrics));
+    }
     server::termination_signal().await;
     running.shutdown();
     running.wait().await;
@@ -138,7 +231,7 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 
 async fn run_review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
-    let cluster = load_objects(&args.objects, &[])?;
+    let cluster = load_objects(&args.objects, &[], "default")?;
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body).context("reading the AdmissionReview from stdin")?;
     let webhook = match args.webhook {
@@ -160,11 +253,23 @@ async fn run_review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
-    let documents = manifest::load_paths(&args.paths)?;
-    let cluster = load_objects(&args.objects, &documents)?;
+    let exclude = exclude_globs(&args.exclude)?;
+    let loaded = manifest::load_inputs(&args.paths, &exclude);
+    let cluster = load_objects(&args.objects, &loaded.documents, &args.namespace)?;
     let options = CheckOptions { default_namespace: &args.namespace, mutate_pods_first: true };
-    let report = tokengate::check::check(&policy, &documents, &cluster, options).await;
-    print_report(&report, args.output)
+    let mut report = tokengate::check::check(&policy, &loaded.documents, &cluster, options).await;
+    report.errors = loaded.errors.into_iter().map(|e| FileError { file: e.path, message: e.message }).collect();
+    let gate = Gate { fail_on_warn: args.fail_on_warn, strict: args.strict };
+    print_report(&report, args.output, gate)
+}
+
+/// `--exclude` globs, matched against whole file paths.
+fn exclude_globs(patterns: &[String]) -> anyhow::Result<globset::GlobSet> {
+    let mut builder = globset::GlobSetBuilder::new();
+    for pattern in patterns {
+        builder.add(globset::Glob::new(pattern).with_context(|| format!("--exclude {pattern:?}"))?);
+    }
+    Ok(builder.build()?)
 }
 
 async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
@@ -179,60 +284,73 @@ async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     };
     let progress = |kind: &str, count: usize| eprintln!("listed {count} {kind} object(s)");
     let report = tokengate::audit::audit(client, &policy, progress).await.context("listing the cluster")?;
-    print_report(&report, args.output)
+    print_report(&report, args.output, Gate::default())
 }
 
-fn print_report(report: &Report, output: OutputFormat) -> anyhow::Result<ExitCode> {
-    match output {
-        OutputFormat::Text => {
-            print!("{}", report.to_text());
-            eprintln!(
-                "checked {} object(s): {} violation(s), policy mode {}",
-                report.checked,
-                report.violations.len(),
-                report.mode
-            );
-        }
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report).context("encoding the report")?),
-    }
-    Ok(if report.fails() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+fn print_report(report: &Report, output: OutputFormat, gate: Gate) -> anyhow::Result<ExitCode> {
+    let rendered = render(report, output, gate);
+    print!("{}", rendered.stdout);
+    eprint!("{}", rendered.stderr);
+    Ok(if !report.errors.is_empty() {
+        ExitCode::from(EXIT_UNREADABLE)
+    } else if report.fails(gate) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn validate_policy(file: &Path) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = read_text(file)?;
+    let name = file.display().to_string();
     match Policy::parse(&text) {
         Ok(policy) => {
-            println!("{}: valid", file.display());
+            println!("{name}: valid");
             for warning in policy.warnings() {
-                eprintln!("{}: warning: {warning}", file.display());
+                eprintln!("{name}: warning: {warning}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
             for problem in err.problems() {
-                println!("{}: {problem}", file.display());
+                println!("{}", problem.at(&name));
             }
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
-fn load_policy(file: &Path) -> anyhow::Result<Policy> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading policy {}", file.display()))?;
-    Policy::parse(&text).map_err(|err: PolicyError| anyhow::anyhow!("{}: {err}", file.display()))
+/// A file's text; `-` is standard input.
+fn read_text(file: &Path) -> anyhow::Result<String> {
+    if file.as_os_str() == manifest::STDIN {
+        return std::io::read_to_string(std::io::stdin()).context("reading standard input");
+    }
+    std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
 }
 
-/// The offline cluster: objects from `--objects` files plus those found among manifests.
-fn load_objects(files: &[PathBuf], documents: &[Document]) -> anyhow::Result<ObjectStore> {
+fn load_policy(file: &Path) -> anyhow::Result<Policy> {
+    let text = read_text(file).context("reading the policy")?;
+    Policy::parse(&text).map_err(|err: PolicyError| {
+        let name = file.display().to_string();
+        let problems: Vec<String> = err.problems().iter().map(|p| format!("  {}", p.at(&name))).collect();
+        anyhow::anyhow!("the policy {name} is invalid:\n{}", problems.join("\n"))
+    })
+}
+
+/// The offline cluster: objects from `--objects` files plus those found among manifests;
+/// namespace-less objects are in `default_namespace`.
+fn load_objects(files: &[PathBuf], documents: &[Document], default_namespace: &str) -> anyhow::Result<ObjectStore> {
     let mut store = ObjectStore::default();
     for (file, document) in files.iter().map(|f| (f, manifest::load_paths(std::slice::from_ref(f)))) {
         for document in document? {
-            store.insert(&document.object).with_context(|| format!("reading objects from {}", file.display()))?;
+            store
+                .insert_in(&document.object, default_namespace)
+                .with_context(|| format!("reading objects from {}", file.display()))?;
         }
     }
     // A manifest that does not decode is reported by the check itself.
     for document in documents {
-        let _ = store.insert(&document.object);
+        let _ = store.insert_in(&document.object, default_namespace);
     }
     Ok(store)
 }

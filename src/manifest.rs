@@ -9,7 +9,27 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct Document {
     pub file: Option<PathBuf>,
+    /// The line of the file where the object starts (1-based).
+    pub line: Option<usize>,
     pub object: Value,
+}
+
+impl Document {
+    /// An object read from a cluster.
+    pub fn from_cluster(object: Value) -> Self {
+        Document { file: None, line: None, object }
+    }
+}
+
+/// The path that stands for standard input.
+pub const STDIN: &str = "-";
+
+/// What [`load_inputs`] read: the objects of every readable file, and why the others could not
+/// be read.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub documents: Vec<Document>,
+    pub errors: Vec<ManifestError>,
 }
 
 /// A file or directory that could not be read as Kubernetes objects.
@@ -32,33 +52,66 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
     Ok(documents)
 }
 
-/// Reads the objects of one file; `kind: *List` documents are expanded into their items.
+/// Reads every object under `paths` (`-` is standard input), skipping files whose path matches
+/// an `exclude` glob; a file that cannot be read is recorded and the others are still read.
+pub fn load_inputs(paths: &[PathBuf], exclude: &globset::GlobSet) -> Loaded {
+    let mut loaded = Loaded::default();
+    for path in paths {
+        let files = if path.as_os_str() == STDIN { Ok(vec![path.clone()]) } else { files_under(path) };
+        let files = match files {
+            Ok(files) => files,
+            Err(err) => {
+                loaded.errors.push(err);
+                continue;
+            }
+        };
+        for file in files.into_iter().filter(|f| !exclude.is_match(f)) {
+            match load_file(&file) {
+                Ok(documents) => loaded.documents.extend(documents),
+                Err(err) => loaded.errors.push(err),
+            }
+        }
+    }
+    loaded
+}
+
+/// Reads the objects of one file (`-`: standard input); `kind: *List` documents are expanded
+/// into their items.
 pub fn load_file(path: &Path) -> Result<Vec<Document>, ManifestError> {
     let error = |message: String| ManifestError { path: path.to_path_buf(), message };
-    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let text = if path.as_os_str() == STDIN {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| error(format!("reading standard input: {e}")))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?
+    };
+    let lines = crate::positions::positions(&text);
     let mut documents = Vec::new();
     for (index, yaml) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
         let value = Value::deserialize(yaml).map_err(|e| error(format!("document {}: {e}", index + 1)))?;
+        let at = |path: &str| lines.get(index).and_then(|p| p.get(path)).map(|p| p.line);
         match value {
             Value::Null => {}
-            Value::Object(_) => expand(value, path, &mut documents),
+            Value::Object(_) => expand(value, path, &at, "", &mut documents),
             _ => return Err(error(format!("document {} is not a Kubernetes object", index + 1))),
         }
     }
     Ok(documents)
 }
 
-fn expand(value: Value, file: &Path, documents: &mut Vec<Document>) {
+fn expand(value: Value, file: &Path, line: &dyn Fn(&str) -> Option<usize>, at: &str, documents: &mut Vec<Document>) {
     let is_list = value.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List"));
     match value {
         Value::Object(mut map) if is_list && map.get("items").is_some_and(Value::is_array) => {
             if let Some(Value::Array(items)) = map.remove("items") {
-                for item in items {
-                    expand(item, file, documents);
+                for (i, item) in items.into_iter().enumerate() {
+                    let prefix = if at.is_empty() { String::new() } else { format!("{at}.") };
+                    expand(item, file, line, &format!("{prefix}items[{i}]"), documents);
                 }
             }
         }
-        object @ Value::Object(_) => documents.push(Document { file: Some(file.to_path_buf()), object }),
+        object @ Value::Object(_) => {
+            documents.push(Document { file: Some(file.to_path_buf()), line: line(at), object });
+        }
         _ => {}
     }
 }
@@ -109,9 +162,18 @@ mod tests {
         let docs = load_paths(std::slice::from_ref(&dir)).expect("loads");
         let names: Vec<&str> = docs.iter().filter_map(|d| d.object.pointer("/metadata/name")?.as_str()).collect();
         assert_eq!(names, ["a", "p", "q", "c"]);
+        let lines: Vec<Option<usize>> = docs.iter().map(|d| d.line).collect();
+        assert_eq!(lines, [Some(1), Some(9), Some(10), Some(1)], "where each object starts");
         std::fs::write(dir.join("bad.yaml"), "kind: [unclosed").expect("write");
         let err = load_paths(std::slice::from_ref(&dir)).expect_err("bad YAML");
         assert!(err.to_string().contains("bad.yaml"), "{err}");
+        let loaded = load_inputs(std::slice::from_ref(&dir), &globset::GlobSet::empty());
+        assert_eq!(loaded.documents.len(), 4, "the other files are still read");
+        assert_eq!(loaded.errors.len(), 1);
+        let mut exclude = globset::GlobSetBuilder::new();
+        exclude.add(globset::Glob::new("**/bad.yaml").expect("glob"));
+        let loaded = load_inputs(std::slice::from_ref(&dir), &exclude.build().expect("globs"));
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 

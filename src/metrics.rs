@@ -96,6 +96,8 @@ pub struct Metrics {
     policy_reloads: Family<ResultLabels, Counter>,
     certificate_expiry: Gauge,
     certificate_reloads: Family<ResultLabels, Counter>,
+    webhooks_applied_generation: Gauge,
+    webhooks_applies: Family<ResultLabels, Counter>,
     api_server_audiences: Family<AudienceLabels, Gauge>,
 }
 
@@ -143,6 +145,18 @@ impl Metrics {
             "Serving certificate loads, by result (success, error)",
             certificate_reloads.clone(),
         );
+        let webhooks_applied_generation = Gauge::default();
+        registry.register(
+            "webhook_configurations_policy_generation",
+            "The policy generation the webhook configurations were last applied for (serve --manage-webhooks)",
+            webhooks_applied_generation.clone(),
+        );
+        let webhooks_applies = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "webhook_configuration_applies",
+            "Server-side applies of the webhook configurations, by result (success, error)",
+            webhooks_applies.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "Build information; always 1", build_info);
@@ -161,6 +175,8 @@ impl Metrics {
             policy_reloads,
             certificate_expiry,
             certificate_reloads,
+            webhooks_applied_generation,
+            webhooks_applies,
             api_server_audiences,
         }
     }
@@ -204,6 +220,22 @@ impl Metrics {
     /// Records a certificate update that was refused (the previous certificate stays).
     pub fn certificate_failed(&self) {
         self.certificate_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+    }
+
+    /// The generation of the policy in force (0 before one has loaded).
+    pub fn policy_generation(&self) -> i64 {
+        self.policy_generation.get()
+    }
+
+    /// Records that the webhook configurations now follow policy `generation`.
+    pub fn webhooks_applied(&self, generation: i64) {
+        self.webhooks_applied_generation.set(generation);
+        self.webhooks_applies.get_or_create(&ResultLabels { result: "success" }).inc();
+    }
+
+    /// Records a refused or failed apply of the webhook configurations (it is retried).
+    pub fn webhooks_apply_failed(&self) {
+        self.webhooks_applies.get_or_create(&ResultLabels { result: "error" }).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokengate::cluster::ObjectStore;
 use tokengate::manifest;
 use tokengate::policy::Policy;
-use tokengate::review::{review, Reply, Webhook};
+use tokengate::review::{review, Reply, Webhook, MAX_WARNING_CHARS};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -263,11 +263,17 @@ async fn warn_mode_allows_with_warnings_and_audit_mode_records_annotations() {
         assert!(response.get("status").is_none(), "{}", case.name);
         let warnings = response["warnings"].as_array().expect("warnings");
         assert!(!warnings.is_empty(), "{} warns", case.name);
+        // Within the API server's 256 (longer ones may be cut), and field path first.
         assert!(
-            warnings.iter().all(|w| w.as_str().expect("string").chars().count() <= 120),
-            "{}: <= 120 chars",
+            warnings.iter().all(|w| w.as_str().expect("string").chars().count() <= MAX_WARNING_CHARS),
+            "{}: <= {MAX_WARNING_CHARS} chars",
             case.name
         );
+        let field_first = |w: &Value| {
+            let rest = w.as_str().and_then(|w| w.strip_prefix("tokengate: ")).unwrap_or_default();
+            rest.split_once(": ").is_some_and(|(field, _)| !field.contains(' '))
+        };
+        assert!(warnings.iter().all(field_first), "{}: each warning starts with its field: {warnings:?}", case.name);
         assert_eq!(response["auditAnnotations"]["decision"], "warned");
 
         let audited = respond(&body, webhook(&case.webhook), &audit, &cluster).await;

@@ -1,8 +1,12 @@
 //! The deployment manifests: webhook rules, selectors, timeouts and failure policies as the
-//! reliability guidelines ask, the Pod's security posture, and the policy copy in sync.
+//! reliability guidelines ask, the Pod's security posture, the shipped policy in step with the
+//! example, and (rendered through `kubectl kustomize`) an install in another namespace, the
+//! policy kept out of what an upgrade re-applies, and the optional components.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
+use serde::Deserialize;
 use serde_json::Value;
 use tokengate::manifest;
 
@@ -15,7 +19,7 @@ fn objects(file: &str) -> Vec<Value> {
 }
 
 fn webhooks() -> Vec<(String, Value)> {
-    objects("manifests/base/webhooks.yaml")
+    objects("manifests/webhooks/webhooks.yaml")
         .into_iter()
         .flat_map(|config| {
             let kind = config["kind"].as_str().expect("kind").to_string();
@@ -53,6 +57,7 @@ fn webhooks_ask_only_for_what_tokengate_decides() {
         ("batch", "cronjobs", &["CREATE", "UPDATE"]),
         ("", "replicationcontrollers", &["CREATE", "UPDATE"]),
         ("", "podtemplates", &["CREATE", "UPDATE"]),
+        ("", "secrets", &["CREATE", "UPDATE"]),
     ];
     for (kind, name, group, resource, operations) in &seen {
         let entry = allowed.iter().find(|(g, r, _)| g == group && r == resource);
@@ -93,7 +98,7 @@ fn webhooks_are_narrow_fast_and_side_effect_free() {
         let expected = if name.starts_with("workloads.") { "Ignore" } else { "Fail" };
         assert_eq!(policy, expected, "{name}: documented failure policy");
         let conditions = webhook["matchConditions"].as_array().expect("matchConditions");
-        assert!(conditions.iter().any(|c| c["name"] == "not-breakglass"), "{name}");
+        assert!(conditions.iter().any(|c| c["name"] == "skip-breakglass"), "{name}");
         let is_cluster_scoped = webhook["rules"][0]["scope"] == "Cluster";
         if is_cluster_scoped {
             assert!(
@@ -129,9 +134,34 @@ fn the_deployment_is_highly_available_and_restricted() {
     assert!(container["resources"]["limits"].get("cpu").is_none(), "no CPU limit");
     assert!(container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().expect("preStop sleep") > 0);
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    let readiness_failures = container["readinessProbe"]["failureThreshold"].as_u64().expect("failureThreshold");
+    assert!(readiness_failures >= 3, "one missed readiness probe must not take a replica out");
+    assert!(container.get("livenessProbe").is_some(), "a liveness probe");
+    let startup = &container["startupProbe"];
+    let startup_seconds =
+        startup["periodSeconds"].as_u64().expect("period") * startup["failureThreshold"].as_u64().expect("threshold");
+    assert!(startup_seconds >= 60, "a startup probe gives a slow start {startup_seconds} s");
+    assert!(strings(&container["args"]).contains(&"--manage-webhooks".to_string()), "replicas apply the webhooks");
     let pdb = objects("manifests/base/poddisruptionbudget.yaml").remove(0);
     assert_eq!(pdb["kind"], "PodDisruptionBudget");
+}
+
+#[test]
+fn the_deployment_runs_the_crate_version_as_system_cluster_critical_with_its_quota() {
+    let deployment = objects("manifests/base/deployment.yaml").remove(0);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["image"], format!("tokengate:{}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    let quota = objects("manifests/base/priority.yaml").remove(0);
+    assert_eq!(quota["kind"], "ResourceQuota");
+    let scope = &quota["spec"]["scopeSelector"]["matchExpressions"][0];
+    assert_eq!(scope["scopeName"], "PriorityClass");
+    assert_eq!(scope["operator"], "In");
+    assert!(strings(&scope["values"]).contains(&"system-cluster-critical".to_string()));
+    let room: u64 = quota["spec"]["hard"]["pods"].as_str().expect("pods").parse().expect("a number");
+    let replicas = deployment["spec"]["replicas"].as_u64().expect("replicas");
+    let surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"].as_u64().expect("maxSurge");
+    assert!(room >= replicas + surge, "the quota leaves room for a rolling update");
 }
 
 #[test]
@@ -142,6 +172,10 @@ fn rbac_is_read_only_except_events() {
             let resources = strings(&rule["resources"]);
             if resources == ["events"] {
                 assert_eq!(verbs, ["create", "patch"], "events record why a policy was refused");
+            } else if rule["apiGroups"][0] == "admissionregistration.k8s.io" {
+                // serve --manage-webhooks: server-side apply of its own two objects only.
+                assert_eq!(verbs, ["get", "create", "patch"], "{resources:?}");
+                assert_eq!(strings(&rule["resourceNames"]), ["tokengate"], "only its own configurations");
             } else {
                 assert_eq!(verbs, ["get", "list", "watch"], "{resources:?} are only read");
             }
@@ -150,10 +184,258 @@ fn rbac_is_read_only_except_events() {
     }
 }
 
+/// The policy created once at install time (never part of what an upgrade applies).
+const SHIPPED_POLICY: &str = "manifests/policy/policy.yaml";
+
 #[test]
-fn the_installed_policy_is_the_example_policy_and_valid() {
-    let installed = std::fs::read_to_string(root().join("manifests/base/policy.yaml")).expect("policy");
-    let example = std::fs::read_to_string(root().join("examples/policy.yaml")).expect("policy");
-    assert_eq!(installed, example, "manifests/base/policy.yaml is a copy of examples/policy.yaml");
-    tokengate::policy::Policy::parse(&installed).expect("valid");
+fn the_shipped_policy_is_the_example_policy_in_warn_mode() {
+    let shipped_text = std::fs::read_to_string(root().join(SHIPPED_POLICY)).expect("policy");
+    let example_text = std::fs::read_to_string(root().join("examples/policy.yaml")).expect("policy");
+    let shipped: Value = serde_yaml_ng::from_str(&shipped_text).expect("YAML");
+    let mut example: Value = serde_yaml_ng::from_str(&example_text).expect("YAML");
+    assert_eq!(shipped["spec"]["mode"], "Warn", "a first install denies nothing");
+    example["spec"]["mode"] = Value::from("Warn");
+    assert_eq!(shipped, example, "{SHIPPED_POLICY} is examples/policy.yaml except for its mode");
+    tokengate::policy::Policy::parse(&shipped_text).expect("valid");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendered installs. kubectl (with its built-in kustomize) renders them as an admin's
+// `kubectl apply -k` would; .ci/run installs it into target/ci-venv.
+
+/// kubectl: $KUBECTL, else target/ci-venv/bin/kubectl, else the one on PATH; None when absent.
+fn kubectl() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("KUBECTL").map(PathBuf::from),
+        Some(root().join("target/ci-venv/bin/kubectl")),
+        Some(PathBuf::from("kubectl")),
+    ];
+    candidates.into_iter().flatten().find(|path| {
+        Command::new(path).args(["version", "--client"]).output().map(|out| out.status.success()).unwrap_or(false)
+    })
+}
+
+/// `kubectl kustomize DIR`, as objects; None (with a message) when kubectl is not installed,
+/// except under CI (`CI` set), where .ci/run has installed it and its absence is a failure.
+fn render(dir: &str) -> Option<Vec<Value>> {
+    let Some(kubectl) = kubectl() else {
+        let message = format!("rendering {dir} needs kubectl (on PATH, in target/ci-venv/bin, or $KUBECTL)");
+        assert!(std::env::var_os("CI").is_none(), "{message}: .ci/run installs it");
+        eprintln!("SKIPPED: {message}");
+        return None;
+    };
+    let output = Command::new(kubectl).arg("kustomize").arg(root().join(dir)).output().expect("run kubectl");
+    assert!(output.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).expect("rendered YAML"))
+        .filter(|object| !object.is_null())
+        .collect();
+    assert!(!objects.is_empty(), "{dir} renders objects");
+    Some(objects)
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the render"))
+}
+
+/// The container's env values and args: every place a namespace can hide in the Deployment.
+fn container_settings(deployment: &Value) -> Vec<String> {
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut settings = strings(&container["args"]);
+    for env in container["env"].as_array().into_iter().flatten() {
+        if let Some(value) = env["value"].as_str() {
+            settings.push(format!("{}={value}", env["name"].as_str().expect("env name")));
+        }
+    }
+    settings
+}
+
+const OTHER_NAMESPACE_OVERLAY: &str = "tests/fixtures/overlays/other-namespace";
+
+#[test]
+fn an_install_in_another_namespace_is_consistent() {
+    let Some(objects) = render(OTHER_NAMESPACE_OVERLAY) else { return };
+    let namespace = "security";
+    let left: Vec<String> = objects
+        .iter()
+        .filter(|o| serde_json::to_string(o).expect("JSON").contains("tokengate-system"))
+        .map(|o| format!("{} {}", o["kind"], o["metadata"]["name"]))
+        .collect();
+    assert!(left.is_empty(), "the default namespace is left in {left:?}");
+
+    find(&objects, "Namespace", namespace);
+    for object in &objects {
+        let kind = object["kind"].as_str().expect("kind");
+        let cluster_scoped = [
+            "Namespace",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
+        ];
+        if !cluster_scoped.contains(&kind) {
+            assert_eq!(object["metadata"]["namespace"], namespace, "{kind} {}", object["metadata"]["name"]);
+        }
+        for subject in object["subjects"].as_array().into_iter().flatten() {
+            assert_eq!(subject["namespace"], namespace, "{kind} binds the ServiceAccount in {namespace}");
+        }
+    }
+
+    // The Service the API server calls, and the name the certificate must carry for it.
+    let service = find(&objects, "Service", "tokengate");
+    let host = format!("{}.{namespace}.svc", service["metadata"]["name"].as_str().expect("name"));
+    let certificate = find(&objects, "Certificate", "tokengate-serving");
+    assert!(strings(&certificate["spec"]["dnsNames"]).contains(&host), "the certificate names {host}");
+
+    // The Deployment learns its namespace from the pod (downward API), so every NAMESPACE/NAME
+    // it is given (policy ConfigMap, webhook Service, cainjector source) is $(POD_NAMESPACE)/...
+    let deployment = find(&objects, "Deployment", "tokengate");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
+    let pod_namespace = env.iter().position(|e| e["name"] == "POD_NAMESPACE").expect("POD_NAMESPACE");
+    assert_eq!(env[pod_namespace]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    // The kubelet expands $(VAR) in an env value only from variables defined before it.
+    for (index, variable) in env.iter().enumerate() {
+        if variable["value"].as_str().is_some_and(|v| v.contains("$(POD_NAMESPACE)")) {
+            assert!(index > pod_namespace, "{} uses POD_NAMESPACE before it is defined", variable["name"]);
+        }
+    }
+    let settings = container_settings(deployment);
+    let policy = settings.iter().find_map(|s| s.strip_prefix("--policy-configmap=")).expect("--policy-configmap");
+    let (policy_namespace, policy_name) = policy.split_once('/').expect("NAMESPACE/NAME");
+    assert_eq!(policy_namespace, "$(POD_NAMESPACE)");
+    assert_eq!(policy_name, "tokengate-policy", "the ConfigMap manifests/policy creates");
+    let service_setting = settings.iter().find_map(|s| s.strip_prefix("TOKENGATE_WEBHOOK_SERVICE="));
+    assert_eq!(service_setting, Some("$(POD_NAMESPACE)/tokengate"), "the webhooks call this install's Service");
+    let injection = settings.iter().find_map(|s| s.strip_prefix("TOKENGATE_WEBHOOK_ANNOTATION="));
+    assert_eq!(
+        injection,
+        Some("cert-manager.io/inject-ca-from=$(POD_NAMESPACE)/tokengate-serving"),
+        "cainjector reads the CA of this install's Certificate"
+    );
+
+    // The policy ConfigMap is read with the Role in the same namespace.
+    let role = find(&objects, "Role", "tokengate");
+    assert!(role["rules"].as_array().expect("rules").iter().any(|r| strings(&r["resources"]) == ["configmaps"]));
+    find(&objects, "RoleBinding", "tokengate");
+
+    // Webhook configurations registered from manifests (when an overlay has them) call this
+    // namespace's Service and skip this namespace.
+    for config in objects.iter().filter(|o| o["kind"].as_str().is_some_and(|k| k.ends_with("WebhookConfiguration"))) {
+        for webhook in config["webhooks"].as_array().expect("webhooks") {
+            let name = webhook["name"].as_str().expect("name");
+            assert_eq!(webhook["clientConfig"]["service"]["namespace"], namespace, "{name}");
+            if let Some(expressions) = webhook["namespaceSelector"]["matchExpressions"].as_array() {
+                let excluded = strings(&expressions[0]["values"]);
+                assert!(excluded.contains(&namespace.to_string()), "{name} skips {namespace}");
+            }
+        }
+    }
+}
+
+#[test]
+fn no_install_applies_the_policy_so_an_upgrade_never_rewrites_it() {
+    for dir in ["manifests/base", "manifests/overlays/cert-manager", OTHER_NAMESPACE_OVERLAY] {
+        let Some(objects) = render(dir) else { return };
+        assert!(
+            !objects.iter().any(|o| o["kind"] == "ConfigMap"),
+            "{dir} holds a ConfigMap: every `kubectl apply -k` of a new version would overwrite it"
+        );
+    }
+    let Some(policy) = render("manifests/policy") else { return };
+    let kinds: Vec<&str> = policy.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(kinds, ["Namespace", "ConfigMap"]);
+    let configmap = find(&policy, "ConfigMap", "tokengate-policy");
+    assert_eq!(configmap["metadata"]["namespace"], "tokengate-system");
+    let shipped = std::fs::read_to_string(root().join(SHIPPED_POLICY)).expect("policy");
+    assert_eq!(configmap["data"]["policy.yaml"], shipped.as_str(), "the ConfigMap holds {SHIPPED_POLICY}");
+}
+
+#[test]
+fn the_alerts_name_metrics_that_exist() {
+    let Some(objects) = render(OTHER_NAMESPACE_OVERLAY) else { return };
+    let metrics = tokengate::metrics::Metrics::new();
+    metrics.rejected(tokengate::metrics::Rejection::Overloaded);
+    metrics.policy_failed();
+    metrics.certificate_failed();
+    let exported = metrics.encode();
+    let rule = find(&objects, "PrometheusRule", "tokengate");
+    let mut alerts = Vec::new();
+    for group in rule["spec"]["groups"].as_array().expect("groups") {
+        for alert in group["rules"].as_array().expect("rules") {
+            let name = alert["alert"].as_str().expect("alert").to_string();
+            let expr = alert["expr"].as_str().expect("expr");
+            for metric in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if metric.starts_with("tokengate_") {
+                    assert!(exported.contains(&format!("\n{metric}")), "{name}: {metric} is not exported");
+                }
+            }
+            for label in ["reason=\"overloaded\"", "result=\"error\""] {
+                if expr.contains(label) {
+                    assert!(exported.contains(label), "{name}: {label} is not a value tokengate exports");
+                }
+            }
+            assert!(alert["annotations"]["summary"].is_string() && alert["annotations"]["description"].is_string());
+            alerts.push(name);
+        }
+    }
+    for wanted in [
+        "TokengateDown",
+        "TokengateWebhookCallsFailing",
+        "TokengateWebhookSlow",
+        "TokengatePolicyReloadFailing",
+        "TokengateCertificateExpiresSoon",
+        "TokengateOverloaded",
+    ] {
+        assert!(alerts.iter().any(|a| a == wanted), "alert {wanted}");
+    }
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    for alert in &alerts {
+        assert!(readme.contains(&format!("`{alert}`")), "the README explains {alert}");
+    }
+    let monitor = find(&objects, "PodMonitor", "tokengate");
+    assert_eq!(monitor["spec"]["jobLabel"], "app.kubernetes.io/name", "alerts select job=\"tokengate\"");
+}
+
+#[test]
+fn the_network_policy_admits_the_webhook_port_only_from_the_configured_source() {
+    let shipped = objects("manifests/components/network-policy/networkpolicy.yaml").remove(0);
+    let cidr = shipped["spec"]["ingress"][0]["from"][0]["ipBlock"]["cidr"].as_str().expect("cidr");
+    assert!(!cidr.contains('/'), "the placeholder {cidr} must be refused by the API server until it is set");
+    let Some(objects) = render(OTHER_NAMESPACE_OVERLAY) else { return };
+    let policy = find(&objects, "NetworkPolicy", "tokengate");
+    let deployment = find(&objects, "Deployment", "tokengate");
+    let ports: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| p["name"].as_str().expect("port name").to_string())
+        .collect();
+    assert_eq!(strings(&policy["spec"]["policyTypes"]), ["Ingress"]);
+    let ingress = policy["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 2, "the webhook port and the admin port, nothing else");
+    for rule in ingress {
+        let port = rule["ports"][0]["port"].as_str().expect("a named port");
+        assert!(ports.contains(&port.to_string()), "{port} is a port of the container");
+    }
+    assert_eq!(ingress[0]["ports"][0]["port"], "https");
+    assert_eq!(ingress[0]["from"][0]["ipBlock"]["cidr"], "10.0.0.10/32");
+    assert_eq!(ingress[1]["ports"][0]["port"], "admin");
+    assert_eq!(
+        ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "observability"
+    );
+}
+
+#[test]
+fn the_image_is_stripped_labelled_and_versioned_like_the_crate() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains(&format!("ARG VERSION={}\n", env!("CARGO_PKG_VERSION"))), "image version");
+    assert!(dockerfile.contains("CARGO_PROFILE_RELEASE_STRIP=symbols"), "a stripped binary");
+    for label in ["title", "description", "version", "revision", "licenses"] {
+        assert!(dockerfile.contains(&format!("org.opencontainers.image.{label}=")), "OCI label {label}");
+    }
 }

@@ -33,10 +33,17 @@ impl ObjectStore {
     /// Adds one Kubernetes object; kinds decisions do not read (Namespaces, ConfigMaps, ...)
     /// are ignored. Returns whether the object was kept.
     pub fn insert(&mut self, object: &Value) -> Result<bool, ObjectsError> {
+        self.insert_in(object, "default")
+    }
+
+    /// [`ObjectStore::insert`], with namespace-less objects in `default_namespace` (as
+    /// `kubectl apply -n` would put them).
+    pub fn insert_in(&mut self, object: &Value, default_namespace: &str) -> Result<bool, ObjectsError> {
         let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
         let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
         let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
-        let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
+        let namespace =
+            object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(default_namespace).to_string();
         let key = (namespace.clone(), name.clone());
         match (api_version, kind) {
             ("v1", "ServiceAccount") => {

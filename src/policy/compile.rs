@@ -9,20 +9,83 @@ use super::globs::{Globs, LabelSelector};
 use super::*;
 use crate::review::automount::AUTOMOUNT_EXPIRATION_SECONDS;
 
-/// Reads YAML or JSON into a document; unknown and mistyped fields are reported with their path.
-pub(super) fn parse_document(text: &str) -> Result<PolicyDocument, PolicyError> {
-    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+/// Reads YAML or JSON into a document, reporting every unknown or mistyped field at once: each
+/// one found is recorded and taken out, and the document read again, so five typos take one run.
+/// The document is `None` when it cannot be read even so (a missing required field, a list
+/// item of the wrong type); the problems then say why.
+pub(super) fn read_document(text: &str) -> Result<(Option<PolicyDocument>, Vec<Problem>), PolicyError> {
+    let mut value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|err| {
+        let position = err.location().map(|at| Position { line: at.line(), column: at.column() });
+        PolicyError::Syntax(Problem { path: "(document)".to_string(), message: err.to_string(), position })
+    })?;
+    if let Some(problem) = foreign_kind(&value) {
+        return Ok((None, vec![problem]));
+    }
+    drop_nulls(&mut value);
+    let mut problems: Vec<Problem> = Vec::new();
+    // Each pass removes one field, so the document's size bounds the passes.
+    loop {
+        let err = match serde_path_to_error::deserialize::<_, PolicyDocument>(&value) {
+            Ok(document) => return Ok((Some(document), problems)),
+            Err(err) => err,
+        };
         let path = err.path().to_string();
         let path = if path == "." { "(document)".to_string() } else { path };
         let message = err.into_inner().to_string();
-        // The YAML error may repeat the path of the parent field: keep it once.
-        let message = match message.split_once(": ") {
-            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => rest.to_string(),
-            _ => message,
-        };
-        PolicyError::Syntax(Problem { path, message })
+        let repaired = !message.starts_with("missing field") && remove_field(&mut value, &path);
+        problems.push(Problem { path, message, position: None });
+        if !repaired {
+            return Ok((None, problems));
+        }
+    }
+}
+
+/// Takes out fields written without a value (`match:`), which YAML reads as null: a field
+/// left empty means the same as a field left out.
+fn drop_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+/// A document of another kind (a Kyverno ClusterPolicy, a Pod) given as a policy.
+fn foreign_kind(value: &serde_json::Value) -> Option<Problem> {
+    let kind = value.get("kind")?.as_str()?;
+    let api_version = value.get("apiVersion").and_then(serde_json::Value::as_str).unwrap_or_default();
+    (kind != KIND).then(|| Problem {
+        path: "kind".to_string(),
+        message: format!(
+            "this is a {kind} ({api_version}), not a {KIND} ({API_VERSION}): give tokengate a policy document"
+        ),
+        position: None,
     })
+}
+
+/// Removes the object field at `path` (`spec.audiences[2].namespacs`); false when the path does
+/// not end in an object field.
+fn remove_field(value: &mut serde_json::Value, path: &str) -> bool {
+    let (parent, key) = path.rsplit_once('.').unwrap_or(("", path));
+    if key.contains('[') || key.is_empty() {
+        return false;
+    }
+    let mut node = value;
+    for segment in parent.split('.').filter(|s| !s.is_empty()) {
+        let (name, indexes) = segment.split_once('[').map_or((segment, ""), |(n, rest)| (n, rest));
+        let Some(next) = node.get_mut(name) else { return false };
+        node = next;
+        for index in indexes.split('[').filter(|i| !i.is_empty()) {
+            let Some(next) = index.trim_end_matches(']').parse::<usize>().ok().and_then(|i| node.get_mut(i)) else {
+                return false;
+            };
+            node = next;
+        }
+    }
+    node.as_object_mut().is_some_and(|map| map.remove(key).is_some())
 }
 
 /// Collects problems while a document is compiled.
@@ -31,7 +94,7 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem { path: path.into(), message: message.into() });
+        self.0.push(Problem { path: path.into(), message: message.into(), position: None });
     }
 
     fn globs(&mut self, path: &str, patterns: Option<&[String]>) -> Globs {

@@ -112,6 +112,31 @@ impl LabelSelector {
     }
 }
 
+/// One requirement of a label selector, for rendering it elsewhere (webhook match conditions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectorTerm<'a> {
+    /// `matchLabels`: the label has exactly this value.
+    Equals(&'a str, &'a str),
+    In(&'a str, &'a [String]),
+    NotIn(&'a str, &'a [String]),
+    Exists(&'a str),
+    DoesNotExist(&'a str),
+}
+
+impl LabelSelector {
+    /// Every requirement, `matchLabels` first; a pod is selected when all hold.
+    pub fn terms(&self) -> Vec<SelectorTerm<'_>> {
+        let labels = self.match_labels.iter().map(|(k, v)| SelectorTerm::Equals(k, v));
+        let expressions = self.requirements.iter().map(|r| match r {
+            Requirement::In(k, values) => SelectorTerm::In(k, values),
+            Requirement::NotIn(k, values) => SelectorTerm::NotIn(k, values),
+            Requirement::Exists(k) => SelectorTerm::Exists(k),
+            Requirement::DoesNotExist(k) => SelectorTerm::DoesNotExist(k),
+        });
+        labels.chain(expressions).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use document::Mode;
+
+use crate::positions::{self, Position};
 use globs::{Globs, LabelSelector};
 
 /// The API server's lower bound on token lifetimes, and tokengate's default minimum.
@@ -180,6 +182,18 @@ pub enum TokenDenial {
 pub struct Problem {
     pub path: String,
     pub message: String,
+    /// Where the field is in the document's text, when it was read from YAML or JSON text.
+    pub position: Option<Position>,
+}
+
+impl Problem {
+    /// `file:line:column: path: message`, or `file: path: message` without a position.
+    pub fn at(&self, file: &str) -> String {
+        match self.position {
+            Some(Position { line, column }) => format!("{file}:{line}:{column}: {self}"),
+            None => format!("{file}: {self}"),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -218,8 +232,19 @@ impl Policy {
     /// Like [`Policy::parse`], with `learned` API server audiences (read from the cluster)
     /// added to the document's `apiServerAudiences`.
     pub fn parse_with_api_server_audiences(text: &str, learned: &[String]) -> Result<Policy, PolicyError> {
-        let document = compile::parse_document(text)?;
-        compile::compile(document, learned)
+        let (document, mut problems) = compile::read_document(text)?;
+        match document.map(|document| compile::compile(document, learned)) {
+            Some(Ok(policy)) if problems.is_empty() => return Ok(policy),
+            Some(Err(PolicyError::Invalid(more))) => problems.extend(more),
+            _ => {}
+        }
+        let located = positions::positions(text);
+        if let Some(fields) = located.first() {
+            for problem in &mut problems {
+                problem.position = positions::locate(fields, &problem.path);
+            }
+        }
+        Err(PolicyError::Invalid(problems))
     }
 
     /// What to do with violations.
@@ -309,6 +334,7 @@ impl Policy {
         if !self.api_server_audiences_listed {
             warnings.push(Problem {
                 path: "spec.apiServerAudiences".to_string(),
+                position: None,
                 message: "absent: list the cluster's --api-audiences (the `aud` claim of any pod's automount token, e.g. `kubectl create token default | cut -d. -f2 | base64 -d`); offline commands then treat only \"\" and absent audiences as the API server's, and `serve` learns the list from its own token".to_string(),
             });
         }
@@ -452,6 +478,28 @@ const EXTENSION_ADVICE: &str = " (ask for any other lifetime than 3607 s; if the
 /// negative value (which the API server rejects) counts as 0.
 pub fn expiration_or_default(seconds: Option<i64>) -> u64 {
     seconds.map_or(DEFAULT_EXPIRATION_SECONDS, |s| u64::try_from(s).unwrap_or(0))
+}
+
+/// Read access for rendering the policy elsewhere (the webhook configurations' match conditions).
+impl Policy {
+    /// The namespace globs of `spec.exemptions.namespaces`, as written.
+    pub fn exempt_namespaces(&self) -> &[String] {
+        self.exemptions.namespaces.as_ref().map_or(&[], |globs| globs.patterns())
+    }
+
+    /// `spec.exemptions.users`, sorted.
+    pub fn exempt_users(&self) -> Vec<&str> {
+        let mut users: Vec<&str> = self.exemptions.users.iter().map(String::as_str).collect();
+        users.sort_unstable();
+        users
+    }
+
+    /// `spec.exemptions.groups`, sorted.
+    pub fn exempt_groups(&self) -> Vec<&str> {
+        let mut groups: Vec<&str> = self.exemptions.groups.iter().map(String::as_str).collect();
+        groups.sort_unstable();
+        groups
+    }
 }
 
 #[cfg(test)]

@@ -114,10 +114,42 @@ fn unknown_fields_are_reported_with_their_path() {
     ];
     for (text, path, word) in cases {
         let found = problems(&text);
-        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(!found.is_empty(), "{found:?}");
         assert!(found[0].path.starts_with(path), "path {:?} should start with {path}", found[0].path);
         assert!(found[0].message.contains(word), "{:?} should mention {word}", found[0].message);
     }
+}
+
+#[test]
+fn typos_type_errors_and_value_problems_are_reported_together_with_their_lines() {
+    let text = "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  moed: Warn\n  expiration: {minSeconds: ten, maxSeconds: 100}\n  audiences:\n    - audience: vault\n      namespace: [a]\n      maxExpirationSeconds: 7200\n    - audience: x\n      serviceAcounts: [b]\n  csiDrivers: [{name: a}, {name: a, audiences: [v], requireRepublsh: true}]\n";
+    let found = problems(text);
+    let at = |path: &str| {
+        let problem = found.iter().find(|p| p.path == path).unwrap_or_else(|| panic!("{path} in {found:#?}"));
+        problem.position.map(|p| (p.line, p.column))
+    };
+    assert_eq!(at("spec.moed"), Some((4, 3)));
+    assert_eq!(at("spec.expiration.minSeconds"), Some((5, 16)), "a type error, at its line in the YAML");
+    assert_eq!(at("spec.audiences[0].namespace"), Some((8, 7)));
+    assert_eq!(at("spec.audiences[1].serviceAcounts"), Some((11, 7)));
+    assert_eq!(at("spec.csiDrivers[1].requireRepublsh"), Some((12, 53)));
+    assert!(found.iter().any(|p| p.path == "spec.csiDrivers[1].name"), "value problems too: {found:#?}");
+    assert!(found.iter().any(|p| p.path == "spec.expiration.maxSeconds"), "{found:#?}");
+}
+
+#[test]
+fn a_field_written_without_a_value_counts_as_absent() {
+    let p = policy(&with_spec("  mode:\n  audiences:\n    - audience: vault\n      namespaces:\n"));
+    assert_eq!(p.mode(), Mode::Enforce);
+    assert!(p.check_token(&token("vault", "any", "sa", 3600)).is_ok());
+}
+
+#[test]
+fn a_document_of_another_kind_is_named() {
+    let kyverno = "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nspec:\n  rules: []\n";
+    let found = problems(kyverno);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].message.contains("this is a ClusterPolicy (kyverno.io/v1), not a TokenPolicy"), "{found:?}");
 }
 
 #[test]

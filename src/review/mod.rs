@@ -306,12 +306,14 @@ impl Verdict {
     }
 }
 
-/// Most characters of one warning the API server passes on.
-pub const MAX_WARNING_CHARS: usize = 120;
+/// Most characters of one warning: the API server's guidance is 120 where possible, and
+/// warnings over 256 may be truncated (`k8s.io/apiserver/pkg/warning`), so each violation,
+/// which reads field first and verdict next, is kept within 256.
+pub const MAX_WARNING_CHARS: usize = 256;
 /// Most bytes of all warnings together the API server passes on.
 const MAX_WARNINGS_BYTES: usize = 4096;
 
-/// Shortens each warning to 120 characters and keeps the list under 4 KiB, as the API server
+/// Shortens each warning to 256 characters and keeps the list under 4 KiB, as the API server
 /// would otherwise truncate or drop them.
 fn fit_warnings(warnings: Vec<String>) -> Vec<String> {
     let mut total = 0;

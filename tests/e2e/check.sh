@@ -4,13 +4,17 @@
 #   tests/e2e/check.sh
 #
 #   - shellcheck on every script under tests/e2e/, certs/ and benches/load/;
-#   - every kustomize overlay (and the base) rendered with kubectl kustomize, with certificates
-#     from certs/generate.sh made in a temporary copy (the work tree is left alone), and the
-#     rendered objects validated with kubernetes-validate --strict against Kubernetes 1.37.0
-#     (cert-manager's kinds have no schema there: warnings, not failures);
+#   - the base, every overlay, the policy (manifests/policy) and the example overlays under
+#     tests/fixtures/overlays (another namespace, with the monitoring and network-policy
+#     components) rendered with kubectl kustomize, with certificates from certs/generate.sh made
+#     in a temporary copy (the work tree is left alone), and the rendered objects validated with
+#     kubernetes-validate --strict against Kubernetes 1.37.0 (cert-manager's and the Prometheus
+#     Operator's kinds have no schema there: warnings, not failures);
 #   - the generated certificate verified as kube-apiserver will (openssl verify -purpose
-#     sslserver, SANs, serverAuth) and its CA in the overlays' caBundles; the dev overlay running
-#     tokengate:dev, the local one pointing every webhook at https://127.0.0.1:8443;
+#     sslserver, SANs, serverAuth), its CA in the dev overlay's Secret (ca.crt, which tokengate
+#     registers as the webhooks' caBundle) and in the local overlay's caBundles; the dev overlay
+#     running tokengate:dev, the local one pointing every webhook at https://127.0.0.1:8443;
+#   - the policy only in manifests/policy, in mode Warn: no other install applies it;
 #   - tests/e2e/policy.yaml valid (tokengate policy validate) and its derived variants as
 #     expected;
 #   - the objects the scenarios create (scenarios.sh --render) valid for Kubernetes 1.37.0 and
@@ -71,7 +75,8 @@ tokengate() {
   cargo run --quiet -- "$@"
 }
 
-# kubernetes-validate: fails on errors, and on warnings other than cert-manager's missing schemas.
+# kubernetes-validate: fails on errors, and on warnings other than the missing schemas of
+# cert-manager's and the Prometheus Operator's kinds.
 validate_objects() {
   local output status=0 line bad=0
   output=$(kubernetes-validate --strict --quiet -k "$K8S_VERSION" "$@" 2>&1) || status=$?
@@ -80,6 +85,7 @@ validate_objects() {
     [[ -n $line ]] || continue
     case $line in
       WARN*"Couldn't find schema for kind "*" with api version cert-manager.io/"*) ;;
+      WARN*"Couldn't find schema for kind "*" with api version monitoring.coreos.com/"*) ;;
       *) bad=1 ;;
     esac
   done <<<"$output"
@@ -98,16 +104,19 @@ run_shellcheck() {
   shellcheck -x "${scripts[@]}"
 }
 
-# Renders the base and every overlay from a copy of manifests/ and certs/, so certs/generate.sh
-# writes its files there rather than into the work tree.
+# Renders the base, every overlay, the policy and the example overlays from a copy of manifests/,
+# certs/ and tests/fixtures/overlays/, so certs/generate.sh writes its files there rather than
+# into the work tree.
 render_manifests() {
   local copy=$work/repo dir name
-  mkdir -p "$copy"
+  mkdir -p "$copy/tests/fixtures"
   cp -R manifests certs "$copy/"
+  cp -R tests/fixtures/overlays "$copy/tests/fixtures/"
   rm -rf "$copy/certs/out" "$copy"/manifests/overlays/*/generated
   "$copy/certs/generate.sh" "$copy/certs/out"
   mkdir -p "$work/rendered"
-  for dir in "$copy/manifests/base" "$copy"/manifests/overlays/*/; do
+  for dir in "$copy/manifests/base" "$copy/manifests/policy" "$copy/manifests/webhooks" \
+    "$copy"/manifests/overlays/*/ "$copy"/tests/fixtures/overlays/*/; do
     dir=${dir%/}
     name=$(basename "$dir")
     kubectl kustomize "$dir" > "$work/rendered/$name.yaml"
@@ -118,7 +127,8 @@ render_manifests() {
 validate_rendered() {
   local -a files
   mapfile -t files < <(find "$work/rendered" -name '*.yaml' | sort)
-  ((${#files[@]} >= 4)) || { echo "expected the base and three overlays, rendered: ${files[*]}"; return 1; }
+  ((${#files[@]} >= 7)) ||
+    { echo "expected the base, the policy, the webhooks, three overlays and the example overlays, rendered: ${files[*]}"; return 1; }
   validate_objects "${files[@]}"
 }
 
@@ -133,11 +143,19 @@ check_certificate() {
     grep -qF -- "$want" <<<"$text" || { echo "the serving certificate lacks $want"; return 1; }
   done
   ca_bundle=$(base64 < "$out/ca.crt" | tr -d '\n')
-  for want in dev local; do
-    [[ $(grep -cF -- "caBundle: $ca_bundle" "$work/rendered/$want.yaml") == 5 ]] ||
-      { echo "overlay $want does not carry the generated CA in all 5 webhooks"; return 1; }
-  done
-  echo "certificate and caBundles consistent"
+  # dev: the CA is ca.crt in the TLS Secret, which tokengate registers as the caBundle.
+  tr -d ' \n' < "$work/rendered/dev.yaml" | grep -qF -- "ca.crt:|$ca_bundle" ||
+    tr -d ' \n' < "$work/rendered/dev.yaml" | grep -qF -- "ca.crt:$ca_bundle" ||
+    { echo "overlay dev's Secret tokengate-tls does not carry the generated CA as ca.crt"; return 1; }
+  grep -qF 'value: /etc/tokengate/tls/ca.crt' "$work/rendered/dev.yaml" ||
+    { echo "overlay dev does not give tokengate the mounted ca.crt as its webhooks' caBundle"; return 1; }
+  # local: webhook configurations from manifests, every one with the CA.
+  local webhooks
+  webhooks=$(grep -cE '^  name: [a-z]+\.(validate|mutate)\.tokengate\.dev$' "$work/rendered/local.yaml" || true)
+  ((webhooks >= 5)) || { echo "overlay local has $webhooks webhooks, expected at least 5"; return 1; }
+  [[ $(grep -cF -- "caBundle: $ca_bundle" "$work/rendered/local.yaml") == "$webhooks" ]] ||
+    { echo "overlay local does not carry the generated CA in all $webhooks webhooks"; return 1; }
+  echo "certificate, dev Secret and local caBundles consistent"
 }
 
 # What kind.sh and local.sh rely on in the overlays.
@@ -145,13 +163,32 @@ check_overlays_for_scripts() {
   local dev=$work/rendered/dev.yaml local=$work/rendered/local.yaml result=0
   grep -q 'image: tokengate:dev$' "$dev" || { echo "overlay dev does not run image tokengate:dev"; result=1; }
   grep -q 'name: tokengate-tls$' "$dev" || { echo "overlay dev has no Secret tokengate-tls"; result=1; }
-  [[ $(grep -c 'url: https://127.0.0.1:8443/\(validate\|mutate\)$' "$local") == 5 ]] ||
-    { echo "overlay local does not point all 5 webhooks at https://127.0.0.1:8443"; result=1; }
+  local webhooks
+  webhooks=$(grep -cE '^  name: [a-z]+\.(validate|mutate)\.tokengate\.dev$' "$local" || true)
+  if ((webhooks < 5)) || [[ $(grep -c 'url: https://127.0.0.1:8443/\(validate\|mutate\)$' "$local") != "$webhooks" ]]; then
+    echo "overlay local does not point all $webhooks webhooks at https://127.0.0.1:8443"
+    result=1
+  fi
   if grep -qE '^kind: (Deployment|Service|PodDisruptionBudget)$' "$local"; then
     echo "overlay local still has a Deployment, Service or PodDisruptionBudget"
     result=1
   fi
-  grep -q '^  name: tokengate-policy$' "$local" || { echo "overlay local has no policy ConfigMap"; result=1; }
+  return "$result"
+}
+
+# The policy is created once from manifests/policy, in mode Warn; no other install holds it, so
+# applying a new version never overwrites the admins' policy.
+check_policy_outside_upgrades() {
+  local file result=0
+  for file in "$work"/rendered/*.yaml; do
+    [[ $(basename "$file") == policy.yaml ]] && continue
+    if grep -q '^  name: tokengate-policy$' "$file"; then
+      echo "$(basename "$file" .yaml) holds the policy ConfigMap: an upgrade would overwrite it"
+      result=1
+    fi
+  done
+  grep -q '^  name: tokengate-policy$' "$work/rendered/policy.yaml" || { echo "manifests/policy has no ConfigMap"; result=1; }
+  grep -qE '^      mode: Warn$' "$work/rendered/policy.yaml" || { echo "manifests/policy is not in mode Warn"; result=1; }
   return "$result"
 }
 
@@ -177,9 +214,12 @@ check_denied() {
     expect_status 1 tokengate check --policy tests/e2e/policy.yaml --objects "$work/objects/admitted/namespaces.yaml" "$file" ||
       result=1
   done
-  # The readiness probes of kind.sh and local.sh run before the test policy is installed.
+  # The readiness probes of kind.sh and local.sh run before the test policy is installed: the
+  # shipped policy (mode Warn: exit 0) must report them, so that tokengate answers with a warning.
+  local report
   for file in "$work/objects/denied/pod-probe.yaml" "$work/objects/denied/csidriver-probe.yaml"; do
-    expect_status 1 tokengate check --policy manifests/base/policy.yaml "$file" || result=1
+    report=$(tokengate check --policy manifests/policy/policy.yaml "$file") || { echo "check failed on $file"; result=1; }
+    [[ -n $report ]] || { echo "the shipped policy reports nothing on $file"; result=1; }
   done
   return "$result"
 }
@@ -221,7 +261,15 @@ jobs = workflow["jobs"]
 runs = " ".join(step.get("run", "") for job in jobs.values() for step in job["steps"])
 assert "tests/e2e/kind.sh" in runs, "no job runs tests/e2e/kind.sh"
 assert "shellcheck" in runs, "no job runs shellcheck"
-print("jobs:", ", ".join(jobs))
+kind = jobs["kind"]
+matrix = kind["strategy"]["matrix"]["include"]
+assert len(matrix) >= 2, "the oldest supported and the newest Kubernetes"
+for entry in matrix:
+    assert "@sha256:" in entry["node-image"], f"{entry['node-image']} is not pinned by digest"
+    assert entry["kind"].startswith("v"), "the kind version is pinned"
+uploads = [s for s in kind["steps"] if "upload-artifact" in s.get("uses", "")]
+assert uploads and uploads[0].get("if") == "failure()", "diagnostics are uploaded on failure"
+print("jobs:", ", ".join(jobs), "| Kubernetes:", ", ".join(str(e["kubernetes"]) for e in matrix))
 PY
 }
 
@@ -230,6 +278,7 @@ check "render the base and every overlay (kubectl kustomize)" render_manifests
 check "rendered manifests valid for Kubernetes $K8S_VERSION (kubernetes-validate --strict)" validate_rendered
 check "generated certificate verifies as kube-apiserver will check it" check_certificate
 check "overlays dev and local are what kind.sh and local.sh expect" check_overlays_for_scripts
+check "the policy is created once (manifests/policy, mode Warn), never re-applied" check_policy_outside_upgrades
 check "tests/e2e/policy.yaml is a valid policy" tokengate policy validate tests/e2e/policy.yaml
 check "render the scenario objects (scenarios.sh --render)" render_scenario_objects
 check "scenario objects valid for Kubernetes $K8S_VERSION" validate_scenario_objects
@@ -239,7 +288,8 @@ check "objects the scenarios expect admitted pass tokengate check" check_admitte
 check "objects the scenarios expect denied fail tokengate check" check_denied
 check "tests/e2e/kind.sh --dry-run" dry_run_prints tests/e2e/kind.sh \
   "kind create cluster --name tokengate-e2e --config tests/e2e/kind-config.yaml" \
-  "docker build -t tokengate:dev ." \
+  "docker build -t tokengate:dev" \
+  "kubectl create --save-config -k manifests/policy" \
   "kind load docker-image tokengate:dev" \
   "certs/generate.sh" \
   "kubectl apply -k manifests/overlays/dev" \
@@ -249,15 +299,16 @@ check "tests/e2e/kind.sh --dry-run" dry_run_prints tests/e2e/kind.sh \
   "kind delete cluster --name tokengate-e2e"
 check "tests/e2e/local.sh --dry-run" dry_run_prints tests/e2e/local.sh \
   "certs/generate.sh" \
+  "kubectl create --save-config -k manifests/policy" \
   "kubectl apply -k manifests/overlays/local" \
   "cargo build --release --locked" \
-  "target/release/tokengate serve --policy-configmap tokengate-system/tokengate-policy --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen 127.0.0.1:8443 --admin-listen 127.0.0.1:8080" \
+  "target/release/tokengate serve --policy-configmap tokengate-system/tokengate-policy --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen 127.0.0.1:8443 --admin-listen 127.0.0.1:8080 --manage-webhooks --webhook-url https://127.0.0.1:8443 --webhook-ca-bundle certs/out/ca.crt" \
   "http://127.0.0.1:8080/readyz" \
   "MODE=local" \
   "kubectl delete mutatingwebhookconfiguration tokengate" \
   "kubectl delete validatingwebhookconfiguration tokengate"
 check "tests/e2e/kind-config.yaml has one control plane and two workers" kind_config_nodes
-check ".github/workflows/e2e.yaml parses and runs kind.sh and shellcheck" parse_workflow
+check ".github/workflows/e2e.yaml runs kind.sh (pinned, oldest and newest Kubernetes) and shellcheck" parse_workflow
 
 echo "$passed passed, $failed failed"
 ((failed == 0))

@@ -6,17 +6,25 @@
 #
 # Creates the kind cluster tokengate-e2e (tests/e2e/kind-config.yaml: one control plane, two
 # workers), builds the image tokengate:dev from the Dockerfile at the repository root and loads
-# it into the nodes, makes development certificates (certs/generate.sh), installs
-# manifests/overlays/dev, waits for the Deployment and for the webhooks to answer, then runs
-# MODE=cluster tests/e2e/scenarios.sh with a worker's kubelet certificate for the node scenario.
-# Needs docker, kind and kubectl.
+# it into the nodes, makes development certificates (certs/generate.sh), installs as the README
+# says (the policy once with kubectl create -k manifests/policy, then manifests/overlays/dev),
+# waits for the Deployment and for the webhooks tokengate registers to answer, checks that the
+# installed policy is in mode Warn and that applying the overlay again leaves it untouched, then
+# runs MODE=cluster tests/e2e/scenarios.sh with a worker's kubelet certificate for the node
+# scenario. Needs docker, kind and kubectl.
+#
+# A cluster of that name that already exists is reused and never deleted: only a cluster this
+# run created is deleted at the end.
 #
 # Environment:
-#   KEEP_CLUSTER=1    keep the cluster afterwards (an existing cluster of that name is reused)
-#   KIND_NODE_IMAGE   node image for kind create cluster --image (default: kind's own)
+#   KEEP_CLUSTER=1    keep the cluster this run created
+#   KIND_NODE_IMAGE   node image for kind create cluster --image (default: kind's own); CI pins
+#                     kindest/node images by digest, one per Kubernetes version it tests
 #   KIND_KUBECONFIG   where the cluster's kubeconfig is written
 #                     (default: ${TMPDIR:-/tmp}/tokengate-e2e.kubeconfig); the current
 #                     KUBECONFIG is never touched
+#   E2E_ARTIFACTS     a directory: on failure, tokengate's logs, the cluster's Events, pods and
+#                     webhook configurations are written there (CI uploads it)
 # Other variables (E2E_IMAGE, TRAFFIC_SECONDS, ...) pass through to scenarios.sh.
 set -euo pipefail
 
@@ -32,12 +40,8 @@ readonly SYSTEM_NAMESPACE=tokengate-system
 readonly NODE=$CLUSTER-worker
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-}
+E2E_ARTIFACTS=${E2E_ARTIFACTS:-}
 export KUBECONFIG=${KIND_KUBECONFIG:-${TMPDIR:-/tmp}/tokengate-e2e.kubeconfig}
-
-# run COMMAND...: runs it, or with --dry-run prints it.
-
-# run_to FILE COMMAND...: the same, with standard output into FILE.
-
 
 if ((dry_run)); then
   work=${TMPDIR:-/tmp}/tokengate-e2e.XXXXXX
@@ -48,24 +52,56 @@ else
   work=$(mktemp -d)
 fi
 
+# save_diagnostics DIR: what explains a failure, one file each (also printed when DIR is empty).
+save_diagnostics() {
+  local dir=$1
+  local -a what=(
+    "nodes|kubectl get nodes -o wide"
+    "pods|kubectl get pods -A -o wide"
+    "events|kubectl get events -A --sort-by=.lastTimestamp"
+    "tokengate-describe|kubectl describe deployment,replicaset,pods -n $SYSTEM_NAMESPACE"
+    "tokengate-logs|kubectl logs -n $SYSTEM_NAMESPACE -l app.kubernetes.io/name=tokengate --prefix --all-containers --tail=-1"
+    "tokengate-previous-logs|kubectl logs -n $SYSTEM_NAMESPACE -l app.kubernetes.io/name=tokengate --prefix --all-containers --previous --tail=-1"
+    "webhook-configurations|kubectl get mutatingwebhookconfigurations,validatingwebhookconfigurations -o yaml"
+    "policy|kubectl get configmap tokengate-policy -n $SYSTEM_NAMESPACE -o yaml"
+  )
+  local entry name command
+  if [[ -n $dir ]]; then mkdir -p "$dir"; fi
+  for entry in "${what[@]}"; do
+    name=${entry%%|*}
+    command=${entry#*|}
+    if [[ -n $dir ]]; then
+      # shellcheck disable=SC2086 # the commands above are split on purpose
+      $command > "$dir/$name.txt" 2>&1 || true
+    else
+      echo "--- $command"
+      # shellcheck disable=SC2086
+      $command 2>&1 | tail -n 200 || true
+    fi
+  done
+  if [[ -n $dir ]]; then echo "diagnostics written to $dir"; fi
+}
+
+# Set once this run has created the cluster; only then is it ever deleted.
 cluster_created=0
+cluster_ready=0
 finish() {
   local status=$?
   trap - EXIT
-  if ((status != 0 && cluster_created && !dry_run)); then
+  if ((status != 0 && cluster_ready && !dry_run)); then
     say "diagnostics"
-    kubectl get nodes -o wide || true
-    kubectl get pods -A -o wide || true
-    kubectl get events -n "$SYSTEM_NAMESPACE" --sort-by=.lastTimestamp || true
-    kubectl logs -n "$SYSTEM_NAMESPACE" -l app.kubernetes.io/name=tokengate --prefix --tail=200 || true
+    save_diagnostics "" || true
+    if [[ -n $E2E_ARTIFACTS ]]; then save_diagnostics "$E2E_ARTIFACTS" || true; fi
   fi
   if ((cluster_created)); then
     if [[ $KEEP_CLUSTER == 1 ]]; then
       say "KEEP_CLUSTER=1: cluster $CLUSTER kept; export KUBECONFIG=$KUBECONFIG"
     else
-      say "deleting cluster $CLUSTER"
+      say "deleting cluster $CLUSTER (created by this run)"
       run kind delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG" || true
     fi
+  elif ((cluster_ready)); then
+    say "cluster $CLUSTER existed before this run: left in place"
   fi
   if ((!dry_run)); then rm -rf "$work"; fi
   exit "$status"
@@ -73,26 +109,30 @@ finish() {
 trap finish EXIT
 
 say "building $IMAGE"
-run docker build -t "$IMAGE" .
+run docker build -t "$IMAGE" --build-arg "REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
 
 reused=0
 if ((!dry_run)) && kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-  say "reusing kind cluster $CLUSTER"
+  say "reusing kind cluster $CLUSTER (not created by this run: it will not be deleted)"
   reused=1
   run kind export kubeconfig --name "$CLUSTER" --kubeconfig "$KUBECONFIG"
 else
-  say "creating kind cluster $CLUSTER (an existing one of that name would be reused)"
+  say "creating kind cluster $CLUSTER"
   create=(kind create cluster --name "$CLUSTER" --config tests/e2e/kind-config.yaml --kubeconfig "$KUBECONFIG" --wait 180s)
   if [[ -n $KIND_NODE_IMAGE ]]; then create+=(--image "$KIND_NODE_IMAGE"); fi
+  # Marked before the command: a half-created cluster is this run's to delete too.
+  cluster_created=1
   run "${create[@]}"
 fi
-cluster_created=1
+cluster_ready=1
+run kubectl version
 
 say "loading $IMAGE into the nodes"
 run kind load docker-image "$IMAGE" --name "$CLUSTER"
 
-say "installing tokengate (manifests/overlays/dev)"
+say "installing tokengate: the policy once (manifests/policy), then manifests/overlays/dev"
 run certs/generate.sh
+create_policy "$SYSTEM_NAMESPACE"
 run kubectl apply -k manifests/overlays/dev
 if ((reused)); then
   # Same image tag as the previous run: restart so the pods run the new build.
@@ -101,9 +141,27 @@ fi
 run kubectl rollout status deployment/tokengate -n "$SYSTEM_NAMESPACE" --timeout=300s
 
 say "waiting for the webhooks to answer"
-# A dry-run pod with an audience no policy allows: answered by tokengate once it is reachable.
+# A dry-run pod with an audience no policy allows: answered by tokengate (a warning in mode Warn)
+# once a ready replica has registered the webhooks and the API server reaches it.
 run tests/e2e/scenarios.sh --render "$work/objects"
 wait_for_tokengate "$work/objects/denied/pod-probe.yaml" 120 "in the cluster"
+
+say "the installed policy is in mode Warn, and applying the overlay again leaves it alone"
+if ((dry_run)); then
+  run kubectl get configmap tokengate-policy -n "$SYSTEM_NAMESPACE" -o "jsonpath={.metadata.resourceVersion}"
+  run kubectl apply -k manifests/overlays/dev
+  echo "# (the ConfigMap's resourceVersion must not change; on a fresh cluster its mode must be Warn)"
+else
+  before=$(kubectl get configmap tokengate-policy -n "$SYSTEM_NAMESPACE" -o "jsonpath={.metadata.resourceVersion}")
+  if ((!reused)); then
+    kubectl get configmap tokengate-policy -n "$SYSTEM_NAMESPACE" -o 'jsonpath={.data.policy\.yaml}' |
+      grep -qE '^  mode: Warn$' || { echo "the installed policy is not in mode Warn" >&2; exit 1; }
+  fi
+  kubectl apply -k manifests/overlays/dev
+  after=$(kubectl get configmap tokengate-policy -n "$SYSTEM_NAMESPACE" -o "jsonpath={.metadata.resourceVersion}")
+  [[ $before == "$after" ]] || { echo "applying the overlay again changed the policy ($before -> $after)" >&2; exit 1; }
+  echo "policy untouched (resourceVersion $after)"
+fi
 
 say "fetching the kubelet client certificate of $NODE"
 run_to "$work/node.pem" docker exec "$NODE" cat /var/lib/kubelet/pki/kubelet-client-current.pem

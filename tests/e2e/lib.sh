@@ -1,5 +1,5 @@
 # Helpers shared by kind.sh and local.sh (sourced, not run): argument parsing, --dry-run
-# printing, waiting for the webhooks.
+# printing, creating the policy once, waiting for the webhooks.
 # shellcheck shell=bash
 
 dry_run=0
@@ -47,8 +47,27 @@ run_to() {
 
 say() { printf '==> %s\n' "$*"; }
 
+# create_policy NAMESPACE: the install's first step, as the README gives it: the policy ConfigMap
+# (manifests/policy, mode Warn) created once. An existing one is the admins' and is left alone.
+create_policy() {
+  local namespace=$1
+  if ((!dry_run)) && kubectl get configmap tokengate-policy -n "$namespace" >/dev/null 2>&1; then
+    echo "the policy ConfigMap $namespace/tokengate-policy exists: left as it is"
+    return 0
+  fi
+  # `create` refuses what exists (the namespace, on a cluster tokengate was installed on before)
+  # and creates the rest: what counts is that the ConfigMap exists afterwards.
+  run kubectl create --save-config -k manifests/policy || true
+  if ((!dry_run)); then
+    kubectl get configmap tokengate-policy -n "$namespace" >/dev/null ||
+      { echo "kubectl create -k manifests/policy did not create $namespace/tokengate-policy" >&2; return 1; }
+  fi
+}
+
 # wait_for_tokengate PROBE_FILE SECONDS WHERE: repeats a server-side dry-run create of an object
-# tokengate denies until the denial comes from tokengate (not "failed calling webhook ...").
+# the policy forbids until tokengate answers it: denied by tokengate (mode Enforce) or admitted
+# with tokengate's warning (mode Warn, as installed), not "failed calling webhook ..." and not
+# admitted silently (webhooks not registered yet).
 wait_for_tokengate() {
   local probe_file=$1 limit=$2 where=$3 answer deadline
   local probe=(kubectl create --dry-run=server -f "$probe_file")
@@ -61,7 +80,7 @@ wait_for_tokengate() {
   while true; do
     answer=$("${probe[@]}" 2>&1) || true
     # Not just "tokengate": an unreachable webhook is reported as "failed calling webhook ...tokengate.dev".
-    if [[ $answer == *"denied the request: tokengate:"* ]]; then break; fi
+    if [[ $answer == *"denied the request: tokengate:"* || $answer == *"Warning: tokengate:"* ]]; then break; fi
     if ((SECONDS >= deadline)); then
       echo "the API server does not get answers from tokengate $where within $limit s; last answer: $answer" >&2
       return 1

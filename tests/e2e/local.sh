@@ -5,9 +5,10 @@
 #   tests/e2e/local.sh              install, start tokengate, test, stop, uninstall the webhooks
 #   tests/e2e/local.sh --dry-run    print every command instead of running it
 #
-# Makes development certificates (certs/generate.sh), applies manifests/overlays/local (the
-# namespace, the policy ConfigMap and the webhook configurations, which point at
-# https://127.0.0.1:8443), builds tokengate (cargo build --release --locked), starts
+# Makes development certificates (certs/generate.sh), creates the policy ConfigMap once as the
+# README's install does (kubectl create -k manifests/policy; an existing one is left alone),
+# applies manifests/overlays/local (the namespace, RBAC and the webhook configurations, which
+# point at https://127.0.0.1:8443), builds tokengate (cargo build --release --locked), starts
 #   tokengate serve --policy-configmap tokengate-system/tokengate-policy ...
 #     --listen 127.0.0.1:8443 --admin-listen 127.0.0.1:8080
 # in the background with the same KUBECONFIG, waits for http://127.0.0.1:8080/readyz and for the
@@ -98,8 +99,9 @@ finish() {
 }
 trap finish EXIT
 
-say "installing the webhook configurations (manifests/overlays/local)"
+say "installing the policy (manifests/policy) and the webhook configurations (manifests/overlays/local)"
 run certs/generate.sh
+create_policy "$SYSTEM_NAMESPACE"
 installed=1
 run kubectl apply -k manifests/overlays/local
 
@@ -115,8 +117,10 @@ if [[ -z ${TOKENGATE_BIN:-} ]]; then
 fi
 
 say "starting tokengate on $LISTEN (admin $ADMIN), log: $log"
+# --manage-webhooks: the match conditions follow the policy the scenarios install, as in a cluster.
 serve=("$bin" serve --policy-configmap "$SYSTEM_NAMESPACE/tokengate-policy"
-  --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen "$LISTEN" --admin-listen "$ADMIN")
+  --tls-cert certs/out/tls.crt --tls-key certs/out/tls.key --listen "$LISTEN" --admin-listen "$ADMIN"
+  --manage-webhooks --webhook-url "https://$LISTEN" --webhook-ca-bundle certs/out/ca.crt)
 if ((dry_run)); then
   run "${serve[@]}"
   echo "# (in the background, output to $log)"

@@ -11,7 +11,7 @@
 # Assumes tokengate is installed, its webhooks are registered and it reads its policy from the
 # ConfigMap tokengate-system/tokengate-policy (key policy.yaml). While the scenarios run, that
 # ConfigMap holds tests/e2e/policy.yaml; afterwards the policy found there before is put back
-# (manifests/base/policy.yaml when there was none, or when it was an earlier run's test policy).
+# (manifests/policy/policy.yaml when there was none, or when it was an earlier run's test policy).
 #
 # Environment:
 #   MODE                 cluster (default) or local; local skips the scenario that deletes a
@@ -709,7 +709,7 @@ skip() {
 # ---------------------------------------------------------------------------------------------
 # Set-up and clean-up.
 
-restore_policy_file=manifests/base/policy.yaml
+restore_policy_file=manifests/policy/policy.yaml
 
 cleanup() {
   if [[ ${E2E_KEEP:-} == 1 ]]; then
@@ -805,7 +805,7 @@ if k get configmap "$POLICY_CONFIGMAP" -n "$SYSTEM_NAMESPACE" -o jsonpath='{.dat
   restore_policy_file=$work/original-policy.yaml
   note "the current policy will be restored at the end"
 else
-  note "manifests/base/policy.yaml will be restored at the end"
+  note "manifests/policy/policy.yaml will be restored at the end"
 fi
 
 wait_for_namespaces_gone

@@ -63,6 +63,8 @@ const KNOWN_RESOURCES: &[(&str, &str, &str, &str, bool)] = &[
     ("", "v1", "Event", "events", true),
     ("events.k8s.io", "v1", "Event", "events", true),
     ("storage.k8s.io", "v1", "CSIDriver", "csidrivers", false),
+    ("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", false),
+    ("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", false),
     ("apps", "v1", "Deployment", "deployments", true),
     ("apps", "v1", "StatefulSet", "statefulsets", true),
     ("apps", "v1", "DaemonSet", "daemonsets", true),
@@ -90,6 +92,8 @@ impl FakeApiServer {
             single_gets: AtomicUsize::new(0),
             get_delay: Mutex::new(Duration::ZERO),
             watch_delay: Mutex::new(Duration::ZERO),
+            patches: AtomicUsize::new(0),
+            refuse_patches: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let shutdown = shared.shutdown.clone();
@@ -178,6 +182,16 @@ impl FakeApiServer {
         *self.shared.watch_delay.lock().expect("delay lock") = delay;
     }
 
+    /// How many PATCH requests (of any kind but events) arrived, refused ones included.
+    pub fn patches(&self) -> usize {
+        self.shared.patches.load(Ordering::SeqCst)
+    }
+
+    /// Refuses the next `count` PATCH requests (of any kind but events) with a 500 `Status`.
+    pub fn refuse_patches(&self, count: usize) {
+        self.shared.refuse_patches.store(count, Ordering::SeqCst);
+    }
+
     /// Make single-object GETs (not list/watch) wait this long before answering.
     pub fn set_get_delay(&self, delay: Duration) {
         *self.shared.get_delay.lock().expect("delay lock") = delay;
@@ -198,6 +212,10 @@ struct Shared {
     single_gets: AtomicUsize,
     get_delay: Mutex<Duration>,
     watch_delay: Mutex<Duration>,
+    /// PATCH requests to objects other than events, counted on arrival.
+    patches: AtomicUsize,
+    /// How many more such PATCH requests to refuse with 500.
+    refuse_patches: AtomicUsize,
 }
 
 impl Shared {
@@ -633,7 +651,22 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         (&Method::GET, None) => list(&shared, &route, &query, metadata_only),
         (&Method::GET, Some(name)) => get(&shared, &route, name, metadata_only).await,
         (&Method::POST, None) => create(&shared, &route, &query, &body),
-        (&Method::PATCH, Some(name)) => patch(&shared, &route, name, &query, &content_type, &body, metadata_only),
+        (&Method::PATCH, Some(name)) => {
+            if !shared.lock().resources[route.resource].is_events() {
+                shared.patches.fetch_add(1, Ordering::SeqCst);
+                let refused =
+                    shared.refuse_patches.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                if refused.is_ok() {
+                    return status(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        "refused for the test".into(),
+                        None,
+                    );
+                }
+            }
+            patch(&shared, &route, name, &query, &content_type, &body, metadata_only)
+        }
         _ => status(
             StatusCode::NOT_FOUND,
             "NotFound",

@@ -1,0 +1,159 @@
+//! Printing a `check` or `audit` report for people and for CI tools: text, JSON, JUnit XML, and
+//! GitHub workflow annotations.
+
+use std::fmt::Write as _;
+
+use crate::check::{Finding, Gate, Report};
+
+/// The output formats of `check` and `audit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One line per violation on stdout; notes, file errors and a summary on stderr.
+    Text,
+    /// One JSON document with violations, notes, skipped kinds and file errors.
+    Json,
+    /// JUnit XML: one test case per checked object, a failure per violation.
+    Junit,
+    /// GitHub Actions workflow commands: an annotation per violation, with file and line.
+    Github,
+}
+
+/// What to print on stdout and stderr.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Renders `report` in `format`; `gate` decides whether violations are errors or warnings where
+/// a format distinguishes them.
+pub fn render(report: &Report, format: OutputFormat, gate: Gate) -> Rendered {
+    let mut stderr = String::new();
+    for error in &report.errors {
+        let _ = writeln!(stderr, "error: {}: {}", error.file.display(), error.message);
+    }
+    for note in &report.notes {
+        let _ = writeln!(stderr, "note: {}{}: {}", note.object.location(), note.object.describe(), note.message);
+    }
+    let _ = writeln!(stderr, "{}", report.summary());
+    let stdout = match format {
+        OutputFormat::Text => report.to_text(),
+        OutputFormat::Json => {
+            serde_json::to_string_pretty(report).expect("a report of strings and numbers serialises") + "\n"
+        }
+        OutputFormat::Junit => junit(report),
+        OutputFormat::Github => github(report, gate),
+    };
+    Rendered { stdout, stderr }
+}
+
+/// JUnit XML, as CI systems import it: a test case per checked object that has a finding (the
+/// others pass as one case per file), a `<failure>` per violation, an `<error>` per unreadable
+/// file.
+fn junit(report: &Report) -> String {
+    let mut cases = String::new();
+    let mut by_object: Vec<(String, Vec<&Finding>)> = Vec::new();
+    for finding in &report.violations {
+        let key = format!("{}{}", finding.object.location(), finding.object.describe());
+        match by_object.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, findings)) => findings.push(finding),
+            None => by_object.push((key, vec![finding])),
+        }
+    }
+    for (_, findings) in &by_object {
+        let object = &findings[0].object;
+        let classname = object.file.as_ref().map_or("cluster".to_string(), |f| f.display().to_string());
+        let _ = writeln!(cases, r#"    <testcase classname="{}" name="{}">"#, xml(&classname), xml(&object.describe()));
+        for finding in findings {
+            let _ = writeln!(
+                cases,
+                r#"      <failure message="{}" type="{}">{}{}: {}</failure>"#,
+                xml(&finding.field),
+                report.mode,
+                xml(&object.location()),
+                xml(&finding.field),
+                xml(&finding.message)
+            );
+        }
+        cases.push_str("    </testcase>\n");
+    }
+    let passed = report.checked.saturating_sub(by_object.len());
+    if passed > 0 {
+        let _ =
+            writeln!(cases, r#"    <testcase classname="tokengate" name="{passed} object(s) without violations"/>"#);
+    }
+    for error in &report.errors {
+        let _ = writeln!(
+            cases,
+            "    <testcase classname=\"{}\" name=\"read\">\n      <error message=\"{}\">{}</error>\n    </testcase>",
+            xml(&error.file.display().to_string()),
+            xml(&error.message),
+            xml(&error.message)
+        );
+    }
+    let tests = by_object.len() + usize::from(passed > 0) + report.errors.len();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n  <testsuite name=\"tokengate check\" tests=\"{tests}\" failures=\"{}\" errors=\"{}\">\n{cases}  </testsuite>\n</testsuites>\n",
+        by_object.len(),
+        report.errors.len()
+    )
+}
+
+/// GitHub Actions workflow commands (`::error file=...,line=...::message`).
+fn github(report: &Report, gate: Gate) -> String {
+    let level = if report.mode == "Enforce" || gate.fail_on_warn { "error" } else { "warning" };
+    let mut out = String::new();
+    for finding in &report.violations {
+        let title = format!("tokengate: {}", finding.object.describe());
+        let message = format!("{}: {}", finding.field, finding.message);
+        out.push_str(&command(level, finding.object.file.as_deref(), finding.object.line, &title, &message));
+    }
+    for note in &report.notes {
+        let title = format!("tokengate: {}", note.object.describe());
+        let level = if gate.strict { "error" } else { "notice" };
+        out.push_str(&command(level, note.object.file.as_deref(), note.object.line, &title, &note.message));
+    }
+    for error in &report.errors {
+        out.push_str(&command("error", Some(&error.file), None, "tokengate: unreadable file", &error.message));
+    }
+    out
+}
+
+fn command(level: &str, file: Option<&std::path::Path>, line: Option<usize>, title: &str, message: &str) -> String {
+    let mut properties = Vec::new();
+    if let Some(file) = file {
+        properties.push(format!("file={}", property(&file.display().to_string())));
+    }
+    if let Some(line) = line {
+        properties.push(format!("line={line}"));
+    }
+    properties.push(format!("title={}", property(title)));
+    format!("::{level} {}::{}\n", properties.join(","), data(message))
+}
+
+/// Escapes a workflow command's message.
+fn data(text: &str) -> String {
+    text.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+/// Escapes a workflow command's property value.
+fn property(text: &str) -> String {
+    data(text).replace(':', "%3A").replace(',', "%2C")
+}
+
+/// Escapes text for XML attributes and content.
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_what_each_format_needs() {
+        assert_eq!(data("50% done\nnext"), "50%25 done%0Anext");
+        assert_eq!(property("a: b, c"), "a%3A b%2C c");
+        assert_eq!(xml(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&apos;");
+    }
+}

@@ -1,0 +1,415 @@
+//! The webhook configurations for a policy: policy in, a MutatingWebhookConfiguration and a
+//! ValidatingWebhookConfiguration out, with CEL `matchConditions` that keep every request
+//! tokengate would certainly allow unchanged inside the API server. Pure: no I/O.
+//!
+//! `tokengate webhooks` prints them ([`render_yaml`]); `serve --manage-webhooks` applies them
+//! ([`manage`]).
+
+pub mod conditions;
+pub mod manage;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
+use conditions::MatchCondition;
+
+/// The default name of both configurations.
+pub const DEFAULT_CONFIGURATION_NAME: &str = "tokengate";
+/// The namespace tokengate runs in when the configurations point at a URL.
+pub const DEFAULT_NAMESPACE: &str = "tokengate-system";
+/// The port of the Service when `--service` names none.
+pub const DEFAULT_SERVICE_PORT: u16 = 443;
+/// Namespaces no webhook ever sees besides tokengate's own: the control plane's.
+const CONTROL_PLANE_NAMESPACES: [&str; 2] = ["kube-system", "kube-node-lease"];
+
+/// Where the API server reaches tokengate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Service in the cluster (`clientConfig.service`).
+    Service(ServiceRef),
+    /// A URL (`clientConfig.url`); `/validate` and `/mutate` are appended.
+    Url(String),
+}
+
+/// `--service NAMESPACE/NAME[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+}
+
+impl FromStr for ServiceRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || format!("{text:?} is not NAMESPACE/NAME[:PORT]");
+        let (namespace, rest) = text.split_once('/').ok_or_else(invalid)?;
+        let (name, port) = match rest.split_once(':') {
+            Some((name, port)) => (name, port.parse::<u16>().map_err(|_| invalid())?),
+            None => (rest, DEFAULT_SERVICE_PORT),
+        };
+        if namespace.is_empty() || name.is_empty() || name.contains('/') || port == 0 {
+            return Err(invalid());
+        }
+        Ok(ServiceRef { namespace: namespace.to_string(), name: name.to_string(), port })
+    }
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+    }
+}
+
+/// Everything besides the policy that shapes the configurations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// `metadata.name` of both configurations.
+    pub name: String,
+    pub endpoint: Endpoint,
+    /// Base64 PEM bundle for `clientConfig.caBundle`; `None` leaves the field out (for
+    /// cert-manager's cainjector or whoever manages it).
+    pub ca_bundle: Option<String>,
+    /// `metadata.annotations` of both configurations, e.g. `cert-manager.io/inject-ca-from`.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Options {
+    /// Options for `endpoint` with the default name, no CA bundle and no annotations.
+    pub fn new(endpoint: Endpoint) -> Self {
+        Options {
+            name: DEFAULT_CONFIGURATION_NAME.to_string(),
+            endpoint,
+            ca_bundle: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// tokengate's own namespace, which no webhook sees: the Service's, or the default one.
+    fn own_namespace(&self) -> &str {
+        match &self.endpoint {
+            Endpoint::Service(service) => &service.namespace,
+            Endpoint::Url(_) => DEFAULT_NAMESPACE,
+        }
+    }
+
+    fn client_config(&self, path: &str) -> ClientConfig {
+        let (url, service) = match &self.endpoint {
+            Endpoint::Url(base) => (Some(format!("{}{path}", base.trim_end_matches('/'))), None),
+            Endpoint::Service(s) => (
+                None,
+                Some(ServiceClient {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    path: path.to_string(),
+                    port: s.port,
+                }),
+            ),
+        };
+        ClientConfig { url, service, ca_bundle: self.ca_bundle.clone() }
+    }
+}
+
+/// A MutatingWebhookConfiguration or ValidatingWebhookConfiguration
+/// (admissionregistration.k8s.io/v1), with the fields tokengate sets, in a readable order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub webhooks: Vec<Webhook>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One webhook of a configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    pub name: String,
+    pub admission_review_versions: Vec<String>,
+    pub side_effects: String,
+    pub timeout_seconds: u32,
+    pub failure_policy: FailurePolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinvocation_policy: Option<String>,
+    pub match_policy: String,
+    pub client_config: ClientConfig,
+    pub rules: Vec<Rule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<serde_json::Value>,
+    pub match_conditions: Vec<MatchCondition>,
+}
+
+/// What the API server does when the webhook cannot be reached or a condition fails to evaluate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailurePolicy {
+    Fail,
+    Ignore,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceClient>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceClient {
+    pub namespace: String,
+    pub name: String,
+    pub path: String,
+    pub port: u16,
+}
+
+/// One entry of `rules`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    pub api_groups: Vec<String>,
+    pub api_versions: Vec<String>,
+    pub resources: Vec<String>,
+    pub operations: Vec<String>,
+    pub scope: String,
+}
+
+impl Rule {
+    fn new(group: &str, resources: &[&str], operations: &[&str], scope: &str) -> Self {
+        let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
+        Rule {
+            api_groups: vec![group.to_string()],
+            api_versions: vec!["v1".to_string()],
+            resources: strings(resources),
+            operations: strings(operations),
+            scope: scope.to_string(),
+        }
+    }
+}
+
+/// The two configurations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Configurations {
+    pub mutating: WebhookConfiguration,
+    pub validating: WebhookConfiguration,
+}
+
+/// The webhook names, for tests and the README.
+pub mod names {
+    pub const PODS_MUTATE: &str = "pods.mutate.tokengate.dev";
+    pub const PODS_VALIDATE: &str = "pods.validate.tokengate.dev";
+    pub const TOKEN_REQUESTS: &str = "tokenrequests.validate.tokengate.dev";
+    pub const CSI_DRIVERS: &str = "csidrivers.validate.tokengate.dev";
+    pub const WORKLOADS: &str = "workloads.validate.tokengate.dev";
+    pub const SECRETS: &str = "secrets.validate.tokengate.dev";
+}
+
+/// The configurations for `policy`, with match conditions from the audiences it lists.
+pub fn configurations(policy: &Policy, options: &Options) -> Configurations {
+    let audiences: Vec<String> = policy.api_server_audiences().into_iter().map(str::to_string).collect();
+    configurations_for_audiences(policy, options, &audiences)
+}
+
+/// The configurations for `policy`, treating `api_server_audiences` (the policy's list, plus any
+/// the server learned from the cluster) as the API server's audiences in match conditions.
+pub fn configurations_for_audiences(
+    policy: &Policy,
+    options: &Options,
+    api_server_audiences: &[String],
+) -> Configurations {
+    let common = conditions::common(policy);
+    let webhook = |name: &str, path: &str, failure_policy, timeout_seconds, rules, namespaced: bool| Webhook {
+        name: name.to_string(),
+        admission_review_versions: vec!["v1".to_string()],
+        side_effects: "None".to_string(),
+        timeout_seconds,
+        failure_policy,
+        reinvocation_policy: None,
+        match_policy: "Equivalent".to_string(),
+        client_config: options.client_config(path),
+        rules,
+        namespace_selector: namespaced.then(|| namespace_selector(options.own_namespace())),
+        match_conditions: common.clone(),
+    };
+    let with = |mut webhook: Webhook, extra: Vec<MatchCondition>| {
+        webhook.match_conditions.extend(extra);
+        webhook
+    };
+
+    let pods = Rule::new("", &["pods"], &["CREATE"], "Namespaced");
+    let mut mutate_pods = with(
+        webhook(names::PODS_MUTATE, "/mutate", FailurePolicy::Fail, 2, vec![pods.clone()], true),
+        vec![conditions::not_mirror_pod(), conditions::pod_injection_may_match(policy)],
+    );
+    mutate_pods.reinvocation_policy = Some("IfNeeded".to_string());
+
+    let validate =
+        |name, failure_policy, rules, namespaced| webhook(name, "/validate", failure_policy, 3, rules, namespaced);
+    let workload_rules = vec![
+        Rule::new(
+            "apps",
+            &["deployments", "statefulsets", "daemonsets", "replicasets"],
+            &["CREATE", "UPDATE"],
+            "Namespaced",
+        ),
+        Rule::new("batch", &["jobs", "cronjobs"], &["CREATE", "UPDATE"], "Namespaced"),
+        Rule::new("", &["replicationcontrollers", "podtemplates"], &["CREATE", "UPDATE"], "Namespaced"),
+    ];
+    let validating_webhooks = vec![
+        with(
+            validate(names::PODS_VALIDATE, FailurePolicy::Fail, vec![pods], true),
+            vec![conditions::pod_needs_checks(policy)],
+        ),
+        with(
+            validate(
+                names::TOKEN_REQUESTS,
+                FailurePolicy::Fail,
+                vec![Rule::new("", &["serviceaccounts/token"], &["CREATE"], "Namespaced")],
+                true,
+            ),
+            vec![conditions::not_kubelet_automount_token(api_server_audiences)],
+        ),
+        with(
+            validate(
+                names::CSI_DRIVERS,
+                FailurePolicy::Fail,
+                vec![Rule::new("storage.k8s.io", &["csidrivers"], &["CREATE", "UPDATE"], "Cluster")],
+                false,
+            ),
+            vec![conditions::csi_driver_has_token_requests()],
+        ),
+        with(
+            validate(names::WORKLOADS, FailurePolicy::Ignore, workload_rules, true),
+            conditions::workload_template_changes(),
+        ),
+        with(
+            validate(
+                names::SECRETS,
+                FailurePolicy::Fail,
+                vec![Rule::new("", &["secrets"], &["CREATE", "UPDATE"], "Namespaced")],
+                true,
+            ),
+            conditions::service_account_token_secret(),
+        ),
+    ];
+
+    let configuration = |kind: &str, webhooks| WebhookConfiguration {
+        api_version: "admissionregistration.k8s.io/v1".to_string(),
+        kind: kind.to_string(),
+        metadata: Metadata { name: options.name.clone(), annotations: options.annotations.clone() },
+        webhooks,
+    };
+    Configurations {
+        mutating: configuration("MutatingWebhookConfiguration", vec![mutate_pods]),
+        validating: configuration("ValidatingWebhookConfiguration", validating_webhooks),
+    }
+}
+
+/// Skips the control plane's namespaces and tokengate's own by `kubernetes.io/metadata.name`,
+/// which the API server sets and a namespace cannot fake.
+fn namespace_selector(own_namespace: &str) -> serde_json::Value {
+    let mut values: Vec<&str> = CONTROL_PLANE_NAMESPACES.to_vec();
+    if !values.contains(&own_namespace) {
+        values.push(own_namespace);
+    }
+    serde_json::json!({
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": values}]
+    })
+}
+
+/// Why the configurations could not be printed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The configurations did not serialise to YAML.
+    #[error("the webhook configurations do not serialise to YAML: {0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+}
+
+/// The configurations as one YAML stream for `kubectl apply -f -`, with comments saying what
+/// each webhook does, what the match conditions skip, and what they cannot skip.
+pub fn render_yaml(policy: &Policy, configurations: &Configurations) -> Result<String, RenderError> {
+    let mut out = String::new();
+    for line in header_comments(policy) {
+        out.push_str(if line.is_empty() { "#" } else { "# " });
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(&serde_yaml_ng::to_string(&configurations.mutating)?);
+    out.push_str("---\n");
+    out.push_str(&serde_yaml_ng::to_string(&configurations.validating)?);
+    Ok(out)
+}
+
+/// The comment block at the top of the printed configurations.
+fn header_comments(policy: &Policy) -> Vec<String> {
+    let mut lines: Vec<String> = [
+        "tokengate's webhooks, computed from the policy by `tokengate webhooks`: do not edit by hand.",
+        "Every webhook:",
+        "- skips kube-system, kube-node-lease and tokengate's own namespace by `kubernetes.io/metadata.name`",
+        "  (set by the control plane; a namespace cannot fake it);",
+        "- skips requests from the group `tokengate:breakglass` and the policy's exemptions (matchConditions),",
+        "  usable also for cluster-scoped CSIDrivers that no namespaceSelector covers;",
+        "- has no side effects, speaks admission.k8s.io/v1 only, and answers within a small timeout.",
+        "The matchConditions keep every request tokengate would allow unchanged inside the API server, so",
+        "while tokengate is down only requests whose answer it could change fail (failurePolicy: Fail):",
+        "- pods.mutate: only pods in namespaces, and with labels, that some injection matches;",
+        "- pods.validate: only pods with a projected token other than the automount volume",
+        "  (kube-api-access-*), an inline csi volume or an in-tree volume that CSI migration serves,",
+        "  or that some injection may match;",
+        "- tokenrequests.validate: not a kubelet's request for the automount token (3607 s, bound to a",
+        "  Pod, API server audiences only). One exception to \"skipped means tokengate allows it\": tokengate",
+        "  judges such a request for a pod WITHOUT an automount volume as a one-year token and may deny it;",
+        "  CEL cannot see the pod, so the API server lets it through. The pod (or CSIDriver) that makes a",
+        "  kubelet ask for it was itself judged at its creation.",
+        "- csidrivers.validate: only drivers that declare tokenRequests;",
+        "- secrets.validate: only Secrets of type kubernetes.io/service-account-token (on UPDATE only when",
+        "  the kubernetes.io/service-account.name annotation changes);",
+        "- workloads.validate (failurePolicy: Ignore): an early warning at `kubectl apply` time only; not",
+        "  for objects being deleted, and on UPDATE only when the pod template changes.",
+        "Why Fail elsewhere: a pod that must carry an identity token never starts without it, and one with a",
+        "forbidden token never slips through; kubelets refresh tokens at 80% of their lifetime, so a short",
+        "outage expires no running pod's token; CSIDriver and legacy token Secret changes are rare and",
+        "admin-driven.",
+        "In an emergency: `kubectl delete mutatingwebhookconfiguration tokengate` and",
+        "`kubectl delete validatingwebhookconfiguration tokengate` (see the README).",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let by_annotation: Vec<&str> = policy
+        .injections()
+        .iter()
+        .filter(|i| i.service_account_annotation.is_some())
+        .map(|i| i.name.as_str())
+        .collect();
+    if !by_annotation.is_empty() {
+        lines.push(String::new());
+        lines.push(format!(
+            "NOTE: injection(s) {} match by a service-account annotation, which CEL cannot see: every pod",
+            by_annotation.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+        ));
+        lines.push(
+            "of the namespaces (and pod labels) they cover is sent to tokengate. Narrow such injections by".into(),
+        );
+        lines.push("match.namespaces or match.podSelector so that fewer pods depend on tokengate.".into());
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests;
