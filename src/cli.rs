@@ -272,9 +272,19 @@ pub struct ServeArgs {
     /// Also offer HTTP/2 in ALPN (kube-apiserver speaks HTTP/1.1 to webhooks).
     #[arg(long, env = "TOKENGATE_HTTP2")]
     pub http2: bool,
-    /// Reviews in flight at once; beyond it requests fail fast with 503.
+    /// Reviews in flight at once, counted once a request's body has arrived whole; beyond it
+    /// requests fail fast with 503.
     #[arg(long, value_name = "N", default_value_t = 512, env = "TOKENGATE_MAX_IN_FLIGHT")]
     pub max_in_flight: usize,
+    /// Memory that request bodies being received or reviewed may take, all connections
+    /// together (bytes, or with a suffix Ki, Mi, Gi); a body that does not fit is refused at
+    /// once with 503. At least 7Mi (the largest body); the default holds four of those.
+    #[arg(long, value_name = "BYTES", default_value = "28Mi", value_parser = parse_bytes, env = "TOKENGATE_BODY_BUDGET")]
+    pub body_budget: usize,
+    /// A request, headers and body, must arrive within this of its first byte; otherwise the
+    /// connection is closed (counted as reason `read_timeout`).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, env = "TOKENGATE_READ_TIMEOUT")]
+    pub read_timeout: Duration,
     /// How often the policy and certificate files are re-read (e.g. 2s, 500ms).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, env = "TOKENGATE_RELOAD_INTERVAL")]
     pub reload_interval: Duration,
@@ -287,7 +297,7 @@ pub struct ServeArgs {
     /// Idle keep-alive connections are closed after this (keep it above the API server's 90s).
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration, env = "TOKENGATE_IDLE_TIMEOUT")]
     pub idle_timeout: Duration,
-    /// Time allowed for a TLS handshake, and separately for reading request headers.
+    /// Time allowed for a TLS handshake (reading a request is bounded by --read-timeout).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "TOKENGATE_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Duration,
     /// Log format: `text` or `json` (one object per line).
@@ -421,6 +431,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(millis))
 }
 
+/// Parses a size in bytes: `1048576`, `512Ki`, `28Mi`, `1Gi`.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().map_err(|_| format!("{text:?} is not a size like 28Mi, 512Ki, 1048576"))?;
+    let scale: usize = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use Ki, Mi or Gi")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
+}
+
 pub use crate::report::OutputFormat;
 
 #[cfg(test)]
@@ -435,6 +461,32 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512Ki"), Ok(512 << 10));
+        assert_eq!(parse_bytes("28Mi"), Ok(28 << 20));
+        assert_eq!(parse_bytes("1Gi"), Ok(1 << 30));
+        assert!(parse_bytes("28MB").is_err());
+        assert!(parse_bytes("Mi").is_err());
+        assert!(parse_bytes("99999999999999999999Gi").is_err());
+    }
+
+    #[test]
+    fn the_default_body_budget_is_the_servers() {
+        let cli = Cli::parse_from(["tokengate", "serve", "--policy", "p", "--tls-cert", "c", "--tls-key", "k"]);
+        let Command::Serve(args) = cli.command else { panic!("serve") };
+        assert_eq!(args.body_budget, crate::server::DEFAULT_BODY_BUDGET);
+        assert_eq!(
+            args.read_timeout,
+            crate::server::ServerConfig::new(crate::server::tls::CertificateFiles {
+                cert: "c".into(),
+                key: "k".into()
+            })
+            .read_timeout
+        );
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub enum Rejection {
     BadRequest,
     /// No valid policy has been loaded yet (503).
     NoPolicy,
+    /// The request (headers and body) did not arrive within the read timeout: the connection
+    /// is closed.
+    ReadTimeout,
+    /// Buffering the body (or the answer) would take what is buffered past the byte budget (503).
+    BodyBudget,
+    /// The client did not take the answer within the read timeout: the connection is closed.
+    WriteTimeout,
 }
 
 impl Rejection {
@@ -38,6 +45,9 @@ impl Rejection {
             Rejection::Overloaded => "overloaded",
             Rejection::BadRequest => "bad_request",
             Rejection::NoPolicy => "no_policy",
+            Rejection::ReadTimeout => "read_timeout",
+            Rejection::BodyBudget => "body_budget",
+            Rejection::WriteTimeout => "write_timeout",
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The HTTPS webhook server: TLS connections, the admin port, reloads and graceful shutdown.
 
+mod body;
+mod deadline;
 mod routes;
 pub mod tls;
 
@@ -20,12 +22,21 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::cluster::Cluster;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejection};
 use crate::source::PolicyReceiver;
+pub use body::BodyBudget;
+use deadline::{Deadlines, Overdue};
 pub use routes::{AppState, MAX_BODY_BYTES};
 use tls::{CertificateFiles, CertificateStore, TlsError};
+
+/// The most an HTTP/1.1 connection buffers of what it reads, beyond the budgeted bodies.
+const MAX_BUF_BYTES: usize = 64 * 1024;
+
+/// The default byte budget of buffered request bodies: four bodies of the largest size.
+pub const DEFAULT_BODY_BUDGET: usize = 4 * MAX_BODY_BYTES;
 
 /// Everything `serve` is configured with.
 #[derive(Debug, Clone)]
@@ -35,12 +46,18 @@ pub struct ServerConfig {
     pub certificates: CertificateFiles,
     pub client_ca: Option<PathBuf>,
     pub http2: bool,
-    /// Reviews in flight at once; more are refused at once with 503.
+    /// Reviews in flight at once (counted once their body is read); more are refused at once
+    /// with 503.
     pub max_in_flight: usize,
+    /// Bytes that request bodies being read or reviewed may take, all connections together;
+    /// a body that does not fit is refused at once with 503. At least [`MAX_BODY_BYTES`].
+    pub body_budget: usize,
     /// How often certificate files are re-read.
     pub reload_interval: Duration,
     pub handshake_timeout: Duration,
-    pub header_read_timeout: Duration,
+    /// A request (headers and body) must arrive within this of its first byte, or its
+    /// connection is closed.
+    pub read_timeout: Duration,
     /// Idle keep-alive connections are closed after this; above the API server's 90 s.
     pub idle_timeout: Duration,
     /// After SIGTERM: how long to keep serving (while endpoints stop routing to this pod).
@@ -60,9 +77,10 @@ impl ServerConfig {
             client_ca: None,
             http2: false,
             max_in_flight: 512,
+            body_budget: DEFAULT_BODY_BUDGET,
             reload_interval: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(120),
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(20),
@@ -77,6 +95,9 @@ pub enum ServeError {
     /// The certificate, key or client CA is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The body budget cannot hold even one body of the largest size.
+    #[error("the body budget ({budget} bytes) must be at least the largest body ({MAX_BODY_BYTES} bytes)")]
+    BodyBudget { budget: usize },
     /// A listening address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -111,6 +132,9 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(
     cluster: Arc<C>,
     metrics: Arc<Metrics>,
 ) -> Result<Running, ServeError> {
+    if config.body_budget < MAX_BODY_BYTES {
+        return Err(ServeError::BodyBudget { budget: config.body_budget });
+    }
     let certificates = Arc::new(CertificateStore::load(config.certificates.clone(), metrics.clone())?);
     let tls = tls::server_config(certificates.clone(), config.client_ca.as_deref(), config.http2)?;
     let bind = |addr: SocketAddr| async move {
@@ -127,6 +151,9 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(
         cluster,
         metrics,
         in_flight: Semaphore::new(config.max_in_flight),
+        body_budget: BodyBudget::new(config.body_budget),
+        decoding: body::DecodeBudget::new(MAX_BODY_BYTES),
+        read_timeout: config.read_timeout,
         shutting_down: AtomicBool::new(false),
         log_reviews: config.log_reviews,
     });
@@ -196,9 +223,10 @@ async fn run<C: Cluster + Send + Sync + 'static>(
         };
         let connection = Connection {
             acceptor: acceptor.clone(),
-            service: TowerToHyperService::new(router.clone()),
+            router: router.clone(),
             config: config.clone(),
             close: close_connections.clone(),
+            metrics: state.metrics.clone(),
         };
         connections.spawn(connection.serve(stream, peer));
     }
@@ -218,9 +246,10 @@ async fn run<C: Cluster + Send + Sync + 'static>(
 /// One accepted TCP connection: TLS handshake (with a timeout), then HTTP until closed.
 struct Connection {
     acceptor: TlsAcceptor,
-    service: TowerToHyperService<axum::Router>,
+    router: axum::Router,
     config: ServerConfig,
     close: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Connection {
@@ -239,14 +268,46 @@ impl Connection {
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Tracked { inner: tls, activity: activity.clone() });
+        // HTTP/1.1 carries one request at a time, so one read clock per connection bounds the
+        // time from a request's first byte to its last; hyper's own header timeout would also
+        // run while the connection idles between requests, closing keep-alive connections the
+        // API server still holds. HTTP/2 streams are bounded by the handler's body deadline.
+        let deadlines = Arc::new(Deadlines::default());
+        let read_clock = (!h2).then(|| deadlines.clone());
+        let io = TokioIo::new(Tracked {
+            inner: tls,
+            activity: activity.clone(),
+            deadlines: deadlines.clone(),
+            reads_requests: !h2,
+        });
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(self.config.header_read_timeout).keep_alive(true);
+        // Hyper's read buffer grows up to this while a body streams in (400 KiB by default):
+        // per connection, on top of the budget. 64 KiB holds any request head the API server sends.
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true).max_buf_size(MAX_BUF_BYTES);
         builder.http2().timer(TokioTimer::new());
         let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
-        let connection = builder.serve_connection(io, self.service);
+        let service = {
+            let (on_request, on_response) = (read_clock.clone(), read_clock);
+            self.router
+                .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(clock) = &on_request {
+                        request.extensions_mut().insert(clock.clone());
+                    }
+                    request
+                })
+                .map_response(move |response| {
+                    if let Some(clock) = &on_response {
+                        clock.request_read();
+                    }
+                    response
+                })
+        };
+        let connection = builder.serve_connection(io, TowerToHyperService::new(service));
         tokio::pin!(connection);
         let idle_timeout = self.config.idle_timeout;
+        let read_timeout = self.config.read_timeout;
+        let overdue = deadlines.overdue(read_timeout);
+        tokio::pin!(overdue);
         let mut closing = false;
         loop {
             tokio::select! {
@@ -254,6 +315,15 @@ impl Connection {
                     if let Err(err) = result {
                         tracing::debug!(%peer, error = %err, "connection ended with an error");
                     }
+                    return;
+                }
+                overdue = overdue.as_mut() => {
+                    let (reason, what) = match overdue {
+                        Overdue::Read => (Rejection::ReadTimeout, "request not received"),
+                        Overdue::Write => (Rejection::WriteTimeout, "answer not taken"),
+                    };
+                    self.metrics.rejected(reason);
+                    tracing::debug!(%peer, ?read_timeout, "{what} within the read timeout: connection closed");
                     return;
                 }
                 () = self.close.cancelled(), if !closing => {
@@ -298,10 +368,14 @@ impl Activity {
     }
 }
 
-/// An I/O stream that records activity.
+/// An I/O stream that records activity, starts the read clock when a request's bytes arrive
+/// and the write clock when the client does not take what is written.
 struct Tracked<T> {
     inner: T,
     activity: Arc<Activity>,
+    deadlines: Arc<Deadlines>,
+    /// Whether arriving bytes start the read clock (HTTP/1.1).
+    reads_requests: bool,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -310,22 +384,54 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
+            if self.reads_requests {
+                self.deadlines.bytes_arrived();
+            }
         }
         result
+    }
+}
+
+impl<T> Tracked<T> {
+    fn wrote(&self, result: &Poll<std::io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.touch(),
+            Poll::Pending => self.deadlines.write_blocked(),
+            Poll::Ready(_) => {}
+        }
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.wrote(&result);
         result
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&result);
+        result
+    }
+
+    /// Forwarded, so hyper queues large answers instead of copying them into its own buffer.
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        match result {
+            Poll::Ready(Ok(())) => self.deadlines.write_flushed(),
+            Poll::Pending => self.deadlines.write_blocked(),
+            Poll::Ready(Err(_)) => {}
+        }
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
