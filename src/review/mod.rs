@@ -285,14 +285,18 @@ impl Verdict {
         let mut response = AdmissionResponse { uid: uid.to_string(), allowed: self.allowed(), ..Default::default() };
         response.audit_annotations.insert("decision".to_string(), self.decision.as_str().to_string());
         if !self.violations.is_empty() {
-            let all = self.violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            let all = listed_violations(&self.violations);
             response.audit_annotations.insert("violations".to_string(), all.clone());
             match self.decision {
                 Decision::Denied | Decision::Invalid => {
                     let code = if self.decision == Decision::Invalid { 400 } else { 403 };
                     response.status = Some(Status::failure(code, format!("tokengate: {all}")));
                 }
-                Decision::Warned => response.warnings.extend(self.violations.iter().map(ToString::to_string)),
+                Decision::Warned => {
+                    // Only what fits in the 4 KiB the API server passes on is rendered.
+                    let fitting = self.violations.iter().take(MAX_WARNINGS_BYTES / 16);
+                    response.warnings.extend(fitting.map(ToString::to_string));
+                }
                 _ => {}
             }
         }
@@ -305,6 +309,21 @@ impl Verdict {
         }
         response
     }
+}
+
+/// Most violations a denial message and the `violations` audit annotation list; the rest are
+/// counted. A hostile 7 MiB pod with thousands of forbidden tokens would otherwise be answered
+/// with a message many times its size.
+pub const MAX_LISTED_VIOLATIONS: usize = 50;
+
+/// The violations as a denial lists them: the first [`MAX_LISTED_VIOLATIONS`], then a count.
+fn listed_violations(violations: &[Violation]) -> String {
+    let mut listed =
+        violations.iter().take(MAX_LISTED_VIOLATIONS).map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    if violations.len() > MAX_LISTED_VIOLATIONS {
+        listed.push_str(&format!("; and {} more violations", violations.len() - MAX_LISTED_VIOLATIONS));
+    }
+    listed
 }
 
 /// Most characters of one warning: the API server's guidance is 120 where possible, and

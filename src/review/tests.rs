@@ -486,3 +486,15 @@ fn null_request_fields_read_as_absent() {
     assert_eq!((request.uid.as_str(), request.operation.as_str(), request.kind.kind.as_str()), ("u-2", "", ""));
     assert!(request.object.is_none() && request.name.is_none());
 }
+
+#[test]
+fn a_denial_lists_a_bounded_number_of_violations() {
+    let volumes: Vec<Value> = (0..500).map(|i| token_volume(&format!("t{i}"), "gcp", 3600)).collect();
+    let verdict = pod(Webhook::Validate, &mk_pod("web", json!(volumes), json!([{"name": "app"}])));
+    assert_eq!(verdict.violations.len(), 500);
+    let response = verdict.response("u");
+    let message = response.status.expect("denied").message;
+    assert_eq!(message.matches("is not allowed").count(), MAX_LISTED_VIOLATIONS);
+    assert!(message.ends_with("; and 450 more violations"), "{}", &message[message.len() - 60..]);
+    assert!(response.audit_annotations["violations"].len() < 20_000);
+}
