@@ -3,7 +3,7 @@
 #
 #   tests/e2e/check.sh
 #
-#   - shellcheck on every script under tests/e2e/, certs/ and benches/load/;
+#   - shellcheck on every script under tests/e2e/, certs/ and benches/;
 #   - the base, every overlay, the policy (manifests/policy) and the example overlays under
 #     tests/fixtures/overlays (another namespace, with the monitoring and network-policy
 #     components) rendered with kubectl kustomize, with certificates from certs/generate.sh made
@@ -93,7 +93,7 @@ validate_objects() {
 }
 
 shell_scripts() {
-  find tests/e2e certs benches/load -type f -name '*.sh' | sort
+  find tests/e2e certs benches -type f -name '*.sh' | sort
 }
 
 run_shellcheck() {
@@ -273,7 +273,7 @@ print("jobs:", ", ".join(jobs), "| Kubernetes:", ", ".join(str(e["kubernetes"]) 
 PY
 }
 
-check "shellcheck tests/e2e, certs and benches/load scripts" run_shellcheck
+check "shellcheck tests/e2e, certs and benches scripts" run_shellcheck
 check "render the base and every overlay (kubectl kustomize)" render_manifests
 check "rendered manifests valid for Kubernetes $K8S_VERSION (kubernetes-validate --strict)" validate_rendered
 check "generated certificate verifies as kube-apiserver will check it" check_certificate
