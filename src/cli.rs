@@ -107,9 +107,9 @@ pub struct ExplainArgs {
     #[arg(short = 'o', long, value_enum, default_value_t = ExplainFormat::Text)]
     pub output: ExplainFormat,
     /// The namespace of objects whose manifests name none (as `kubectl apply -n` would).
-    #[arg(long, value_name = "NAMESPACE", default_value = "default")]
+    #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Manifest files or directories to explain.
+    /// Manifest files or directories to explain; `-` reads standard input.
     #[arg(value_name = "PATH", conflicts_with = "pod")]
     pub paths: Vec<PathBuf>,
 }
