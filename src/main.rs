@@ -82,7 +82,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     match client.filter(|_| args.objects.is_empty()) {
         Some(client) => {
             let options = LiveOptions { fallback_timeout: args.lookup_timeout, ..LiveOptions::default() };
-            serve_with(&args, policy, LiveCluster::start(client, options), metrics).await
+            serve_with(&args, policy, LiveCluster::start(client, options, metrics.clone()), metrics).await
         }
         None => serve_with(&args, policy, Arc::new(load_objects(&args.objects, &[])?), metrics).await,
     }
