@@ -14,6 +14,7 @@ use tokengate::cli::{
     ServeArgs, WebhookArg,
 };
 use tokengate::cluster::audiences::audiences_of_token_file;
+use tokengate::cluster::kubeconfig::{self, ClientOptions};
 use tokengate::cluster::{Cluster, LiveCluster, LiveOptions, ObjectStore};
 use tokengate::manifest::{self, Document};
 use tokengate::metrics::Metrics;
@@ -44,17 +45,16 @@ fn main() -> ExitCode {
     })
 }
 
-async fn kube_client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (kubeconfig or in-cluster configuration)")
+async fn kube_client(options: &ClientOptions) -> anyhow::Result<kube::Client> {
+    // The error's message is complete; `Context` would print its cause a second time.
+    kubeconfig::client(options).await.map_err(|err| anyhow::anyhow!("connecting to the Kubernetes API: {err}"))
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format, &args.log)?;
     let metrics = Arc::new(Metrics::new());
     let needs_api = args.policy.policy_configmap.is_some() || args.objects.is_empty();
-    let client = if needs_api { Some(kube_client().await?) } else { None };
+    let client = if needs_api { Some(kube_client(&ClientOptions::default()).await?) } else { None };
 
     let (mut publisher, policy) = PolicyPublisher::new(metrics.clone());
     match audiences_of_token_file(&args.service_account_token) {
@@ -167,7 +167,8 @@ async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let client = kube_client().await?;
+    let client =
+        kube_client(&ClientOptions { kubeconfig: args.kubeconfig.clone(), context: args.context.clone() }).await?;
     let policy = match &args.policy {
         PolicySourceArgs { policy: Some(file), .. } => load_policy(file)?,
         PolicySourceArgs { policy_configmap: Some(configmap), .. } => {
@@ -177,8 +178,18 @@ async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         _ => unreachable!("clap requires --policy or --policy-configmap"),
     };
     let progress = |kind: &str, count: usize| eprintln!("listed {count} {kind} object(s)");
-    let report = tokengate::audit::audit(client, &policy, progress).await.context("listing the cluster")?;
-    print_report(&report, args.output)
+    let audit = tokengate::audit::audit(client, &policy, args.namespace.as_deref(), progress)
+        .await
+        .map_err(|err| anyhow::anyhow!("listing the cluster: {err}"))?;
+    let code = print_report(&audit.report, args.output)?;
+    for unread in &audit.unread {
+        eprintln!("error: could not list {}: {}", unread.kind, unread.reason);
+    }
+    if !audit.unread.is_empty() {
+        eprintln!("the audit is incomplete: {} kind(s) could not be listed", audit.unread.len());
+        return Ok(ExitCode::from(EXIT_UNREADABLE));
+    }
+    Ok(code)
 }
 
 fn print_report(report: &Report, output: OutputFormat) -> anyhow::Result<ExitCode> {

@@ -405,6 +405,223 @@ async fn audit_without_a_cluster_exits_2() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("listing the cluster"));
 }
 
+/// Runs `tokengate audit` with `args` (after `--policy`) and `KUBECONFIG` set to `kubeconfig`.
+async fn run_audit(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    let kubeconfig = kubeconfig.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["audit", "--policy", "tests/fixtures/policy.yaml"])
+            .args(&args)
+            .current_dir(root())
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .expect("tokengate runs")
+    })
+    .await
+    .expect("task")
+}
+
+fn texts(output: &std::process::Output) -> (String, String) {
+    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn audit_reports_what_it_read_names_a_forbidden_kind_and_exits_2() {
+    let api = FakeApiServer::start().await;
+    for object in fixture_objects().into_iter().chain(workload_objects()) {
+        api.apply(object);
+    }
+    api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "no-identity", "namespace": "team-a"},
+                     "spec": {"serviceAccountName": "irsa", "containers": [{"name": "app", "image": "app"}]}}));
+    // Metadata that does not decode (labels must be a map), and a pod spec that does not.
+    api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mislabelled", "namespace": "team-a", "labels": "app=x"},
+                     "spec": {"containers": [{"name": "app", "image": "app"}]}}));
+    api.apply(undecodable_pod("broken", 1));
+    api.forbid("deployments");
+    let dir = support::TempDir::new("audit-403");
+    let kubeconfig = dir.write("kubeconfig", api.kubeconfig());
+    let output = run_audit(&kubeconfig, &[]).await;
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("CSIDriver evil.example.com: spec.tokenRequests"),
+        "what was read is reported: {stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("Pod team-a/no-identity: spec.volumes"), "{stdout}");
+    assert!(stdout.contains("Pod team-a/mislabelled: object: does not decode"), "{stdout}");
+    assert!(stdout.contains("Pod team-a/broken: "), "{stdout}");
+    assert!(!stdout.contains("bad-deploy"), "{stdout}");
+    assert!(stderr.contains("could not list Deployment: forbidden: deployments is forbidden"), "{stderr}");
+    assert!(stderr.contains("listed") && stderr.contains("StatefulSet"), "the kinds after it are listed: {stderr}");
+    assert!(stderr.contains("the audit is incomplete: 1 kind(s)"), "{stderr}");
+    let json = run_audit(&kubeconfig, &["--output", "json"]).await;
+    assert_eq!(json.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&json.stdout).expect("a JSON report of what was read");
+    assert!(report["violations"].as_array().is_some_and(|v| v.len() >= 4), "{report}");
+}
+
+#[tokio::test]
+async fn audit_takes_a_kubeconfig_a_context_and_a_namespace_like_kubectl() {
+    let api = FakeApiServer::start().await;
+    for object in fixture_objects().into_iter().chain(workload_objects()) {
+        api.apply(object);
+    }
+    let elsewhere = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "team-b"},
+        "spec": {"containers": [{"name": "app", "image": "app"}],
+                 "volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"audience": "gcp.example.svc.id.goog", "path": "t"}}]}}]}})
+    };
+    api.apply(elsewhere("other-team"));
+    // The current context points at no server; --context picks the fake one.
+    let kubeconfig = api.kubeconfig().replace("current-context: fake-apiserver", "current-context: nowhere") + "---\n";
+    let kubeconfig = kubeconfig
+        .replace("---\n", "")
+        .replace(
+            "contexts:\n",
+            "contexts:\n- name: nowhere\n  context:\n    cluster: nowhere\n    user: fake-apiserver\n",
+        )
+        .replace("clusters:\n", "clusters:\n- name: nowhere\n  cluster:\n    server: http://127.0.0.1:9\n");
+    let dir = support::TempDir::new("audit-flags");
+    let file = dir.write("config", kubeconfig);
+    let missing = dir.path("missing");
+    let everything =
+        run_audit(&missing, &["--kubeconfig", file.to_str().expect("path"), "--context", "fake-apiserver"]).await;
+    let (stdout, stderr) = texts(&everything);
+    assert_eq!(everything.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Pod team-b/other-team") && stdout.contains("Deployment team-a/bad-deploy"), "{stdout}");
+    let one = run_audit(
+        &missing,
+        &["--kubeconfig", file.to_str().expect("path"), "--context", "fake-apiserver", "-n", "team-a"],
+    )
+    .await;
+    let (stdout, stderr) = texts(&one);
+    assert_eq!(one.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Deployment team-a/bad-deploy"), "{stdout}");
+    assert!(stdout.contains("CSIDriver evil.example.com"), "CSIDrivers are cluster-scoped: {stdout}");
+    assert!(!stdout.contains("team-b"), "{stdout}");
+    // The same file through KUBECONFIG, with its current context: no server there.
+    let current = run_audit(&file, &[]).await;
+    assert_eq!(current.status.code(), Some(2));
+    assert!(texts(&current).1.contains("listing the cluster"));
+}
+
+#[tokio::test]
+async fn a_kubeconfig_problem_is_reported_once() {
+    let dir = support::TempDir::new("audit-kubeconfig");
+    let missing = dir.path("no-such-kubeconfig");
+    let output = run_audit(&missing, &[]).await;
+    let (_, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.matches("no-such-kubeconfig").count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let broken = dir.write("broken", "apiVersion: v1\nkind: Config\nclusters: [oops\n");
+    let output = run_audit(&missing, &["--kubeconfig", broken.to_str().expect("path")]).await;
+    let (_, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.matches("failed to parse kubeconfig").count(), 1, "{stderr}");
+    let api = FakeApiServer::start().await;
+    let file = dir.write("config", api.kubeconfig());
+    let output = run_audit(&file, &["--context", "nope"]).await;
+    let (_, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.matches("nope").count(), 1, "{stderr}");
+}
+
+/// Makes a CA and a client certificate with `openssl x509 -req` and no extensions: X.509
+/// version 1. `None` when openssl is not installed.
+fn version_one_client_certificate(dir: &support::TempDir) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let openssl = |args: &[&str]| {
+        std::process::Command::new("openssl").args(args).current_dir(&dir.0).output().map(|o| o.status.success())
+    };
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=admin/O=system:masters",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            "client.crt",
+        ],
+    ];
+    for step in steps {
+        match openssl(step) {
+            Ok(true) => {}
+            Ok(false) => panic!("openssl {step:?} failed"),
+            Err(_) => return None,
+        }
+    }
+    Some((dir.path("client.crt"), dir.path("client.key")))
+}
+
+#[tokio::test]
+async fn a_version_one_client_certificate_is_explained_by_every_command_that_reads_a_kubeconfig() {
+    let dir = support::TempDir::new("v1-cert");
+    let Some((cert, key)) = version_one_client_certificate(&dir) else {
+        eprintln!("openssl is not installed: skipped");
+        return;
+    };
+    let pem = std::fs::read(&cert).expect("certificate");
+    assert!(tokengate::cluster::kubeconfig::is_version_one(&pem), "openssl x509 -req without extensions makes v1");
+    let api = FakeApiServer::start().await;
+    let kubeconfig = api.kubeconfig().replace(
+        "user: {}",
+        &format!("user:\n    client-certificate: {}\n    client-key: {}", cert.display(), key.display()),
+    );
+    let file = dir.write("config", kubeconfig);
+    let check = |stderr: &str| {
+        assert!(stderr.contains("X.509 version 1"), "{stderr}");
+        assert!(stderr.contains(&cert.display().to_string()), "names the file: {stderr}");
+        assert!(stderr.contains("extendedKeyUsage=clientAuth"), "says how to reissue it: {stderr}");
+        assert!(!stderr.contains("UnsupportedCertVersion"), "{stderr}");
+    };
+    let audit = run_audit(&file, &[]).await;
+    assert_eq!(audit.status.code(), Some(2));
+    check(&texts(&audit).1);
+    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["serve", "--policy", "tests/fixtures/policy.yaml", "--tls-cert", "none.crt", "--tls-key", "none.key"])
+        .current_dir(root())
+        .env("KUBECONFIG", &file)
+        .output()
+        .expect("tokengate runs");
+    assert_eq!(serve.status.code(), Some(2));
+    check(&texts(&serve).1);
+}
+
 fn many_objects(api: &FakeApiServer, count: usize) {
     for i in 0..count {
         let namespace = format!("ns-{}", i % 100);

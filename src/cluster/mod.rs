@@ -5,6 +5,7 @@
 
 pub mod audiences;
 mod deadline;
+pub mod kubeconfig;
 mod live;
 mod objects;
 pub mod views;

@@ -31,6 +31,11 @@ pub struct ObjectsError {
 }
 
 impl ObjectStore {
+    /// Adds a service account already reduced to what decisions read.
+    pub fn insert_service_account(&mut self, namespace: &str, name: &str, info: ServiceAccountInfo) {
+        self.service_accounts.insert((namespace.to_string(), name.to_string()), Arc::new(info));
+    }
+
     /// Adds one Kubernetes object; kinds decisions do not read (Namespaces, ConfigMaps, ...)
     /// are ignored. Returns whether the object was kept.
     pub fn insert(&mut self, object: &Value) -> Result<bool, ObjectsError> {
