@@ -116,7 +116,8 @@ impl Auditor<'_> {
                 match ServiceAccountView::deserialize(&account.object) {
                     Ok(view) => {
                         let mut info = ServiceAccountInfo::from(&view);
-                        info.annotations.retain(|key, _| read.contains(key.as_str()));
+                        // Rebuilt rather than `retain`ed: an emptied map keeps its node.
+                        info.annotations = info.annotations.into_iter().filter(|(key, _)| read.contains(key)).collect();
                         self.lookups.insert_service_account(&namespace.unwrap_or_default(), &name, info);
                     }
                     Err(err) => self.undecodable("ServiceAccount", namespace, name, &err.to_string()),

@@ -754,3 +754,84 @@ async fn serve_with_ten_thousand_pods_and_service_accounts_stays_under_40_mib() 
     drop(child);
     assert!(peak < 40.0 && now < 40.0, "RSS {now:.1} MiB, peak {peak:.1} MiB");
 }
+
+/// `count` running pods (and a service account for each) in 100 `team-*` namespaces, as a
+/// Deployment makes them; one in ten carries a token for an audience its namespace may not use.
+fn audited_objects(api: &FakeApiServer, count: usize) {
+    for i in 0..count {
+        let namespace = format!("team-{}", i % 100);
+        let audience = if i % 10 == 0 { "gcp.example.svc.id.goog" } else { "vault" };
+        api.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": format!("sa-{i}"), "namespace": namespace, "uid": format!("00000000-0000-4000-8000-{i:012}"),
+                         "annotations": {"example.com/owner": format!("team-{}", i % 100)}}}));
+        api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("web-{i}-7d9f8b6c5d-x2x4q"), "namespace": namespace, "uid": format!("10000000-0000-4000-8000-{i:012}"),
+                         "labels": {"app": "web", "pod-template-hash": "7d9f8b6c5d"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8b6c5d", "uid": "r1", "controller": true}]},
+            "spec": {"nodeName": format!("node-{}", i % 50), "serviceAccountName": format!("sa-{i}"),
+                     "containers": [{"name": "app", "image": "registry.example.com/web:1.4.2",
+                                     "env": [{"name": "LOG_LEVEL", "value": "info"}],
+                                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                                     "volumeMounts": [{"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true},
+                                                      {"name": "vault-token", "mountPath": "/var/run/secrets/vault"}]}],
+                     "volumes": [
+                        {"name": "vault-token", "projected": {"sources": [{"serviceAccountToken": {"audience": audience, "expirationSeconds": 3600, "path": "token"}}]}},
+                        {"name": "kube-api-access-abcde", "projected": {"sources": [
+                            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}));
+    }
+}
+
+/// Runs `audit` (optimised build) against a fake cluster of `pods` pods and as many service
+/// accounts, and returns its peak resident memory in KiB (the last `VmHWM` read before it exits)
+/// and its exit status.
+async fn audit_peak_kib(server: &Path, pods: usize) -> (u64, Option<i32>) {
+    let api = FakeApiServer::start().await;
+    audited_objects(&api, pods);
+    let dir = support::TempDir::new("audit-memory");
+    let kubeconfig = dir.write("kubeconfig", api.kubeconfig());
+    let mut child = std::process::Command::new(server)
+        .args(["audit", "--policy", "tests/fixtures/policy.yaml", "--output", "json"])
+        .current_dir(root())
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tokengate runs");
+    let pid = child.id();
+    let mut peak = 0;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return (peak, status.code());
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+            if let Some(kib) = hwm.and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok()) {
+                peak = peak.max(kib);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `audit` keeps only reduced ServiceAccounts and findings, judging pods a page at a time: its
+/// peak memory grows by well under a kilobyte per pod (with its service account, and a finding
+/// for one pod in ten), so 100 000 pods stay under 100 MiB.
+#[tokio::test]
+async fn audit_memory_grows_by_less_than_a_kilobyte_per_pod() {
+    let server = tokio::task::spawn_blocking(optimised_server).await.expect("build task");
+    let (small, large) = (2_000, 12_000);
+    let (small_kib, small_status) = audit_peak_kib(&server, small).await;
+    let (large_kib, large_status) = audit_peak_kib(&server, large).await;
+    assert_eq!((small_status, large_status), (Some(1), Some(1)), "one pod in ten is reported");
+    let per_pod = (large_kib.saturating_sub(small_kib) * 1024) as f64 / (large - small) as f64;
+    let at_100k_mib = (small_kib as f64 * 1024.0 + per_pod * (100_000 - small) as f64) / (1024.0 * 1024.0);
+    eprintln!(
+        "tokengate audit peak RSS: {:.1} MiB with {small} pods, {:.1} MiB with {large}: {per_pod:.0} bytes per pod, about {at_100k_mib:.0} MiB at 100 000",
+        small_kib as f64 / 1024.0,
+        large_kib as f64 / 1024.0
+    );
+    assert!(per_pod < 1024.0 && at_100k_mib < 100.0, "{per_pod:.0} bytes per pod, {at_100k_mib:.0} MiB at 100 000");
+}

@@ -59,9 +59,9 @@ view_of!(ServiceAccountView, k8s_openapi::api::core::v1::ServiceAccount, Namespa
 
 impl From<&ServiceAccountView> for ServiceAccountInfo {
     fn from(view: &ServiceAccountView) -> Self {
-        let mut annotations = view.metadata.annotations.clone().unwrap_or_default();
-        annotations.remove(LAST_APPLIED_ANNOTATION);
-        Self { annotations }
+        let annotations = view.metadata.annotations.iter().flatten();
+        let kept = annotations.filter(|(key, _)| *key != LAST_APPLIED_ANNOTATION);
+        Self { annotations: kept.map(|(key, value)| (key.clone(), value.clone())).collect() }
     }
 }
 
