@@ -115,9 +115,10 @@ impl Auditor<'_> {
                 let (namespace, name) = (account.text("namespace"), account.text("name").unwrap_or_default());
                 match ServiceAccountView::deserialize(&account.object) {
                     Ok(view) => {
-                        let mut info = ServiceAccountInfo::from(&view);
-                        // Rebuilt rather than `retain`ed: an emptied map keeps its node.
-                        info.annotations = info.annotations.into_iter().filter(|(key, _)| read.contains(key)).collect();
+                        let annotations = view.metadata.annotations.iter().flatten();
+                        let kept = annotations.filter(|(key, _)| read.contains(*key));
+                        let info =
+                            ServiceAccountInfo { annotations: kept.map(|(k, v)| (k.clone(), v.clone())).collect() };
                         self.lookups.insert_service_account(&namespace.unwrap_or_default(), &name, info);
                     }
                     Err(err) => self.undecodable("ServiceAccount", namespace, name, &err.to_string()),

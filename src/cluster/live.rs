@@ -156,13 +156,16 @@ struct Cache<V: Cached> {
     synced: AtomicBool,
     /// API lookups made on cache misses: in flight (shared by every request for the same
     /// object), or answered "not found" within [`NOT_FOUND_TTL`].
-    fetches: Mutex<HashMap<(String, String), Fetch<V::Info>>>,
+    fetches: Fetches<V::Info>,
     /// `(namespace, name)` of the objects that do not decode, each logged and counted once.
     undecodable: Mutex<HashSet<(String, String)>>,
 }
 
 /// One API lookup, shared by the requests that wait for it.
 type Fetch<T> = (Instant, Arc<OnceCell<Lookup<T>>>);
+
+/// The API lookups of one cache, by `(namespace, name)`.
+type Fetches<T> = Mutex<HashMap<(String, String), Fetch<T>>>;
 
 /// A cached object's answer: its info, or why it could not be decoded.
 type Found<T> = Result<Arc<T>, Arc<str>>;
