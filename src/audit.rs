@@ -32,6 +32,9 @@ use crate::review::WorkloadKind;
 /// Objects listed per API call: one page is decoded, judged and dropped before the next.
 const PAGE_SIZE: u32 = 250;
 
+/// How legacy token Secrets are named in progress and in [`Audit::unread`].
+const LEGACY_TOKEN_SECRETS: &str = "Secret (legacy token)";
+
 /// What an audit found.
 #[derive(Debug, Clone)]
 pub struct Audit {
@@ -78,16 +81,26 @@ pub async fn audit(
             unread: Vec::new(),
         },
     };
-    progress("ServiceAccount", auditor.service_accounts().await?);
-    progress("CSIDriver", auditor.csi_drivers().await?);
-    let pods = ApiResource::erase::<Pod>(&());
-    progress("Pod", auditor.objects(&pods, "Pod", false).await?);
+    // Progress is shown for kinds listed completely; the others are named in `unread`.
+    let listed = |auditor: &Auditor<'_>, kind: &str, count: usize| {
+        if !auditor.audit.unread.iter().any(|unread| unread.kind == kind) {
+            progress(kind, count);
+        }
+    };
+    let count = auditor.service_accounts().await?;
+    listed(&auditor, "ServiceAccount", count);
+    let count = auditor.csi_drivers().await?;
+    listed(&auditor, "CSIDriver", count);
+    let count = auditor.objects(&ApiResource::erase::<Pod>(&()), "Pod", false).await?;
+    listed(&auditor, "Pod", count);
     for kind in WorkloadKind::ALL {
         let (group, name) = kind.group_kind();
         let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", name), kind.plural());
-        progress(name, auditor.objects(&resource, name, true).await?);
+        let count = auditor.objects(&resource, name, true).await?;
+        listed(&auditor, name, count);
     }
-    progress("Secret (legacy token)", auditor.legacy_token_secrets().await?);
+    let count = auditor.legacy_token_secrets().await?;
+    listed(&auditor, LEGACY_TOKEN_SECRETS, count);
     Ok(auditor.audit)
 }
 
@@ -177,13 +190,12 @@ impl Auditor<'_> {
     /// the API server's `type` field selector, so no other Secret and no Secret's data is ever
     /// transferred), rebuilt as the few fields the decision reads.
     async fn legacy_token_secrets(&mut self) -> Result<usize, AuditError> {
-        const KIND: &str = "Secret (legacy token)";
         let api = self.secrets_api();
         let mut pages = Pages::new(api);
         pages.params = pages.params.fields(&format!("type={SERVICE_ACCOUNT_TOKEN_TYPE}"));
         let mut count = 0;
         while let Some(page) = pages.next().await {
-            let Some(items) = self.page(KIND, page, count)? else { break };
+            let Some(items) = self.page(LEGACY_TOKEN_SECRETS, page, count)? else { break };
             count += items.len();
             let secrets = items.iter().map(|secret| {
                 let annotation = secret.annotations().get(SERVICE_ACCOUNT_NAME_ANNOTATION);
