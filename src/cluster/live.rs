@@ -305,9 +305,8 @@ impl LiveCluster {
     /// The cache's answer, or on a miss one bounded, timed-out API call.
     async fn lookup<V: Cached>(&self, cache: &Cache<V>, namespace: &str, name: &str) -> Lookup<V::Info> {
         let kind = V::KIND.as_str();
-        let undecodable = |error: &str| {
-            LookupError(format!("{kind} {namespace}/{name} exists but does not decode ({error})").replace(" /", " "))
-        };
+        let object = if namespace.is_empty() { name.to_string() } else { format!("{namespace}/{name}") };
+        let undecodable = |error: &str| LookupError(format!("{kind} {object} exists but does not decode ({error})"));
         match cache.get(namespace, name) {
             Some(Ok(found)) => return Ok(Some(found)),
             Some(Err(error)) => return Err(undecodable(&error)),
