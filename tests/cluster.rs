@@ -166,7 +166,7 @@ async fn one_undecodable_object_is_skipped_and_counted_and_the_caches_stay_ready
     }
     api.apply(undecodable_pod("broken", 1));
     // Fields no decision reads may take shapes k8s-openapi refuses: the reduced views skip them.
-    api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "from-the-future", "namespace": "team-a", "uid": "u-future"},
+    api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "from-the-future", "namespace": "team-a", "uid": "u-future", "creationTimestamp": "not a time"},
                      "spec": {"nodeName": "node-1", "containers": "a newer shape", "volumes": []}, "status": 7}));
     api.apply(json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "odd"}, "spec": {"csi": "not an object"}}));
     let metrics = Arc::new(Metrics::new());

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use serde::de::IgnoredAny;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::{service_account_named, ClaimInfo, CsiDriverInfo, PodInfo, ServiceAccountInfo, VolumeInfo};
 use crate::review::automount;
@@ -49,10 +49,45 @@ macro_rules! view_of {
 /// and on a ServiceAccount it is most of the object, so caches drop it.
 const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// The metadata fields a view keeps, as an `ObjectMeta` (what `kube::Resource` hands out): the
+/// key, the uid, and the `resourceVersion` kube's watcher resumes from; with `annotations` for
+/// ServiceAccounts. Labels, managed fields, timestamps and owner references are skipped, so an odd
+/// value there cannot make an object undecodable.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataView {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+impl From<MetadataView> for ObjectMeta {
+    fn from(view: MetadataView) -> Self {
+        let MetadataView { name, namespace, uid, resource_version } = view;
+        ObjectMeta { name, namespace, uid, resource_version, ..ObjectMeta::default() }
+    }
+}
+
+fn metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    MetadataView::deserialize(deserializer).map(ObjectMeta::from)
+}
+
+fn metadata_with_annotations<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    struct WithAnnotations {
+        #[serde(flatten)]
+        metadata: MetadataView,
+        annotations: Option<std::collections::BTreeMap<String, String>>,
+    }
+    let view = WithAnnotations::deserialize(deserializer)?;
+    Ok(ObjectMeta { annotations: view.annotations, ..view.metadata.into() })
+}
+
 /// A ServiceAccount: its metadata (decisions read the annotations).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ServiceAccountView {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metadata_with_annotations")]
     pub metadata: ObjectMeta,
 }
 view_of!(ServiceAccountView, k8s_openapi::api::core::v1::ServiceAccount, NamespaceResourceScope);
@@ -68,7 +103,7 @@ impl From<&ServiceAccountView> for ServiceAccountInfo {
 /// A CSIDriver: `spec.tokenRequests`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CsiDriverView {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metadata")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: CsiDriverSpecView,
@@ -99,7 +134,7 @@ impl From<&CsiDriverView> for CsiDriverInfo {
 /// A Pod: the node, service account and volumes (containers, status and the rest are skipped).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PodView {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metadata")]
     pub metadata: ObjectMeta,
     pub spec: Option<PodSpecView>,
 }
@@ -225,7 +260,7 @@ impl From<&PodView> for PodInfo {
 /// A PersistentVolumeClaim: `spec.volumeName`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ClaimView {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metadata")]
     pub metadata: ObjectMeta,
     pub spec: Option<ClaimSpecView>,
 }
@@ -246,7 +281,7 @@ impl From<&ClaimView> for ClaimInfo {
 /// A PersistentVolume: `spec.csi.driver` and its in-tree type.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PersistentVolumeView {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metadata")]
     pub metadata: ObjectMeta,
     pub spec: Option<PersistentVolumeSpecView>,
 }
@@ -282,7 +317,7 @@ mod tests {
     #[test]
     fn a_pod_with_fields_nobody_reads_in_unexpected_shapes_still_decodes() {
         let pod: PodView = serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "creationTimestamp": "yesterday", "managedFields": 5, "labels": [1]},
             "spec": {"containers": "from a newer API server", "nodeName": "n", "futureField": {"x": 1},
                      "volumes": [{"name": "kube-api-access-x1y2z", "projected": {"sources": [
                         {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
