@@ -32,6 +32,10 @@ use crate::review::WorkloadKind;
 /// Objects listed per API call: one page is decoded, judged and dropped before the next.
 const PAGE_SIZE: u32 = 250;
 
+/// Objects read from a cluster are judged as they run (no mutation is simulated) and always name
+/// their namespace.
+const CHECK_OPTIONS: CheckOptions<'static> = CheckOptions { default_namespace: "default", mutate_pods_first: false };
+
 /// How legacy token Secrets are named in progress and in [`Audit::unread`].
 const LEGACY_TOKEN_SECRETS: &str = "Secret (legacy token)";
 
@@ -71,15 +75,15 @@ pub async fn audit(
     namespace: Option<&str>,
     progress: impl Fn(&str, usize),
 ) -> Result<Audit, AuditError> {
+    let lookups = ObjectStore::default();
+    // The report of nothing yet, in whatever shape `check` gives it.
+    let report = check::check(policy, &[], &lookups, CHECK_OPTIONS).await;
     let mut auditor = Auditor {
         client,
         namespace: namespace.map(str::to_string),
         policy,
-        lookups: ObjectStore::default(),
-        audit: Audit {
-            report: Report { mode: policy.mode().as_str(), checked: 0, violations: Vec::new() },
-            unread: Vec::new(),
-        },
+        lookups,
+        audit: Audit { report, unread: Vec::new() },
     };
     // Progress is shown for kinds listed completely; the others are named in `unread`.
     let listed = |auditor: &Auditor<'_>, kind: &str, count: usize| {
@@ -287,8 +291,7 @@ impl Auditor<'_> {
     /// Judges a page of objects and keeps only the findings.
     async fn judge(&mut self, objects: Vec<Value>) {
         let documents: Vec<Document> = objects.into_iter().map(|object| Document { file: None, object }).collect();
-        let options = CheckOptions { default_namespace: "default", mutate_pods_first: false };
-        let page = check::check(self.policy, &documents, &self.lookups, options).await;
+        let page = check::check(self.policy, &documents, &self.lookups, CHECK_OPTIONS).await;
         self.audit.report.checked += page.checked;
         self.audit.report.violations.extend(page.violations);
     }
