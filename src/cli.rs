@@ -48,13 +48,17 @@ pub enum Command {
     /// Work with policy documents.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Check every existing Pod, workload and CSIDriver of the cluster of the current
-    /// kubeconfig (or in-cluster config) against a policy.
+    /// Check every existing Pod, workload, CSIDriver and legacy token Secret of the cluster of
+    /// the current kubeconfig (or in-cluster config) against a policy.
     ///
     /// Pods are judged as they run (a pod lacking a required injection is reported); workloads
     /// owned by a controller (a Deployment's ReplicaSets, a CronJob's Jobs) are judged through
-    /// their owner. Progress goes to stderr. Exit status: 1 when any violation would be denied
-    /// (policy mode Enforce), 0 otherwise, 2 when the cluster or policy cannot be read.
+    /// their owner. Objects are listed and judged a page at a time, so memory stays flat however
+    /// large the cluster. An object that does not decode is reported as a violation of its own.
+    /// A kind the caller may not list (403) is named on stderr and the rest is still judged.
+    /// Progress goes to stderr. Exit status: 2 when the cluster or policy cannot be read or some
+    /// kind could not be listed (after printing what was read), else 1 when any violation would
+    /// be denied (policy mode Enforce), else 0.
     Audit(AuditArgs),
     /// Show every service-account credential a pod will hold, and why it is allowed or denied.
     ///
@@ -331,6 +335,17 @@ pub struct AuditArgs {
     /// Output format: `text`, `json`, `junit` or `github` (as for check).
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// The kubeconfig file to use, instead of KUBECONFIG or ~/.kube/config (as kubectl's
+    /// --kubeconfig). Without any kubeconfig, the in-cluster configuration of a pod is used.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use instead of its current context (as kubectl's --context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Audit one namespace only (Pods, workloads, ServiceAccounts, legacy token Secrets);
+    /// CSIDrivers are cluster-scoped and always audited. Without it, every namespace.
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -16,6 +16,7 @@ use tokengate::cli::{
     OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs, ServeArgs, WebhookArg, WebhooksArgs,
 };
 use tokengate::cluster::audiences::audiences_of_token_file;
+use tokengate::cluster::kubeconfig::{self, ClientOptions};
 use tokengate::cluster::{Cluster, LiveCluster, LiveOptions, ObjectStore};
 use tokengate::manifest::{self, Document};
 use tokengate::metrics::Metrics;
@@ -52,17 +53,16 @@ fn main() -> ExitCode {
     })
 }
 
-async fn kube_client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (kubeconfig or in-cluster configuration)")
+async fn kube_client(options: &ClientOptions) -> anyhow::Result<kube::Client> {
+    // The error's message is complete; `Context` would print its cause a second time.
+    kubeconfig::client(options).await.map_err(|err| anyhow::anyhow!("connecting to the Kubernetes API: {err}"))
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format, &args.log)?;
     let metrics = Arc::new(Metrics::new());
     let needs_api = args.policy.policy_configmap.is_some() || args.objects.is_empty() || args.webhooks.manage_webhooks;
-    let client = if needs_api { Some(kube_client().await?) } else { None };
+    let client = if needs_api { Some(kube_client(&ClientOptions::default()).await?) } else { None };
 
     let (mut publisher, policy) = PolicyPublisher::new(metrics.clone());
     match audiences_of_token_file(&args.service_account_token) {
@@ -94,7 +94,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     match client.filter(|_| args.objects.is_empty()) {
         Some(client) => {
             let options = LiveOptions { fallback_timeout: args.lookup_timeout, ..LiveOptions::default() };
-            serve_with(&args, policy, LiveCluster::start(client, options), metrics, manager).await
+            serve_with(&args, policy, LiveCluster::start(client, options, metrics.clone()), metrics, manager).await
         }
         None => {
             serve_with(&args, policy, Arc::new(load_objects(&args.objects, &[], "default")?), metrics, manager).await
@@ -275,7 +275,8 @@ fn exclude_globs(patterns: &[String]) -> anyhow::Result<globset::GlobSet> {
 }
 
 async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let client = kube_client().await?;
+    let client =
+        kube_client(&ClientOptions { kubeconfig: args.kubeconfig.clone(), context: args.context.clone() }).await?;
     let policy = match &args.policy {
         PolicySourceArgs { policy: Some(file), .. } => load_policy(file)?,
         PolicySourceArgs { policy_configmap: Some(configmap), .. } => {
@@ -285,8 +286,18 @@ async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
         _ => unreachable!("clap requires --policy or --policy-configmap"),
     };
     let progress = |kind: &str, count: usize| eprintln!("listed {count} {kind} object(s)");
-    let report = tokengate::audit::audit(client, &policy, progress).await.context("listing the cluster")?;
-    print_report(&report, args.output, Gate::default())
+    let audit = tokengate::audit::audit(client, &policy, args.namespace.as_deref(), progress)
+        .await
+        .map_err(|err| anyhow::anyhow!("listing the cluster: {err}"))?;
+    let code = print_report(&audit.report, args.output, Gate::default())?;
+    for unread in &audit.unread {
+        eprintln!("error: could not list {}: {}", unread.kind, unread.reason);
+    }
+    if !audit.unread.is_empty() {
+        eprintln!("the audit is incomplete: {} kind(s) could not be listed", audit.unread.len());
+        return Ok(ExitCode::from(EXIT_UNREADABLE));
+    }
+    Ok(code)
 }
 
 fn print_report(report: &Report, output: OutputFormat, gate: Gate) -> anyhow::Result<ExitCode> {
@@ -360,7 +371,7 @@ fn load_objects(files: &[PathBuf], documents: &[Document], default_namespace: &s
 async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     use tokengate::explain::{self, ExplainOptions, Extras};
     let needs_client = args.pod.is_some() || args.policy.policy_configmap.is_some();
-    let client = if needs_client { Some(kube_client().await?) } else { None };
+    let client = if needs_client { Some(kube_client(&ClientOptions::default()).await?) } else { None };
     let policy = match (&args.policy, &client) {
         (PolicySourceArgs { policy: Some(file), .. }, _) => load_policy(file)?,
         (PolicySourceArgs { policy_configmap: Some(configmap), .. }, Some(client)) => {
@@ -408,7 +419,7 @@ async fn run_init(args: InitArgs) -> anyhow::Result<ExitCode> {
         api_audiences = init::live::token_file_audiences(&args.service_account_token);
     }
     let (documents, origin) = if args.from_cluster {
-        let client = kube_client().await?;
+        let client = kube_client(&ClientOptions::default()).await?;
         let progress = |kind: &str, count: usize| eprintln!("listed {count} {kind} object(s)");
         let documents = init::live::list_cluster(client, progress).await.context("listing the cluster")?;
         (documents, "--from-cluster".to_string())

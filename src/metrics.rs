@@ -80,6 +80,34 @@ struct AudienceLabels {
     audience: String,
 }
 
+/// The kinds the watch caches keep (a closed set, used as a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CachedKind {
+    ServiceAccount,
+    CsiDriver,
+    Pod,
+    PersistentVolumeClaim,
+    PersistentVolume,
+}
+
+impl CachedKind {
+    /// The Kubernetes kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CachedKind::ServiceAccount => "ServiceAccount",
+            CachedKind::CsiDriver => "CSIDriver",
+            CachedKind::Pod => "Pod",
+            CachedKind::PersistentVolumeClaim => "PersistentVolumeClaim",
+            CachedKind::PersistentVolume => "PersistentVolume",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -99,6 +127,8 @@ pub struct Metrics {
     webhooks_applied_generation: Gauge,
     webhooks_applies: Family<ResultLabels, Counter>,
     api_server_audiences: Family<AudienceLabels, Gauge>,
+    cache_decode_failures: Family<KindLabels, Counter>,
+    cache_undecodable: Family<KindLabels, Gauge>,
 }
 
 /// Latency buckets in seconds, from 50 µs: decisions take microseconds.
@@ -166,6 +196,18 @@ impl Metrics {
             "The API server audiences learned from tokengate's own service-account token; always 1",
             api_server_audiences.clone(),
         );
+        let cache_decode_failures = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "cache_decode_failures",
+            "Objects a watch cache skipped because they do not decode, counted once per object, by kind",
+            cache_decode_failures.clone(),
+        );
+        let cache_undecodable = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "cache_undecodable_objects",
+            "Objects currently skipped by a watch cache because they do not decode, by kind",
+            cache_undecodable.clone(),
+        );
         Self {
             registry,
             reviews,
@@ -178,7 +220,21 @@ impl Metrics {
             webhooks_applied_generation,
             webhooks_applies,
             api_server_audiences,
+            cache_decode_failures,
+            cache_undecodable,
         }
+    }
+
+    /// Counts an object a watch cache found not to decode (once per object).
+    pub fn cache_decode_failed(&self, kind: CachedKind) {
+        self.cache_decode_failures.get_or_create(&KindLabels { kind: kind.as_str() }).inc();
+    }
+
+    /// Records how many objects of `kind` a watch cache currently skips.
+    pub fn cache_undecodable(&self, kind: CachedKind, count: usize) {
+        self.cache_undecodable
+            .get_or_create(&KindLabels { kind: kind.as_str() })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Records the API server audiences learned from the cluster.

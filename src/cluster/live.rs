@@ -1,24 +1,32 @@
 //! The live cluster: watch caches of the objects decisions read, each reduced to the fields
 //! decisions need, with a bounded, timed-out API fallback when a cache has not seen an object
 //! yet (a pod created a moment ago).
+//!
+//! Each cache is kube's reflector store (`kube::runtime::reflector`) fed by a watcher of a
+//! reduced view ([`super::views`]) wrapped in kube's `DeserializeGuard`: every object of a list
+//! page or watch event decodes on its own, so one object that does not decode is kept as
+//! "undecodable" (its lookups fail with that reason, it is logged once and counted in
+//! `tokengate_cache_undecodable_objects`) while the rest of the cache syncs and serves.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
-use k8s_openapi::api::storage::v1::CSIDriver;
-use kube::api::PartialObjectMeta;
+use futures::{StreamExt, TryStreamExt};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Lookup as StoreLookup, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{OnceCell, Semaphore};
 
+use super::views::{ClaimView, CsiDriverView, PersistentVolumeView, PodView, ServiceAccountView};
 use super::*;
+use crate::metrics::{CachedKind, Metrics};
 
 /// How the live cluster is tuned.
 #[derive(Debug, Clone, Copy)]
@@ -39,69 +47,205 @@ impl Default for LiveOptions {
 /// that does not exist costs one API call.
 const NOT_FOUND_TTL: Duration = Duration::from_secs(3);
 
-/// One watch cache: key `(namespace, name)` (namespace empty for cluster-scoped objects).
-struct Cache<T> {
-    objects: RwLock<HashMap<(String, String), Arc<T>>>,
+/// Objects per page of a watch's initial list (and of its re-lists). Pages are decoded one at a
+/// time into reduced views, so the peak while syncing is one page of JSON plus the caches. The
+/// list uses the default "most recent" semantic: a `resourceVersion=0` list is served from the
+/// API server's watch cache, which ignores `limit` on older servers and would return every pod
+/// at once. Streaming lists (`sendInitialEvents`) are not used: an API server without the
+/// WatchList feature never sends the bookmark that ends them, and the cache would never sync.
+const PAGE_SIZE: u32 = 250;
+
+/// A reduced view a cache keeps, and the `*Info` lookups answer with.
+trait Cached: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+    type Info: Debug + Send + Sync + 'static;
+    const KIND: CachedKind;
+    fn info(&self) -> Self::Info;
+    /// The API for a single object in `namespace` (empty for cluster-scoped kinds).
+    fn api(client: Client, namespace: &str) -> Api<DeserializeGuard<Self>>;
+}
+
+macro_rules! cached {
+    ($view:ty, $info:ty, $kind:expr, |$client:ident, $namespace:ident| $api:expr) => {
+        impl Cached for $view {
+            type Info = $info;
+            const KIND: CachedKind = $kind;
+            fn info(&self) -> $info {
+                <$info>::from(self)
+            }
+            fn api($client: Client, $namespace: &str) -> Api<DeserializeGuard<Self>> {
+                $api
+            }
+        }
+    };
+}
+cached!(ServiceAccountView, ServiceAccountInfo, CachedKind::ServiceAccount, |c, ns| Api::namespaced(c, ns));
+cached!(CsiDriverView, CsiDriverInfo, CachedKind::CsiDriver, |c, _ns| Api::all(c));
+cached!(PodView, PodInfo, CachedKind::Pod, |c, ns| Api::namespaced(c, ns));
+cached!(ClaimView, ClaimInfo, CachedKind::PersistentVolumeClaim, |c, ns| Api::namespaced(c, ns));
+cached!(PersistentVolumeView, VolumeInfo, CachedKind::PersistentVolume, |c, _ns| Api::all(c));
+
+/// What a cache keeps per object: its key and what decisions read, or why it did not decode.
+struct Entry<V: Cached> {
+    namespace: Option<String>,
+    name: String,
+    info: Result<Arc<V::Info>, Arc<str>>,
+}
+
+impl<V: Cached> Clone for Entry<V> {
+    fn clone(&self) -> Self {
+        Self { namespace: self.namespace.clone(), name: self.name.clone(), info: self.info.clone() }
+    }
+}
+
+impl<V: Cached> From<DeserializeGuard<V>> for Entry<V> {
+    fn from(object: DeserializeGuard<V>) -> Self {
+        let (namespace, name) = (ResourceExt::namespace(&object), object.name_any());
+        let info = match object.0 {
+            Ok(view) => Ok(Arc::new(view.info())),
+            Err(invalid) => Err(Arc::from(invalid.error)),
+        };
+        Self { namespace, name, info }
+    }
+}
+
+/// The reflector store keys entries by kind, namespace and name; resource version and uid are
+/// not kept (no decision reads them from the key).
+impl<V: Cached> StoreLookup for Entry<V> {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        V::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        V::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        V::version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        V::plural(&())
+    }
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.name))
+    }
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        self.namespace.as_deref().map(Cow::Borrowed)
+    }
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+}
+
+/// A watch event of guarded views, as the entries the store keeps.
+fn entries<V: Cached>(event: Event<DeserializeGuard<V>>) -> Event<Entry<V>> {
+    match event {
+        Event::Apply(object) => Event::Apply(object.into()),
+        Event::Delete(object) => Event::Delete(object.into()),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(object.into()),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+/// One watch cache.
+struct Cache<V: Cached> {
+    store: Store<Entry<V>>,
     synced: AtomicBool,
     /// API lookups made on cache misses: in flight (shared by every request for the same
     /// object), or answered "not found" within [`NOT_FOUND_TTL`].
-    fetches: Mutex<HashMap<(String, String), Fetch<T>>>,
+    fetches: Fetches<V::Info>,
+    /// `(namespace, name)` of the objects that do not decode, each logged and counted once.
+    undecodable: Mutex<HashSet<(String, String)>>,
 }
 
 /// One API lookup, shared by the requests that wait for it.
 type Fetch<T> = (Instant, Arc<OnceCell<Lookup<T>>>);
 
-impl<T> Default for Cache<T> {
-    fn default() -> Self {
-        Self { objects: RwLock::new(HashMap::new()), synced: AtomicBool::new(false), fetches: Mutex::default() }
-    }
-}
+/// The API lookups of one cache, by `(namespace, name)`.
+type Fetches<T> = Mutex<HashMap<(String, String), Fetch<T>>>;
 
-impl<T> Cache<T> {
-    fn get(&self, namespace: &str, name: &str) -> Option<Arc<T>> {
-        let objects = self.objects.read().expect("cache lock is never poisoned");
-        objects.get(&(namespace.to_string(), name.to_string())).cloned()
+/// A cached object's answer: its info, or why it could not be decoded.
+type Found<T> = Result<Arc<T>, Arc<str>>;
+
+impl<V: Cached> Cache<V> {
+    fn new(store: Store<Entry<V>>) -> Self {
+        Self { store, synced: AtomicBool::new(false), fetches: Mutex::default(), undecodable: Mutex::default() }
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<Found<V::Info>> {
+        let key = ObjectRef::<Entry<V>>::new(name);
+        let key = if namespace.is_empty() { key } else { key.within(namespace) };
+        self.store.get(&key).map(|entry| entry.info.clone())
     }
 
     fn len(&self) -> usize {
-        self.objects.read().expect("cache lock is never poisoned").len()
+        self.store.len()
     }
 
-    /// Applies watch events until the stream ends; a restarted watch rebuilds the cache
-    /// from its initial list, then swaps it in.
-    async fn follow<K, S>(&self, kind: &'static str, events: S)
-    where
-        K: Resource + ResourceExt,
-        T: for<'a> From<&'a K>,
-        S: Stream<Item = Result<Event<K>, watcher::Error>>,
-    {
-        let key = |object: &K| (object.namespace().unwrap_or_default(), object.name_any());
-        let mut fresh: Option<HashMap<(String, String), Arc<T>>> = None;
-        let mut events = std::pin::pin!(events);
+    /// Logs and counts an object the first time it is seen not to decode, and forgets it when it
+    /// decodes again or is deleted.
+    fn note(&self, event: &Event<Entry<V>>, metrics: &Metrics) {
+        let (entry, deleted) = match event {
+            Event::Apply(entry) | Event::InitApply(entry) => (entry, false),
+            Event::Delete(entry) => (entry, true),
+            Event::Init | Event::InitDone => return,
+        };
+        let key = (entry.namespace.clone().unwrap_or_default(), entry.name.clone());
+        let mut undecodable = self.undecodable.lock().expect("undecodable lock is never poisoned");
+        match &entry.info {
+            Err(error) if !deleted => {
+                if undecodable.insert(key) {
+                    let (namespace, name) = (entry.namespace.as_deref().unwrap_or_default(), entry.name.as_str());
+                    tracing::warn!(
+                        kind = V::KIND.as_str(),
+                        namespace,
+                        name,
+                        error = %error,
+                        "skipping an object that does not decode; lookups of it fail until it changes"
+                    );
+                    metrics.cache_decode_failed(V::KIND);
+                }
+            }
+            _ => {
+                undecodable.remove(&key);
+            }
+        }
+        metrics.cache_undecodable(V::KIND, undecodable.len());
+    }
+
+    /// After a (re-)list: forgets undecodable objects that are gone.
+    fn prune(&self, metrics: &Metrics) {
+        let mut undecodable = self.undecodable.lock().expect("undecodable lock is never poisoned");
+        undecodable.retain(|(namespace, name)| self.get(namespace, name).is_some_and(|found| found.is_err()));
+        metrics.cache_undecodable(V::KIND, undecodable.len());
+    }
+
+    /// Feeds the store from its watch, retrying with backoff for as long as the process runs.
+    async fn follow(
+        &self,
+        writer: reflector::store::Writer<Entry<V>>,
+        api: Api<DeserializeGuard<V>>,
+        metrics: &Metrics,
+    ) {
+        let config = watcher::Config::default().page_size(PAGE_SIZE);
+        let events = watcher::watcher(api, config)
+            .default_backoff()
+            .map_ok(entries::<V>)
+            .inspect_ok(|event| self.note(event, metrics));
+        let mut events = std::pin::pin!(reflector::reflector(writer, events));
         while let Some(event) = events.next().await {
             match event {
-                Ok(Event::Init) => fresh = Some(HashMap::new()),
-                Ok(Event::InitApply(object)) => {
-                    if let Some(fresh) = fresh.as_mut() {
-                        fresh.insert(key(&object), Arc::new(T::from(&object)));
-                    }
-                }
                 Ok(Event::InitDone) => {
-                    if let Some(fresh) = fresh.take() {
-                        *self.objects.write().expect("cache lock is never poisoned") = fresh;
-                    }
+                    self.prune(metrics);
                     if !self.synced.swap(true, Ordering::SeqCst) {
-                        tracing::info!(kind, objects = self.len(), "cache synced");
+                        tracing::info!(kind = V::KIND.as_str(), objects = self.len(), "cache synced");
                     }
                 }
-                Ok(Event::Apply(object)) => {
-                    let reduced = Arc::new(T::from(&object));
-                    self.objects.write().expect("cache lock is never poisoned").insert(key(&object), reduced);
-                }
-                Ok(Event::Delete(object)) => {
-                    self.objects.write().expect("cache lock is never poisoned").remove(&key(&object));
-                }
-                Err(err) => tracing::warn!(kind, error = %err, "watch failed; retrying"),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(kind = V::KIND.as_str(), error = %err, "watch failed; retrying"),
             }
         }
     }
@@ -112,11 +256,11 @@ pub struct LiveCluster {
     client: Client,
     options: LiveOptions,
     fallbacks: Semaphore,
-    service_accounts: Cache<ServiceAccountInfo>,
-    csi_drivers: Cache<CsiDriverInfo>,
-    pods: Cache<PodInfo>,
-    claims: Cache<ClaimInfo>,
-    volumes: Cache<VolumeInfo>,
+    service_accounts: Cache<ServiceAccountView>,
+    csi_drivers: Cache<CsiDriverView>,
+    pods: Cache<PodView>,
+    claims: Cache<ClaimView>,
+    volumes: Cache<PersistentVolumeView>,
 }
 
 impl Debug for LiveCluster {
@@ -127,40 +271,29 @@ impl Debug for LiveCluster {
 
 impl LiveCluster {
     /// Starts watching; the returned cluster answers from its caches once they have synced
-    /// ([`Cluster::is_ready`]) and from the API before that.
-    pub fn start(client: Client, options: LiveOptions) -> Arc<Self> {
+    /// ([`Cluster::is_ready`]) and from the API before that. Objects that do not decode are
+    /// counted in `metrics`.
+    pub fn start(client: Client, options: LiveOptions, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (accounts, accounts_writer) = reflector::store();
+        let (drivers, drivers_writer) = reflector::store();
+        let (pods, pods_writer) = reflector::store();
+        let (claims, claims_writer) = reflector::store();
+        let (volumes, volumes_writer) = reflector::store();
         let cluster = Arc::new(Self {
             client: client.clone(),
             options,
             fallbacks: Semaphore::new(options.fallback_concurrency),
-            service_accounts: Cache::default(),
-            csi_drivers: Cache::default(),
-            pods: Cache::default(),
-            claims: Cache::default(),
-            volumes: Cache::default(),
+            service_accounts: Cache::new(accounts),
+            csi_drivers: Cache::new(drivers),
+            pods: Cache::new(pods),
+            claims: Cache::new(claims),
+            volumes: Cache::new(volumes),
         });
-        let config = watcher::Config::default;
-        // Service accounts: metadata only (annotations are all decisions read).
-        let accounts = Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone());
-        tokio::spawn(follow(
-            cluster.clone(),
-            |c| &c.service_accounts,
-            "ServiceAccount",
-            watcher::watcher(accounts, config()),
-        ));
-        let drivers = Api::<CSIDriver>::all(client.clone());
-        tokio::spawn(follow(cluster.clone(), |c| &c.csi_drivers, "CSIDriver", watcher::watcher(drivers, config())));
-        let pods = Api::<Pod>::all(client.clone());
-        tokio::spawn(follow(cluster.clone(), |c| &c.pods, "Pod", watcher::watcher(pods, config())));
-        let claims = Api::<PersistentVolumeClaim>::all(client.clone());
-        tokio::spawn(follow(
-            cluster.clone(),
-            |c| &c.claims,
-            "PersistentVolumeClaim",
-            watcher::watcher(claims, config()),
-        ));
-        let volumes = Api::<PersistentVolume>::all(client);
-        tokio::spawn(follow(cluster.clone(), |c| &c.volumes, "PersistentVolume", watcher::watcher(volumes, config())));
+        spawn_follow(&cluster, |c| &c.service_accounts, accounts_writer, &metrics);
+        spawn_follow(&cluster, |c| &c.csi_drivers, drivers_writer, &metrics);
+        spawn_follow(&cluster, |c| &c.pods, pods_writer, &metrics);
+        spawn_follow(&cluster, |c| &c.claims, claims_writer, &metrics);
+        spawn_follow(&cluster, |c| &c.volumes, volumes_writer, &metrics);
         cluster
     }
 
@@ -170,21 +303,22 @@ impl LiveCluster {
     }
 
     /// The cache's answer, or on a miss one bounded, timed-out API call.
-    async fn lookup<K, T>(&self, cache: &Cache<T>, api: Api<K>, namespace: &str, name: &str) -> Lookup<T>
-    where
-        K: Resource + Clone + DeserializeOwned + Debug,
-        T: for<'a> From<&'a K>,
-    {
-        if let Some(found) = cache.get(namespace, name) {
-            return Ok(Some(found));
+    async fn lookup<V: Cached>(&self, cache: &Cache<V>, namespace: &str, name: &str) -> Lookup<V::Info> {
+        let kind = V::KIND.as_str();
+        let object = if namespace.is_empty() { name.to_string() } else { format!("{namespace}/{name}") };
+        let undecodable = |error: &str| LookupError(format!("{kind} {object} exists but does not decode ({error})"));
+        match cache.get(namespace, name) {
+            Some(Ok(found)) => return Ok(Some(found)),
+            Some(Err(error)) => return Err(undecodable(&error)),
+            None => {}
         }
+        let api = V::api(self.client.clone(), namespace);
         let key = (namespace.to_string(), name.to_string());
         let fetch = {
             let mut fetches = cache.fetches.lock().expect("fetch lock is never poisoned");
             fetches.retain(|_, (started, cell)| cell.get().is_none() || started.elapsed() < NOT_FOUND_TTL);
             fetches.entry(key.clone()).or_insert_with(|| (Instant::now(), Arc::new(OnceCell::new()))).1.clone()
         };
-        let kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or("object");
         let call = async {
             let _permit = self.fallbacks.acquire().await.map_err(|_| LookupError("shutting down".to_string()))?;
             api.get_opt(name).await.map_err(|err| LookupError(format!("API error reading {kind} {name}: {err}")))
@@ -192,7 +326,11 @@ impl LiveCluster {
         let answer = fetch
             .get_or_init(|| async {
                 match tokio::time::timeout(self.options.fallback_timeout, call).await {
-                    Ok(Ok(found)) => Ok(found.map(|object| Arc::new(T::from(&object)))),
+                    Ok(Ok(None)) => Ok(None),
+                    Ok(Ok(Some(object))) => match Entry::from(object).info {
+                        Ok(found) => Ok(Some(found)),
+                        Err(error) => Err(undecodable(&error)),
+                    },
                     Ok(Err(err)) => Err(err),
                     Err(_) => Err(LookupError(format!(
                         "timed out after {:?} reading {kind} {name} from the API server",
@@ -214,40 +352,39 @@ impl LiveCluster {
     }
 }
 
-/// Feeds one cache from its watch, retrying with backoff for as long as the process runs.
-async fn follow<K, T, S>(cluster: Arc<LiveCluster>, cache: fn(&LiveCluster) -> &Cache<T>, kind: &'static str, events: S)
-where
-    K: Resource + ResourceExt + Clone + Send + 'static,
-    T: for<'a> From<&'a K>,
-    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
-{
-    cache(&cluster).follow(kind, events.default_backoff()).await;
+/// Feeds one cache of `cluster` from a watch of every namespace.
+fn spawn_follow<V: Cached>(
+    cluster: &Arc<LiveCluster>,
+    cache: fn(&LiveCluster) -> &Cache<V>,
+    writer: reflector::store::Writer<Entry<V>>,
+    metrics: &Arc<Metrics>,
+) {
+    let (cluster, metrics) = (cluster.clone(), metrics.clone());
+    tokio::spawn(async move {
+        let api = Api::<DeserializeGuard<V>>::all_with(cluster.client.clone(), &());
+        cache(&cluster).follow(writer, api, &metrics).await;
+    });
 }
 
 impl Cluster for LiveCluster {
     async fn service_account(&self, namespace: &str, name: &str) -> Lookup<ServiceAccountInfo> {
-        let api = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace);
-        self.lookup(&self.service_accounts, api, namespace, name).await
+        self.lookup(&self.service_accounts, namespace, name).await
     }
 
     async fn csi_driver(&self, name: &str) -> Lookup<CsiDriverInfo> {
-        let api = Api::<CSIDriver>::all(self.client.clone());
-        self.lookup(&self.csi_drivers, api, "", name).await
+        self.lookup(&self.csi_drivers, "", name).await
     }
 
     async fn pod(&self, namespace: &str, name: &str) -> Lookup<PodInfo> {
-        let api = Api::<Pod>::namespaced(self.client.clone(), namespace);
-        self.lookup(&self.pods, api, namespace, name).await
+        self.lookup(&self.pods, namespace, name).await
     }
 
     async fn persistent_volume_claim(&self, namespace: &str, name: &str) -> Lookup<ClaimInfo> {
-        let api = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace);
-        self.lookup(&self.claims, api, namespace, name).await
+        self.lookup(&self.claims, namespace, name).await
     }
 
     async fn persistent_volume(&self, name: &str) -> Lookup<VolumeInfo> {
-        let api = Api::<PersistentVolume>::all(self.client.clone());
-        self.lookup(&self.volumes, api, "", name).await
+        self.lookup(&self.volumes, "", name).await
     }
 
     fn is_ready(&self) -> bool {

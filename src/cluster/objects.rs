@@ -8,6 +8,7 @@ use k8s_openapi::api::storage::v1::CSIDriver;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::views::{ClaimView, CsiDriverView, PersistentVolumeView, PodView, ServiceAccountView};
 use super::*;
 
 /// Objects of a cluster held in memory; lookups answer from here and never fail.
@@ -30,6 +31,11 @@ pub struct ObjectsError {
 }
 
 impl ObjectStore {
+    /// Adds a service account already reduced to what decisions read.
+    pub fn insert_service_account(&mut self, namespace: &str, name: &str, info: ServiceAccountInfo) {
+        self.service_accounts.insert((namespace.to_string(), name.to_string()), Arc::new(info));
+    }
+
     /// Adds one Kubernetes object; kinds decisions do not read (Namespaces, ConfigMaps, ...)
     /// are ignored. Returns whether the object was kept.
     pub fn insert(&mut self, object: &Value) -> Result<bool, ObjectsError> {
@@ -47,24 +53,24 @@ impl ObjectStore {
         let key = (namespace.clone(), name.clone());
         match (api_version, kind) {
             ("v1", "ServiceAccount") => {
-                let sa: ServiceAccount = decode(object, kind, &name)?;
-                self.service_accounts.insert(key, Arc::new((&sa).into()));
+                let view = decode::<ServiceAccount, ServiceAccountView>(object, kind, &name)?;
+                self.service_accounts.insert(key, Arc::new((&view).into()));
             }
             ("v1", "Pod") => {
-                let pod: Pod = decode(object, kind, &name)?;
-                self.pods.insert(key, Arc::new((&pod).into()));
+                let view = decode::<Pod, PodView>(object, kind, &name)?;
+                self.pods.insert(key, Arc::new((&view).into()));
             }
             ("v1", "PersistentVolumeClaim") => {
-                let claim: PersistentVolumeClaim = decode(object, kind, &name)?;
-                self.claims.insert(key, Arc::new((&claim).into()));
+                let view = decode::<PersistentVolumeClaim, ClaimView>(object, kind, &name)?;
+                self.claims.insert(key, Arc::new((&view).into()));
             }
             ("v1", "PersistentVolume") => {
-                let volume: PersistentVolume = decode(object, kind, &name)?;
-                self.volumes.insert(name, Arc::new((&volume).into()));
+                let view = decode::<PersistentVolume, PersistentVolumeView>(object, kind, &name)?;
+                self.volumes.insert(name, Arc::new((&view).into()));
             }
             ("storage.k8s.io/v1", "CSIDriver") => {
-                let driver: CSIDriver = decode(object, kind, &name)?;
-                self.csi_drivers.insert(name, Arc::new((&driver).into()));
+                let view = decode::<CSIDriver, CsiDriverView>(object, kind, &name)?;
+                self.csi_drivers.insert(name, Arc::new((&view).into()));
             }
             _ => return Ok(false),
         }
@@ -72,12 +78,18 @@ impl ObjectStore {
     }
 }
 
-fn decode<T: DeserializeOwned>(object: &Value, kind: &str, name: &str) -> Result<T, ObjectsError> {
-    T::deserialize(object).map_err(|e| ObjectsError {
-        kind: kind.to_string(),
-        name: name.to_string(),
-        message: e.to_string(),
-    })
+/// Checks the object against the full k8s-openapi type `Full` (files are written by people: a
+/// mistyped field is reported), then reads the reduced view lookups keep, the same one the
+/// watch caches keep.
+fn decode<Full: DeserializeOwned, View: DeserializeOwned>(
+    object: &Value,
+    kind: &str,
+    name: &str,
+) -> Result<View, ObjectsError> {
+    let error =
+        |e: serde_json::Error| ObjectsError { kind: kind.to_string(), name: name.to_string(), message: e.to_string() };
+    Full::deserialize(object).map_err(error)?;
+    View::deserialize(object).map_err(error)
 }
 
 fn get<T>(map: &HashMap<(String, String), Arc<T>>, namespace: &str, name: &str) -> Lookup<T> {

@@ -23,6 +23,7 @@
 //!   a single object (`merge`, `strategic-merge` (treated as merge), `json-patch` and `apply`
 //!   (server-side apply, treated as a merge that may create)). Writes to `events`
 //!   (`events.k8s.io/v1` or core `v1`) are also recorded for [`FakeApiServer::events`];
+//! - a resource made forbidden with [`FakeApiServer::forbid`]: `403 Forbidden` for every request;
 //! - anything else: a `404 NotFound` `Status`.
 //!
 //! Resource versions are one global counter, as in etcd. Objects are stored as JSON; `apply`
@@ -94,6 +95,7 @@ impl FakeApiServer {
             watch_delay: Mutex::new(Duration::ZERO),
             patches: AtomicUsize::new(0),
             refuse_patches: AtomicUsize::new(0),
+            forbidden: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let shutdown = shared.shutdown.clone();
@@ -192,6 +194,12 @@ impl FakeApiServer {
         self.shared.refuse_patches.store(count, Ordering::SeqCst);
     }
 
+    /// Refuses every request for a resource (by plural, e.g. `deployments`) with `403 Forbidden`,
+    /// as the real server does for a caller RBAC does not allow.
+    pub fn forbid(&self, plural: &str) {
+        self.shared.forbidden.lock().expect("forbidden lock").push(plural.to_string());
+    }
+
     /// Make single-object GETs (not list/watch) wait this long before answering.
     pub fn set_get_delay(&self, delay: Duration) {
         *self.shared.get_delay.lock().expect("delay lock") = delay;
@@ -205,6 +213,8 @@ impl Drop for FakeApiServer {
 }
 
 struct Shared {
+    /// Resources (plurals) every request for is refused with `403 Forbidden`.
+    forbidden: Mutex<Vec<String>>,
     store: Mutex<Store>,
     /// The latest resource version, to wake watches.
     changed: watch::Sender<u64>,
@@ -642,6 +652,15 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             None,
         );
     };
+    let plural = shared.lock().resources[route.resource].plural.clone();
+    if shared.forbidden.lock().expect("forbidden lock").contains(&plural) {
+        // The message of the real server's authorizer (k8s.io/apiserver forbidden()).
+        let verb = if query.flag("watch") { "watch" } else { "list" };
+        let message = format!(
+            "{plural} is forbidden: User \"system:anonymous\" cannot {verb} resource \"{plural}\" at the cluster scope"
+        );
+        return status(StatusCode::FORBIDDEN, "Forbidden", message, Some(json!({"kind": plural})));
+    }
     let body = match axum::body::to_bytes(body, 16 << 20).await {
         Ok(body) => body,
         Err(error) => return bad_request(format!("reading the body: {error}")),
@@ -700,24 +719,25 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
             }
         }
     };
-    let matching: Vec<(ObjectKey, Value)> = store
-        .objects_at(route.resource, version)
-        .into_iter()
+    // The current state is read in place (only the page is cloned); an older snapshot is rebuilt.
+    let snapshot = (version < store.version).then(|| store.objects_at(route.resource, version));
+    let objects = snapshot.as_ref().unwrap_or(&store.objects);
+    let mut matching = objects
+        .range(ObjectKey { resource: route.resource, namespace: String::new(), name: String::new() }..)
+        .take_while(|(key, _)| key.resource == route.resource)
         .filter(|(key, object)| in_scope(route, key) && selector.matches(object))
-        .filter(|(key, _)| after.as_ref().is_none_or(|(ns, name)| (&key.namespace, &key.name) > (ns, name)))
-        .collect();
-    let take = limit.unwrap_or(usize::MAX).min(matching.len());
-    let remaining = matching.len() - take;
+        .filter(|(key, _)| after.as_ref().is_none_or(|(ns, name)| (&key.namespace, &key.name) > (ns, name)));
+    let page: Vec<(&ObjectKey, &Value)> = matching.by_ref().take(limit.unwrap_or(usize::MAX)).collect();
+    let remaining = matching.count();
     let mut metadata = json!({"resourceVersion": version.to_string()});
     if remaining > 0 {
-        let (last, _) = &matching[take - 1];
+        let (last, _) = page.last().expect("a page before the remaining items");
         metadata["continue"] = json!(format!("{version}|{}|{}", last.namespace, last.name));
         metadata["remainingItemCount"] = json!(remaining);
     }
-    let items: Vec<Value> = matching
+    let items: Vec<Value> = page
         .into_iter()
-        .take(take)
-        .map(|(_, object)| if metadata_only { partial_metadata(&object) } else { object })
+        .map(|(_, object)| if metadata_only { partial_metadata(object) } else { object.clone() })
         .collect();
     let resource = &store.resources[route.resource];
     let (api_version, kind) = if metadata_only {
