@@ -179,16 +179,7 @@ pub struct InTreeView {
 impl InTreeView {
     /// The CSI driver CSI migration serves this in-tree volume with, if it is one.
     fn driver(&self) -> Option<&'static str> {
-        let set = [
-            self.aws_elastic_block_store.is_some(),
-            self.gce_persistent_disk.is_some(),
-            self.azure_disk.is_some(),
-            self.azure_file.is_some(),
-            self.cinder.is_some(),
-            self.vsphere_volume.is_some(),
-            self.portworx_volume.is_some(),
-        ];
-        automount::in_tree_driver(set).map(|(_, driver)| driver)
+        automount::in_tree_driver(automount::in_tree_types_set!(self)).map(|(_, driver)| driver)
     }
 }
 

@@ -66,6 +66,23 @@ pub fn lifetime(policy: &Policy, requested: u64, bound_to_pod: bool, api_server_
     Lifetime { requested, effective: if extended { policy.extended_seconds() } else { requested } }
 }
 
+/// Which of [`IN_TREE_VOLUME_DRIVERS`]' types a volume source sets, in that order, for any
+/// struct with those fields as `Option`s (a pod's volume, a PV's spec, their reduced views).
+macro_rules! in_tree_types_set {
+    ($source:expr) => {
+        [
+            $source.aws_elastic_block_store.is_some(),
+            $source.gce_persistent_disk.is_some(),
+            $source.azure_disk.is_some(),
+            $source.azure_file.is_some(),
+            $source.cinder.is_some(),
+            $source.vsphere_volume.is_some(),
+            $source.portworx_volume.is_some(),
+        ]
+    };
+}
+pub(crate) use in_tree_types_set;
+
 /// The in-tree volume type that is set and the CSI driver that serves it, given which of
 /// [`IN_TREE_VOLUME_DRIVERS`]' types are set, in that order.
 pub fn in_tree_driver(set: [bool; IN_TREE_VOLUME_DRIVERS.len()]) -> Option<(&'static str, &'static str)> {

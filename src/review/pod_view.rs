@@ -83,15 +83,7 @@ impl Volume {
         if let Some(csi) = &self.csi {
             return Some(("csi.driver", &csi.driver));
         }
-        automount::in_tree_driver([
-            self.aws_elastic_block_store.is_some(),
-            self.gce_persistent_disk.is_some(),
-            self.azure_disk.is_some(),
-            self.azure_file.is_some(),
-            self.cinder.is_some(),
-            self.vsphere_volume.is_some(),
-            self.portworx_volume.is_some(),
-        ])
+        automount::in_tree_driver(automount::in_tree_types_set!(self))
     }
 
     /// The `serviceAccountToken` sources of a projected volume, with their index in `sources`.
