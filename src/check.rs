@@ -71,6 +71,13 @@ pub struct FileError {
     pub message: String,
 }
 
+/// A kind an audit could not list, with the API server's reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnreadKind {
+    pub kind: String,
+    pub reason: String,
+}
+
 /// Everything `check` found.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -86,6 +93,10 @@ pub struct Report {
     pub violations: Vec<Finding>,
     pub notes: Vec<Note>,
     pub errors: Vec<FileError>,
+    /// Kinds `audit` could not list (a 403, a kind the server does not serve): the report
+    /// covers the others.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<UnreadKind>,
 }
 
 /// When a report fails the run.
@@ -161,6 +172,7 @@ pub async fn check(
         violations: Vec::new(),
         notes: Vec::new(),
         errors: Vec::new(),
+        unread: Vec::new(),
     };
     for document in documents {
         let object = &document.object;

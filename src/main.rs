@@ -10,7 +10,7 @@ use base64::Engine as _;
 use clap::Parser;
 use k8s_openapi::api::core::v1::ObjectReference;
 
-use tokengate::check::{CheckOptions, FileError, Gate, Report};
+use tokengate::check::{CheckOptions, FileError, Gate, Report, UnreadKind};
 use tokengate::cli::{
     AuditArgs, CheckArgs, Cli, Command, ExplainArgs, ExplainFormat, InitArgs, LogFormat, ManageWebhooksArgs,
     OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs, ServeArgs, WebhookArg, WebhooksArgs,
@@ -289,22 +289,16 @@ async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let audit = tokengate::audit::audit(client, &policy, args.namespace.as_deref(), progress)
         .await
         .map_err(|err| anyhow::anyhow!("listing the cluster: {err}"))?;
-    let code = print_report(&audit.report, args.output, Gate::default())?;
-    for unread in &audit.unread {
-        eprintln!("error: could not list {}: {}", unread.kind, unread.reason);
-    }
-    if !audit.unread.is_empty() {
-        eprintln!("the audit is incomplete: {} kind(s) could not be listed", audit.unread.len());
-        return Ok(ExitCode::from(EXIT_UNREADABLE));
-    }
-    Ok(code)
+    let mut report = audit.report;
+    report.unread = audit.unread.into_iter().map(|u| UnreadKind { kind: u.kind, reason: u.reason }).collect();
+    print_report(&report, args.output, Gate::default())
 }
 
 fn print_report(report: &Report, output: OutputFormat, gate: Gate) -> anyhow::Result<ExitCode> {
     let rendered = render(report, output, gate);
     print!("{}", rendered.stdout);
     eprint!("{}", rendered.stderr);
-    Ok(if !report.errors.is_empty() {
+    Ok(if !report.errors.is_empty() || !report.unread.is_empty() {
         ExitCode::from(EXIT_UNREADABLE)
     } else if report.fails(gate) {
         ExitCode::FAILURE

@@ -32,6 +32,12 @@ pub fn render(report: &Report, format: OutputFormat, gate: Gate) -> Rendered {
     for error in &report.errors {
         let _ = writeln!(stderr, "error: {}: {}", error.file.display(), error.message);
     }
+    for unread in &report.unread {
+        let _ = writeln!(stderr, "error: could not list {}: {}", unread.kind, unread.reason);
+    }
+    if !report.unread.is_empty() {
+        let _ = writeln!(stderr, "the audit is incomplete: {} kind(s) could not be listed", report.unread.len());
+    }
     for note in &report.notes {
         let _ = writeln!(stderr, "note: {}{}: {}", note.object.location(), note.object.describe(), note.message);
     }

@@ -460,6 +460,8 @@ async fn audit_reports_what_it_read_names_a_forbidden_kind_and_exits_2() {
     assert_eq!(json.status.code(), Some(2));
     let report: Value = serde_json::from_slice(&json.stdout).expect("a JSON report of what was read");
     assert!(report["violations"].as_array().is_some_and(|v| v.len() >= 4), "{report}");
+    assert_eq!(report["unread"][0]["kind"], "Deployment", "the JSON names what could not be read: {report}");
+    assert!(report["unread"][0]["reason"].as_str().is_some_and(|r| r.contains("forbidden")), "{report}");
 }
 
 #[tokio::test]
