@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cluster;
 pub mod explain;
 pub mod init;
+pub mod k8s;
 pub mod manifest;
 pub mod metrics;
 pub mod policy;

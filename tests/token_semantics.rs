@@ -360,6 +360,72 @@ async fn csi_drivers_must_send_tokens_in_secrets_where_the_policy_says_so() {
     assert_eq!(driver(Some(true)).answer(&policy).await["allowed"], json!(true));
 }
 
+/// Spellings of `boundObjectRef.apiVersion` the API server accepts (it does not validate the
+/// field): core, core with an empty group, unparsable, and other groups.
+const API_VERSION_SPELLINGS: [&str; 9] = ["v1", "/v1", "/", "", "a/b/c", "//", "v2", "apps/v1", "x/"];
+
+/// The group `schema.FromAPIVersionAndKind` reads from an apiVersion, restated from
+/// `ParseGroupVersion` (k8s.io/apimachinery/pkg/runtime/schema/group_version.go): `""` and `"/"`
+/// are the core group, no `/` is a core version, one `/` splits group and version, more is an
+/// error after which only the kind is kept (core group).
+fn upstream_group(api_version: &str) -> &str {
+    if api_version.is_empty() || api_version == "/" {
+        return "";
+    }
+    match api_version.matches('/').count() {
+        1 => api_version.split('/').next().unwrap_or_default(),
+        _ => "",
+    }
+}
+
+#[tokio::test]
+async fn a_pod_binding_is_read_as_the_api_server_reads_its_api_version() {
+    // A user's request for the API server audience, 3607 s, bound to a pod: a one-year token
+    // whenever the API server reads the binding as a core Pod, however apiVersion is spelled.
+    for api_version in API_VERSION_SPELLINGS {
+        let bound = json!({"apiVersion": api_version, "kind": "Pod", "name": "with-automount", "uid": "u1"});
+        let response = Review::token_request("web", json!([API]), 3607, bound).answer(&policy()).await;
+        let pod_binding = upstream_group(api_version).is_empty();
+        assert_eq!(response["allowed"], json!(!pod_binding), "apiVersion {api_version:?}: {response}");
+        if pod_binding {
+            assert!(message(&response).contains("extended by the API server to 31536000 s"), "{response}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kubelet_gets_no_unlisted_audience_on_the_automount_shape_once_api_server_audiences_are_known() {
+    let listed = policy();
+    let learned = Policy::parse_with_api_server_audiences(&policy_text("", &[]), &[API.to_string()]).expect("valid");
+    for (what, policy) in [("listed", &listed), ("learned", &learned)] {
+        for audience in ["sts.amazonaws.com", "https://attacker.example.com"] {
+            let review =
+                Review::token_request("web", json!([audience]), 3607, bound("with-automount", "u1")).by_node("node-1");
+            let response = review.answer(policy).await;
+            assert_eq!(response["allowed"], json!(false), "{what} {audience}: {response}");
+            assert!(message(&response).contains("is not referenced by pod team-a/with-automount"), "{response}");
+        }
+        // The automount token itself is still admitted.
+        let automount =
+            Review::token_request("web", json!([API]), 3607, bound("with-automount", "u1")).by_node("node-1");
+        assert_eq!(automount.answer(policy).await["allowed"], json!(true), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_node_asks_for_one_audience_entry_as_node_restriction_counts_them() {
+    let policy = policy();
+    // Pod "azure" reaches file.csi.azure.com, whose tokenRequests list vault.
+    let one = Review::token_request("web", json!(["vault"]), 3600, bound("azure", "u3")).by_node("node-1");
+    assert_eq!(one.answer(&policy).await["allowed"], json!(true));
+    for audiences in [json!(["vault", "vault"]), json!([API, API]), json!(["vault", API])] {
+        let review = Review::token_request("web", audiences.clone(), 3600, bound("azure", "u3")).by_node("node-1");
+        let response = review.answer(&policy).await;
+        assert_eq!(response["allowed"], json!(false), "{audiences}: {response}");
+        assert!(message(&response).contains("may request one audience per token, not 2"), "{response}");
+    }
+}
+
 proptest! {
     /// The lifetime tokengate judges equals upstream's rule, restated: `TokenREST.Create`
     /// extends a request when extension is on, the token is bound to a pod, it asks for exactly
@@ -369,6 +435,7 @@ proptest! {
         seconds in prop_oneof![Just(3607i64), Just(3600i64), 600i64..200_000],
         audiences in proptest::collection::vec(prop_oneof![Just(API), Just(API_2), Just("vault"), Just("")], 0..3),
         bound_kind in prop_oneof![Just("Pod"), Just("Secret"), Just("")],
+        api_version in proptest::sample::select(API_VERSION_SPELLINGS.to_vec()),
         extension_on in any::<bool>(),
     ) {
         let extended = if extension_on { 31_536_000 } else { 3607 };
@@ -376,10 +443,11 @@ proptest! {
         // denied one second below it.
         let upstream_effective = {
             let api_only = audiences.iter().all(|a| *a == API || *a == API_2 || a.is_empty());
-            if extension_on && bound_kind == "Pod" && seconds == 3607 && api_only { 31_536_000 } else { seconds as u64 }
+            let pod = bound_kind == "Pod" && upstream_group(api_version).is_empty();
+            if extension_on && pod && seconds == 3607 && api_only { 31_536_000 } else { seconds as u64 }
         };
         let bound = if bound_kind.is_empty() { Value::Null } else {
-            json!({"apiVersion": "v1", "kind": bound_kind, "name": "with-automount", "uid": "u1"})
+            json!({"apiVersion": api_version, "kind": bound_kind, "name": "with-automount", "uid": "u1"})
         };
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         for (max, expect_allowed) in [(upstream_effective, true), (upstream_effective - 1, false)] {

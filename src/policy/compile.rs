@@ -2,9 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use globset::{Glob, GlobSetBuilder};
+use globset::GlobSetBuilder;
 
-use super::document::{PolicyDocument, API_VERSION, KIND};
+use super::document::{PolicyDocument, API_VERSION, DEFAULT_POD_NAMESPACES, KIND};
 use super::globs::{Globs, LabelSelector};
 use super::*;
 use crate::review::automount::AUTOMOUNT_EXPIRATION_SECONDS;
@@ -186,7 +186,7 @@ pub(super) fn compile(document: PolicyDocument, learned: &[String]) -> Result<Po
             let (builder, owners, rules) =
                 builders.entry(audience.clone()).or_insert_with(|| (GlobSetBuilder::new(), Vec::new(), Vec::new()));
             for pattern in namespaces.patterns() {
-                if let Ok(glob) = Glob::new(pattern) {
+                if let Ok(glob) = super::globs::glob(pattern) {
                     builder.add(glob.clone());
                     owners.push(rules.len());
                     // In document order, so denial messages list allowed audiences stably.
@@ -242,6 +242,11 @@ pub(super) fn compile(document: PolicyDocument, learned: &[String]) -> Result<Po
 
         let exemptions = Exemptions {
             namespaces: Some(problems.globs("spec.exemptions.namespaces", Some(&spec.exemptions.namespaces))),
+            pod_namespaces: {
+                let default = || DEFAULT_POD_NAMESPACES.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+                let patterns = spec.exemptions.pod_namespaces.clone().unwrap_or_else(default);
+                problems.globs("spec.exemptions.podNamespaces", Some(&patterns))
+            },
             users: spec.exemptions.users.iter().cloned().collect(),
             groups: spec.exemptions.groups.iter().cloned().collect(),
         };

@@ -205,12 +205,20 @@ pub struct EnvSpec {
     pub value_from_service_account_annotation: Option<String>,
 }
 
+/// The default of `exemptions.podNamespaces`: the control plane's namespaces, so that system
+/// pods still start while tokengate is down.
+pub const DEFAULT_POD_NAMESPACES: [&str; 2] = ["kube-system", "kube-node-lease"];
+
 /// Requests that are allowed without checks.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExemptionsSpec {
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// Namespaces whose Pods and workload templates are neither checked nor mutated; absent =
+    /// [`DEFAULT_POD_NAMESPACES`]. TokenRequests, Secrets and CSIDrivers stay governed there.
+    #[serde(default)]
+    pub pod_namespaces: Option<Vec<String>>,
     #[serde(default)]
     pub users: Vec<String>,
     #[serde(default)]

@@ -2,22 +2,60 @@
 
 use std::collections::BTreeMap;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::document::LabelSelectorSpec;
 
 /// A compiled list of shell-style globs (`*`, `?`, `[abc]`, `{a,b}`); absent means "all".
+///
+/// This is the one reading of a glob in tokengate: decisions match with [`Globs::is_match`], and
+/// the webhook configurations' CEL matches with [`Globs::re2`], which is built from the very
+/// regular expressions globset compiles (so the two cannot drift).
 #[derive(Debug, Clone)]
 pub struct Globs {
     any: bool,
     set: GlobSet,
+    globs: Vec<Glob>,
     patterns: Vec<String>,
+}
+
+/// Why a glob pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlobError {
+    /// globset could not parse it.
+    #[error("{0}")]
+    Syntax(String),
+    /// It holds a character no Kubernetes name has (names are ASCII).
+    #[error("{0:?} is not ASCII; Kubernetes names are, so it could never match")]
+    NotAscii(String),
+}
+
+/// Compiles one pattern the way every glob of a policy is compiled: `{a,}` keeps its empty
+/// alternative (so `istio-system{,-*}` matches `istio-system`), and `/` is an ordinary
+/// character (names have none, so `**/x` matches `x`).
+pub fn glob(pattern: &str) -> Result<Glob, GlobError> {
+    if !pattern.is_ascii() {
+        return Err(GlobError::NotAscii(pattern.to_string()));
+    }
+    GlobBuilder::new(pattern).empty_alternates(true).build().map_err(|e| GlobError::Syntax(e.kind().to_string()))
+}
+
+/// One glob's regular expression in the syntax both RE2 (CEL's `matches()` in the API server)
+/// and Rust's `regex` read the same way: globset's own expression without its byte-mode flag
+/// `(?-u)` (which RE2 lacks) and its anchors. Exact for ASCII patterns and names, the only ones
+/// [`glob`] accepts: globset escapes every other ASCII punctuation character with `\`, which
+/// both read as the character itself.
+fn re2_body(glob: &Glob) -> &str {
+    let regex = glob.regex();
+    let regex = regex.strip_prefix("(?-u)").unwrap_or(regex);
+    let regex = regex.strip_prefix('^').unwrap_or(regex);
+    regex.strip_suffix('$').unwrap_or(regex)
 }
 
 impl Globs {
     /// Matches every name.
     pub fn any() -> Self {
-        Self { any: true, set: GlobSet::empty(), patterns: vec!["*".to_string()] }
+        Self { any: true, set: GlobSet::empty(), globs: Vec::new(), patterns: vec!["*".to_string()] }
     }
 
     /// Compiles `patterns` (`None` = all names); a pattern that does not compile is
@@ -25,12 +63,15 @@ impl Globs {
     pub fn compile(patterns: Option<&[String]>) -> Result<Self, (usize, String)> {
         let Some(patterns) = patterns else { return Ok(Self::any()) };
         let mut builder = GlobSetBuilder::new();
+        let mut globs = Vec::with_capacity(patterns.len());
         for (index, pattern) in patterns.iter().enumerate() {
-            builder.add(Glob::new(pattern).map_err(|e| (index, e.kind().to_string()))?);
+            let glob = glob(pattern).map_err(|e| (index, e.to_string()))?;
+            builder.add(glob.clone());
+            globs.push(glob);
         }
         let set = builder.build().map_err(|e| (0, e.to_string()))?;
         let any = patterns.iter().any(|p| p == "*");
-        Ok(Self { any, set, patterns: patterns.to_vec() })
+        Ok(Self { any, set, globs, patterns: patterns.to_vec() })
     }
 
     /// Whether `name` matches one of the patterns.
@@ -46,6 +87,24 @@ impl Globs {
     /// The patterns as written.
     pub fn patterns(&self) -> &[String] {
         &self.patterns
+    }
+
+    /// The compiled globs, in the order written (none when these match all names).
+    pub fn globs(&self) -> &[Glob] {
+        &self.globs
+    }
+
+    /// One anchored RE2 expression matching exactly the names [`Globs::is_match`] matches;
+    /// `None` when no name matches (an empty list).
+    pub fn re2(&self) -> Option<String> {
+        if self.any {
+            return Some("^.*$".to_string());
+        }
+        if self.globs.is_empty() {
+            return None;
+        }
+        let alternatives: Vec<&str> = self.globs.iter().map(re2_body).collect();
+        Some(format!("^(?:{})$", alternatives.join("|")))
     }
 
     /// Whether every name `pattern` can match is matched here: true when these globs match

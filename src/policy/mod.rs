@@ -174,9 +174,11 @@ pub enum EnvSource {
     ServiceAccountAnnotation(String),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Exemptions {
     namespaces: Option<Globs>,
+    /// `exemptions.podNamespaces`, its default filled in.
+    pod_namespaces: Globs,
     users: HashSet<String>,
     groups: HashSet<String>,
 }
@@ -414,6 +416,17 @@ impl Policy {
         &self.injections
     }
 
+    /// Whether Pods and workload templates in `namespace` are exempt
+    /// (`spec.exemptions.podNamespaces`, by default the control plane's namespaces).
+    pub fn exempts_pods_in(&self, namespace: Option<&str>) -> bool {
+        namespace.is_some_and(|namespace| self.exemptions.pod_namespaces.is_match(namespace))
+    }
+
+    /// The compiled `spec.exemptions.podNamespaces`, its default filled in.
+    pub fn exempt_pod_namespaces(&self) -> &Globs {
+        &self.exemptions.pod_namespaces
+    }
+
     /// Whether the requester or namespace is exempt from every check.
     pub fn is_exempt(&self, namespace: Option<&str>, user: &str, groups: &[String]) -> bool {
         let exemptions = &self.exemptions;
@@ -519,9 +532,9 @@ pub fn expiration_or_default(seconds: Option<i64>) -> u64 {
 
 /// Read access for rendering the policy elsewhere (the webhook configurations' match conditions).
 impl Policy {
-    /// The namespace globs of `spec.exemptions.namespaces`, as written.
-    pub fn exempt_namespaces(&self) -> &[String] {
-        self.exemptions.namespaces.as_ref().map_or(&[], |globs| globs.patterns())
+    /// The compiled `spec.exemptions.namespaces`.
+    pub fn exempt_namespaces(&self) -> Option<&Globs> {
+        self.exemptions.namespaces.as_ref()
     }
 
     /// `spec.exemptions.users`, sorted.

@@ -378,7 +378,9 @@ pub async fn decide<C: Cluster>(
         return Verdict::without_checks(subject, Decision::Ignored);
     }
     let user = &request.user_info;
-    if policy.is_exempt(request.namespace.as_deref(), &user.username, &user.groups) {
+    let namespace = request.namespace.as_deref();
+    let pod_exempt = matches!(subject, Subject::Pod | Subject::Workload(_)) && policy.exempts_pods_in(namespace);
+    if pod_exempt || policy.is_exempt(namespace, &user.username, &user.groups) {
         return Verdict::without_checks(subject, Decision::Exempt);
     }
     let Some(object) = &request.object else {

@@ -9,6 +9,7 @@ use super::admission::AdmissionRequest;
 use super::automount::{self, AUTOMOUNT_EXPIRATION_SECONDS};
 use super::{decode_object, Findings, Violation};
 use crate::cluster::{Cluster, PodInfo};
+use crate::k8s;
 use crate::policy::{describe_audience, expiration_or_default, Lifetime, Policy, Token};
 
 /// The fields of a TokenRequest that decisions read; everything else (new bound kinds,
@@ -44,11 +45,12 @@ struct BoundObjectRef {
 }
 
 impl BoundObjectRef {
-    /// Whether it names a core Pod (`apiVersion` empty or of the core group), as `TokenREST.Create`
-    /// reads it: only then does the API server bind the token to a pod and may extend it.
+    /// Whether it names a core Pod, as `TokenREST.Create` reads it (group `""` and kind `Pod`
+    /// after `schema.FromAPIVersionAndKind`, so `v1`, `/v1`, `/` and `a/b/c` all do): only then
+    /// does the API server bind the token to a pod and may extend it.
     fn is_pod(&self) -> bool {
         let api_version = self.api_version.as_deref().unwrap_or_default();
-        self.kind.as_deref() == Some("Pod") && !api_version.contains('/')
+        self.kind.as_deref() == Some("Pod") && k8s::api_group(api_version).is_empty()
     }
 }
 
@@ -58,6 +60,10 @@ struct Request<'a> {
     namespace: &'a str,
     service_account: &'a str,
     audiences: Vec<(String, &'a str)>,
+    /// How many audiences the request asked for as NodeRestriction counts them: the entries of
+    /// `spec.audiences`, except that distinct API server audiences count as one (the API server
+    /// fills all of them in, before validating webhooks, for a request that named none).
+    node_audience_count: usize,
     lifetime: Lifetime,
     bound: Option<&'a BoundObjectRef>,
 }
@@ -96,11 +102,14 @@ pub async fn validate<C: Cluster>(
     let bound = spec.bound_object_ref.as_ref();
     let bound_to_pod = bound.is_some_and(BoundObjectRef::is_pod);
     let api_server_only = audiences.iter().all(|(_, audience)| audience.is_empty());
+    let distinct_entries = requested.iter().collect::<BTreeSet<_>>().len() == requested.len();
+    let node_audience_count = if api_server_only && distinct_entries { 1 } else { requested.len() };
     let seconds = expiration_or_default(spec.expiration_seconds);
     let request = Request {
         namespace: admission.namespace.as_deref().unwrap_or_default(),
         service_account: admission.name.as_deref().unwrap_or_default(),
         audiences,
+        node_audience_count,
         lifetime: automount::lifetime(policy, seconds, bound_to_pod, api_server_only),
         bound,
     };
@@ -186,7 +195,12 @@ impl<C: Cluster> NodeCheck<'_, C> {
             }
             _ => return false,
         };
-        let unknown = self.unknown_audiences(&pod);
+        // Only while tokengate knows no API server audience (none listed, none learned) may an
+        // audience it cannot place stand for one on the request's shape; once it knows them,
+        // every other audience is checked like any other (upstream NodeRestriction, 1.33+,
+        // refuses a node's request for an audience its pod does not reference).
+        let unknown =
+            if self.policy.api_server_audiences().is_empty() { self.unknown_audiences(&pod) } else { Vec::new() };
         let automount_token = shaped
             && pod.has_automount_volume
             && request.audiences.iter().all(|(_, audience)| audience.is_empty() || unknown.contains(audience));
@@ -200,12 +214,13 @@ impl<C: Cluster> NodeCheck<'_, C> {
         if !enforce {
             return automount_token;
         }
-        // Several API server audiences are one audience here: the kubelet asked for none.
-        let distinct = if automount_token { 1 } else { request.distinct_audiences().len() };
-        if distinct > 1 {
+        // Upstream `admitServiceAccount` refuses a node's request with more than one entry in
+        // `spec.audiences` ("node may only request 0 or 1 audiences"), duplicates included.
+        let count = if automount_token { 1 } else { request.node_audience_count };
+        if count > 1 {
             violations.push(Violation::new(
                 "spec.audiences",
-                format!("node {node} may request one audience per token, not {distinct}"),
+                format!("node {node} may request one audience per token, not {count}"),
             ));
         }
         if bound_uid != pod.uid {

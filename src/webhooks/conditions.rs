@@ -19,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::globs::SelectorTerm;
+use crate::policy::globs::{Globs, SelectorTerm};
 use crate::policy::{Injection, Policy};
 use crate::review::automount::{
     AUTOMOUNT_EXPIRATION_SECONDS, AUTOMOUNT_TOKEN_PATH, AUTOMOUNT_VOLUME_PREFIX, IN_TREE_VOLUME_DRIVERS,
@@ -53,6 +53,7 @@ pub mod names {
     pub const EXEMPT_USERS: &str = "skip-exempt-users";
     pub const EXEMPT_GROUPS: &str = "skip-exempt-groups";
     pub const EXEMPT_NAMESPACES: &str = "skip-exempt-namespaces";
+    pub const EXEMPT_POD_NAMESPACES: &str = "skip-exempt-pod-namespaces";
     pub const MIRROR_PODS: &str = "skip-mirror-pods";
     pub const NO_INJECTION_MATCHES: &str = "skip-pods-no-injection-matches";
     pub const AUTOMOUNT_ONLY_PODS: &str = "skip-automount-only-pods-no-injection-matches";
@@ -84,14 +85,22 @@ pub fn common(policy: &Policy) -> Vec<MatchCondition> {
             format!("!has(request.userInfo.groups) || !request.userInfo.groups.exists(g, g in {})", cel_list(&groups)),
         ));
     }
-    let namespaces = policy.exempt_namespaces();
-    if !namespaces.is_empty() {
+    if let Some(regex) = policy.exempt_namespaces().and_then(Globs::re2) {
         conditions.push(MatchCondition::new(
             names::EXEMPT_NAMESPACES,
-            format!("!has(request.namespace) || !request.namespace.matches({})", cel_string(&globs_regex(namespaces))),
+            format!("!has(request.namespace) || !request.namespace.matches({})", cel_string(&regex)),
         ));
     }
     conditions
+}
+
+/// Pods and workload templates: not in `exemptions.podNamespaces` (none when it is empty).
+pub fn not_exempt_pod_namespace(policy: &Policy) -> Option<MatchCondition> {
+    let regex = policy.exempt_pod_namespaces().re2()?;
+    Some(MatchCondition::new(
+        names::EXEMPT_POD_NAMESPACES,
+        format!("!has(request.namespace) || !request.namespace.matches({})", cel_string(&regex)),
+    ))
 }
 
 /// Mirror pods (of static pods) are never mutated.
@@ -142,7 +151,8 @@ fn token_other_than_automount(v: &str) -> String {
 
 /// `false` when no injection can match any pod; otherwise one disjunct per injection.
 fn any_injection_may_match(policy: &Policy) -> String {
-    let terms: Vec<String> = policy.injections().iter().map(injection_may_match).collect();
+    let terms: Vec<String> =
+        policy.injections().iter().map(injection_may_match).filter(|term| term != "false").collect();
     if terms.iter().any(|t| t == "true") {
         return "true".to_string();
     }
@@ -156,8 +166,12 @@ fn any_injection_may_match(policy: &Policy) -> String {
 fn injection_may_match(injection: &Injection) -> String {
     let mut parts = Vec::new();
     if !injection.namespaces.matches_all() {
-        let regex = globs_regex(injection.namespaces.patterns());
-        parts.push(format!("has(request.namespace) && request.namespace.matches({})", cel_string(&regex)));
+        match injection.namespaces.re2() {
+            Some(regex) => {
+                parts.push(format!("has(request.namespace) && request.namespace.matches({})", cel_string(&regex)))
+            }
+            None => return "false".to_string(),
+        }
     }
     parts.extend(injection.pod_selector.terms().into_iter().map(selector_term));
     if parts.is_empty() {
@@ -299,90 +313,9 @@ fn cel_list(items: &[&str]) -> String {
     format!("[{}]", items.iter().map(|s| cel_string(s)).collect::<Vec<_>>().join(", "))
 }
 
-/// One anchored RE2 expression matching exactly the names that one of the globs matches, with
-/// the glob syntax the policy compiles (`globset` defaults): `*` any run of characters, `?` one
-/// character, `[abc]`/`[!abc]`/`[a-z]` classes, `{a,b}` alternatives, `\` escapes.
-pub fn globs_regex(patterns: &[String]) -> String {
-    let alternatives: Vec<String> = patterns.iter().map(|p| glob_regex(p)).collect();
-    format!("^(?:{})$", alternatives.join("|"))
-}
-
-fn glob_regex(pattern: &str) -> String {
-    let mut out = String::new();
-    let mut chars = pattern.chars().peekable();
-    let mut depth = 0usize;
-    while let Some(c) = chars.next() {
-        match c {
-            '*' => {
-                while chars.peek() == Some(&'*') {
-                    chars.next();
-                }
-                out.push_str(".*");
-            }
-            '?' => out.push('.'),
-            '[' => {
-                out.push('[');
-                if matches!(chars.peek(), Some('!') | Some('^')) {
-                    chars.next();
-                    out.push('^');
-                }
-                // A `]` right after the opening bracket is a member, not the end.
-                if chars.peek() == Some(&']') {
-                    chars.next();
-                    out.push_str("\\]");
-                }
-                for c in chars.by_ref() {
-                    match c {
-                        ']' => break,
-                        '\\' | '[' | '^' => {
-                            out.push('\\');
-                            out.push(c);
-                        }
-                        c => out.push(c),
-                    }
-                }
-                out.push(']');
-            }
-            '{' => {
-                depth += 1;
-                out.push_str("(?:");
-            }
-            '}' if depth > 0 => {
-                depth -= 1;
-                out.push(')');
-            }
-            ',' if depth > 0 => out.push('|'),
-            '\\' => match chars.next() {
-                Some(escaped) => push_literal(&mut out, escaped),
-                None => push_literal(&mut out, '\\'),
-            },
-            c => push_literal(&mut out, c),
-        }
-    }
-    out
-}
-
-fn push_literal(out: &mut String, c: char) {
-    if c.is_ascii_alphanumeric() || c == '-' || c == '_' || !c.is_ascii() {
-        out.push(c);
-    } else {
-        out.push('\\');
-        out.push(c);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs_become_anchored_alternatives() {
-        let owned = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(globs_regex(&owned(&["team-*"])), "^(?:team-.*)$");
-        assert_eq!(globs_regex(&owned(&["a?", "b"])), "^(?:a.|b)$");
-        assert_eq!(globs_regex(&owned(&["{dev,prod}-[!x]"])), "^(?:(?:dev|prod)-[^x])$");
-        assert_eq!(globs_regex(&owned(&["a.b"])), "^(?:a\\.b)$");
-    }
 
     #[test]
     fn cel_strings_escape_quotes_and_backslashes() {

@@ -23,8 +23,6 @@ pub const DEFAULT_CONFIGURATION_NAME: &str = "tokengate";
 pub const DEFAULT_NAMESPACE: &str = "tokengate-system";
 /// The port of the Service when `--service` names none.
 pub const DEFAULT_SERVICE_PORT: u16 = 443;
-/// Namespaces no webhook ever sees besides tokengate's own: the control plane's.
-const CONTROL_PLANE_NAMESPACES: [&str; 2] = ["kube-system", "kube-node-lease"];
 
 /// Where the API server reaches tokengate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,10 +249,12 @@ pub fn configurations_for_audiences(
         webhook
     };
 
+    let pod_namespaces: Vec<MatchCondition> = conditions::not_exempt_pod_namespace(policy).into_iter().collect();
+    let for_pods = |extra: Vec<MatchCondition>| pod_namespaces.iter().cloned().chain(extra).collect::<Vec<_>>();
     let pods = Rule::new("", &["pods"], &["CREATE"], "Namespaced");
     let mut mutate_pods = with(
         webhook(names::PODS_MUTATE, "/mutate", FailurePolicy::Fail, 2, vec![pods.clone()], true),
-        vec![conditions::not_mirror_pod(), conditions::pod_injection_may_match(policy)],
+        for_pods(vec![conditions::not_mirror_pod(), conditions::pod_injection_may_match(policy)]),
     );
     mutate_pods.reinvocation_policy = Some("IfNeeded".to_string());
 
@@ -273,7 +273,7 @@ pub fn configurations_for_audiences(
     let validating_webhooks = vec![
         with(
             validate(names::PODS_VALIDATE, FailurePolicy::Fail, vec![pods], true),
-            vec![conditions::pod_needs_checks(policy)],
+            for_pods(vec![conditions::pod_needs_checks(policy)]),
         ),
         with(
             validate(
@@ -295,7 +295,7 @@ pub fn configurations_for_audiences(
         ),
         with(
             validate(names::WORKLOADS, FailurePolicy::Ignore, workload_rules, true),
-            conditions::workload_template_changes(),
+            for_pods(conditions::workload_template_changes()),
         ),
         with(
             validate(
@@ -320,15 +320,12 @@ pub fn configurations_for_audiences(
     }
 }
 
-/// Skips the control plane's namespaces and tokengate's own by `kubernetes.io/metadata.name`,
-/// which the API server sets and a namespace cannot fake.
+/// Skips tokengate's own namespace, and only it, by `kubernetes.io/metadata.name`, which the API
+/// server sets and a namespace cannot fake: tokengate's pods must start while it is down. Every
+/// other namespace the configurations leave out is one the policy exempts, in matchConditions.
 fn namespace_selector(own_namespace: &str) -> serde_json::Value {
-    let mut values: Vec<&str> = CONTROL_PLANE_NAMESPACES.to_vec();
-    if !values.contains(&own_namespace) {
-        values.push(own_namespace);
-    }
     serde_json::json!({
-        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": values}]
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [own_namespace]}]
     })
 }
 
@@ -360,10 +357,13 @@ fn header_comments(policy: &Policy) -> Vec<String> {
     let mut lines: Vec<String> = [
         "tokengate's webhooks, computed from the policy by `tokengate webhooks`: do not edit by hand.",
         "Every webhook:",
-        "- skips kube-system, kube-node-lease and tokengate's own namespace by `kubernetes.io/metadata.name`",
-        "  (set by the control plane; a namespace cannot fake it);",
+        "- skips tokengate's own namespace by `kubernetes.io/metadata.name` (set by the control plane; a",
+        "  namespace cannot fake it), so that tokengate's own pods start while it is down;",
         "- skips requests from the group `tokengate:breakglass` and the policy's exemptions (matchConditions),",
         "  usable also for cluster-scoped CSIDrivers that no namespaceSelector covers;",
+        "- the pod and workload webhooks also skip `exemptions.podNamespaces` (default kube-system and",
+        "  kube-node-lease: system pods start while tokengate is down); TokenRequests and legacy token",
+        "  Secrets there stay governed;",
         "- has no side effects, speaks admission.k8s.io/v1 only, and answers within a small timeout.",
         "The matchConditions keep every request tokengate would allow unchanged inside the API server, so",
         "while tokengate is down only requests whose answer it could change fail (failurePolicy: Fail):",

@@ -61,7 +61,7 @@ fn every_webhook_keeps_the_properties_of_the_shipped_configuration() {
         let excluded = webhook.namespace_selector.as_ref().map(|s| s["matchExpressions"][0]["values"].clone());
         match webhook.name.as_str() {
             names::CSI_DRIVERS => assert!(excluded.is_none(), "cluster-scoped"),
-            _ => assert_eq!(excluded, Some(serde_json::json!(["kube-system", "kube-node-lease", "tokengate-system"]))),
+            _ => assert_eq!(excluded, Some(serde_json::json!(["tokengate-system"])), "only its own namespace"),
         }
         let expected = if webhook.name == names::WORKLOADS { FailurePolicy::Ignore } else { FailurePolicy::Fail };
         assert_eq!(webhook.failure_policy, expected, "{}", webhook.name);
