@@ -65,8 +65,9 @@ pub mod names {
     pub const WORKLOAD_UPDATES_KEEPING_THE_TEMPLATE: &str = "skip-workload-updates-keeping-the-pod-template";
 }
 
-/// The conditions of every webhook: the break-glass group and the policy's exemptions.
-pub fn common(policy: &Policy) -> Vec<MatchCondition> {
+/// The conditions of every webhook: the break-glass group and the policy's exemptions (the
+/// namespace exemptions only where requests have a namespace).
+pub fn common(policy: &Policy, namespaced: bool) -> Vec<MatchCondition> {
     let mut conditions = vec![MatchCondition::new(
         names::BREAKGLASS,
         format!("!has(request.userInfo.groups) || !({} in request.userInfo.groups)", cel_string(BREAKGLASS_GROUP)),
@@ -85,7 +86,7 @@ pub fn common(policy: &Policy) -> Vec<MatchCondition> {
             format!("!has(request.userInfo.groups) || !request.userInfo.groups.exists(g, g in {})", cel_list(&groups)),
         ));
     }
-    if let Some(regex) = policy.exempt_namespaces().and_then(Globs::re2) {
+    if let Some(regex) = policy.exempt_namespaces().and_then(Globs::re2).filter(|_| namespaced) {
         conditions.push(MatchCondition::new(
             names::EXEMPT_NAMESPACES,
             format!("!has(request.namespace) || !request.namespace.matches({})", cel_string(&regex)),

@@ -230,7 +230,6 @@ pub fn configurations_for_audiences(
     options: &Options,
     api_server_audiences: &[String],
 ) -> Configurations {
-    let common = conditions::common(policy);
     let webhook = |name: &str, path: &str, failure_policy, timeout_seconds, rules, namespaced: bool| Webhook {
         name: name.to_string(),
         admission_review_versions: vec!["v1".to_string()],
@@ -242,7 +241,7 @@ pub fn configurations_for_audiences(
         client_config: options.client_config(path),
         rules,
         namespace_selector: namespaced.then(|| namespace_selector(options.own_namespace())),
-        match_conditions: common.clone(),
+        match_conditions: conditions::common(policy, namespaced),
     };
     let with = |mut webhook: Webhook, extra: Vec<MatchCondition>| {
         webhook.match_conditions.extend(extra);
