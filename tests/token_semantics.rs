@@ -337,6 +337,31 @@ async fn workload_updates_are_judged_only_on_what_they_change_in_the_template() 
 }
 
 #[tokio::test]
+async fn a_grandfathered_token_that_changes_is_judged_as_new() {
+    let policy = policy();
+    let with_seconds = |seconds: u64| {
+        let mut object = replica_set(3, "gcp", false);
+        object["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
+            ["expirationSeconds"] = json!(seconds);
+        object
+    };
+    // The disallowed audience was there before: its message is the same whatever the lifetime,
+    // but a token that now lives 2^32 s is not the token that was grandfathered.
+    let longer = Review::new("apps", "ReplicaSet", "replicasets", Some("team-a"), with_seconds(4_294_967_296))
+        .update(with_seconds(3600));
+    let response = longer.answer(&policy).await;
+    assert_eq!(response["allowed"], json!(false), "{response}");
+    assert!(message(&response).contains("\"gcp\""), "{response}");
+    let path = Review::new("apps", "ReplicaSet", "replicasets", Some("team-a"), {
+        let mut object = with_seconds(3600);
+        object["spec"]["template"]["spec"]["containers"][0]["image"] = json!("app:2");
+        object
+    })
+    .update(with_seconds(3600));
+    assert_eq!(path.answer(&policy).await["allowed"], json!(true), "an unchanged token stays grandfathered");
+}
+
+#[tokio::test]
 async fn csi_drivers_must_send_tokens_in_secrets_where_the_policy_says_so() {
     let policy = policy();
     let driver = |in_secrets: Option<bool>| {

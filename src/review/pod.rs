@@ -87,9 +87,10 @@ async fn mutate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C
 
 /// Workload CREATE/UPDATE: the pod checks on the template, so problems surface at apply time.
 /// On UPDATE only a changed template is judged, and only for violations the old template did
-/// not already have: controllers scale and garbage-collect workloads by UPDATE without touching
-/// the template, and refusing those would stall rollouts and deletions. An object being
-/// deleted is not judged.
+/// not already have about the same thing: controllers scale and garbage-collect workloads by
+/// UPDATE without touching the template, and refusing those would stall rollouts and
+/// deletions. A token that changed in any way (source, audience, lifetime) is judged as new,
+/// however its violation is worded. An object being deleted is not judged.
 pub async fn validate_workload<C: Cluster>(
     object: &RawValue,
     old_object: Option<&RawValue>,
@@ -112,13 +113,17 @@ pub async fn validate_workload<C: Cluster>(
     if old_template.as_ref() == Some(&template) {
         return Findings::default();
     }
-    let mut findings = validate_template(&template, kind, namespace, policy, cluster).await;
+    let mut judged = validate_template(&template, kind, namespace, policy, cluster).await;
     if let Some(old_template) = &old_template {
         let before = validate_template(old_template, kind, namespace, policy, cluster).await;
-        findings.violations.retain(|violation| !before.violations.contains(violation));
+        judged.retain(|violation| !before.contains(violation));
     }
-    findings
+    Findings { violations: judged.into_iter().map(|(violation, _)| violation).collect(), ..Findings::default() }
 }
+
+/// A template's violation and what it is about: the token it judges (where it comes from, its
+/// audience and lifetime), or nothing more than its own words for any other violation.
+type Judged = (Violation, Option<String>);
 
 /// The pod checks on one template. Missing injections are not violations here (the mutating
 /// webhook adds them to each pod), but collisions are, since every pod of the workload would be
@@ -129,18 +134,32 @@ async fn validate_template<C: Cluster>(
     namespace: &str,
     policy: &Policy,
     cluster: &C,
-) -> Findings {
-    let mut findings = Findings::default();
+) -> Vec<Judged> {
     let field = format!("{}.spec", kind.template_path().join("."));
-    let Some(view) = PodView::new(template, namespace, field) else { return findings };
-    check_tokens(&view, policy, cluster, &mut findings).await;
+    let Some(view) = PodView::new(template, namespace, field) else { return Vec::new() };
+    let mut judged: Vec<Judged> = Vec::new();
+    for found in credentials::pod_credentials(&view, policy, cluster).await {
+        match found {
+            Found::Token(credential @ Credential { outcome: Outcome::Denied(_), .. }) => {
+                let about =
+                    format!("{:?} {:?} {:?}", credential.origin, credential.written_audience, credential.lifetime);
+                if let Outcome::Denied(violation) = credential.outcome {
+                    judged.push((violation, Some(about)));
+                }
+            }
+            Found::LookupFailed { violation, .. } => judged.push((violation, None)),
+            Found::Token(_) => {}
+        }
+    }
+    let mut findings = Findings::default();
     let service_account = service_account_for(&view, policy, cluster, &mut findings).await;
     for planned in inject::plan(&view, policy, service_account.as_ref(), &mut Vec::new()) {
         if let State::Collision(violation) = planned.state {
             findings.violations.push(violation);
         }
     }
-    findings
+    judged.extend(findings.violations.into_iter().map(|violation| (violation, None)));
+    judged
 }
 
 /// The Pod of the request: decoded already, or now.
