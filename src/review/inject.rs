@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::pod_view::{Container, PodSpec, PodView, Volume};
 use super::Violation;
 use crate::cluster::ServiceAccountInfo;
+use crate::k8s;
 use crate::policy::{expiration_or_default, EnvSource, Injection, Policy};
 
 /// Pod annotation listing injections (comma-separated) that the pod opts out of; honoured
@@ -174,17 +175,22 @@ fn plan_one(
         let container = slot.container(spec);
         let slot_field = slot.field(field);
         let mounts = container.volume_mounts.as_deref().unwrap_or_default();
-        match mounts.iter().position(|m| m.mount_path == injection.mount_path) {
-            Some(j) if mounts[j].name == wanted.name => {}
-            Some(j) => {
-                return State::Collision(Violation::new(
-                    format!("{slot_field}.volumeMounts[{j}].mountPath"),
-                    format!(
-                        "{:?} already mounts volume {:?}; injection {name:?} mounts {:?} there",
-                        injection.mount_path, mounts[j].name, wanted.name
-                    ),
-                ))
-            }
+        // The runtime resolves mount paths (`/x/` is `/x`), and a mount at or beneath the
+        // injected path shows another volume where the token should be.
+        let shadowing =
+            mounts.iter().position(|m| m.name != wanted.name && k8s::is_within(&m.mount_path, &injection.mount_path));
+        if let Some(j) = shadowing {
+            return State::Collision(Violation::new(
+                format!("{slot_field}.volumeMounts[{j}].mountPath"),
+                format!(
+                    "{:?} mounts volume {:?} at or beneath {:?}, where injection {name:?} mounts {:?}; remove that mount",
+                    mounts[j].mount_path, mounts[j].name, injection.mount_path, wanted.name
+                ),
+            ));
+        }
+        let clean = k8s::clean_path(&injection.mount_path);
+        match mounts.iter().position(|m| k8s::clean_path(&m.mount_path) == clean) {
+            Some(_) => {}
             None => {
                 additions
                     .mounts
@@ -212,7 +218,9 @@ fn plan_one(
                     }
                 }
             };
-            let existing = env.iter().position(|e| e.name == var.name);
+            // The kubelet keeps the last entry of a name (`makeEnvironmentVariables` in
+            // pkg/kubelet/kubelet_pods.go builds a map in order), so that is the one to judge.
+            let existing = env.iter().rposition(|e| e.name == var.name);
             let pending = pending_env.get(&(slot, var.name.clone()));
             match (existing, pending) {
                 (Some(k), _) if env[k].value.as_deref() == Some(&value) && env[k].value_from.is_none() => {}

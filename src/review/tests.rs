@@ -285,6 +285,46 @@ fn an_existing_variable_with_the_same_value_is_no_collision() {
 }
 
 #[test]
+fn an_injection_is_present_only_as_the_kubelet_and_the_runtime_see_it() {
+    let volumes = json!([token_volume("aws-iam-token", "sts.amazonaws.com", 86400), {"name": "mine", "emptyDir": {}}]);
+    let right = json!({"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::1:role/r"});
+    let wrong = json!({"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::2:role/attacker"});
+    let mount = json!({"name": "aws-iam-token", "mountPath": "/var/run/aws"});
+    let cases = [
+        // The kubelet keeps the last of two entries of one variable.
+        (json!([{"name": "app", "env": [right, wrong], "volumeMounts": [mount]}]), "spec.containers[0].env[1]"),
+        // `/var/run/aws/` is where the token is mounted, and the later mount wins there.
+        (
+            json!([{"name": "app", "env": [right],
+                    "volumeMounts": [mount, {"name": "mine", "mountPath": "/var/run/aws/"}]}]),
+            "spec.containers[0].volumeMounts[1].mountPath",
+        ),
+        // A mount beneath the injected path hides the token file.
+        (
+            json!([{"name": "app", "env": [right],
+                    "volumeMounts": [mount, {"name": "mine", "mountPath": "/var/run/aws/token"}]}]),
+            "spec.containers[0].volumeMounts[1].mountPath",
+        ),
+    ];
+    for (containers, field) in cases {
+        let object = mk_pod("irsa", volumes.clone(), containers);
+        for webhook in [Webhook::Mutate, Webhook::Validate] {
+            let verdict = pod(webhook, &object);
+            assert_eq!(verdict.decision, Decision::Denied, "{field} on {webhook:?}");
+            assert_eq!(fields(&verdict), [field]);
+        }
+    }
+    // The injected mount written with a trailing slash is the same mount.
+    let object = mk_pod(
+        "irsa",
+        volumes,
+        json!([{"name": "app", "env": [wrong, right], "volumeMounts": [{"name": "aws-iam-token", "mountPath": "/var/run/aws/"}]}]),
+    );
+    assert_eq!(pod(Webhook::Validate, &object).decision, Decision::Allowed);
+    assert_eq!(pod(Webhook::Mutate, &object).decision, Decision::Allowed);
+}
+
+#[test]
 fn pod_authors_cannot_skip_required_injections() {
     let mut object = mk_pod("irsa", json!([]), json!([{"name": "app"}]));
     object["metadata"]["annotations"] = json!({SKIP_ANNOTATION: "aws"});
