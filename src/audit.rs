@@ -21,20 +21,22 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::check::{self, CheckOptions, Finding, ObjectRef, Report};
 use crate::cluster::views::ServiceAccountView;
 use crate::cluster::{ObjectStore, ServiceAccountInfo};
 use crate::manifest::Document;
 use crate::policy::{EnvSource, Policy};
+use crate::report::{Finding, ObjectRef, Report};
 use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
 use crate::review::WorkloadKind;
+use crate::simulate::{self, Extras};
 
 /// Objects listed per API call: one page is decoded, judged and dropped before the next.
 const PAGE_SIZE: u32 = 250;
 
 /// Objects read from a cluster are judged as they run (no mutation is simulated) and always name
 /// their namespace.
-const CHECK_OPTIONS: CheckOptions<'static> = CheckOptions { default_namespace: "default", mutate_pods_first: false };
+const OPTIONS: simulate::Options<'static> =
+    simulate::Options { default_namespace: "default", mutate_pods_first: false };
 
 /// How legacy token Secrets are named in progress and in [`Audit::unread`].
 const LEGACY_TOKEN_SECRETS: &str = "Secret (legacy token)";
@@ -76,8 +78,7 @@ pub async fn audit(
     progress: impl Fn(&str, usize),
 ) -> Result<Audit, AuditError> {
     let lookups = ObjectStore::default();
-    // The report of nothing yet, in whatever shape `check` gives it.
-    let report = check::check(policy, &[], &lookups, CHECK_OPTIONS).await;
+    let report = Report::empty(policy.mode().as_str());
     let mut auditor = Auditor {
         client,
         namespace: namespace.map(str::to_string),
@@ -288,7 +289,7 @@ impl Auditor<'_> {
     /// Judges a page of objects and keeps only the findings.
     async fn judge(&mut self, objects: Vec<Value>) {
         let documents: Vec<Document> = objects.into_iter().map(Document::from_cluster).collect();
-        let page = check::check(self.policy, &documents, &self.lookups, CHECK_OPTIONS).await;
+        let page = simulate::judge(self.policy, &documents, &self.lookups, &Extras::default(), OPTIONS).await;
         self.audit.report.checked += page.checked;
         self.audit.report.violations.extend(page.violations);
     }

@@ -1,7 +1,6 @@
 //! tokengate: governs which service-account tokens a Kubernetes cluster may mint.
 
 pub mod audit;
-pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod explain;
@@ -14,5 +13,6 @@ pub mod positions;
 pub mod report;
 pub mod review;
 pub mod server;
+pub mod simulate;
 pub mod source;
 pub mod webhooks;

@@ -10,7 +10,6 @@ use base64::Engine as _;
 use clap::Parser;
 use k8s_openapi::api::core::v1::ObjectReference;
 
-use tokengate::check::{CheckOptions, FileError, Gate, Report, UnreadKind};
 use tokengate::cli::{
     AuditArgs, CheckArgs, Cli, Command, ExplainArgs, ExplainFormat, InitArgs, LogFormat, ManageWebhooksArgs,
     OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs, ServeArgs, WebhookArg, WebhooksArgs,
@@ -22,9 +21,11 @@ use tokengate::manifest::{self, Document};
 use tokengate::metrics::Metrics;
 use tokengate::policy::{Policy, PolicyError};
 use tokengate::report::render;
+use tokengate::report::{FileError, Gate, Report, UnreadKind};
 use tokengate::review::{self, Reply, Webhook};
 use tokengate::server::tls::CertificateFiles;
 use tokengate::server::{self, ServerConfig};
+use tokengate::simulate::{self, Extras};
 use tokengate::source::{self, PolicyPublisher, PolicyReceiver};
 use tokengate::webhooks::manage::{self, ManageOptions};
 use tokengate::webhooks::{self, Endpoint};
@@ -97,7 +98,14 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             serve_with(&args, policy, LiveCluster::start(client, options, metrics.clone()), metrics, manager).await
         }
         None => {
-            serve_with(&args, policy, Arc::new(load_objects(&args.objects, &[], "default")?), metrics, manager).await
+            serve_with(
+                &args,
+                policy,
+                Arc::new(load_offline_cluster(&args.objects, &[], "default")?.0),
+                metrics,
+                manager,
+            )
+            .await
         }
     }
 }
@@ -233,7 +241,7 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 
 async fn run_review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
-    let cluster = load_objects(&args.objects, &[], "default")?;
+    let (cluster, _) = load_offline_cluster(&args.objects, &[], "default")?;
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body).context("reading the AdmissionReview from stdin")?;
     let webhook = match args.webhook {
@@ -257,9 +265,9 @@ async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
     let exclude = exclude_globs(&args.exclude)?;
     let loaded = manifest::load_inputs(&args.paths, &exclude);
-    let cluster = load_objects(&args.objects, &loaded.documents, &args.namespace)?;
-    let options = CheckOptions { default_namespace: &args.namespace, mutate_pods_first: true };
-    let mut report = tokengate::check::check(&policy, &loaded.documents, &cluster, options).await;
+    let (cluster, extras) = load_offline_cluster(&args.objects, &loaded.documents, &args.namespace)?;
+    let options = simulate::Options { default_namespace: &args.namespace, mutate_pods_first: true };
+    let mut report = simulate::judge(&policy, &loaded.documents, &cluster, &extras, options).await;
     report.errors = loaded.errors.into_iter().map(|e| FileError { file: e.path, message: e.message }).collect();
     let gate = Gate { fail_on_warn: args.fail_on_warn, strict: args.strict };
     print_report(&report, args.output, gate)
@@ -344,26 +352,34 @@ fn load_policy(file: &Path) -> anyhow::Result<Policy> {
     })
 }
 
-/// The offline cluster: objects from `--objects` files plus those found among manifests;
-/// namespace-less objects are in `default_namespace`.
-fn load_objects(files: &[PathBuf], documents: &[Document], default_namespace: &str) -> anyhow::Result<ObjectStore> {
+/// The offline cluster: objects from `--objects` files plus those found among manifests, for
+/// lookups and for what offline commands read beyond them ([`Extras`]); namespace-less objects
+/// are in `default_namespace`.
+fn load_offline_cluster(
+    files: &[PathBuf],
+    documents: &[Document],
+    default_namespace: &str,
+) -> anyhow::Result<(ObjectStore, Extras)> {
     let mut store = ObjectStore::default();
-    for (file, document) in files.iter().map(|f| (f, manifest::load_paths(std::slice::from_ref(f)))) {
-        for document in document? {
+    let mut objects = Vec::new();
+    for file in files {
+        for document in manifest::load_paths(std::slice::from_ref(file))? {
             store
                 .insert_in(&document.object, default_namespace)
                 .with_context(|| format!("reading objects from {}", file.display()))?;
+            objects.push(document);
         }
     }
     // A manifest that does not decode is reported by the check itself.
     for document in documents {
         let _ = store.insert_in(&document.object, default_namespace);
     }
-    Ok(store)
+    let extras = Extras::from_documents(objects.iter().chain(documents), default_namespace);
+    Ok((store, extras))
 }
 
 async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    use tokengate::explain::{self, ExplainOptions, Extras};
+    use tokengate::explain;
     let needs_client = args.pod.is_some() || args.policy.policy_configmap.is_some();
     let client = if needs_client { Some(kube_client(&ClientOptions::default()).await?) } else { None };
     let policy = match (&args.policy, &client) {
@@ -377,17 +393,13 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let report = match (&args.pod, client) {
         (Some(pod), Some(client)) => {
             let live = explain::live::fetch_pod(client, &pod.namespace, &pod.name).await?;
-            let options = ExplainOptions { default_namespace: &pod.namespace, mutate_first: false };
+            let options = simulate::Options { default_namespace: &pod.namespace, mutate_pods_first: false };
             explain::explain(&policy, &live.documents, &live.store, &live.extras, options).await
         }
         _ => {
             let documents = manifest::load_paths(&args.paths)?;
-            let cluster = load_objects(&args.objects, &documents, &args.namespace)?;
-            let mut extras = Extras::default();
-            for document in manifest::load_paths(&args.objects)?.iter().chain(&documents) {
-                extras.insert(&document.object, &args.namespace);
-            }
-            let options = ExplainOptions { default_namespace: &args.namespace, mutate_first: true };
+            let (cluster, extras) = load_offline_cluster(&args.objects, &documents, &args.namespace)?;
+            let options = simulate::Options { default_namespace: &args.namespace, mutate_pods_first: true };
             explain::explain(&policy, &documents, &cluster, &extras, options).await
         }
     };

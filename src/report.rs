@@ -1,9 +1,159 @@
-//! Printing a `check` or `audit` report for people and for CI tools: text, JSON, JUnit XML, and
-//! GitHub workflow annotations.
+//! The report of `check` and `audit` (what was found, where), and its printing for people and
+//! for CI tools: text, JSON, JUnit XML, and GitHub workflow annotations.
 
 use std::fmt::Write as _;
 
-use crate::check::{Finding, Gate, Report};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::policy::Mode;
+
+/// Which object a finding is about, and where it was read.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectRef {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// `Kind namespace/name`.
+    pub fn describe(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+
+    /// `file:line: ` (or `file: `), or nothing for objects read from a cluster.
+    pub fn location(&self) -> String {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => format!("{}:{line}: ", file.display()),
+            (Some(file), None) => format!("{}: ", file.display()),
+            _ => String::new(),
+        }
+    }
+}
+
+/// One violation of one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    #[serde(flatten)]
+    pub object: ObjectRef,
+    pub field: String,
+    pub message: String,
+}
+
+/// Something a check could not verify, e.g. a lookup that found nothing among the objects.
+#[derive(Debug, Clone, Serialize)]
+pub struct Note {
+    #[serde(flatten)]
+    pub object: ObjectRef,
+    pub message: String,
+}
+
+/// A file that could not be read; the others were still checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+/// A kind an audit could not list, with the API server's reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnreadKind {
+    pub kind: String,
+    pub reason: String,
+}
+
+/// Everything `check` found.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// The policy mode, which decides whether findings fail the check.
+    pub mode: &'static str,
+    /// How many objects tokengate governs were checked (Pods, workloads, CSIDrivers, legacy
+    /// token Secrets).
+    pub checked: usize,
+    /// The objects tokengate does not govern, counted by kind (ConfigMaps, CRDs such as Argo
+    /// Rollouts, Secrets of other types, ...).
+    pub skipped: BTreeMap<String, usize>,
+    pub violations: Vec<Finding>,
+    pub notes: Vec<Note>,
+    pub errors: Vec<FileError>,
+    /// Kinds `audit` could not list (a 403, a kind the server does not serve): the report
+    /// covers the others.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<UnreadKind>,
+}
+
+/// When a report fails the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gate {
+    /// Fail on violations whatever the policy mode (Warn and Audit too).
+    pub fail_on_warn: bool,
+    /// Fail when something could not be checked: a lookup found nothing, or no object was
+    /// checked at all.
+    pub strict: bool,
+}
+
+impl Report {
+    /// A report of nothing yet, under a policy of `mode`.
+    pub fn empty(mode: &'static str) -> Self {
+        Report {
+            mode,
+            checked: 0,
+            skipped: BTreeMap::new(),
+            violations: Vec::new(),
+            notes: Vec::new(),
+            errors: Vec::new(),
+            unread: Vec::new(),
+        }
+    }
+
+    /// Whether the violations would be denied at admission (Enforce mode), or the gate asks
+    /// for more.
+    pub fn fails(&self, gate: Gate) -> bool {
+        let denied = !self.violations.is_empty() && (self.mode == Mode::Enforce.as_str() || gate.fail_on_warn);
+        let unverified = gate.strict && (!self.notes.is_empty() || self.checked == 0);
+        denied || unverified
+    }
+
+    /// One line per violation: `file:line: Kind namespace/name: field: message` (no location
+    /// for objects read from a cluster).
+    pub fn to_text(&self) -> String {
+        self.violations
+            .iter()
+            .map(|f| format!("{}{}: {}: {}\n", f.object.location(), f.object.describe(), f.field, f.message))
+            .collect()
+    }
+
+    /// What was checked and skipped, for the closing line: `checked 3 object(s): 1
+    /// violation(s), policy mode Enforce; skipped 2 ConfigMap, 1 Rollout`.
+    pub fn summary(&self) -> String {
+        let mut summary = format!(
+            "checked {} object(s): {} violation(s), policy mode {}",
+            self.checked,
+            self.violations.len(),
+            self.mode
+        );
+        if !self.skipped.is_empty() {
+            let skipped: Vec<String> = self.skipped.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+            summary.push_str(&format!("; not governed, skipped: {}", skipped.join(", ")));
+        }
+        if self.checked == 0 {
+            summary.push_str("; nothing was checked");
+        }
+        summary
+    }
+}
 
 /// The output formats of `check` and `audit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -12,11 +12,11 @@ use base64::Engine as _;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use support::fake_apiserver::FakeApiServer;
-use tokengate::check::{check, CheckOptions};
 use tokengate::cluster::ObjectStore;
 use tokengate::init::{draft, Draft, InitOptions};
 use tokengate::manifest::Document;
 use tokengate::policy::Policy;
+use tokengate::simulate::{self, Extras};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -146,8 +146,9 @@ fn violations(text: &str, documents: &[Document]) -> Vec<String> {
     for document in documents {
         store.insert(&document.object).expect("generated objects decode");
     }
-    let options = CheckOptions { default_namespace: "default", mutate_pods_first: true };
-    let report = block(check(&policy, documents, &store, options));
+    let options = simulate::Options { default_namespace: "default", mutate_pods_first: true };
+    let extras = Extras::from_documents(documents, "default");
+    let report = block(simulate::judge(&policy, documents, &store, &extras, options));
     report
         .violations
         .iter()

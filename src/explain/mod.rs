@@ -1,28 +1,27 @@
 //! `tokengate explain`: every credential a pod (or each pod of a workload) will hold, and the
 //! verdict on each: the `audiences` entry that allows it, or the violation as the webhook words it.
 //!
-//! Pods and templates go through the same `decide` the webhooks run (mutation first for
-//! manifests, so injected tokens appear), and the rows come from
-//! `review::credentials::pod_credentials`, the list the Pod validation takes its violations from.
+//! Objects go through `simulate::create`, the path `check` takes (automount volume and mutation
+//! first for manifests, so injected tokens appear), so both report the same violations and
+//! notes; the rows come from `review::credentials::pod_credentials`, the list the Pod
+//! validation takes its violations from.
 
 pub mod live;
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cluster::Cluster;
 use crate::manifest::Document;
 use crate::policy::{describe_audience, Lifetime, Mode, Policy};
-use crate::review::admission::{AdmissionRequest, GroupVersionKind, Operation, RequestObject, UserInfo};
-use crate::review::automount;
 use crate::review::credentials::{self, Credential, Found, Origin, Outcome};
-use crate::review::legacy_token::{self, SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
+use crate::review::legacy_token::{self, SERVICE_ACCOUNT_NAME_ANNOTATION};
 use crate::review::pod_view::{Pod, PodView};
-use crate::review::{decide, Subject, Violation, Webhook, WorkloadKind};
+use crate::review::{Subject, Violation};
+use crate::simulate::{self, claim_credentials, classify, AdmittedPod, Classified, Extras};
 
 /// The kubelet asks for a fresh token once it is older than this, whatever its lifetime.
 /// Upstream: `maxTTL` in `pkg/kubelet/token/token_manager.go`.
@@ -120,9 +119,18 @@ pub enum RowVerdict {
     /// A legacy token the policy's `legacyTokens` lists.
     #[serde(rename_all = "camelCase")]
     LegacyTokenListed,
-    /// The violation, as the webhook words it.
+    /// The violation, as the webhook words it: the object is refused for it.
     #[serde(rename_all = "camelCase")]
     Violation { field: String, message: String },
+    /// A token of a CSI driver reached through a claim that the policy refuses: the pod is
+    /// admitted (the Pod decision does not follow claims), and the kubelet's TokenRequest for
+    /// the token is what gets refused, so the volume never mounts.
+    #[serde(rename_all = "camelCase")]
+    RefusedAtTokenRequest { field: String, message: String },
+    /// A legacy token Secret the policy refuses: the Secret itself is refused when it is
+    /// created; the pod that mounts it is not.
+    #[serde(rename_all = "camelCase")]
+    SecretRefused { field: String, message: String },
 }
 
 /// One credential a pod will hold.
@@ -170,18 +178,25 @@ pub struct Explained {
     pub service_account: String,
     pub credentials: Vec<Row>,
     /// Violations of the object that belong to no credential (a required injection missing, a
-    /// collision, a lookup that failed), as the webhook words them.
+    /// collision, a lookup that failed, a CSIDriver's or Secret's own), as the webhook words them.
     pub other_violations: Vec<Violation>,
-    /// What the mutating webhook would tell the requester (e.g. a variable left out).
+    /// What the webhooks would tell the requester (e.g. a variable left out), and every object a
+    /// lookup did not find: the notes `check` prints.
     pub notes: Vec<String>,
+    /// Claims whose CSI driver could not be followed, so their tokens are not shown.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unresolved: Vec<String>,
+    /// How many violations the object has: those `check` reports.
+    pub violation_count: usize,
 }
 
 impl Explained {
-    /// Adds the object's violations that no credential row carries, once each.
-    fn add_other_violations(&mut self, decided: Vec<Violation>) {
-        let in_rows: Vec<Violation> = self.violations().collect();
+    /// Keeps the decision's violations that no credential row carries, once each.
+    fn set_violations(&mut self, decided: Vec<Violation>) {
+        let in_rows: Vec<Violation> = self.row_violations().collect();
+        self.violation_count = decided.len();
         let mut others: Vec<Violation> = Vec::new();
-        for violation in std::mem::take(&mut self.other_violations).into_iter().chain(decided) {
+        for violation in decided {
             if !in_rows.contains(&violation) && !others.contains(&violation) {
                 others.push(violation);
             }
@@ -189,13 +204,12 @@ impl Explained {
         self.other_violations = others;
     }
 
-    /// Every violation of the object: the credentials' and the others.
-    pub fn violations(&self) -> impl Iterator<Item = Violation> + '_ {
-        let rows = self.credentials.iter().filter_map(|row| match &row.verdict {
+    /// The violations the rows carry, of tokens the object itself is refused for.
+    fn row_violations(&self) -> impl Iterator<Item = Violation> + '_ {
+        self.credentials.iter().filter_map(|row| match &row.verdict {
             RowVerdict::Violation { field, message } => Some(Violation::new(field, message)),
             _ => None,
-        });
-        rows.chain(self.other_violations.iter().cloned())
+        })
     }
 }
 
@@ -225,358 +239,77 @@ impl Report {
     }
 }
 
-/// How [`explain`] treats the objects.
-#[derive(Debug, Clone, Copy)]
-pub struct ExplainOptions<'a> {
-    /// The namespace of objects that name none.
-    pub default_namespace: &'a str,
-    /// Whether Pods and templates are first given what the mutating webhook would add
-    /// (manifests), or explained as they are (a running pod).
-    pub mutate_first: bool,
-}
-
-/// What explain reads of CSIDrivers and Secrets beyond what decisions look up: the CSIDrivers'
-/// republish and secrets-field settings, and which Secrets hold legacy tokens (their type and
-/// annotations only; `data` is dropped on insertion).
-#[derive(Debug, Clone, Default)]
-pub struct Extras {
-    /// `requiresRepublish` and `serviceAccountTokenInSecrets` of each CSIDriver (absent = false).
-    drivers: HashMap<String, (bool, bool)>,
-    legacy_secrets: HashMap<(String, String), Value>,
-    /// `automountServiceAccountToken` of each ServiceAccount that sets it.
-    service_account_automount: HashMap<(String, String), bool>,
-}
-
-impl Extras {
-    /// Reads a CSIDriver, ServiceAccount or legacy token Secret (namespace-less ones are in
-    /// `default_namespace`); other objects are ignored.
-    pub fn insert(&mut self, object: &Value, default_namespace: &str) {
-        let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
-        let name = text("/metadata/name").unwrap_or_default().to_string();
-        match (text("/apiVersion"), text("/kind")) {
-            (Some("storage.k8s.io/v1"), Some("CSIDriver")) => {
-                let flag = |pointer: &str| object.pointer(pointer).and_then(Value::as_bool) == Some(true);
-                let flags = (flag("/spec/requiresRepublish"), flag("/spec/serviceAccountTokenInSecrets"));
-                self.drivers.insert(name, flags);
-            }
-            (Some("v1"), Some("ServiceAccount")) => {
-                if let Some(automount) = object.get("automountServiceAccountToken").and_then(Value::as_bool) {
-                    let namespace = text("/metadata/namespace").unwrap_or(default_namespace).to_string();
-                    self.service_account_automount.insert((namespace, name), automount);
-                }
-            }
-            (Some("v1"), Some("Secret")) if text("/type") == Some(SERVICE_ACCOUNT_TOKEN_TYPE) => {
-                let namespace = text("/metadata/namespace").unwrap_or(default_namespace).to_string();
-                let annotation = object
-                    .pointer("/metadata/annotations")
-                    .and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION))
-                    .and_then(Value::as_str);
-                let annotations = match annotation {
-                    Some(service_account) => json!({SERVICE_ACCOUNT_NAME_ANNOTATION: service_account}),
-                    None => json!({}),
-                };
-                let reduced = json!({
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "type": SERVICE_ACCOUNT_TOKEN_TYPE,
-                    "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
-                });
-                self.legacy_secrets.insert((namespace, name), reduced);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Explains every Pod and workload among `documents`; other objects are skipped.
+/// Explains every object `check` judges among `documents` (Pods and workloads with a row per
+/// credential; CSIDrivers and legacy token Secrets by their violations); others are skipped.
 pub async fn explain<C: Cluster>(
     policy: &Policy,
     documents: &[Document],
     cluster: &C,
     extras: &Extras,
-    options: ExplainOptions<'_>,
+    options: simulate::Options<'_>,
 ) -> Report {
     let mut objects = Vec::new();
     for document in documents {
-        if let Some(explained) = explain_object(policy, document, cluster, extras, options).await {
-            objects.push(explained);
-        }
+        let Ok(target) = classify(&document.object, options.default_namespace) else { continue };
+        objects.push(explain_object(policy, document, &target, cluster, extras, options).await);
     }
-    let violations = objects.iter().map(|o| o.violations().count()).sum();
+    let violations = objects.iter().map(|o| o.violation_count).sum();
     Report { mode: policy.mode().as_str(), objects, violations }
-}
-
-/// A Pod or workload: what it is and where.
-pub(crate) struct Classified {
-    pub kind: String,
-    pub group: String,
-    pub namespace: String,
-    pub name: String,
-    pub workload: Option<WorkloadKind>,
-}
-
-impl Classified {
-    /// `Kind namespace/name`, as comments and messages name the object.
-    pub fn label(&self) -> String {
-        format!("{} {}/{}", self.kind, self.namespace, self.name)
-    }
-}
-
-pub(crate) fn classify(object: &Value, default_namespace: &str) -> Option<Classified> {
-    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
-    let workload = match Subject::of(group, kind, None) {
-        Subject::Pod => None,
-        Subject::Workload(workload) => Some(workload),
-        _ => return None,
-    };
-    let metadata = |key: &str| object.pointer(&format!("/metadata/{key}")).and_then(Value::as_str);
-    Some(Classified {
-        kind: kind.to_string(),
-        group: group.to_string(),
-        namespace: metadata("namespace").unwrap_or(default_namespace).to_string(),
-        name: metadata("name").or(metadata("generateName")).unwrap_or_default().to_string(),
-        workload,
-    })
 }
 
 async fn explain_object<C: Cluster>(
     policy: &Policy,
     document: &Document,
+    target: &Classified,
     cluster: &C,
     extras: &Extras,
-    options: ExplainOptions<'_>,
-) -> Option<Explained> {
-    let subject = classify(&document.object, options.default_namespace)?;
+    options: simulate::Options<'_>,
+) -> Explained {
+    let created = simulate::create(&document.object, target, options, policy, cluster, extras).await;
     let mut explained = Explained {
         file: document.file.clone(),
-        kind: subject.kind.clone(),
-        namespace: subject.namespace.clone(),
-        name: subject.name.clone(),
+        kind: target.kind.clone(),
+        namespace: target.namespace().to_string(),
+        name: target.name.clone(),
         service_account: String::new(),
         credentials: Vec::new(),
         other_violations: Vec::new(),
-        notes: Vec::new(),
+        notes: created.notes,
+        unresolved: Vec::new(),
+        violation_count: 0,
     };
-    let (original, template_field) = pod_of(&document.object, subject.workload);
-    let (original, pod) =
-        admitted_pod(original, &subject.namespace, policy, cluster, extras, options, &mut explained).await;
-    // The decision on the object itself, as `check` takes it: the (mutated) Pod, or the workload.
-    let judged = match subject.workload {
-        None => pod.clone(),
-        Some(_) => document.object.clone(),
-    };
-    let verdict =
-        decide_create(&judged, &subject.group, &subject.kind, &subject.namespace, Webhook::Validate, policy, cluster)
-            .await;
-    let decided = verdict.violations;
-
-    let typed: Pod = match serde_json::from_value(pod.clone()) {
-        Ok(typed) => typed,
-        Err(_) => {
-            explained.add_other_violations(decided);
-            return Some(explained);
-        }
-    };
-    let Some(view) = PodView::new(&typed, &subject.namespace, template_field) else {
-        explained.add_other_violations(decided);
-        return Some(explained);
-    };
-    explained.service_account = view.service_account.to_string();
-    let pod_name = (subject.workload.is_none()).then_some(subject.name.as_str());
-    let inline = credentials::pod_credentials(&view, policy, cluster).await;
-    let mut found: Vec<(Found<'_>, Option<String>)> = inline.into_iter().map(|f| (f, None)).collect();
-    found.extend(claim_credentials(&view, &pod, pod_name, policy, cluster, &mut explained.notes).await);
-    for (item, via) in found {
-        match item {
-            Found::Token(credential) => {
-                let row = token_row(&view, &credential, via, (&original, &pod), policy, extras);
-                explained.credentials.push(row);
-            }
-            Found::LookupFailed { violation, .. } => explained.other_violations.push(violation),
-        }
+    if let Some(pod) = &created.pod {
+        add_rows(&mut explained, pod, target, policy, cluster, extras).await;
     }
-    explained.credentials.extend(legacy_rows(&view, &pod, policy, extras));
-    explained.credentials.sort_by_key(|row| row.source);
-    explained.add_other_violations(decided);
-    Some(explained)
+    explained.set_violations(created.violations);
+    explained
 }
 
-/// The pod as the webhooks receive it and as the kubelet will run it. For manifests: with the
-/// automount volume the ServiceAccount admission plugin adds, then with the mutating webhook's
-/// patch applied (its notes kept; its violations are the validating webhook's too, reported
-/// from there). A live pod is taken as it runs.
-async fn admitted_pod<C: Cluster>(
-    mut original: Value,
-    namespace: &str,
+/// The rows of every credential the pod will hold.
+async fn add_rows<C: Cluster>(
+    explained: &mut Explained,
+    admitted: &AdmittedPod,
+    target: &Classified,
     policy: &Policy,
     cluster: &C,
     extras: &Extras,
-    options: ExplainOptions<'_>,
-    explained: &mut Explained,
-) -> (Value, Value) {
-    if !options.mutate_first {
-        return (original.clone(), original);
-    }
-    add_automount_volume(&mut original, namespace, extras);
-    let mut pod = original.clone();
-    let verdict = decide_create(&original, "", "Pod", namespace, Webhook::Mutate, policy, cluster).await;
-    explained.notes = verdict.notes;
-    if let Err(err) = json_patch::patch(&mut pod, &verdict.patch) {
-        let problem = Violation::new("object", format!("could not apply the injection patch: {err}"));
-        explained.other_violations.push(problem);
-    }
-    (original, pod)
-}
-
-/// The pod as the kubelet will run it (the Pod itself, or a workload's template as a Pod), and
-/// the field path of its spec in the object.
-pub(crate) fn pod_of(object: &Value, workload: Option<WorkloadKind>) -> (Value, String) {
-    let Some(kind) = workload else { return (object.clone(), "spec".to_string()) };
-    let pointer: String = kind.template_path().iter().map(|p| format!("/{p}")).collect();
-    let template = object.pointer(&pointer).cloned().unwrap_or(Value::Null);
-    let pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": template.get("metadata").cloned().unwrap_or(json!({})),
-        "spec": template.get("spec").cloned().unwrap_or(Value::Null),
-    });
-    (pod, format!("{}.spec", kind.template_path().join(".")))
-}
-
-/// Adds what the ServiceAccount admission plugin adds to a pod before any webhook sees it, when
-/// the manifest does not carry it yet: the automount volume, mounted into every container that
-/// has nothing at its mount path. Upstream: `shouldAutomount` (the pod's
-/// `automountServiceAccountToken`, else the ServiceAccount's, else true) and
-/// `mountServiceAccountToken` in plugin/pkg/admission/serviceaccount/admission.go. The volume's
-/// random 5-character suffix is shown as `<random>`.
-fn add_automount_volume(pod: &mut Value, namespace: &str, extras: &Extras) {
-    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
-    let service_account = crate::cluster::service_account_named(
-        spec.get("serviceAccountName").and_then(Value::as_str),
-        spec.get("serviceAccount").and_then(Value::as_str),
-    )
-    .to_string();
-    let automount = spec.get("automountServiceAccountToken").and_then(Value::as_bool).unwrap_or_else(|| {
-        let key = (namespace.to_string(), service_account);
-        extras.service_account_automount.get(&key).copied().unwrap_or(true)
-    });
-    let volumes = spec.get("volumes").and_then(Value::as_array);
-    let has_one = volumes.into_iter().flatten().any(|v| {
-        v.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with(automount::AUTOMOUNT_VOLUME_PREFIX))
-    });
-    if !automount || has_one {
-        return;
-    }
-    let name = format!("{}<random>", automount::AUTOMOUNT_VOLUME_PREFIX);
-    let volume = json!({"name": name, "projected": {"sources": [
-        {"serviceAccountToken": {"expirationSeconds": automount::AUTOMOUNT_EXPIRATION_SECONDS, "path": automount::AUTOMOUNT_TOKEN_PATH}},
-        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
-    ]}});
-    match spec.get_mut("volumes").and_then(Value::as_array_mut) {
-        Some(volumes) => volumes.push(volume),
-        None => {
-            spec.insert("volumes".to_string(), Value::Array(vec![volume]));
+) {
+    let pod = &admitted.after_mutation;
+    let Ok(typed) = serde_json::from_value::<Pod>(pod.clone()) else { return };
+    let Some(view) = PodView::new(&typed, target.namespace(), admitted.spec_field.clone()) else { return };
+    explained.service_account = view.service_account.to_string();
+    let pod_name = (target.subject == Subject::Pod).then_some(target.name.as_str());
+    let inline = credentials::pod_credentials(&view, policy, cluster).await;
+    let mut found: Vec<(Found<'_>, Option<String>)> = inline.into_iter().map(|f| (f, None)).collect();
+    found.extend(claim_credentials(&view, pod, pod_name, policy, cluster, &mut explained.unresolved).await);
+    for (item, via) in found {
+        if let Found::Token(credential) = item {
+            let row = token_row(&view, &credential, via, (&admitted.before_mutation, pod), policy, extras);
+            explained.credentials.push(row);
         }
     }
-    for key in ["initContainers", "containers"] {
-        for container in spec.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
-            let Some(container) = container.as_object_mut() else { continue };
-            let mounts = container.entry("volumeMounts").or_insert_with(|| json!([]));
-            let Some(mounts) = mounts.as_array_mut() else { continue };
-            if !mounts.iter().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(AUTOMOUNT_MOUNT_PATH)) {
-                mounts.push(json!({"name": name, "mountPath": AUTOMOUNT_MOUNT_PATH, "readOnly": true}));
-            }
-        }
-    }
-}
-
-/// Where the ServiceAccount admission plugin mounts the automount volume
-/// (`DefaultAPITokenMountPath` upstream).
-pub const AUTOMOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-/// The CREATE review the API server would send for `object`, decided by `webhook`.
-async fn decide_create<C: Cluster>(
-    object: &Value,
-    group: &str,
-    kind: &str,
-    namespace: &str,
-    webhook: Webhook,
-    policy: &Policy,
-    cluster: &C,
-) -> crate::review::Verdict {
-    let raw = serde_json::value::to_raw_value(object).expect("a JSON value always serialises");
-    let request = AdmissionRequest {
-        uid: "tokengate-explain".to_string(),
-        kind: GroupVersionKind { group: group.to_string(), version: String::new(), kind: kind.to_string() },
-        sub_resource: None,
-        name: None,
-        namespace: Some(namespace.to_string()),
-        operation: Operation::Create,
-        user_info: UserInfo::default(),
-        object: Some(RequestObject::Raw(&raw)),
-        old_object: None,
-        dry_run: Some(true),
-    };
-    decide(&request, webhook, policy, cluster).await
-}
-
-/// The tokens of CSI drivers the pod reaches through claims: `persistentVolumeClaim` volumes,
-/// and generic ephemeral volumes (claim `<pod>-<volume>`, known only for a Pod), when the
-/// claim and its PersistentVolume are known. Each is judged by the same code as inline drivers.
-pub(crate) async fn claim_credentials<'a, C: Cluster>(
-    view: &PodView<'a>,
-    pod: &Value,
-    pod_name: Option<&str>,
-    policy: &Policy,
-    cluster: &C,
-    notes: &mut Vec<String>,
-) -> Vec<(Found<'a>, Option<String>)> {
-    let mut found = Vec::new();
-    let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array).cloned().unwrap_or_default();
-    for (i, volume) in volumes.iter().enumerate() {
-        let volume_name = volume.get("name").and_then(Value::as_str).unwrap_or_default();
-        let (claim, key) = match (volume.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str), pod_name)
-        {
-            (Some(claim), _) => (claim.to_string(), "persistentVolumeClaim"),
-            (None, Some(pod_name)) if volume.get("ephemeral").is_some() => {
-                (format!("{pod_name}-{volume_name}"), "ephemeral")
-            }
-            _ => continue,
-        };
-        let bound = match cluster.persistent_volume_claim(view.namespace, &claim).await {
-            Ok(Some(info)) => info.volume_name.clone(),
-            Ok(None) => None,
-            Err(err) => {
-                notes.push(format!("volume {volume_name:?}: could not look up PersistentVolumeClaim {claim}: {err}"));
-                continue;
-            }
-        };
-        let Some(pv) = bound else {
-            notes.push(format!(
-                "volume {volume_name:?}: PersistentVolumeClaim {}/{claim} is not known or not bound; give it (and its PersistentVolume) with --objects to see its CSI driver's tokens",
-                view.namespace
-            ));
-            continue;
-        };
-        let driver = match cluster.persistent_volume(&pv).await {
-            Ok(Some(info)) => info.csi_driver.clone(),
-            _ => None,
-        };
-        let Some(driver) = driver else {
-            notes.push(format!(
-                "volume {volume_name:?}: PersistentVolume {pv} is not known or not served by a CSI driver"
-            ));
-            continue;
-        };
-        let field = format!("{}.volumes[{i}].{key}", view.field);
-        let via = format!("PersistentVolumeClaim {claim} -> PersistentVolume {pv}");
-        let tokens = credentials::driver_credentials(view, policy, cluster, i, &driver, &field).await;
-        found.extend(tokens.into_iter().map(|token| (token, Some(via.clone()))));
-    }
-    found
+    explained.credentials.extend(legacy_rows(&view, pod, policy, extras));
+    explained.credentials.sort_by_key(|row| row.source);
 }
 
 /// The row of one token the pod's volumes give it.
@@ -590,6 +323,7 @@ fn token_row(
 ) -> Row {
     let spec_field = &view.field;
     let volume = credential.origin.volume().to_string();
+    let reached_through_claim = via.is_some();
     let (source, field, driver) = match &credential.origin {
         Origin::Automount { volume_index, .. } => {
             (Source::Automount, format!("{spec_field}.volumes[{volume_index}]"), None)
@@ -623,6 +357,9 @@ fn token_row(
             },
             None => RowVerdict::AlwaysAdmitted { reason: "allowed".to_string() },
         },
+        Outcome::Denied(violation) if reached_through_claim => {
+            RowVerdict::RefusedAtTokenRequest { field: violation.field.clone(), message: violation.message.clone() }
+        }
         Outcome::Denied(violation) => {
             RowVerdict::Violation { field: violation.field.clone(), message: violation.message.clone() }
         }
@@ -693,7 +430,7 @@ fn legacy_rows(view: &PodView<'_>, pod: &Value, policy: &Policy, extras: &Extras
         let Ok(raw) = serde_json::value::to_raw_value(secret) else { continue };
         let findings = legacy_token::validate(&raw, None, view.namespace, policy);
         let verdict = match findings.violations.into_iter().chain(findings.undecodable).next() {
-            Some(violation) => RowVerdict::Violation {
+            Some(violation) => RowVerdict::SecretRefused {
                 field: format!("Secret {}/{secret_name} {}", view.namespace, violation.field),
                 message: violation.message,
             },
@@ -753,13 +490,23 @@ fn mounts_of(pod: &Value, volume: &str) -> Vec<Mount> {
 
 fn write_object(out: &mut String, object: &Explained, mode: &str) {
     let file = object.file.as_ref().map(|f| format!(" ({})", f.display())).unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "{} {}/{}{file}: service account {}/{}",
-        object.kind, object.namespace, object.name, object.namespace, object.service_account
-    );
-    if object.credentials.is_empty() {
-        let _ = writeln!(out, "  no service-account token");
+    match (object.namespace.as_str(), object.service_account.as_str()) {
+        ("", _) => {
+            let _ = writeln!(out, "{} {}{file}", object.kind, object.name);
+        }
+        (namespace, "") => {
+            let _ = writeln!(out, "{} {namespace}/{}{file}", object.kind, object.name);
+        }
+        (namespace, account) => {
+            let _ = writeln!(
+                out,
+                "{} {namespace}/{}{file}: service account {namespace}/{account}",
+                object.kind, object.name
+            );
+            if object.credentials.is_empty() {
+                let _ = writeln!(out, "  no service-account token");
+            }
+        }
     }
     let denied = match mode {
         "Enforce" => "DENIED",
@@ -774,6 +521,9 @@ fn write_object(out: &mut String, object: &Explained, mode: &str) {
     }
     for note in &object.notes {
         let _ = writeln!(out, "  note: {note}");
+    }
+    for unresolved in &object.unresolved {
+        let _ = writeln!(out, "  not followed: {unresolved}");
     }
     out.push('\n');
 }
@@ -859,6 +609,12 @@ fn write_row(out: &mut String, row: &Row, denied: &str) {
         ),
         RowVerdict::LegacyTokenListed => "allowed: spec.legacyTokens lists the service account".to_string(),
         RowVerdict::Violation { field, message } => format!("{denied} {field}: {message}"),
+        RowVerdict::RefusedAtTokenRequest { field, message } => format!(
+            "{denied} when the kubelet requests it (the pod itself is admitted; the volume will not mount): {field}: {message}"
+        ),
+        RowVerdict::SecretRefused { field, message } => {
+            format!("{denied} when the Secret is created (not counted against the pod): {field}: {message}")
+        }
     };
     let _ = writeln!(out, "    {verdict}");
 }
@@ -874,52 +630,5 @@ mod tests {
         assert_eq!(refresh_after_seconds(Lifetime::as_requested(600)), 480);
         assert_eq!(refresh_after_seconds(Lifetime::as_requested(86_400)), 69_120);
         assert_eq!(refresh_after_seconds(Lifetime::as_requested(172_800)), MAX_REFRESH_SECONDS);
-    }
-
-    #[test]
-    fn a_legacy_secret_is_kept_without_its_data() {
-        let mut extras = Extras::default();
-        extras.insert(&json!({"apiVersion": "v1", "kind": "Secret", "type": SERVICE_ACCOUNT_TOKEN_TYPE,
-            "metadata": {"name": "s", "namespace": "ns", "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: "sa", "other": "x"}},
-            "data": {"token": "c2VjcmV0"}}), "ns");
-        extras
-            .insert(&json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "o"}}), "ns");
-        let kept = &extras.legacy_secrets[&("ns".to_string(), "s".to_string())];
-        assert!(kept.get("data").is_none());
-        assert_eq!(kept["metadata"]["annotations"], json!({SERVICE_ACCOUNT_NAME_ANNOTATION: "sa"}));
-        assert_eq!(extras.legacy_secrets.len(), 1);
-    }
-
-    #[test]
-    fn the_automount_volume_is_added_unless_the_pod_or_its_service_account_opts_out() {
-        let pod = |automount: Option<bool>| {
-            let mut pod = json!({"spec": {"serviceAccountName": "sa", "containers": [
-                {"name": "a"},
-                {"name": "b", "volumeMounts": [{"name": "own", "mountPath": AUTOMOUNT_MOUNT_PATH}]}]}});
-            if let Some(automount) = automount {
-                pod["spec"]["automountServiceAccountToken"] = json!(automount);
-            }
-            pod
-        };
-        let mut extras = Extras::default();
-        let mut added = pod(None);
-        add_automount_volume(&mut added, "ns", &extras);
-        assert_eq!(added["spec"]["volumes"][0]["name"], "kube-api-access-<random>");
-        assert_eq!(added["spec"]["containers"][0]["volumeMounts"][0]["mountPath"], AUTOMOUNT_MOUNT_PATH);
-        assert_eq!(added["spec"]["containers"][1]["volumeMounts"].as_array().map(Vec::len), Some(1));
-        let mut off = pod(Some(false));
-        add_automount_volume(&mut off, "ns", &extras);
-        assert!(off["spec"].get("volumes").is_none());
-        extras.insert(
-            &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa", "namespace": "ns"},
-            "automountServiceAccountToken": false}),
-            "ns",
-        );
-        let mut by_account = pod(None);
-        add_automount_volume(&mut by_account, "ns", &extras);
-        assert!(by_account["spec"].get("volumes").is_none());
-        let mut pod_wins = pod(Some(true));
-        add_automount_volume(&mut pod_wins, "ns", &extras);
-        assert!(pod_wins["spec"]["volumes"].is_array());
     }
 }

@@ -12,12 +12,12 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::cluster::ObjectStore;
-use crate::explain::{claim_credentials, classify, pod_of};
 use crate::manifest::Document;
 use crate::policy::{describe_audience, Policy, PolicyError};
 use crate::review::credentials::{self, Found, Origin, Outcome};
 use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
 use crate::review::pod_view::{Pod, PodView};
+use crate::simulate::{claim_credentials, classify, pod_of};
 
 /// How many objects an entry's comment names.
 const NAMED_OBJECTS: usize = 3;
@@ -119,13 +119,15 @@ pub async fn draft(documents: &[Document], options: InitOptions<'_>) -> Result<D
             add_legacy(&mut result.legacy_tokens, namespace, service_account, secret);
             continue;
         }
-        let Some(subject) = classify(object, options.default_namespace) else { continue };
+        let Some(subject) = classify(object, options.default_namespace).ok().filter(|s| s.is_pod_like()) else {
+            continue;
+        };
         result.pods += 1;
         let label = subject.label();
-        let (pod, field) = pod_of(object, subject.workload);
+        let (pod, field) = pod_of(object, subject.workload());
         let Ok(typed) = serde_json::from_value::<Pod>(pod.clone()) else { continue };
-        let Some(view) = PodView::new(&typed, &subject.namespace, field) else { continue };
-        let pod_name = subject.workload.is_none().then_some(subject.name.as_str());
+        let Some(view) = PodView::new(&typed, subject.namespace(), field) else { continue };
+        let pod_name = subject.workload().is_none().then_some(subject.name.as_str());
         let mut found = credentials::pod_credentials(&view, &base, &store).await;
         let claimed = claim_credentials(&view, &pod, pod_name, &base, &store, &mut Vec::new()).await;
         found.extend(claimed.into_iter().map(|(found, _)| found));

@@ -1,6 +1,10 @@
 //! Kubernetes facts on the ground floor: how the API server reads what tokengate reads, each
 //! with the upstream function it follows. Imports nothing from the crate.
 
+/// Where the ServiceAccount admission plugin mounts the automount volume
+/// (`DefaultAPITokenMountPath` in plugin/pkg/admission/serviceaccount/admission.go).
+pub const AUTOMOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 /// The API group of an `apiVersion`, as `schema.FromAPIVersionAndKind` reads it
 /// (k8s.io/apimachinery/pkg/runtime/schema, via `ParseGroupVersion`): `""` and `"/"` are the
 /// core group; a value without `/` is a core version; `group/version` names a group; a value
