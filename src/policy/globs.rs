@@ -223,6 +223,17 @@ mod tests {
     }
 
     #[test]
+    fn empty_alternatives_count_and_non_ascii_globs_are_refused() {
+        assert!(globs(&["istio-system{,-*}"]).is_match("istio-system"));
+        assert!(globs(&["**/team-a"]).is_match("team-a"));
+        let (index, message) = Globs::compile(Some(&["ok".to_string(), "tëam-*".to_string()])).expect_err("refused");
+        assert_eq!(index, 1);
+        assert!(message.contains("not ASCII"), "{message}");
+        assert_eq!(globs(&["a.b", "c*"]).re2().as_deref(), Some("^(?:a\\.b|c.*)$"));
+        assert_eq!(Globs::compile(Some(&[])).expect("empty").re2(), None);
+    }
+
+    #[test]
     fn bad_glob_reports_its_index() {
         let patterns = vec!["ok".to_string(), "[unclosed".to_string()];
         let (index, _) = Globs::compile(Some(&patterns)).expect_err("must fail");
