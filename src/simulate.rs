@@ -11,11 +11,11 @@ use serde_json::{json, Value};
 
 use crate::cluster::{ClaimInfo, Cluster, CsiDriverInfo, Lookup, PodInfo, ServiceAccountInfo, VolumeInfo};
 use crate::k8s;
+use crate::k8s::tokens::{AUTOMOUNT_EXPIRATION_SECONDS, AUTOMOUNT_TOKEN_PATH, AUTOMOUNT_VOLUME_PREFIX};
 use crate::manifest::Document;
 use crate::policy::Policy;
 use crate::report::{Finding, Note, ObjectRef, Report};
 use crate::review::admission::{AdmissionRequest, GroupVersionKind, Operation, RequestObject, UserInfo};
-use crate::review::automount;
 use crate::review::credentials::{self, Found};
 use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
 use crate::review::pod_view::PodView;
@@ -293,13 +293,14 @@ pub fn add_automount_volume(pod: &mut Value, namespace: &str, extras: &Extras) {
         extras.service_account_automount.get(&key).copied().unwrap_or(true)
     });
     let volumes = spec.get("volumes").and_then(Value::as_array);
-    let has_one = volumes.into_iter().flatten().any(|v| {
-        v.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with(automount::AUTOMOUNT_VOLUME_PREFIX))
-    });
+    let has_one = volumes
+        .into_iter()
+        .flatten()
+        .any(|v| v.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with(AUTOMOUNT_VOLUME_PREFIX)));
     if !automount || has_one {
         return;
     }
-    let name = format!("{}<random>", automount::AUTOMOUNT_VOLUME_PREFIX);
+    let name = format!("{AUTOMOUNT_VOLUME_PREFIX}<random>");
     let mut mounted = false;
     for key in ["initContainers", "containers"] {
         for container in spec.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
@@ -318,7 +319,7 @@ pub fn add_automount_volume(pod: &mut Value, namespace: &str, extras: &Extras) {
         return;
     }
     let volume = json!({"name": name, "projected": {"sources": [
-        {"serviceAccountToken": {"expirationSeconds": automount::AUTOMOUNT_EXPIRATION_SECONDS, "path": automount::AUTOMOUNT_TOKEN_PATH}},
+        {"serviceAccountToken": {"expirationSeconds": AUTOMOUNT_EXPIRATION_SECONDS, "path": AUTOMOUNT_TOKEN_PATH}},
         {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
         {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
     ]}});

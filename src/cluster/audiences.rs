@@ -6,8 +6,7 @@ use std::path::Path;
 use base64::Engine as _;
 use serde::Deserialize;
 
-/// Where the kubelet mounts a pod's automount token.
-pub const AUTOMOUNT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub use crate::k8s::tokens::AUTOMOUNT_TOKEN_FILE;
 
 /// Why the audiences could not be learned.
 #[derive(Debug, thiserror::Error)]

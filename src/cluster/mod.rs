@@ -18,6 +18,8 @@ pub use deadline::{timeout_from_query, WithDeadline};
 pub use live::{LiveCluster, LiveOptions};
 pub use objects::{ObjectStore, ObjectsError};
 
+pub use crate::k8s::names::service_account_named;
+
 /// The outcome of a lookup: the object, `None` when it does not exist, or why it is unknown.
 pub type Lookup<T> = Result<Option<Arc<T>>, LookupError>;
 
@@ -137,10 +139,4 @@ pub struct ClaimInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeInfo {
     pub csi_driver: Option<String>,
-}
-
-/// The service account a pod (or template) runs as: `serviceAccountName`, then the deprecated
-/// `serviceAccount`, then `default`.
-pub fn service_account_named<'a>(name: Option<&'a str>, deprecated: Option<&'a str>) -> &'a str {
-    [name, deprecated].into_iter().flatten().find(|name| !name.is_empty()).unwrap_or("default")
 }

@@ -14,7 +14,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 
 use super::{service_account_named, ClaimInfo, CsiDriverInfo, PodInfo, ServiceAccountInfo, VolumeInfo};
-use crate::review::automount;
+use crate::k8s::{tokens, volumes};
 
 /// `kube::Resource` for a view, with the API coordinates of the k8s-openapi type it reduces.
 macro_rules! view_of {
@@ -163,7 +163,7 @@ pub struct VolumeView {
 }
 
 /// In-tree volume types CSI migration serves through a CSI driver: only whether each is set
-/// matters (same order as `automount::IN_TREE_VOLUME_DRIVERS`). Shared by Pod volumes and PVs.
+/// matters (same order as `k8s::volumes::IN_TREE_VOLUME_DRIVERS`). Shared by Pod volumes and PVs.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InTreeView {
@@ -179,7 +179,7 @@ pub struct InTreeView {
 impl InTreeView {
     /// The CSI driver CSI migration serves this in-tree volume with, if it is one.
     fn driver(&self) -> Option<&'static str> {
-        automount::in_tree_driver(automount::in_tree_types_set!(self)).map(|(_, driver)| driver)
+        volumes::in_tree_driver(crate::in_tree_types_set!(self)).map(|(_, driver)| driver)
     }
 }
 
@@ -226,7 +226,7 @@ impl From<&PodView> for PodInfo {
             let sources = volume.projected.iter().flat_map(|p| p.sources.iter().flatten());
             let tokens: Vec<_> = sources.filter_map(|s| s.service_account_token.as_ref()).collect();
             let shape = tokens.iter().map(|t| (t.audience.as_deref(), t.path.as_str(), t.expiration_seconds));
-            info.has_automount_volume |= automount::has_automount_shape(&volume.name, shape);
+            info.has_automount_volume |= tokens::has_automount_shape(&volume.name, shape);
             info.token_audiences.extend(tokens.iter().map(|t| t.audience.clone().unwrap_or_default()));
             match (&volume.csi, volume.in_tree.driver()) {
                 (Some(csi), _) => info.csi_drivers.push(csi.driver.clone()),

@@ -7,7 +7,7 @@ use globset::GlobSetBuilder;
 use super::document::{PolicyDocument, API_VERSION, DEFAULT_POD_NAMESPACES, KIND};
 use super::globs::{Globs, LabelSelector};
 use super::*;
-use crate::review::automount::AUTOMOUNT_EXPIRATION_SECONDS;
+use crate::k8s::tokens::AUTOMOUNT_EXPIRATION_SECONDS;
 
 /// Reads YAML or JSON into a document, reporting every unknown or mistyped field at once: each
 /// one found is recorded and taken out, and the document read again, so five typos take one run.

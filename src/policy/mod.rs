@@ -12,20 +12,15 @@ pub use document::Mode;
 use crate::positions::{self, Position};
 use globs::{Globs, LabelSelector};
 
-/// The API server's lower bound on token lifetimes, and tokengate's default minimum.
-pub const MIN_EXPIRATION_SECONDS: u64 = 600;
-/// The API server's upper bound on token lifetimes (2^32 seconds is still accepted).
-pub const API_MAX_EXPIRATION_SECONDS: u64 = 1 << 32;
+pub use crate::k8s::tokens::{
+    API_MAX_EXPIRATION_SECONDS, DEFAULT_EXPIRATION_SECONDS, DEFAULT_EXTENDED_SECONDS, MIN_EXPIRATION_SECONDS,
+};
+
 /// How many allowed audiences a denial message names.
 pub const SHOWN_AUDIENCES: usize = 8;
-/// The lifetime the API server gives a token that asks for none.
-pub const DEFAULT_EXPIRATION_SECONDS: u64 = 3600;
-/// What the API server makes of a pod-bound 3607 s API-server-audience token by default:
-/// `--service-account-max-extended-token-expiration`, one year.
-pub const DEFAULT_EXTENDED_SECONDS: u64 = 31_536_000;
 
 /// A token's lifetime: what was asked for, and what the API server will issue (see
-/// `review::automount::lifetime`).
+/// [`Policy::lifetime`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetime {
     pub requested: u64,
@@ -349,6 +344,18 @@ impl Policy {
         self.legacy_tokens
             .iter()
             .any(|rule| rule.namespaces.is_match(namespace) && rule.service_accounts.is_match(service_account))
+    }
+
+    /// The lifetime the API server issues for a token request of `requested` seconds, with
+    /// this policy's `expiration.extendedSeconds` (see `k8s::tokens::effective_seconds`).
+    pub fn lifetime(&self, requested: u64, bound_to_pod: bool, api_server_audiences_only: bool) -> Lifetime {
+        let effective = crate::k8s::tokens::effective_seconds(
+            requested,
+            bound_to_pod,
+            api_server_audiences_only,
+            self.extended_seconds(),
+        );
+        Lifetime { requested, effective }
     }
 
     /// The API server audiences decisions map to `""`: the document's list, plus those learned

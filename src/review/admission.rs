@@ -50,32 +50,8 @@ pub struct AdmissionRequest<'a> {
     pub dry_run: Option<bool>,
 }
 
-/// `request.operation`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Operation {
-    Create,
-    Update,
-    Delete,
-    Connect,
-    /// Absent or unknown.
-    #[default]
-    #[serde(other)]
-    Other,
-}
-
-impl Operation {
-    /// The name the API server uses, for logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Create => "CREATE",
-            Operation::Update => "UPDATE",
-            Operation::Delete => "DELETE",
-            Operation::Connect => "CONNECT",
-            Operation::Other => "",
-        }
-    }
-}
+pub use crate::k8s::kinds::Operation;
+use crate::k8s::tokens::{NODES_GROUP, NODE_USER_PREFIX};
 
 /// `request.object` as it was read.
 #[derive(Debug)]
@@ -205,8 +181,8 @@ impl UserInfo {
     /// empty when the user names no node, which NodeRestriction refuses. Upstream:
     /// `NodeIdentity` in `pkg/auth/nodeidentifier/default.go`.
     pub fn node_name(&self) -> Option<&str> {
-        let name = self.username.strip_prefix("system:node:")?;
-        self.groups.iter().any(|g| g == "system:nodes").then_some(name)
+        let name = self.username.strip_prefix(NODE_USER_PREFIX)?;
+        self.groups.iter().any(|g| g == NODES_GROUP).then_some(name)
     }
 }
 

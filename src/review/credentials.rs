@@ -4,7 +4,6 @@
 //! The Pod validation (`pod::check_tokens`) takes its violations from here, and `tokengate
 //! explain` prints the same list, so the two cannot disagree.
 
-use super::automount;
 use super::pod_view::PodView;
 use super::Violation;
 use crate::cluster::Cluster;
@@ -87,7 +86,7 @@ pub async fn pod_credentials<'a, C: Cluster>(view: &PodView<'a>, policy: &Policy
     let field = &view.field;
     let mut found = Vec::new();
     for (i, volume) in view.spec.volumes().iter().enumerate() {
-        if automount::is_automount_volume(volume) {
+        if volume.is_automount() {
             for (_, source) in volume.token_sources() {
                 let token = pod_token(view, policy, source.audience.as_deref(), source.expiration_seconds);
                 found.push(Found::Token(Credential {
@@ -183,6 +182,6 @@ pub fn pod_token<'a>(
     seconds: Option<i64>,
 ) -> Token<'a> {
     let audience = policy.normalize(audience);
-    let lifetime = automount::lifetime(policy, expiration_or_default(seconds), true, audience.is_empty());
+    let lifetime = policy.lifetime(expiration_or_default(seconds), true, audience.is_empty());
     Token { audience, namespace: view.namespace, service_account: view.service_account, lifetime }
 }

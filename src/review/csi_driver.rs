@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{automount, decode_object, Findings, Violation};
+use super::{decode_object, Findings, Violation};
 use crate::policy::{describe_audience, expiration_or_default, Policy, API_MAX_EXPIRATION_SECONDS};
 
 /// The fields of a CSIDriver that decisions read, decoded leniently: fields of older or newer
@@ -80,7 +80,7 @@ pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
         }
         // The kubelet binds every token it requests for a driver to the pod being mounted.
         let seconds = expiration_or_default(token.expiration_seconds);
-        let lifetime = automount::lifetime(policy, seconds, true, audience.is_empty());
+        let lifetime = policy.lifetime(seconds, true, audience.is_empty());
         if let Err(denial) = policy.check_lifetime(lifetime, max) {
             findings.violations.push(Violation::new(
                 format!("spec.tokenRequests[{i}].expirationSeconds"),

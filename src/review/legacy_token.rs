@@ -9,10 +9,10 @@ use serde_json::value::RawValue;
 use super::{decode_object, Findings, Violation};
 use crate::policy::Policy;
 
-/// The Secret type the token controller fills with a legacy token.
-pub const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
 /// The annotation naming the service account whose token the Secret receives.
-pub const SERVICE_ACCOUNT_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
+pub use crate::k8s::names::SERVICE_ACCOUNT_NAME_ANNOTATION;
+/// The Secret type the token controller fills with a legacy token.
+pub use crate::k8s::names::SERVICE_ACCOUNT_TOKEN_TYPE;
 
 /// What decisions read of a Secret: its type and annotations. `data` is never decoded.
 #[derive(Debug, Default, Deserialize)]

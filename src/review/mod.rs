@@ -4,7 +4,6 @@
 //! metrics are recorded by the caller from the returned [`Summary`].
 
 pub mod admission;
-pub mod automount;
 pub mod credentials;
 mod csi_driver;
 mod inject;
@@ -25,6 +24,8 @@ use admission::{
     AdmissionRequest, AdmissionResponse, AdmissionReviewIn, Operation, RequestObject, Status, ADMISSION_API_VERSION,
 };
 
+use crate::k8s::kinds;
+pub use crate::k8s::kinds::WorkloadKind;
 pub use inject::SKIP_ANNOTATION;
 
 /// Which endpoint a review arrived on.
@@ -42,70 +43,6 @@ impl Webhook {
         match self {
             Webhook::Validate => "validate",
             Webhook::Mutate => "mutate",
-        }
-    }
-}
-
-/// The workload kinds whose pod templates are checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WorkloadKind {
-    Deployment,
-    StatefulSet,
-    DaemonSet,
-    ReplicaSet,
-    Job,
-    CronJob,
-    ReplicationController,
-    PodTemplate,
-}
-
-impl WorkloadKind {
-    /// Every workload kind.
-    pub const ALL: [WorkloadKind; 8] = [
-        WorkloadKind::Deployment,
-        WorkloadKind::StatefulSet,
-        WorkloadKind::DaemonSet,
-        WorkloadKind::ReplicaSet,
-        WorkloadKind::Job,
-        WorkloadKind::CronJob,
-        WorkloadKind::ReplicationController,
-        WorkloadKind::PodTemplate,
-    ];
-
-    /// The API group and kind of the object.
-    pub fn group_kind(self) -> (&'static str, &'static str) {
-        match self {
-            WorkloadKind::Deployment => ("apps", "Deployment"),
-            WorkloadKind::StatefulSet => ("apps", "StatefulSet"),
-            WorkloadKind::DaemonSet => ("apps", "DaemonSet"),
-            WorkloadKind::ReplicaSet => ("apps", "ReplicaSet"),
-            WorkloadKind::Job => ("batch", "Job"),
-            WorkloadKind::CronJob => ("batch", "CronJob"),
-            WorkloadKind::ReplicationController => ("", "ReplicationController"),
-            WorkloadKind::PodTemplate => ("", "PodTemplate"),
-        }
-    }
-
-    /// The resource name in API paths.
-    pub fn plural(self) -> &'static str {
-        match self {
-            WorkloadKind::Deployment => "deployments",
-            WorkloadKind::StatefulSet => "statefulsets",
-            WorkloadKind::DaemonSet => "daemonsets",
-            WorkloadKind::ReplicaSet => "replicasets",
-            WorkloadKind::Job => "jobs",
-            WorkloadKind::CronJob => "cronjobs",
-            WorkloadKind::ReplicationController => "replicationcontrollers",
-            WorkloadKind::PodTemplate => "podtemplates",
-        }
-    }
-
-    /// The JSON path of the pod template inside the object.
-    pub fn template_path(self) -> &'static [&'static str] {
-        match self {
-            WorkloadKind::CronJob => &["spec", "jobTemplate", "spec", "template"],
-            WorkloadKind::PodTemplate => &["template"],
-            _ => &["spec", "template"],
         }
     }
 }
@@ -138,6 +75,25 @@ impl Subject {
                 .map_or(Subject::Other, Subject::Workload),
             _ => Subject::Other,
         }
+    }
+
+    /// The resource webhook rules name it by; `None` for what tokengate does not govern.
+    pub fn resource(self) -> Option<kinds::Resource> {
+        match self {
+            Subject::Pod => Some(kinds::PODS),
+            Subject::Workload(kind) => Some(kind.resource()),
+            Subject::CsiDriver => Some(kinds::CSI_DRIVERS),
+            Subject::TokenRequest => Some(kinds::SERVICE_ACCOUNT_TOKENS),
+            Subject::Secret => Some(kinds::SECRETS),
+            Subject::Other => None,
+        }
+    }
+
+    /// Every subject tokengate governs, workloads in [`WorkloadKind::ALL`]'s order.
+    pub fn governed() -> impl Iterator<Item = Subject> {
+        [Subject::Pod, Subject::TokenRequest, Subject::CsiDriver, Subject::Secret]
+            .into_iter()
+            .chain(WorkloadKind::ALL.into_iter().map(Subject::Workload))
     }
 
     /// The label used in metrics and logs.
@@ -356,6 +312,20 @@ fn fit_warnings(warnings: Vec<String>) -> Vec<String> {
     fitted
 }
 
+/// The one table of what each endpoint judges: the operations of each subject it checks
+/// (Pod UPDATE, DELETE and everything else are let through unchanged). `decide` governs exactly
+/// these requests, and the webhook configurations' rules are generated from this table.
+pub fn governed_operations(webhook: Webhook, subject: Subject) -> &'static [Operation] {
+    match (webhook, subject) {
+        (_, Subject::Pod) => &[Operation::Create],
+        (Webhook::Validate, Subject::Workload(_) | Subject::CsiDriver | Subject::Secret) => {
+            &[Operation::Create, Operation::Update]
+        }
+        (Webhook::Validate, Subject::TokenRequest) => &[Operation::Create],
+        _ => &[],
+    }
+}
+
 /// Decides one decoded request.
 pub async fn decide<C: Cluster>(
     request: &AdmissionRequest<'_>,
@@ -364,17 +334,7 @@ pub async fn decide<C: Cluster>(
     cluster: &C,
 ) -> Verdict {
     let subject = Subject::of(&request.kind.group, &request.kind.kind, request.sub_resource.as_deref());
-    let governed = matches!(
-        (webhook, subject, request.operation),
-        (_, Subject::Pod, Operation::Create)
-            | (
-                Webhook::Validate,
-                Subject::Workload(_) | Subject::CsiDriver | Subject::Secret,
-                Operation::Create | Operation::Update
-            )
-            | (Webhook::Validate, Subject::TokenRequest, Operation::Create)
-    );
-    if !governed {
+    if !governed_operations(webhook, subject).contains(&request.operation) {
         return Verdict::without_checks(subject, Decision::Ignored);
     }
     let user = &request.user_info;

@@ -10,10 +10,8 @@ use super::inject::{self, State};
 use super::pod_view::{Pod, PodView, Workload};
 use super::{decode_object, Findings, Violation, Webhook, WorkloadKind};
 use crate::cluster::{Cluster, ServiceAccountInfo};
+use crate::k8s::names::MIRROR_ANNOTATION;
 use crate::policy::Policy;
-
-/// Annotation the kubelet puts on mirror pods of static pods; those are never mutated.
-const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// Pod CREATE on either webhook.
 pub async fn review_pod<C: Cluster>(

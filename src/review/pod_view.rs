@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::{automount, WorkloadKind};
-use crate::cluster::service_account_named;
+use super::WorkloadKind;
+use crate::k8s::names::service_account_named;
+use crate::k8s::{tokens, volumes};
 
 /// A Pod, or the pod template of a workload: the same `metadata` and `spec`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -66,7 +67,7 @@ pub struct Volume {
     pub projected: Option<ProjectedVolume>,
     pub csi: Option<CsiVolume>,
     /// In-tree types that CSI migration serves through a CSI driver: only whether they are set
-    /// matters (see `automount::IN_TREE_VOLUME_DRIVERS`, same order).
+    /// matters (see `k8s::volumes::IN_TREE_VOLUME_DRIVERS`, same order).
     pub aws_elastic_block_store: Option<IgnoredAny>,
     pub gce_persistent_disk: Option<IgnoredAny>,
     pub azure_disk: Option<IgnoredAny>,
@@ -83,7 +84,13 @@ impl Volume {
         if let Some(csi) = &self.csi {
             return Some(("csi.driver", &csi.driver));
         }
-        automount::in_tree_driver(automount::in_tree_types_set!(self))
+        volumes::in_tree_driver(crate::in_tree_types_set!(self))
+    }
+
+    /// Whether this is the ServiceAccount admission plugin's volume (`k8s::tokens::has_automount_shape`).
+    pub fn is_automount(&self) -> bool {
+        let tokens = self.token_sources().map(|(_, t)| (t.audience.as_deref(), t.path.as_str(), t.expiration_seconds));
+        tokens::has_automount_shape(&self.name, tokens)
     }
 
     /// The `serviceAccountToken` sources of a projected volume, with their index in `sources`.

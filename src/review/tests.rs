@@ -162,7 +162,7 @@ fn automount_volume_is_recognised_by_shape_not_by_its_source_list() {
         (automount("kube-api-access-x", json!({"expirationSeconds": 3607, "path": "other"}), 2), false),
     ];
     for (volume, expected) in cases {
-        assert_eq!(automount::is_automount_volume(&volume), expected, "{volume:?}");
+        assert_eq!(volume.is_automount(), expected, "{volume:?}");
     }
 }
 

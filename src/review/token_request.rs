@@ -6,10 +6,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::admission::AdmissionRequest;
-use super::automount::{self, AUTOMOUNT_EXPIRATION_SECONDS};
 use super::{decode_object, Findings, Violation};
 use crate::cluster::{Cluster, PodInfo};
 use crate::k8s;
+use crate::k8s::tokens::AUTOMOUNT_EXPIRATION_SECONDS;
 use crate::policy::{describe_audience, expiration_or_default, Lifetime, Policy, Token};
 
 /// The fields of a TokenRequest that decisions read; everything else (new bound kinds,
@@ -110,7 +110,7 @@ pub async fn validate<C: Cluster>(
         service_account: admission.name.as_deref().unwrap_or_default(),
         audiences,
         node_audience_count,
-        lifetime: automount::lifetime(policy, seconds, bound_to_pod, api_server_only),
+        lifetime: policy.lifetime(seconds, bound_to_pod, api_server_only),
         bound,
     };
 

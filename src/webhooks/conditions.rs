@@ -19,20 +19,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::k8s::names::{MIRROR_ANNOTATION, SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
+use crate::k8s::tokens::{
+    AUTOMOUNT_EXPIRATION_SECONDS, AUTOMOUNT_TOKEN_PATH, AUTOMOUNT_VOLUME_PREFIX, NODES_GROUP, NODE_USER_PREFIX,
+};
+use crate::k8s::volumes::IN_TREE_VOLUME_DRIVERS;
 use crate::policy::globs::{Globs, SelectorTerm};
 use crate::policy::{Injection, Policy};
-use crate::review::automount::{
-    AUTOMOUNT_EXPIRATION_SECONDS, AUTOMOUNT_TOKEN_PATH, AUTOMOUNT_VOLUME_PREFIX, IN_TREE_VOLUME_DRIVERS,
-};
 
 /// The group whose members bypass every webhook (an emergency tool for cluster admins).
 pub const BREAKGLASS_GROUP: &str = "tokengate:breakglass";
-/// The annotation the kubelet puts on mirror pods.
-const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
-/// The annotation naming the service account of a legacy token Secret.
-const SERVICE_ACCOUNT_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
-/// The Secret type the token controller fills with a token that never expires.
-const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
 
 /// One entry of a webhook's `matchConditions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,8 +207,12 @@ pub fn not_kubelet_automount_token(api_server_audiences: &[String]) -> MatchCond
     let user = "request.userInfo";
     let bound = "object.spec.boundObjectRef";
     let automount = [
-        format!("has({user}.username) && {user}.username.startsWith('system:node:') && size({user}.username) > 12"),
-        format!("has({user}.groups) && 'system:nodes' in {user}.groups"),
+        format!(
+            "has({user}.username) && {user}.username.startsWith({prefix}) && size({user}.username) > {}",
+            NODE_USER_PREFIX.len(),
+            prefix = cel_string(NODE_USER_PREFIX)
+        ),
+        format!("has({user}.groups) && {} in {user}.groups", cel_string(NODES_GROUP)),
         format!(
             "has(object.spec.expirationSeconds) && object.spec.expirationSeconds == {AUTOMOUNT_EXPIRATION_SECONDS}"
         ),

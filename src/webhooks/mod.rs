@@ -15,6 +15,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
+use crate::review::{self, Subject, WorkloadKind};
 use conditions::MatchCondition;
 
 /// The default name of both configurations.
@@ -188,15 +189,34 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn new(group: &str, resources: &[&str], operations: &[&str], scope: &str) -> Self {
-        let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
-        Rule {
-            api_groups: vec![group.to_string()],
-            api_versions: vec!["v1".to_string()],
-            resources: strings(resources),
-            operations: strings(operations),
-            scope: scope.to_string(),
+    /// The rules that send `endpoint` what it judges of `subjects`, from the one table of what
+    /// each endpoint governs (`review::governed_operations`): one rule per API group, resources
+    /// in the order given.
+    pub fn for_subjects(endpoint: review::Webhook, subjects: &[Subject]) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = Vec::new();
+        for &subject in subjects {
+            let Some(resource) = subject.resource() else { continue };
+            let operations: Vec<String> =
+                review::governed_operations(endpoint, subject).iter().map(|o| o.as_str().to_string()).collect();
+            if operations.is_empty() {
+                continue;
+            }
+            let scope = if resource.namespaced { "Namespaced" } else { "Cluster" };
+            let same_group = rules
+                .iter_mut()
+                .find(|r| r.api_groups == [resource.group] && r.operations == operations && r.scope == scope);
+            match same_group {
+                Some(rule) => rule.resources.push(resource.resource.to_string()),
+                None => rules.push(Rule {
+                    api_groups: vec![resource.group.to_string()],
+                    api_versions: vec!["v1".to_string()],
+                    resources: vec![resource.resource.to_string()],
+                    operations,
+                    scope: scope.to_string(),
+                }),
+            }
         }
+        rules
     }
 }
 
@@ -250,35 +270,38 @@ pub fn configurations_for_audiences(
 
     let pod_namespaces: Vec<MatchCondition> = conditions::not_exempt_pod_namespace(policy).into_iter().collect();
     let for_pods = |extra: Vec<MatchCondition>| pod_namespaces.iter().cloned().chain(extra).collect::<Vec<_>>();
-    let pods = Rule::new("", &["pods"], &["CREATE"], "Namespaced");
+    let rules = |endpoint, subjects: &[Subject]| Rule::for_subjects(endpoint, subjects);
     let mut mutate_pods = with(
-        webhook(names::PODS_MUTATE, "/mutate", FailurePolicy::Fail, 2, vec![pods.clone()], true),
+        webhook(
+            names::PODS_MUTATE,
+            "/mutate",
+            FailurePolicy::Fail,
+            2,
+            rules(review::Webhook::Mutate, &[Subject::Pod]),
+            true,
+        ),
         for_pods(vec![conditions::not_mirror_pod(), conditions::pod_injection_may_match(policy)]),
     );
     mutate_pods.reinvocation_policy = Some("IfNeeded".to_string());
 
     let validate =
         |name, failure_policy, rules, namespaced| webhook(name, "/validate", failure_policy, 3, rules, namespaced);
-    let workload_rules = vec![
-        Rule::new(
-            "apps",
-            &["deployments", "statefulsets", "daemonsets", "replicasets"],
-            &["CREATE", "UPDATE"],
-            "Namespaced",
-        ),
-        Rule::new("batch", &["jobs", "cronjobs"], &["CREATE", "UPDATE"], "Namespaced"),
-        Rule::new("", &["replicationcontrollers", "podtemplates"], &["CREATE", "UPDATE"], "Namespaced"),
-    ];
+    let workloads: Vec<Subject> = WorkloadKind::ALL.into_iter().map(Subject::Workload).collect();
     let validating_webhooks = vec![
         with(
-            validate(names::PODS_VALIDATE, FailurePolicy::Fail, vec![pods], true),
+            validate(
+                names::PODS_VALIDATE,
+                FailurePolicy::Fail,
+                rules(review::Webhook::Validate, &[Subject::Pod]),
+                true,
+            ),
             for_pods(vec![conditions::pod_needs_checks(policy)]),
         ),
         with(
             validate(
                 names::TOKEN_REQUESTS,
                 FailurePolicy::Fail,
-                vec![Rule::new("", &["serviceaccounts/token"], &["CREATE"], "Namespaced")],
+                rules(review::Webhook::Validate, &[Subject::TokenRequest]),
                 true,
             ),
             vec![conditions::not_kubelet_automount_token(api_server_audiences)],
@@ -287,22 +310,17 @@ pub fn configurations_for_audiences(
             validate(
                 names::CSI_DRIVERS,
                 FailurePolicy::Fail,
-                vec![Rule::new("storage.k8s.io", &["csidrivers"], &["CREATE", "UPDATE"], "Cluster")],
+                rules(review::Webhook::Validate, &[Subject::CsiDriver]),
                 false,
             ),
             vec![conditions::csi_driver_has_token_requests()],
         ),
         with(
-            validate(names::WORKLOADS, FailurePolicy::Ignore, workload_rules, true),
+            validate(names::WORKLOADS, FailurePolicy::Ignore, rules(review::Webhook::Validate, &workloads), true),
             for_pods(conditions::workload_template_changes()),
         ),
         with(
-            validate(
-                names::SECRETS,
-                FailurePolicy::Fail,
-                vec![Rule::new("", &["secrets"], &["CREATE", "UPDATE"], "Namespaced")],
-                true,
-            ),
+            validate(names::SECRETS, FailurePolicy::Fail, rules(review::Webhook::Validate, &[Subject::Secret]), true),
             conditions::service_account_token_secret(),
         ),
     ];
