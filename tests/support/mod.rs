@@ -226,3 +226,17 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Whether this is a CI run: `CI` set to `true` or `1` (as CI services and `.ci/run` set it).
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value.eq_ignore_ascii_case("true") || value == "1")
+}
+
+/// For a test that cannot run here (`reason`: a tool that is not installed, say). Under CI, which
+/// installs everything the suite needs, it panics: a missing tool there is a failure, never a
+/// skip. Elsewhere it prints `SKIPPED: reason` and the caller returns.
+#[track_caller]
+pub fn skip_or_fail(reason: &str) {
+    assert!(!under_ci(), "{reason}: under CI this is a failure, not a skip (.ci/run installs what the suite needs)");
+    eprintln!("SKIPPED: {reason}");
+}
