@@ -468,8 +468,8 @@ async fn hostile_bodies_with_the_caches_of_a_large_cluster_stay_under_the_deploy
         .arg(dir.write("tls.key", &issued.key_pem))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
         .env("KUBECONFIG", dir.write("kubeconfig", api.kubeconfig()))
-        // Two runtime threads, as on a two-CPU node, whatever machine runs the test.
-        .env("TOKIO_WORKER_THREADS", "2")
+        // Two runtime threads, as on a two-CPU node, whatever machine runs the test (unless set).
+        .env("TOKIO_WORKER_THREADS", std::env::var("TOKIO_WORKER_THREADS").unwrap_or_else(|_| "2".into()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -506,7 +506,7 @@ async fn hostile_bodies_with_the_caches_of_a_large_cluster_stay_under_the_deploy
         }
         println!(
             "{shape:?}: 48 bodies of {:.2} MiB, {answered} reviewed, {refused} refused; peak so far {:.1} MiB",
-            mib(body.len() as u64),
+            body.len() as f64 / (1024.0 * 1024.0),
             mib(support::memory_kib(pid, "VmHWM"))
         );
         assert!(refused > 0, "{shape:?}: the byte budget refuses most of 48 bodies at once");
