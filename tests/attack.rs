@@ -20,6 +20,10 @@ use tokengate::server::tls::CertificateFiles;
 use tokengate::server::{self, ServerConfig, MAX_BODY_BYTES};
 use tokengate::source::{self, PolicyPublisher};
 
+/// Held for writing while the optimised binary is built (minutes, the first time, on every core)
+/// and for reading by each test that times something, so that no clock runs beside the build.
+static BUILDING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn objects() -> ObjectStore {
     let mut store = ObjectStore::default();
     for document in manifest::load_file(&fixture_path("objects.yaml")).expect("objects") {
@@ -130,6 +134,7 @@ fn rejections(metrics: &str, reason: &str) -> u64 {
 /// ones off. The latencies are printed.
 #[tokio::test]
 async fn slow_bodies_and_slow_headers_do_not_starve_reviews() {
+    let _no_build = BUILDING.read().await;
     let pki = Pki::new("slow-ca");
     let read_timeout = Duration::from_secs(4);
     let server = start(&pki, |config| {
@@ -193,6 +198,7 @@ async fn slow_bodies_and_slow_headers_do_not_starve_reviews() {
 
 #[tokio::test]
 async fn keep_alive_connections_outlive_the_read_timeout_between_requests() {
+    let _no_build = BUILDING.read().await;
     let pki = Pki::new("idle-ca");
     let server = start(&pki, |config| config.read_timeout = Duration::from_millis(500)).await;
     let mut tls = connect(&pki.ca_pem(), server.running.addr).await;
@@ -210,6 +216,7 @@ async fn keep_alive_connections_outlive_the_read_timeout_between_requests() {
 
 #[tokio::test]
 async fn a_request_sent_slowly_but_whole_within_the_timeout_is_answered() {
+    let _no_build = BUILDING.read().await;
     let pki = Pki::new("trickle-ca");
     let read_timeout = Duration::from_secs(5);
     let server = start(&pki, |config| config.read_timeout = read_timeout).await;
@@ -263,6 +270,7 @@ async fn server_read_everything(ports: &[u16]) -> bool {
 
 #[tokio::test]
 async fn bodies_beyond_the_byte_budget_are_refused_at_once_and_counted() {
+    let _no_build = BUILDING.read().await;
     let pki = Pki::new("budget-ca");
     let budget = 16 * 1024 * 1024;
     let read_timeout = Duration::from_secs(4);
@@ -448,8 +456,12 @@ fn cluster_objects(api: &support::fake_apiserver::FakeApiServer, count: usize) {
 /// `manifests/base/deployment.yaml`.
 #[tokio::test]
 async fn hostile_bodies_with_the_caches_of_a_large_cluster_stay_under_the_deployments_memory_limit() {
-    // The build (minutes, the first time) happens before anything is measured.
-    let server = tokio::task::spawn_blocking(support::optimised_server).await.expect("build task");
+    // The build (minutes, the first time) happens before anything is measured, and while no
+    // other test of this file runs a clock.
+    let server = {
+        let _building = BUILDING.write().await;
+        tokio::task::spawn_blocking(support::optimised_server).await.expect("build task")
+    };
     let limit_mib = deployment_memory_limit_mib();
     let api = support::fake_apiserver::FakeApiServer::start().await;
     cluster_objects(&api, 10_000);
