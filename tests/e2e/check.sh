@@ -20,7 +20,14 @@
 #   - the objects the scenarios create (scenarios.sh --render) valid for Kubernetes 1.37.0 and
 #     judged by tokengate check as the scenarios expect: admitted ones pass, each denied one fails;
 #   - tests/e2e/kind.sh --dry-run and tests/e2e/local.sh --dry-run exit 0 and print the commands
-#     they are meant to run.
+#     they are meant to run;
+#   - first, a self-test of these checks (alone: tests/e2e/check.sh --self-test): a command that
+#     fails inside a step fails the step, a kustomization naming a missing resource (in a scratch
+#     copy) fails the render step, and an empty file fails validation.
+#
+# Each step runs in a subshell with errexit in force, its status read afterwards: bash ignores
+# set -e in anything whose status is tested (if, &&, ||, !), so `if step` would let a failing
+# command inside it pass unnoticed.
 #
 # Needs shellcheck (apt-get install -y shellcheck), kubectl, kubernetes-validate
 # (pip install kubernetes-validate), openssl and cargo. Ends with "N passed, M failed" and exits
@@ -30,8 +37,10 @@ set -euo pipefail
 usage() {
   sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
 }
+self_test_only=false
 case "${1:-}" in
   "") ;;
+  --self-test) self_test_only=true ;;
   -h | --help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -44,12 +53,24 @@ failed=0
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# check NAME COMMAND...: runs COMMAND, output to a log shown only on failure.
+# check NAME COMMAND...: runs COMMAND, output to a log shown only on failure. COMMAND runs in a
+# subshell with errexit in force, outside any tested context (where bash would ignore set -e), so
+# any command failing inside it fails the step; the command that failed is logged.
+# Not to be called where its status is tested (if, &&, ||, !).
 check() {
-  local name=$1 log
+  local name=$1 log status errexit=false
   shift
-  log=$work/check-$((passed + failed)).log
-  if "$@" > "$log" 2>&1; then
+  log=$(mktemp "$work/check.XXXXXX")
+  [[ $- == *e* ]] && errexit=true
+  set +e
+  (
+    set -eE
+    trap 'echo "exit status $? from: $BASH_COMMAND" >&2' ERR
+    "$@"
+  ) > "$log" 2>&1
+  status=$?
+  if $errexit; then set -e; fi
+  if ((status == 0)); then
     echo "ok:     $name"
     passed=$((passed + 1))
   else
@@ -78,7 +99,11 @@ tokengate() {
 # kubernetes-validate: fails on errors, and on warnings other than the missing schemas of
 # cert-manager's and the Prometheus Operator's kinds.
 validate_objects() {
-  local output status=0 line bad=0
+  local output status=0 line bad=0 file
+  (($# > 0)) || { echo "no files to validate"; return 1; }
+  for file in "$@"; do
+    grep -q '^kind:' "$file" || { echo "$file holds no object: nothing to validate"; return 1; }
+  done
   output=$(kubernetes-validate --strict --quiet -k "$K8S_VERSION" "$@" 2>&1) || status=$?
   printf '%s\n' "$output"
   while IFS= read -r line; do
@@ -104,23 +129,27 @@ run_shellcheck() {
   shellcheck -x "${scripts[@]}"
 }
 
-# Renders the base, every overlay, the policy and the example overlays from a copy of manifests/,
-# certs/ and tests/fixtures/overlays/, so certs/generate.sh writes its files there rather than
-# into the work tree.
+# render_manifests [SOURCE [OUT]]: renders the base, every overlay, the policy and the example
+# overlays from a copy (OUT/repo) of SOURCE's manifests/, certs/ and tests/fixtures/overlays/, so
+# certs/generate.sh writes its files there rather than into the work tree, into OUT/rendered.
+# SOURCE defaults to the work tree, OUT to this run's temporary directory.
 render_manifests() {
-  local copy=$work/repo dir name
+  local source=${1:-.} out=${2:-$work} dir name objects copy
+  copy=$out/repo
   mkdir -p "$copy/tests/fixtures"
-  cp -R manifests certs "$copy/"
-  cp -R tests/fixtures/overlays "$copy/tests/fixtures/"
+  cp -R "$source/manifests" "$source/certs" "$copy/"
+  cp -R "$source/tests/fixtures/overlays" "$copy/tests/fixtures/"
   rm -rf "$copy/certs/out" "$copy"/manifests/overlays/*/generated
   "$copy/certs/generate.sh" "$copy/certs/out"
-  mkdir -p "$work/rendered"
+  mkdir -p "$out/rendered"
   for dir in "$copy/manifests/base" "$copy/manifests/policy" "$copy/manifests/webhooks" \
     "$copy"/manifests/overlays/*/ "$copy"/tests/fixtures/overlays/*/; do
     dir=${dir%/}
     name=$(basename "$dir")
-    kubectl kustomize "$dir" > "$work/rendered/$name.yaml"
-    echo "rendered $name: $(grep -c '^kind:' "$work/rendered/$name.yaml") objects"
+    kubectl kustomize "$dir" > "$out/rendered/$name.yaml"
+    objects=$(grep -c '^kind:' "$out/rendered/$name.yaml" || true)
+    ((objects > 0)) || { echo "kubectl kustomize $dir rendered no objects"; return 1; }
+    echo "rendered $name: $objects objects"
   done
 }
 
@@ -249,6 +278,10 @@ kind_config_nodes() {
 
 parse_workflow() {
   if ! python3 -c 'import yaml' 2>/dev/null; then
+    if [[ ${CI:-} == true || ${CI:-} == 1 ]]; then
+      echo "python3 with PyYAML not available: under CI a failure, not a reduced check"
+      return 1
+    fi
     echo "python3 with PyYAML not available: only looking for the commands"
     grep -qF tests/e2e/kind.sh .github/workflows/e2e.yaml && grep -qF shellcheck .github/workflows/e2e.yaml
     return
@@ -273,6 +306,40 @@ print("jobs:", ", ".join(jobs), "| Kubernetes:", ", ".join(str(e["kubernetes"]) 
 PY
 }
 
+fails_midway() {
+  false
+  echo "a step carried on after a failing command"
+}
+
+# Checks that the checks can fail: a command failing inside a step, a kustomization naming a
+# missing resource (in a scratch copy of the files render_manifests reads), an empty file and no
+# file to validate. Each nested check must report a failure; they run in this step's subshell, so
+# they count nowhere else. The count, not errexit, decides: it holds even if check stops working.
+self_test() {
+  local scratch=$work/self-test before=$failed
+  mkdir -p "$scratch/source/tests/fixtures"
+  cp -R manifests certs "$scratch/source/"
+  cp -R tests/fixtures/overlays "$scratch/source/tests/fixtures/"
+  sed -i 's/^resources:$/&\n  - does-not-exist.yaml/' "$scratch/source/manifests/base/kustomization.yaml"
+  grep -qx '  - does-not-exist.yaml' "$scratch/source/manifests/base/kustomization.yaml"
+  : > "$scratch/empty.yaml"
+  check "a step with a failing command inside it (must fail)" fails_midway
+  check "render with a missing resource in the base (must fail)" \
+    render_manifests "$scratch/source" "$scratch/work"
+  check "validate an empty file (must fail)" validate_objects "$scratch/empty.yaml"
+  check "validate no file (must fail)" validate_objects
+  echo "$((failed - before)) of 4 failed"
+  ((failed - before == 4))
+}
+
+if $self_test_only; then
+  check "self-test: steps fail on a failing command, a broken kustomization and an empty render" self_test
+  echo "$passed passed, $failed failed"
+  ((failed == 0))
+  exit
+fi
+
+check "self-test: steps fail on a failing command, a broken kustomization and an empty render" self_test
 check "shellcheck tests/e2e, certs and benches scripts" run_shellcheck
 check "render the base and every overlay (kubectl kustomize)" render_manifests
 check "rendered manifests valid for Kubernetes $K8S_VERSION (kubernetes-validate --strict)" validate_rendered

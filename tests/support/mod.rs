@@ -226,3 +226,48 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Whether this is a CI run: `CI` set to `true` or `1` (as CI services and `.ci/run` set it).
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value.eq_ignore_ascii_case("true") || value == "1")
+}
+
+/// For a test that cannot run here (`reason`: a tool that is not installed, say). Under CI, which
+/// installs everything the suite needs, it panics: a missing tool there is a failure, never a
+/// skip. Elsewhere it prints `SKIPPED: reason` and the caller returns.
+#[track_caller]
+pub fn skip_or_fail(reason: &str) {
+    assert!(!under_ci(), "{reason}: under CI this is a failure, not a skip (.ci/run installs what the suite needs)");
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// The server built with release optimisation: the test's own binary when the tests are built
+/// optimised (`cargo test --release`), otherwise one `cargo build --profile memtest` into
+/// `target/memtest` (a no-op once built). Debug builds use more memory and are far slower, so a
+/// memory bound measured on them would say little about what runs in a cluster. Build it before
+/// starting any clock: the first build takes minutes.
+pub fn optimised_server() -> PathBuf {
+    if !cfg!(debug_assertions) {
+        return env!("CARGO_BIN_EXE_tokengate").into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target/memtest");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--profile", "memtest", "--locked", "--bin", "tokengate"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(root)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the memtest profile");
+    target.join("memtest/tokengate")
+}
+
+/// A memory figure of a process from `/proc/<pid>/status`, in KiB: `VmRSS` (now), `VmHWM`
+/// (peak), `RssAnon`, `RssFile`.
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
