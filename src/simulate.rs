@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::cluster::{ClaimInfo, Cluster, CsiDriverInfo, Lookup, PodInfo, ServiceAccountInfo, VolumeInfo};
 use crate::k8s;
 use crate::k8s::tokens::{AUTOMOUNT_EXPIRATION_SECONDS, AUTOMOUNT_TOKEN_PATH, AUTOMOUNT_VOLUME_PREFIX};
 use crate::manifest::Document;
@@ -18,6 +17,7 @@ use crate::report::{Finding, Note, ObjectRef, Report};
 use crate::review::admission::{AdmissionRequest, GroupVersionKind, Operation, RequestObject, UserInfo};
 use crate::review::credentials::{self, Found};
 use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
+use crate::review::lookup::{ClaimInfo, Cluster, CsiDriverInfo, Lookup, PodInfo, ServiceAccountInfo, VolumeInfo};
 use crate::review::pod_view::PodView;
 use crate::review::{decide, Subject, Violation, Webhook, WorkloadKind};
 
@@ -283,7 +283,7 @@ async fn decide_create<C: Cluster>(
 /// volume's random 5-character suffix is shown as `<random>`.
 pub fn add_automount_volume(pod: &mut Value, namespace: &str, extras: &Extras) {
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
-    let service_account = crate::cluster::service_account_named(
+    let service_account = crate::k8s::names::service_account_named(
         spec.get("serviceAccountName").and_then(Value::as_str),
         spec.get("serviceAccount").and_then(Value::as_str),
     )

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
+use std::future::Future;
 
 /// The share of the API server's webhook timeout that lookups may use; the rest is left for
 /// deciding, encoding and the network.

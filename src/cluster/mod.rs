@@ -1,7 +1,6 @@
-//! What decisions need to know about the cluster, behind one small trait.
-//!
-//! Decisions read service accounts, CSI drivers, pods, PVCs and PVs through [`Cluster`]; each
-//! object is reduced to the few fields a decision reads, so caches of them stay small.
+//! The implementations of the decisions' lookup port (`review::lookup::Cluster`): objects from
+//! files, and watch caches of a live cluster, each object reduced to the few fields decisions
+//! read so caches stay small; and reading the cluster's own facts (kubeconfig, audiences).
 
 pub mod audiences;
 mod deadline;
@@ -10,133 +9,11 @@ mod live;
 mod objects;
 pub mod views;
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::Arc;
-
 pub use deadline::{timeout_from_query, WithDeadline};
 pub use live::{LiveCluster, LiveOptions};
 pub use objects::{ObjectStore, ObjectsError};
 
 pub use crate::k8s::names::service_account_named;
-
-/// The outcome of a lookup: the object, `None` when it does not exist, or why it is unknown.
-pub type Lookup<T> = Result<Option<Arc<T>>, LookupError>;
-
-/// Why the cluster could not say whether an object exists.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct LookupError(pub String);
-
-/// Read access to the objects decisions depend on. Implementations answer from files
-/// ([`ObjectStore`]) or from watch caches of a live cluster.
-pub trait Cluster: Sync {
-    /// The service account `namespace/name`.
-    fn service_account(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ServiceAccountInfo>> + Send;
-    /// The CSIDriver object named `name`.
-    fn csi_driver(&self, name: &str) -> impl Future<Output = Lookup<CsiDriverInfo>> + Send;
-    /// The pod `namespace/name`.
-    fn pod(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<PodInfo>> + Send;
-    /// The PersistentVolumeClaim `namespace/name`.
-    fn persistent_volume_claim(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ClaimInfo>> + Send;
-    /// The PersistentVolume `name`.
-    fn persistent_volume(&self, name: &str) -> impl Future<Output = Lookup<VolumeInfo>> + Send;
-    /// Whether lookups can be answered (watch caches have synced); readiness waits for it.
-    fn is_ready(&self) -> bool {
-        true
-    }
-}
-
-/// A shared cluster answers as the cluster it shares.
-impl<C: Cluster + Send + Sync> Cluster for Arc<C> {
-    fn service_account(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ServiceAccountInfo>> + Send {
-        self.as_ref().service_account(namespace, name)
-    }
-    fn csi_driver(&self, name: &str) -> impl Future<Output = Lookup<CsiDriverInfo>> + Send {
-        self.as_ref().csi_driver(name)
-    }
-    fn pod(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<PodInfo>> + Send {
-        self.as_ref().pod(namespace, name)
-    }
-    fn persistent_volume_claim(&self, namespace: &str, name: &str) -> impl Future<Output = Lookup<ClaimInfo>> + Send {
-        self.as_ref().persistent_volume_claim(namespace, name)
-    }
-    fn persistent_volume(&self, name: &str) -> impl Future<Output = Lookup<VolumeInfo>> + Send {
-        self.as_ref().persistent_volume(name)
-    }
-    fn is_ready(&self) -> bool {
-        self.as_ref().is_ready()
-    }
-}
-
-/// A service account, as far as decisions care: its annotations.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServiceAccountInfo {
-    pub annotations: Annotations,
-}
-
-/// Annotations, sorted by key, in one small allocation: a watch cache holds one set per
-/// service account, and a map's smallest node is ten times the size of a typical annotation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Annotations(Box<[(String, String)]>);
-
-impl Annotations {
-    /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&String> {
-        let found = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
-        Some(&self.0[found].1)
-    }
-
-    /// Whether `key` is set.
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
-    }
-
-    /// Every `(key, value)`, sorted by key.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-}
-
-impl FromIterator<(String, String)> for Annotations {
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(annotations: I) -> Self {
-        let sorted: BTreeMap<String, String> = annotations.into_iter().collect();
-        Self(sorted.into_iter().collect())
-    }
-}
-
-/// A CSIDriver's token requests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CsiDriverInfo {
-    /// `(audience, expirationSeconds)` of each `spec.tokenRequests` entry; `""` is the API server.
-    pub token_requests: Vec<(String, Option<i64>)>,
-}
-
-/// A pod, as far as the node-audience restriction cares.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodInfo {
-    pub uid: String,
-    pub node_name: Option<String>,
-    pub service_account: String,
-    /// Whether it has the automount volume (`kube-api-access-*`).
-    pub has_automount_volume: bool,
-    /// Audiences of its projected token volumes (`""` where none is set).
-    pub token_audiences: Vec<String>,
-    /// Drivers of its inline CSI volumes, and of in-tree volumes CSI migration serves.
-    pub csi_drivers: Vec<String>,
-    /// Claims it mounts: `persistentVolumeClaim` volumes and `<pod>-<volume>` for generic
-    /// ephemeral volumes.
-    pub claim_names: Vec<String>,
-}
-
-/// A PersistentVolumeClaim: the volume it is bound to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClaimInfo {
-    pub volume_name: Option<String>,
-}
-
-/// A PersistentVolume: its CSI driver.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VolumeInfo {
-    pub csi_driver: Option<String>,
-}
+pub use crate::review::lookup::{
+    Annotations, ClaimInfo, Cluster, CsiDriverInfo, Lookup, LookupError, PodInfo, ServiceAccountInfo, VolumeInfo,
+};

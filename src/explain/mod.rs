@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cluster::Cluster;
 use crate::manifest::Document;
 use crate::policy::{describe_audience, Lifetime, Mode, Policy};
 use crate::review::credentials::{self, Credential, Found, Origin, Outcome};
 use crate::review::legacy_token::{self, SERVICE_ACCOUNT_NAME_ANNOTATION};
+use crate::review::lookup::Cluster;
 use crate::review::pod_view::{Pod, PodView};
 use crate::review::{Subject, Violation};
 use crate::simulate::{self, claim_credentials, classify, AdmittedPod, Classified, Extras};

@@ -4,9 +4,9 @@
 //! The Pod validation (`pod::check_tokens`) takes its violations from here, and `tokengate
 //! explain` prints the same list, so the two cannot disagree.
 
+use super::lookup::Cluster;
 use super::pod_view::PodView;
 use super::Violation;
-use crate::cluster::Cluster;
 use crate::policy::{expiration_or_default, Lifetime, Policy, Token};
 
 /// Where a token of the pod comes from.

@@ -9,9 +9,9 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use jsonptr::PointerBuf;
 use serde_json::{json, Value};
 
+use super::lookup::ServiceAccountInfo;
 use super::pod_view::{Container, PodSpec, PodView, Volume};
 use super::Violation;
-use crate::cluster::ServiceAccountInfo;
 use crate::k8s;
 use crate::policy::{expiration_or_default, EnvSource, Injection, Policy};
 

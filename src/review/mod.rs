@@ -8,6 +8,7 @@ pub mod credentials;
 mod csi_driver;
 mod inject;
 pub mod legacy_token;
+pub mod lookup;
 mod pod;
 pub mod pod_view;
 mod token_request;
@@ -18,11 +19,11 @@ use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-use crate::cluster::Cluster;
 use crate::policy::{Mode, Policy};
 use admission::{
     AdmissionRequest, AdmissionResponse, AdmissionReviewIn, Operation, RequestObject, Status, ADMISSION_API_VERSION,
 };
+use lookup::Cluster;
 
 use crate::k8s::kinds;
 pub use crate::k8s::kinds::WorkloadKind;

@@ -7,9 +7,9 @@ use serde_json::value::RawValue;
 use super::admission::RequestObject;
 use super::credentials::{self, Credential, Found, Outcome};
 use super::inject::{self, State};
+use super::lookup::{Cluster, ServiceAccountInfo};
 use super::pod_view::{Pod, PodView, Workload};
 use super::{decode_object, Findings, Violation, Webhook, WorkloadKind};
-use crate::cluster::{Cluster, ServiceAccountInfo};
 use crate::k8s::names::MIRROR_ANNOTATION;
 use crate::policy::Policy;
 

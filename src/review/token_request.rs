@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::admission::AdmissionRequest;
+use super::lookup::{Cluster, PodInfo};
 use super::{decode_object, Findings, Violation};
-use crate::cluster::{Cluster, PodInfo};
 use crate::k8s;
 use crate::k8s::tokens::AUTOMOUNT_EXPIRATION_SECONDS;
 use crate::policy::{describe_audience, expiration_or_default, Lifetime, Policy, Token};

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::cluster::Cluster;
 use crate::metrics::{Metrics, Rejection};
+use crate::review::lookup::Cluster;
 use crate::source::PolicyReceiver;
 pub use body::BodyBudget;
 use deadline::{Deadlines, Overdue};
