@@ -229,11 +229,31 @@ pub struct ManageWebhooksArgs {
     pub webhook_annotation: Vec<(String, String)>,
 }
 
+/// Why a flag's value was refused; clap prints it after the flag's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not `KEY=VALUE` with a key.
+    #[error("{0:?} is not KEY=VALUE")]
+    NotKeyValue(String),
+    /// No number where a duration was expected.
+    #[error("{0:?} is not a duration like 500ms, 5s, 2m")]
+    NotDuration(String),
+    /// No number where a size was expected.
+    #[error("{0:?} is not a size like 28Mi, 512Ki, 1048576")]
+    NotSize(String),
+    /// A unit the flag does not know.
+    #[error("unknown unit {unit:?} in {text:?}: use {known}")]
+    UnknownUnit { unit: String, text: String, known: &'static str },
+    /// More bytes than the machine can count.
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
 /// Parses `KEY=VALUE`.
-pub fn parse_annotation(text: &str) -> Result<(String, String), String> {
+pub fn parse_annotation(text: &str) -> Result<(String, String), ValueError> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-        _ => Err(format!("{text:?} is not KEY=VALUE")),
+        _ => Err(ValueError::NotKeyValue(text.to_string())),
     }
 }
 
@@ -431,35 +451,41 @@ const fn tokengate_default_token_file() -> &'static str {
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 5s, 2m"))?;
+    let number: u64 = number.parse().map_err(|_| ValueError::NotDuration(text.to_string()))?;
     let millis = match unit {
         "ms" => number,
         "" | "s" => number.saturating_mul(1000),
         "m" => number.saturating_mul(60_000),
         "h" => number.saturating_mul(3_600_000),
-        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use ms, s, m or h")),
+        _ => {
+            let (unit, text) = (unit.to_string(), text.to_string());
+            return Err(ValueError::UnknownUnit { unit, text, known: "ms, s, m or h" });
+        }
     };
     Ok(Duration::from_millis(millis))
 }
 
 /// Parses a size in bytes: `1048576`, `512Ki`, `28Mi`, `1Gi`.
-pub fn parse_bytes(text: &str) -> Result<usize, String> {
+pub fn parse_bytes(text: &str) -> Result<usize, ValueError> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: usize = number.parse().map_err(|_| format!("{text:?} is not a size like 28Mi, 512Ki, 1048576"))?;
+    let number: usize = number.parse().map_err(|_| ValueError::NotSize(text.to_string()))?;
     let scale: usize = match unit {
         "" => 1,
         "Ki" => 1 << 10,
         "Mi" => 1 << 20,
         "Gi" => 1 << 30,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use Ki, Mi or Gi")),
+        _ => {
+            let (unit, text) = (unit.to_string(), text.to_string());
+            return Err(ValueError::UnknownUnit { unit, text, known: "Ki, Mi or Gi" });
+        }
     };
-    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
+    number.checked_mul(scale).ok_or_else(|| ValueError::TooLarge(text.to_string()))
 }
 
 pub use crate::report::OutputFormat;

@@ -288,7 +288,7 @@ async fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let policy = match &args.policy {
         PolicySourceArgs { policy: Some(file), .. } => load_policy(file)?,
         PolicySourceArgs { policy_configmap: Some(configmap), .. } => {
-            let text = source::fetch_configmap_policy(client.clone(), configmap).await.map_err(anyhow::Error::msg)?;
+            let text = source::fetch_configmap_policy(client.clone(), configmap).await?;
             Policy::parse(&text).map_err(|err| anyhow::anyhow!("ConfigMap {configmap}: {err}"))?
         }
         _ => unreachable!("clap requires --policy or --policy-configmap"),
@@ -385,7 +385,7 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let policy = match (&args.policy, &client) {
         (PolicySourceArgs { policy: Some(file), .. }, _) => load_policy(file)?,
         (PolicySourceArgs { policy_configmap: Some(configmap), .. }, Some(client)) => {
-            let text = source::fetch_configmap_policy(client.clone(), configmap).await.map_err(anyhow::Error::msg)?;
+            let text = source::fetch_configmap_policy(client.clone(), configmap).await?;
             Policy::parse(&text).map_err(|err| anyhow::anyhow!("ConfigMap {configmap}: {err}"))?
         }
         _ => unreachable!("clap requires --policy or --policy-configmap, and a client for the ConfigMap"),

@@ -134,16 +134,22 @@ impl Classified {
     }
 }
 
+/// An object tokengate does not govern, by kind (`(no kind)` when it has none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotGoverned {
+    pub kind: String,
+}
+
 /// What `object` is, when tokengate governs it at CREATE (Pods, workloads, CSIDrivers, Secrets
-/// of type `kubernetes.io/service-account-token`); `Err` with the kind to count as skipped.
-pub fn classify(object: &Value, default_namespace: &str) -> Result<Classified, String> {
+/// of type `kubernetes.io/service-account-token`).
+pub fn classify(object: &Value, default_namespace: &str) -> Result<Classified, NotGoverned> {
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
     let group = k8s::api_group(api_version);
     let subject = Subject::of(group, kind, None);
     let legacy_token = object.get("type").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_TOKEN_TYPE);
     if matches!(subject, Subject::Other | Subject::TokenRequest) || (subject == Subject::Secret && !legacy_token) {
-        return Err(if kind.is_empty() { "(no kind)".to_string() } else { kind.to_string() });
+        return Err(NotGoverned { kind: if kind.is_empty() { "(no kind)".to_string() } else { kind.to_string() } });
     }
     let metadata = |key: &str| object.pointer(&format!("/metadata/{key}")).and_then(Value::as_str);
     Ok(Classified {
@@ -344,7 +350,7 @@ pub async fn judge<C: Cluster>(
     for document in documents {
         let target = match classify(&document.object, options.default_namespace) {
             Ok(target) => target,
-            Err(kind) => {
+            Err(NotGoverned { kind }) => {
                 *report.skipped.entry(kind).or_default() += 1;
                 continue;
             }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobMatcher};
 
 use super::document::LabelSelectorSpec;
 
@@ -14,7 +14,9 @@ use super::document::LabelSelectorSpec;
 #[derive(Debug, Clone)]
 pub struct Globs {
     any: bool,
-    set: GlobSet,
+    /// One matcher per glob: each matches exactly what its regular expression matches (a
+    /// `GlobSet` reads names as paths, and `..` as a parent directory).
+    matchers: Vec<GlobMatcher>,
     globs: Vec<Glob>,
     patterns: Vec<String>,
 }
@@ -55,28 +57,25 @@ fn re2_body(glob: &Glob) -> &str {
 impl Globs {
     /// Matches every name.
     pub fn any() -> Self {
-        Self { any: true, set: GlobSet::empty(), globs: Vec::new(), patterns: vec!["*".to_string()] }
+        Self { any: true, matchers: Vec::new(), globs: Vec::new(), patterns: vec!["*".to_string()] }
     }
 
     /// Compiles `patterns` (`None` = all names); a pattern that does not compile is
     /// returned as `Err((index, message))`.
     pub fn compile(patterns: Option<&[String]>) -> Result<Self, (usize, String)> {
         let Some(patterns) = patterns else { return Ok(Self::any()) };
-        let mut builder = GlobSetBuilder::new();
         let mut globs = Vec::with_capacity(patterns.len());
         for (index, pattern) in patterns.iter().enumerate() {
-            let glob = glob(pattern).map_err(|e| (index, e.to_string()))?;
-            builder.add(glob.clone());
-            globs.push(glob);
+            globs.push(glob(pattern).map_err(|e| (index, e.to_string()))?);
         }
-        let set = builder.build().map_err(|e| (0, e.to_string()))?;
+        let matchers = globs.iter().map(Glob::compile_matcher).collect();
         let any = patterns.iter().any(|p| p == "*");
-        Ok(Self { any, set, globs, patterns: patterns.to_vec() })
+        Ok(Self { any, matchers, globs, patterns: patterns.to_vec() })
     }
 
     /// Whether `name` matches one of the patterns.
     pub fn is_match(&self, name: &str) -> bool {
-        self.any || self.set.is_match(name)
+        self.any || self.matchers.iter().any(|matcher| matcher.is_match(name))
     }
 
     /// Whether these patterns match every name.

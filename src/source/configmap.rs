@@ -26,17 +26,36 @@ pub struct ConfigMapRef {
     pub name: String,
 }
 
+/// A `--policy-configmap` value that is not `NAMESPACE/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not NAMESPACE/NAME")]
+pub struct NotNamespaceName(pub String);
+
 impl FromStr for ConfigMapRef {
-    type Err = String;
+    type Err = NotNamespaceName;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text.split_once('/') {
             Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
                 Ok(Self { namespace: namespace.to_string(), name: name.to_string() })
             }
-            _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+            _ => Err(NotNamespaceName(text.to_string())),
         }
     }
+}
+
+/// Why the policy could not be read from its ConfigMap.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The API server refused or could not be reached.
+    #[error("reading ConfigMap {configmap}: {source}")]
+    Api { configmap: ConfigMapRef, source: kube::Error },
+    /// There is no such ConfigMap.
+    #[error("ConfigMap {0} does not exist")]
+    Missing(ConfigMapRef),
+    /// The ConfigMap has no policy key.
+    #[error("ConfigMap {0} has no key {POLICY_KEY}")]
+    NoPolicyKey(ConfigMapRef),
 }
 
 impl fmt::Display for ConfigMapRef {
@@ -118,17 +137,14 @@ fn truncate(text: &str) -> String {
 }
 
 /// Reads the policy text from the ConfigMap once (for `tokengate audit`).
-pub async fn fetch_configmap_policy(client: Client, configmap: &ConfigMapRef) -> Result<String, String> {
+pub async fn fetch_configmap_policy(client: Client, configmap: &ConfigMapRef) -> Result<String, FetchError> {
     let api = Api::<ConfigMap>::namespaced(client, &configmap.namespace);
     let object = api
         .get_opt(&configmap.name)
         .await
-        .map_err(|err| format!("reading ConfigMap {configmap}: {err}"))?
-        .ok_or_else(|| format!("ConfigMap {configmap} does not exist"))?;
-    object
-        .data
-        .and_then(|mut data| data.remove(POLICY_KEY))
-        .ok_or_else(|| format!("ConfigMap {configmap} has no key {POLICY_KEY}"))
+        .map_err(|source| FetchError::Api { configmap: configmap.clone(), source })?
+        .ok_or_else(|| FetchError::Missing(configmap.clone()))?;
+    object.data.and_then(|mut data| data.remove(POLICY_KEY)).ok_or_else(|| FetchError::NoPolicyKey(configmap.clone()))
 }
 
 #[cfg(test)]

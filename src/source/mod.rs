@@ -5,7 +5,7 @@
 
 mod configmap;
 
-pub use configmap::{fetch_configmap_policy, watch_configmap, ConfigMapRef, POLICY_KEY};
+pub use configmap::{fetch_configmap_policy, watch_configmap, ConfigMapRef, FetchError, NotNamespaceName, POLICY_KEY};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -111,10 +111,46 @@ pub fn not_mirror_pod() -> MatchCondition {
     )
 }
 
+/// A CEL condition known to be always true or always false, or an expression to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cel {
+    Always,
+    Never,
+    Expression(String),
+}
+
+impl Cel {
+    /// The expression text.
+    fn render(self) -> String {
+        match self {
+            Cel::Always => "true".to_string(),
+            Cel::Never => "false".to_string(),
+            Cel::Expression(expression) => expression,
+        }
+    }
+
+    /// Whether any of `terms` holds.
+    fn any(terms: impl IntoIterator<Item = Cel>) -> Cel {
+        let mut expressions = Vec::new();
+        for term in terms {
+            match term {
+                Cel::Always => return Cel::Always,
+                Cel::Never => {}
+                Cel::Expression(expression) => expressions.push(expression),
+            }
+        }
+        match expressions.len() {
+            0 => Cel::Never,
+            1 => Cel::Expression(expressions.remove(0)),
+            _ => Cel::Expression(expressions.iter().map(|t| format!("({t})")).collect::<Vec<_>>().join("\n|| ")),
+        }
+    }
+}
+
 /// Pod mutation: only pods some injection may match (namespace globs and pod selector; a
 /// service-account annotation is invisible to CEL and counts as a match).
 pub fn pod_injection_may_match(policy: &Policy) -> MatchCondition {
-    MatchCondition::new(names::NO_INJECTION_MATCHES, any_injection_may_match(policy))
+    MatchCondition::new(names::NO_INJECTION_MATCHES, any_injection_may_match(policy).render())
 }
 
 /// Pod validation: pods with a token or CSI volume to check, or that some injection may match.
@@ -125,10 +161,10 @@ pub fn pod_needs_checks(policy: &Policy) -> MatchCondition {
         format!("{}\n  || ({})", kinds.join(" || "), token_other_than_automount(v))
     };
     let volumes = format!("has(object.spec.volumes) && object.spec.volumes.exists(v,\n  {})", volume("v"));
-    let expression = match any_injection_may_match(policy).as_str() {
-        "false" => volumes,
-        "true" => "true".to_string(),
-        injections => format!("({volumes})\n|| ({injections})"),
+    let expression = match any_injection_may_match(policy) {
+        Cel::Never => volumes,
+        Cel::Always => "true".to_string(),
+        Cel::Expression(injections) => format!("({volumes})\n|| ({injections})"),
     };
     MatchCondition::new(names::AUTOMOUNT_ONLY_PODS, expression)
 }
@@ -146,35 +182,22 @@ fn token_other_than_automount(v: &str) -> String {
     )
 }
 
-/// `false` when no injection can match any pod; otherwise one disjunct per injection.
-fn any_injection_may_match(policy: &Policy) -> String {
-    let terms: Vec<String> =
-        policy.injections().iter().map(injection_may_match).filter(|term| term != "false").collect();
-    if terms.iter().any(|t| t == "true") {
-        return "true".to_string();
-    }
-    match terms.len() {
-        0 => "false".to_string(),
-        1 => terms.into_iter().next().unwrap_or_default(),
-        _ => terms.iter().map(|t| format!("({t})")).collect::<Vec<_>>().join("\n|| "),
-    }
+/// Whether some injection may match the pod: one disjunct per injection.
+fn any_injection_may_match(policy: &Policy) -> Cel {
+    Cel::any(policy.injections().iter().map(injection_may_match))
 }
 
-fn injection_may_match(injection: &Injection) -> String {
+fn injection_may_match(injection: &Injection) -> Cel {
     let mut parts = Vec::new();
     if !injection.namespaces.matches_all() {
-        match injection.namespaces.re2() {
-            Some(regex) => {
-                parts.push(format!("has(request.namespace) && request.namespace.matches({})", cel_string(&regex)))
-            }
-            None => return "false".to_string(),
-        }
+        let Some(regex) = injection.namespaces.re2() else { return Cel::Never };
+        parts.push(format!("has(request.namespace) && request.namespace.matches({})", cel_string(&regex)));
     }
     parts.extend(injection.pod_selector.terms().into_iter().map(selector_term));
     if parts.is_empty() {
-        "true".to_string()
+        Cel::Always
     } else {
-        parts.join(" && ")
+        Cel::Expression(parts.join(" && "))
     }
 }
 

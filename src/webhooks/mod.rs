@@ -42,11 +42,16 @@ pub struct ServiceRef {
     pub port: u16,
 }
 
+/// A `--service` value that is not `NAMESPACE/NAME[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not NAMESPACE/NAME[:PORT]")]
+pub struct NotServiceRef(pub String);
+
 impl FromStr for ServiceRef {
-    type Err = String;
+    type Err = NotServiceRef;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || format!("{text:?} is not NAMESPACE/NAME[:PORT]");
+        let invalid = || NotServiceRef(text.to_string());
         let (namespace, rest) = text.split_once('/').ok_or_else(invalid)?;
         let (name, port) = match rest.split_once(':') {
             Some((name, port)) => (name, port.parse::<u16>().map_err(|_| invalid())?),
