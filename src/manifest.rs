@@ -40,20 +40,20 @@ pub struct ManifestError {
     pub message: String,
 }
 
-/// Reads every object under `paths`: files as given, directories recursively (files ending
-/// in `.yaml`, `.yml` or `.json`, in name order; hidden entries skipped).
+/// Reads every object under `paths` as [`load_inputs`] does (`-` is standard input), failing on
+/// the first file that cannot be read.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
-    let mut documents = Vec::new();
-    for path in paths {
-        for file in files_under(path)? {
-            documents.extend(load_file(&file)?);
-        }
+    let loaded = load_inputs(paths, &globset::GlobSet::empty());
+    match loaded.errors.into_iter().next() {
+        Some(error) => Err(error),
+        None => Ok(loaded.documents),
     }
-    Ok(documents)
 }
 
-/// Reads every object under `paths` (`-` is standard input), skipping files whose path matches
-/// an `exclude` glob; a file that cannot be read is recorded and the others are still read.
+/// Reads every object under `paths` (`-` is standard input; files as given; directories
+/// recursively, files ending in `.yaml`, `.yml` or `.json`, in name order, hidden entries
+/// skipped), skipping files whose path matches an `exclude` glob; a file that cannot be read is
+/// recorded and the others are still read.
 pub fn load_inputs(paths: &[PathBuf], exclude: &globset::GlobSet) -> Loaded {
     let mut loaded = Loaded::default();
     for path in paths {

@@ -142,6 +142,30 @@ fn explain_and_check_report_the_same_violations_notes_and_exit_status() {
 }
 
 #[test]
+fn a_dash_reads_the_manifests_from_standard_input() {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["explain", "--policy", POLICY, "--objects", OBJECTS, "-"])
+        .current_dir(root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tokengate runs");
+    let manifests = std::fs::read(root().join(MANIFESTS)).expect("manifests");
+    child.stdin.take().expect("stdin").write_all(&manifests).expect("write stdin");
+    let output = child.wait_with_output().expect("tokengate ends");
+    let from_file = tokengate(&["explain", "--policy", POLICY, "--objects", OBJECTS, MANIFESTS]);
+    assert_eq!(output.status.code(), from_file.status.code(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("Pod payments/ledger (-)"), "{stdout}");
+    assert_eq!(
+        stdout.replace(" (-)", ""),
+        String::from_utf8_lossy(&from_file.stdout).replace(&format!(" ({MANIFESTS})"), "")
+    );
+}
+
+#[test]
 fn exit_status_is_0_in_audit_mode_and_2_on_unreadable_input() {
     let dir = support::TempDir::new("explain-exit");
     let policy = std::fs::read_to_string(root().join(POLICY)).expect("policy").replace("mode: Enforce", "mode: Audit");
