@@ -21,7 +21,7 @@ use tokengate::manifest::{self, Document};
 use tokengate::metrics::Metrics;
 use tokengate::policy::{Policy, PolicyError};
 use tokengate::report::render;
-use tokengate::report::{FileError, Gate, Report, UnreadKind};
+use tokengate::report::{FileError, FileErrorReason, Gate, Report, UnreadKind};
 use tokengate::review::{self, Reply, Webhook};
 use tokengate::server::tls::CertificateFiles;
 use tokengate::server::{self, ServerConfig};
@@ -262,15 +262,40 @@ async fn run_review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let policy = load_policy(&args.policy)?;
+    let gate = Gate { fail_on_warn: args.fail_on_warn, strict: args.strict };
+    let text = read_text(&args.policy).context("reading the policy")?;
+    let policy = match Policy::parse(&text) {
+        Ok(policy) => policy,
+        // Every format carries the policy's problems, so CI shows a report.
+        Err(err) => return print_report(&policy_problems_report(&args.policy, &err), args.output, gate),
+    };
     let exclude = exclude_globs(&args.exclude)?;
     let loaded = manifest::load_inputs(&args.paths, &exclude);
     let (cluster, extras) = load_offline_cluster(&args.objects, &loaded.documents, &args.namespace)?;
     let options = simulate::Options { default_namespace: &args.namespace, mutate_pods_first: true };
     let mut report = simulate::judge(&policy, &loaded.documents, &cluster, &extras, options).await;
-    report.errors = loaded.errors.into_iter().map(|e| FileError { file: e.path, message: e.message }).collect();
-    let gate = Gate { fail_on_warn: args.fail_on_warn, strict: args.strict };
+    report.errors = loaded
+        .errors
+        .into_iter()
+        .map(|e| FileError { file: e.path, line: None, reason: FileErrorReason::Unreadable, message: e.message })
+        .collect();
     print_report(&report, args.output, gate)
+}
+
+/// A report of nothing checked whose errors are an invalid policy's problems, each at its line.
+fn policy_problems_report(file: &Path, err: &PolicyError) -> Report {
+    let mut report = Report::empty("(invalid policy)");
+    report.errors = err
+        .problems()
+        .iter()
+        .map(|problem| FileError {
+            file: file.to_path_buf(),
+            line: problem.position.map(|at| at.line),
+            reason: FileErrorReason::InvalidPolicy,
+            message: format!("invalid policy: {problem}"),
+        })
+        .collect();
+    report
 }
 
 /// `--exclude` globs, matched against whole file paths.

@@ -63,7 +63,30 @@ pub struct Note {
 #[derive(Debug, Clone, Serialize)]
 pub struct FileError {
     pub file: PathBuf,
+    /// The line the problem is on, when known (a policy's problems).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    pub reason: FileErrorReason,
     pub message: String,
+}
+
+/// Why a file stopped the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FileErrorReason {
+    /// A manifest that could not be read as Kubernetes objects.
+    Unreadable,
+    /// The policy has problems (nothing was checked).
+    InvalidPolicy,
+}
+
+impl FileErrorReason {
+    fn title(self) -> &'static str {
+        match self {
+            FileErrorReason::Unreadable => "tokengate: unreadable file",
+            FileErrorReason::InvalidPolicy => "tokengate: invalid policy",
+        }
+    }
 }
 
 /// A kind an audit could not list, with the API server's reason.
@@ -180,7 +203,8 @@ pub struct Rendered {
 pub fn render(report: &Report, format: OutputFormat, gate: Gate) -> Rendered {
     let mut stderr = String::new();
     for error in &report.errors {
-        let _ = writeln!(stderr, "error: {}: {}", error.file.display(), error.message);
+        let line = error.line.map(|line| format!("{line}:")).unwrap_or_default();
+        let _ = writeln!(stderr, "error: {}:{line} {}", error.file.display(), error.message);
     }
     for unread in &report.unread {
         let _ = writeln!(stderr, "error: could not list {}: {}", unread.kind, unread.reason);
@@ -270,7 +294,7 @@ fn github(report: &Report, gate: Gate) -> String {
         out.push_str(&command(level, note.object.file.as_deref(), note.object.line, &title, &note.message));
     }
     for error in &report.errors {
-        out.push_str(&command("error", Some(&error.file), None, "tokengate: unreadable file", &error.message));
+        out.push_str(&command("error", Some(&error.file), error.line, error.reason.title(), &error.message));
     }
     out
 }

@@ -273,6 +273,59 @@ fn policy_validate_reports_every_problem_in_one_run_at_its_line() {
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
+/// A policy whose first mistake is a missing required field, then mistakes after it.
+const BROKEN_POLICY: &str = "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  mode: Enforcee\n  expiration: {minSeconds: \"x\"}\n  audiences:\n    - audiance: vault\n    - audience: sts.amazonaws.com\n      maxExpirationSeconds: []\n";
+
+#[test]
+fn a_missing_field_or_a_type_error_hides_no_other_problem() {
+    let dir = scratch("broken", &[("policy.yaml", BROKEN_POLICY)]);
+    let file = dir.join("policy.yaml");
+    let file = file.to_str().expect("utf-8");
+    let output = tokengate(&["policy", "validate", file], b"");
+    assert_eq!(code(&output), 1);
+    let stdout = text(&output.stdout);
+    for expected in [
+        format!("{file}:4:3: spec.mode: unknown variant `Enforcee`"),
+        format!("{file}:5:16: spec.expiration.minSeconds: invalid type: string \"x\", expected an integer"),
+        format!("{file}:7:7: spec.audiences[0].audiance: unknown field"),
+        format!("spec.audiences[0]: missing field `audience`"),
+        // The element after the one taken out keeps its index and its line.
+        format!("{file}:9:7: spec.audiences[1].maxExpirationSeconds: invalid type: sequence, expected an integer"),
+    ] {
+        assert!(stdout.contains(&expected), "{expected}\nin\n{stdout}");
+    }
+    assert!(!stdout.contains("u64") && !stdout.contains("struct "), "Rust's type names: {stdout}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn every_output_format_carries_an_invalid_policys_problems() {
+    let dir = scratch("broken-formats", &[("policy.yaml", BROKEN_POLICY)]);
+    let file = dir.join("policy.yaml");
+    let file = file.to_str().expect("utf-8");
+    for format in ["text", "json", "junit", "github"] {
+        let output = tokengate(&["check", "--policy", file, "-o", format, "examples/manifests"], b"");
+        assert_eq!(code(&output), 2, "{format}");
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        assert!(stderr.contains("spec.mode: unknown variant"), "{format}: {stderr}");
+        match format {
+            "json" => {
+                let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
+                let errors = report["errors"].as_array().expect("errors");
+                assert_eq!(errors.len(), 5, "{report}");
+                assert!(errors.iter().all(|e| e["reason"] == "invalidPolicy" && e["line"].is_u64()), "{report}");
+            }
+            "junit" => assert!(stdout.contains("errors=\"5\"") && stdout.contains("spec.mode"), "{stdout}"),
+            "github" => assert!(
+                stdout.contains(&format!("::error file={file},line=4,title=tokengate%3A invalid policy::")),
+                "{stdout}"
+            ),
+            _ => {}
+        }
+    }
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
 #[test]
 fn one_unreadable_file_does_not_hide_the_others() {
     let good =

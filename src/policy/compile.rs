@@ -9,35 +9,81 @@ use super::globs::{Globs, LabelSelector};
 use super::*;
 use crate::k8s::tokens::AUTOMOUNT_EXPIRATION_SECONDS;
 
-/// Reads YAML or JSON into a document, reporting every unknown or mistyped field at once: each
-/// one found is recorded and taken out, and the document read again, so five typos take one run.
-/// The document is `None` when it cannot be read even so (a missing required field, a list
-/// item of the wrong type); the problems then say why.
-pub(super) fn read_document(text: &str) -> Result<(Option<PolicyDocument>, Vec<Problem>), PolicyError> {
+/// A policy document read leniently: the typed document (when the problems could be worked
+/// around), every problem found, and the array elements taken out on the way (an element
+/// missing a required field), so that later paths can name the elements as written.
+pub(super) struct Read {
+    pub document: Option<PolicyDocument>,
+    pub problems: Vec<Problem>,
+    /// `(array path, index)` of each element taken out, in order.
+    removed: Vec<(String, usize)>,
+}
+
+impl Read {
+    /// `path` in the document as written: indexes at or after a removed element move up.
+    pub fn original_path(&self, path: &str) -> String {
+        let mut path = path.to_string();
+        for (array, index) in self.removed.iter().rev() {
+            let prefix = format!("{array}[");
+            let Some(rest) = path.strip_prefix(&prefix) else { continue };
+            let Some((number, tail)) = rest.split_once(']') else { continue };
+            if let Ok(at) = number.parse::<usize>() {
+                if at >= *index {
+                    path = format!("{prefix}{}]{tail}", at + 1);
+                }
+            }
+        }
+        path
+    }
+}
+
+/// Reads the document, reporting every field that does not fit its type: each problem's field
+/// (or, for a missing required field, the element that lacks it) is taken out and the rest read
+/// again, so one mistake does not hide the others.
+pub(super) fn read_document(text: &str) -> Result<Read, PolicyError> {
     let mut value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|err| {
         let position = err.location().map(|at| Position { line: at.line(), column: at.column() });
         PolicyError::Syntax(Problem { path: "(document)".to_string(), message: err.to_string(), position })
     })?;
+    let mut read = Read { document: None, problems: Vec::new(), removed: Vec::new() };
     if let Some(problem) = foreign_kind(&value) {
-        return Ok((None, vec![problem]));
+        read.problems.push(problem);
+        return Ok(read);
     }
     drop_nulls(&mut value);
-    let mut problems: Vec<Problem> = Vec::new();
-    // Each pass removes one field, so the document's size bounds the passes.
+    // Each pass removes one field or element, so the document's size bounds the passes.
     loop {
         let err = match serde_path_to_error::deserialize::<_, PolicyDocument>(&value) {
-            Ok(document) => return Ok((Some(document), problems)),
+            Ok(document) => {
+                read.document = Some(document);
+                return Ok(read);
+            }
             Err(err) => err,
         };
         let path = err.path().to_string();
         let path = if path == "." { "(document)".to_string() } else { path };
-        let message = err.into_inner().to_string();
-        let repaired = !message.starts_with("missing field") && remove_field(&mut value, &path);
-        problems.push(Problem { path, message, position: None });
-        if !repaired {
-            return Ok((None, problems));
+        let message = in_plain_words(&err.into_inner().to_string());
+        let repaired = remove_node(&mut value, &path);
+        read.problems.push(Problem { path: read.original_path(&path), message, position: None });
+        match repaired {
+            Some(Some(element)) => read.removed.push(element),
+            Some(None) => {}
+            None => return Ok(read),
         }
     }
+}
+
+/// A decoding error in the words of the policy's readers, not of Rust's types: `expected u64`
+/// becomes `expected an integer`, `expected struct ...` `expected an object`, and so on.
+fn in_plain_words(message: &str) -> String {
+    let mut words = message.to_string();
+    for integer in ["u64", "i64", "u32", "i32", "usize", "u16", "u8"] {
+        words = words.replace(&format!("expected {integer}"), "expected an integer");
+    }
+    if let Some(at) = words.find("expected struct ") {
+        words.replace_range(at.., "expected an object");
+    }
+    words.replace("expected a sequence", "expected a list").replace("expected a map", "expected an object")
 }
 
 /// Takes out fields written without a value (`match:`), which YAML reads as null: a field
@@ -66,26 +112,40 @@ fn foreign_kind(value: &serde_json::Value) -> Option<Problem> {
     })
 }
 
-/// Removes the object field at `path` (`spec.audiences[2].namespacs`); false when the path does
-/// not end in an object field.
-fn remove_field(value: &mut serde_json::Value, path: &str) -> bool {
-    let (parent, key) = path.rsplit_once('.').unwrap_or(("", path));
-    if key.contains('[') || key.is_empty() {
-        return false;
+/// Takes out the node at `path` (`spec.audiences[0].namespaces`): a field of an object, or an
+/// element of an array. `None` when there is no such node (or it is the document itself);
+/// `Some(Some((array, index)))` when an array element was taken out.
+fn remove_node(value: &mut serde_json::Value, path: &str) -> Option<Option<(String, usize)>> {
+    let (parent, last) = match path.rfind(['.', '[']) {
+        Some(at) if path[at..].starts_with('[') => (&path[..at], &path[at..]),
+        Some(at) => (&path[..at], &path[at + 1..]),
+        None => ("", path),
+    };
+    let node = node_at(value, parent)?;
+    match last.strip_prefix('[').and_then(|i| i.strip_suffix(']')).and_then(|i| i.parse::<usize>().ok()) {
+        Some(index) => {
+            let items = node.as_array_mut().filter(|items| index < items.len())?;
+            items.remove(index);
+            Some(Some((parent.to_string(), index)))
+        }
+        None if !last.is_empty() && last != "(document)" => node.as_object_mut()?.remove(last).map(|_| None),
+        None => None,
     }
+}
+
+/// The node at a path like `spec.audiences[0]` (`""` is the document).
+fn node_at<'a>(value: &'a mut serde_json::Value, path: &str) -> Option<&'a mut serde_json::Value> {
     let mut node = value;
-    for segment in parent.split('.').filter(|s| !s.is_empty()) {
+    for segment in path.split('.').filter(|s| !s.is_empty()) {
         let (name, indexes) = segment.split_once('[').map_or((segment, ""), |(n, rest)| (n, rest));
-        let Some(next) = node.get_mut(name) else { return false };
-        node = next;
+        if !name.is_empty() {
+            node = node.get_mut(name)?;
+        }
         for index in indexes.split('[').filter(|i| !i.is_empty()) {
-            let Some(next) = index.trim_end_matches(']').parse::<usize>().ok().and_then(|i| node.get_mut(i)) else {
-                return false;
-            };
-            node = next;
+            node = index.trim_end_matches(']').parse::<usize>().ok().and_then(|i| node.get_mut(i))?;
         }
     }
-    node.as_object_mut().is_some_and(|map| map.remove(key).is_some())
+    Some(node)
 }
 
 /// Collects problems while a document is compiled.

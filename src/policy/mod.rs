@@ -245,10 +245,12 @@ impl Policy {
     /// Like [`Policy::parse`], with `learned` API server audiences (read from the cluster)
     /// added to the document's `apiServerAudiences`.
     pub fn parse_with_api_server_audiences(text: &str, learned: &[String]) -> Result<Policy, PolicyError> {
-        let (document, mut problems) = compile::read_document(text)?;
-        match document.map(|document| compile::compile(document, learned)) {
+        let mut read = compile::read_document(text)?;
+        let mut problems = std::mem::take(&mut read.problems);
+        match read.document.take().map(|document| compile::compile(document, learned)) {
             Some(Ok(policy)) if problems.is_empty() => return Ok(policy),
-            Some(Err(PolicyError::Invalid(more))) => problems.extend(more),
+            Some(Err(PolicyError::Invalid(more))) => problems
+                .extend(more.into_iter().map(|problem| Problem { path: read.original_path(&problem.path), ..problem })),
             _ => {}
         }
         let located = positions::positions(text);
