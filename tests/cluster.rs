@@ -319,6 +319,111 @@ async fn a_storm_of_requests_for_a_missing_pod_costs_one_api_call() {
     assert_eq!(api.single_gets() - before, 1, "one API call for 21 reviews within a few seconds");
 }
 
+/// The caches' watches are cut, objects change while no watch is open, and the history is
+/// compacted before the watches come back: each watch from its last version gets a 410 Expired
+/// ERROR event, and the cache lists again (kube's watcher), sees what changed in the gap, and
+/// answers from the cache all along (readiness never drops).
+#[tokio::test]
+async fn the_caches_list_again_after_410_expired_and_see_what_changed_in_the_gap() {
+    let (api, cluster) = live(LiveOptions::default()).await;
+    let pods_before = cluster.sizes()[2] + 1;
+    api.apply(fresh_pod("doomed", "0b7c8a57-0000-4000-8000-000000000010"));
+    let cached = eventually(Duration::from_secs(10), async || cluster.sizes()[2] == pods_before).await;
+    assert!(cached, "the pod reaches the cache");
+    let (lists, expired) = (api.lists(), api.expired_answers());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (cluster, stop) = (cluster.clone(), stop.clone());
+        async move {
+            let mut unready = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                unready += usize::from(!cluster.is_ready());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            unready
+        }
+    });
+
+    api.pause_watches();
+    api.drop_watches();
+    api.apply(fresh_pod("born-in-the-gap", "0b7c8a57-0000-4000-8000-000000000011"));
+    api.apply(fresh_pod("also-born-in-the-gap", "0b7c8a57-0000-4000-8000-000000000012"));
+    api.delete("v1", "Pod", Some("team-a"), "doomed");
+    api.compact();
+    api.resume_watches();
+
+    // Two pods more, one less: only a new list shows that (no watch saw those writes).
+    let relisted = eventually(Duration::from_secs(20), async || cluster.sizes()[2] == pods_before + 1).await;
+    let gets = api.single_gets();
+    let born = cluster.pod("team-a", "born-in-the-gap").await.expect("a lookup").is_some();
+    assert!(relisted && born, "the new pod is cached, the deleted one gone: {:?}", cluster.sizes());
+    assert_eq!(api.single_gets(), gets, "answered by the cache, not the API fallback");
+    assert!(api.expired_answers() > expired, "the watches were told 410 Expired");
+    assert!(api.lists() > lists, "and listed again");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(sampler.await.expect("sampler"), 0, "ready throughout");
+    assert!(cluster.pod("team-a", "doomed").await.expect("a lookup").is_none(), "the deleted pod is gone");
+}
+
+/// A pod the test policy finds in violation: it lacks the `aws-web-identity` injection its
+/// service account asks for.
+fn unidentified_pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "team-a"},
+           "spec": {"serviceAccountName": "irsa", "containers": [{"name": "app", "image": "app"}]}})
+}
+
+/// How many findings each unidentified pod got.
+fn findings_per_pod(audit: &tokengate::audit::Audit) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for finding in &audit.report.violations {
+        let name = &finding.object.name;
+        if finding.object.kind == "Pod" && (name.starts_with("unidentified-") || name == "created-mid-list") {
+            *counts.entry(name.clone()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// More pods than one page of `audit`: the continue token expires after the first page (the
+/// history compacted, a pod created meanwhile). `audit` lists the kind again from the start and
+/// judges every pod exactly once, the new one included; never a partial cluster as complete.
+#[tokio::test]
+async fn audit_lists_a_kind_again_when_its_continue_token_expires() {
+    let api = FakeApiServer::start().await;
+    for object in fixture_objects() {
+        api.apply(object);
+    }
+    for i in 0..300 {
+        api.apply(unidentified_pod(&format!("unidentified-{i:03}")));
+    }
+    api.compact_during_lists("pods", vec![unidentified_pod("created-mid-list")]);
+    let policy = Policy::parse(POLICY).expect("valid");
+    let audit = tokengate::audit::audit(api.client(), &policy, None, |_, _| {}).await.expect("a complete audit");
+    assert_eq!(api.expired_answers(), 1, "the second page was refused once");
+    let counts = findings_per_pod(&audit);
+    assert_eq!(counts.len(), 301, "every pod, the one created mid-list too");
+    assert!(counts.values().all(|n| *n == 1), "each judged once: {counts:?}");
+    assert!(audit.unread.is_empty(), "{:?}", audit.unread);
+}
+
+/// When the token expires on every attempt, `audit` fails and says why, naming the kind.
+#[tokio::test]
+async fn audit_fails_clearly_when_a_kind_cannot_be_listed_before_its_token_expires() {
+    let api = FakeApiServer::start().await;
+    for object in fixture_objects() {
+        api.apply(object);
+    }
+    for i in 0..300 {
+        api.apply(unidentified_pod(&format!("unidentified-{i:03}")));
+    }
+    let interruptions = (0..10).map(|i| unidentified_pod(&format!("created-mid-list-{i}"))).collect();
+    api.compact_during_lists("pods", interruptions);
+    let policy = Policy::parse(POLICY).expect("valid");
+    let err = tokengate::audit::audit(api.client(), &policy, None, |_, _| {}).await.expect_err("no partial audit");
+    assert_eq!(err.kind, "Pod");
+    assert!(err.message.contains("expired"), "{err}");
+}
+
 fn workload_objects() -> Vec<Value> {
     let template = |audience: &str| {
         json!({"metadata": {"labels": {"app": "x"}}, "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "app"}],

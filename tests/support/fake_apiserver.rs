@@ -112,6 +112,7 @@ impl FakeApiServer {
             lists: AtomicUsize::new(0),
             watch_epoch: watch::channel(0).0,
             watches_paused: watch::channel(false).0,
+            compact_during_lists: Mutex::new(None),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let shutdown = shared.shutdown.clone();
@@ -159,16 +160,15 @@ impl FakeApiServer {
         let kind = object["kind"].as_str().expect("apply: the object needs a kind").to_string();
         let name = object["metadata"]["name"].as_str().expect("apply: the object needs metadata.name").to_string();
         let mut store = self.shared.lock();
-        let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
-        let resource = store.resource_for(&api_version, &kind, namespace.is_some());
-        let namespace = if store.resources[resource].namespaced {
-            namespace.unwrap_or_else(|| "default".into())
-        } else {
-            String::new()
-        };
-        let key = ObjectKey { resource, namespace, name };
-        store.put(key, object);
+        store.seed(&api_version, &kind, name, object);
         self.shared.notify(store);
+    }
+
+    /// Each time the first page of a paged list of `plural` is answered (more pages to come),
+    /// writes the next of `objects` (as [`apply`](Self::apply) does) and compacts: the list's
+    /// continue token has expired before the client asks for the second page.
+    pub fn compact_during_lists(&self, plural: &str, objects: Vec<Value>) {
+        *self.shared.compact_during_lists.lock().expect("lock") = Some((plural.to_string(), objects.into()));
     }
 
     /// Deletes an object by `apiVersion`, `kind`, namespace (`None` for cluster-scoped kinds) and
@@ -220,11 +220,7 @@ impl FakeApiServer {
     /// from an older version gets a `410 Expired` `ERROR` event, a `continue` token of an older
     /// list snapshot a `410 Expired` answer. Returns the compacted version.
     pub fn compact(&self) -> u64 {
-        let mut store = self.shared.lock();
-        store.base = store.objects.clone();
-        store.compacted = store.version;
-        store.history.clear();
-        store.version
+        self.shared.lock().compact()
     }
 
     /// Ends every open watch stream at once (what an API server restart does to its clients);
@@ -297,6 +293,9 @@ struct Shared {
     watch_epoch: watch::Sender<u64>,
     /// While true, new watch requests wait.
     watches_paused: watch::Sender<bool>,
+    /// A plural whose paged lists are interrupted by a write and a compaction, and the objects
+    /// still to write.
+    compact_during_lists: Mutex<Option<(String, VecDeque<Value>)>>,
 }
 
 impl Shared {
@@ -413,6 +412,26 @@ impl Store {
             namespaced,
         });
         self.resources.len() - 1
+    }
+
+    /// Forgets the history up to the current version.
+    fn compact(&mut self) -> u64 {
+        self.base = self.objects.clone();
+        self.compacted = self.version;
+        self.history.clear();
+        self.version
+    }
+
+    /// Creates or replaces an object outside the API (no managed fields).
+    fn seed(&mut self, api_version: &str, kind: &str, name: String, object: Value) {
+        let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
+        let resource = self.resource_for(api_version, kind, namespace.is_some());
+        let namespace = if self.resources[resource].namespaced {
+            namespace.unwrap_or_else(|| "default".into())
+        } else {
+            String::new()
+        };
+        self.put(ObjectKey { resource, namespace, name }, object);
     }
 
     fn unique_suffix(&mut self) -> String {
@@ -871,10 +890,27 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
     } else {
         (resource.api_version(), format!("{}List", resource.kind))
     };
-    json_response(
+    let response = json_response(
         StatusCode::OK,
         &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": items}),
-    )
+    );
+    if after.is_none() && remaining > 0 {
+        let plural = resource.plural.clone();
+        let mut interrupt = shared.compact_during_lists.lock().expect("lock");
+        let next =
+            interrupt.as_mut().filter(|(armed, _)| *armed == plural).and_then(|(_, objects)| objects.pop_front());
+        drop(interrupt);
+        if let Some(object) = next {
+            let api_version = object["apiVersion"].as_str().expect("an apiVersion").to_string();
+            let kind = object["kind"].as_str().expect("a kind").to_string();
+            let name = object["metadata"]["name"].as_str().expect("a name").to_string();
+            let mut store = store;
+            store.seed(&api_version, &kind, name, object);
+            store.compact();
+            shared.notify(store);
+        }
+    }
+    response
 }
 
 async fn get(shared: &Shared, route: &Route, name: &str, metadata_only: bool) -> Response {
