@@ -416,3 +416,24 @@ async fn the_configurations_are_applied_again_every_resync_period() {
         "the same policy each time"
     );
 }
+
+/// Policy changes that leave the configurations as they are (a new expiration bound) do not put
+/// the periodic re-apply off: with such a change every third of a period, the configurations
+/// are still applied again once per period.
+#[tokio::test]
+async fn policy_changes_that_leave_the_configurations_alone_do_not_put_the_resync_off() {
+    let server = FakeApiServer::start().await;
+    let resync = Duration::from_millis(600);
+    let (mut publisher, _metrics, _task) = start_manager(&server, resync, None);
+    eventually("the first apply", || server.patches() >= 2).await;
+    let started = tokio::time::Instant::now();
+    let mut generation = 1;
+    while server.patches() < 2 + 2 * 2 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no resync in 30 s while the policy kept changing");
+        generation += 1;
+        let text = format!("{POLICY}  expiration: {{maxSeconds: {}}}\n", 3600 + generation);
+        assert!(matches!(publisher.offer("test", &text), Offer::Loaded { .. }), "{text}");
+        tokio::time::sleep(resync / 3).await;
+    }
+    println!("two resyncs of {resync:?} took {:?} with {} policy changes", started.elapsed(), generation - 1);
+}

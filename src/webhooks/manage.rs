@@ -38,8 +38,9 @@ pub struct ManageOptions {
     pub max_backoff: Duration,
     /// How often readiness is checked before the first apply.
     pub readiness_poll: Duration,
-    /// How often the configurations are applied again although the policy did not change, to
-    /// undo edits and deletions by hand.
+    /// How long after the last successful apply the configurations are applied again although
+    /// they did not change (policy changes that leave them alone do not put this off), to undo
+    /// edits and deletions by hand.
     pub resync: Duration,
     /// Where the Events recording each apply go (the policy ConfigMap or tokengate's Pod).
     pub event_target: Option<ObjectReference>,
@@ -88,6 +89,9 @@ pub async fn run<R>(
 {
     let mut applied: Option<Configurations> = None;
     let mut backoff = options.initial_backoff;
+    // When to apply again although nothing changed: one period after the last successful apply,
+    // however many policy changes (that leave the configurations alone) come in between.
+    let mut resync_at = tokio::time::Instant::now() + options.resync;
     loop {
         let current: Option<Arc<Policy>> = policy.borrow_and_update().clone();
         let Some(current) = current.filter(|_| ready()) else {
@@ -111,6 +115,7 @@ pub async fn run<R>(
                     record_event(&client, &options, generation).await;
                     applied = Some(wanted);
                     backoff = options.initial_backoff;
+                    resync_at = tokio::time::Instant::now() + options.resync;
                 }
                 Err(err) => {
                     metrics.webhooks_apply_failed();
@@ -126,7 +131,7 @@ pub async fn run<R>(
         }
         tokio::select! {
             changed = policy.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(options.resync) => applied = None,
+            () = tokio::time::sleep_until(resync_at) => applied = None,
         }
     }
 }
