@@ -614,3 +614,17 @@ async fn compacted_history_answers_watches_and_continue_tokens_with_410_expired(
     );
     assert_eq!(server.expired_answers(), 3);
 }
+
+#[tokio::test]
+async fn an_apply_that_changes_nothing_writes_nothing() {
+    let server = FakeApiServer::start().await;
+    let api = configurations(server.client());
+    let applied = configuration(json!([{"name": "a.example.com", "timeoutSeconds": 3}]));
+    let first = server_side_apply(&api, "gate-manager", false, &applied).await.expect("apply creates");
+    let again = server_side_apply(&api, "gate-manager", true, &applied).await.expect("applied again");
+    assert_eq!(again.metadata.resource_version, first.metadata.resource_version, "no new version");
+    assert_eq!(again.metadata.managed_fields, first.metadata.managed_fields, "the entry keeps its time");
+    let changed = configuration(json!([{"name": "a.example.com", "timeoutSeconds": 4}]));
+    let third = server_side_apply(&api, "gate-manager", false, &changed).await.expect("applied");
+    assert_ne!(third.metadata.resource_version, first.metadata.resource_version);
+}

@@ -31,7 +31,8 @@
 //!   `force` refused on other patches (`422`). Create, PUT and the other patches take ownership of
 //!   what they change (manager: `fieldManager`, else the user agent up to its first `/`). Objects
 //!   seeded with [`FakeApiServer::apply`] have no managed fields, like objects written before
-//!   field management. Writes to `events`
+//!   field management. A write that changes nothing (an apply of what is already there) is not
+//!   stored: no new `resourceVersion`, no watch event, as upstream. Writes to `events`
 //!   (`events.k8s.io/v1` or core `v1`) are also recorded for [`FakeApiServer::events`];
 //! - a resource made forbidden with [`FakeApiServer::forbid`]: `403 Forbidden` for every request;
 //! - anything else: a `404 NotFound` `Status`.
@@ -1117,6 +1118,11 @@ fn patch(
         }
         managed_fields::update(live.as_ref(), &object, manager, &now())
     };
+    if live.as_ref() == Some(&object) {
+        // Nothing changed: nothing is written, no new resourceVersion, no watch event.
+        let answer = if metadata_only { partial_metadata(&object) } else { object };
+        return json_response(StatusCode::OK, &answer);
+    }
     if query.get("dryRun").is_some() {
         return json_response(StatusCode::OK, &object);
     }
@@ -1167,6 +1173,9 @@ fn replace(shared: &Shared, route: &Route, name: &str, query: &Query, body: &[u8
         );
     }
     let object = managed_fields::update(Some(&live), &object, manager, &now());
+    if object == live {
+        return json_response(StatusCode::OK, &live);
+    }
     if query.get("dryRun").is_some() {
         return json_response(StatusCode::OK, &object);
     }

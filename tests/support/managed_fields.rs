@@ -369,14 +369,8 @@ fn print_manager(manager: &Manager) -> String {
     }
 }
 
-/// The manager's entry, added when missing.
-fn entry<'a>(
-    managers: &'a mut Vec<Manager>,
-    name: &str,
-    operation: Operation,
-    api_version: &str,
-    now: &str,
-) -> &'a mut Manager {
+/// The manager's entry, added when missing (without a time yet: see [`stamp`]).
+fn entry<'a>(managers: &'a mut Vec<Manager>, name: &str, operation: Operation, api_version: &str) -> &'a mut Manager {
     let found = managers.iter().position(|m| m.name == name && m.operation == operation);
     let index = found.unwrap_or_else(|| {
         managers.push(Manager {
@@ -389,9 +383,21 @@ fn entry<'a>(
         managers.len() - 1
     });
     let manager = &mut managers[index];
-    manager.time = now.to_string();
     manager.api_version = api_version.to_string();
     manager
+}
+
+/// Dates the manager's entry `now` when the write changed the object or what it owns (or the
+/// entry is new); an apply that changes nothing keeps the entry as it was, so the object stays
+/// byte for byte the same and the API server writes nothing (k8s.io/apiserver
+/// `managedfields/internal/managedfieldsupdater.go`; etcd3 `GuaranteedUpdate` skips an
+/// unchanged object).
+fn stamp(managers: &mut [Manager], name: &str, operation: Operation, changed: bool, now: &str) {
+    if let Some(manager) = managers.iter_mut().find(|m| m.name == name && m.operation == operation) {
+        if changed || manager.time.is_empty() {
+            manager.time = now.to_string();
+        }
+    }
 }
 
 /// Server-side apply of `config` by `manager` to `live` (`None`: the object is created), as
@@ -448,7 +454,8 @@ pub fn apply(
         owners[*i].fields.remove(path);
     }
     let applied = field_set(&config, kind);
-    entry(&mut owners, manager, Operation::Apply, api_version, now).fields = applied.clone();
+    let set_changed = last != applied;
+    entry(&mut owners, manager, Operation::Apply, api_version).fields = applied.clone();
     let others: FieldSet = owners
         .iter()
         .filter(|m| !(m.name == manager && m.operation == Operation::Apply))
@@ -461,6 +468,7 @@ pub fn apply(
         }
     }
     owners.retain(|m| !m.fields.is_empty());
+    stamp(&mut owners, manager, Operation::Apply, set_changed || merged != current, now);
     write_managers(&mut merged, &owners);
     Ok(merged)
 }
@@ -483,11 +491,13 @@ pub fn update(live: Option<&Value>, new: &Value, manager: &str, now: &str) -> Va
     for owner in owners.iter_mut().filter(|m| !(m.name == manager && m.operation == Operation::Update)) {
         owner.fields.retain(|p| !added.contains(p) && !modified.contains(p) && !removed.contains(p));
     }
-    let mine = entry(&mut owners, manager, Operation::Update, api_version, now);
+    let changed = !(added.is_empty() && modified.is_empty() && removed.is_empty());
+    let mine = entry(&mut owners, manager, Operation::Update, api_version);
     mine.fields.retain(|p| !removed.contains(p));
     mine.fields.extend(added);
     mine.fields.extend(modified);
     owners.retain(|m| !m.fields.is_empty());
+    stamp(&mut owners, manager, Operation::Update, changed, now);
     write_managers(&mut updated, &owners);
     updated
 }
