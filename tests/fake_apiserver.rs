@@ -512,9 +512,20 @@ async fn server_side_apply_tracks_owners_refuses_conflicts_and_prunes_what_is_no
     assert_eq!(webhook(&pruned, "a.example.com")["timeoutSeconds"], 30);
     assert_eq!(webhook(&pruned, "b.example.com"), &json!({"name": "b.example.com", "timeoutSeconds": 5}));
 
-    // The rival lets go of b too: nobody owns it any more, so it is removed.
+    // Another manager owning only a field inside b keeps b, with its key.
+    let inside_b = configuration(json!([{"name": "b.example.com", "clientConfig": {"caBundle": "Q0E="}}]));
+    server_side_apply(&api, "cainjector", false, &inside_b).await.expect("no conflict");
     let rival_only_a = configuration(json!([{"name": "a.example.com", "timeoutSeconds": 30}]));
-    let gone = server_side_apply(&api, "rival", false, &rival_only_a).await.expect("no conflict");
+    let kept = server_side_apply(&api, "rival", false, &rival_only_a).await.expect("no conflict");
+    assert_eq!(
+        webhook(&kept, "b.example.com"),
+        &json!({"name": "b.example.com", "clientConfig": {"caBundle": "Q0E="}})
+    );
+
+    // The injector lets go of b too: nobody owns it any more, so it is removed.
+    let inside_a = configuration(json!([{"name": "a.example.com", "clientConfig": {"caBundle": "Q0E="}}]));
+    server_side_apply(&api, "cainjector", false, &inside_a).await.expect("no conflict");
+    let gone = api.get("gate").await.expect("get");
     let names: Vec<&Value> = gone.data["webhooks"].as_array().expect("webhooks").iter().map(|w| &w["name"]).collect();
     assert_eq!(names, [&json!("a.example.com")]);
 }

@@ -462,8 +462,17 @@ pub fn apply(
         .flat_map(|m| m.fields.iter().cloned())
         .collect();
     let owned_beneath = |path: &Path| others.iter().chain(applied.iter()).any(|o| o.starts_with(path));
+    // A list item's key fields go with the item, never on their own (structured-merge-diff
+    // `Set.EnsureNamedFieldsAreMembers`, used by `prune` and `addBackOwnedItems`).
+    let key_field = |path: &Path| match path.as_slice() {
+        [.., item, field] => item.strip_prefix("k:").is_some_and(|key| {
+            let key: Value = serde_json::from_str(key).unwrap_or(Value::Null);
+            field.strip_prefix("f:").is_some_and(|field| key.get(field).is_some())
+        }),
+        _ => false,
+    };
     for path in last.difference(&applied) {
-        if !owned_beneath(path) {
+        if !owned_beneath(path) && !key_field(path) {
             remove(&mut merged, path);
         }
     }
