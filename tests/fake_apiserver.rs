@@ -1,4 +1,6 @@
-//! The fake API server answers a real `kube::Client` the way the cluster integration needs.
+//! The fake API server answers a real `kube::Client` the way the cluster integration needs, and
+//! as strictly as the real one where tokengate's promises depend on it: server-side apply's field
+//! ownership, conflicts and pruning, and `410 Expired` once history is compacted.
 
 mod support;
 
