@@ -5,7 +5,11 @@
 //! lookups read ([`crate::cluster::views`]); Pods, workloads and Secrets are judged page by page
 //! and only their findings are kept. An object that does not decode is reported as a finding of
 //! its own; a kind the caller may not list (403) is named in [`Audit::unread`] and the rest of
-//! the cluster is still judged.
+//! the cluster is still judged. A kind whose list expires between two pages (`410 Expired`: the
+//! API server compacted the snapshot its continue token points at) is listed again from the
+//! start, its findings so far dropped, as client-go's pager does (`ListPager`,
+//! `FullListIfExpired`); after [`EXPIRED_LIST_RESTARTS`] such restarts the audit fails naming
+//! the kind: a partial list is never reported as the whole cluster.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -37,6 +41,9 @@ const PAGE_SIZE: u32 = 250;
 /// their namespace.
 const OPTIONS: simulate::Options<'static> =
     simulate::Options { default_namespace: "default", mutate_pods_first: false };
+
+/// How often a kind's list is started again after expiring between two pages.
+pub const EXPIRED_LIST_RESTARTS: usize = 3;
 
 /// How legacy token Secrets are named in progress and in [`Audit::unread`].
 const LEGACY_TOKEN_SECRETS: &str = "Secret (legacy token)";
@@ -92,21 +99,50 @@ pub async fn audit(
             progress(kind, count);
         }
     };
-    let count = auditor.service_accounts().await?;
+    let count = auditor.completely("ServiceAccount", Listing::ServiceAccounts).await?;
     listed(&auditor, "ServiceAccount", count);
-    let count = auditor.csi_drivers().await?;
+    let count = auditor.completely("CSIDriver", Listing::CsiDrivers).await?;
     listed(&auditor, "CSIDriver", count);
-    let count = auditor.objects(&ApiResource::erase::<Pod>(&()), "Pod", false).await?;
+    let pods = ApiResource::erase::<Pod>(&());
+    let count = auditor.completely("Pod", Listing::Objects { resource: &pods, skip_controlled: false }).await?;
     listed(&auditor, "Pod", count);
     for kind in WorkloadKind::ALL {
         let (group, name) = kind.group_kind();
         let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", name), kind.plural());
-        let count = auditor.objects(&resource, name, true).await?;
+        let count = auditor.completely(name, Listing::Objects { resource: &resource, skip_controlled: true }).await?;
         listed(&auditor, name, count);
     }
-    let count = auditor.legacy_token_secrets().await?;
+    let count = auditor.completely(LEGACY_TOKEN_SECRETS, Listing::LegacyTokenSecrets).await?;
     listed(&auditor, LEGACY_TOKEN_SECRETS, count);
     Ok(auditor.audit)
+}
+
+/// One kind's list.
+#[derive(Clone, Copy)]
+enum Listing<'r> {
+    ServiceAccounts,
+    CsiDrivers,
+    /// Pods or a workload kind; with `skip_controlled`, objects owned by a controller are left
+    /// to their owner.
+    Objects {
+        resource: &'r ApiResource,
+        skip_controlled: bool,
+    },
+    LegacyTokenSecrets,
+}
+
+/// Why a kind's list stopped before its last page.
+enum Interrupted {
+    /// The continue token expired (`410 Expired`); the API server's message.
+    Expired(String),
+    /// Any other failure: the audit stops.
+    Failed(AuditError),
+}
+
+impl From<AuditError> for Interrupted {
+    fn from(err: AuditError) -> Self {
+        Interrupted::Failed(err)
+    }
 }
 
 struct Auditor<'a> {
@@ -119,9 +155,44 @@ struct Auditor<'a> {
 }
 
 impl Auditor<'_> {
+    /// Lists one kind to its last page, starting again (and dropping what it found so far) when
+    /// the list expires between two pages.
+    async fn completely(&mut self, kind: &str, listing: Listing<'_>) -> Result<usize, AuditError> {
+        let mut expired = 0;
+        loop {
+            let mark = (self.audit.report.checked, self.audit.report.violations.len(), self.audit.unread.len());
+            let listed = match listing {
+                Listing::ServiceAccounts => self.service_accounts().await,
+                Listing::CsiDrivers => self.csi_drivers().await,
+                Listing::Objects { resource, skip_controlled } => self.objects(resource, kind, skip_controlled).await,
+                Listing::LegacyTokenSecrets => self.legacy_token_secrets().await,
+            };
+            match listed {
+                Ok(count) => return Ok(count),
+                Err(Interrupted::Failed(err)) => return Err(err),
+                Err(Interrupted::Expired(message)) => {
+                    self.audit.report.checked = mark.0;
+                    self.audit.report.violations.truncate(mark.1);
+                    self.audit.unread.truncate(mark.2);
+                    expired += 1;
+                    if expired > EXPIRED_LIST_RESTARTS {
+                        return Err(AuditError {
+                            kind: kind.to_string(),
+                            message: format!(
+                                "the list expired {expired} times before its last page (410 Expired: the API \
+                                 server compacted its history between two pages; audit one namespace at a \
+                                 time with -n to shorten each list): {message}"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
     /// Keeps every ServiceAccount for the lookups of the objects judged later, with only the
     /// annotations the policy reads.
-    async fn service_accounts(&mut self) -> Result<usize, AuditError> {
+    async fn service_accounts(&mut self) -> Result<usize, Interrupted> {
         let read = annotations_read(self.policy);
         let resource = ApiResource::erase::<ServiceAccount>(&());
         let mut pages = Pages::new(self.api(&resource));
@@ -147,7 +218,7 @@ impl Auditor<'_> {
     }
 
     /// Judges every CSIDriver and keeps them for the lookups of pods.
-    async fn csi_drivers(&mut self) -> Result<usize, AuditError> {
+    async fn csi_drivers(&mut self) -> Result<usize, Interrupted> {
         let resource = ApiResource::erase::<CSIDriver>(&());
         let mut pages = Pages::new(Api::<Item>::all_with(self.client.clone(), &resource));
         let mut drivers = Vec::new();
@@ -173,7 +244,7 @@ impl Auditor<'_> {
         resource: &ApiResource,
         kind: &str,
         skip_controlled: bool,
-    ) -> Result<usize, AuditError> {
+    ) -> Result<usize, Interrupted> {
         let mut pages = Pages::new(self.api(resource));
         let mut count = 0;
         while let Some(page) = pages.next().await {
@@ -194,7 +265,7 @@ impl Auditor<'_> {
     /// Every Secret of type `kubernetes.io/service-account-token`, as metadata only (selected by
     /// the API server's `type` field selector, so no other Secret and no Secret's data is ever
     /// transferred), rebuilt as the few fields the decision reads.
-    async fn legacy_token_secrets(&mut self) -> Result<usize, AuditError> {
+    async fn legacy_token_secrets(&mut self) -> Result<usize, Interrupted> {
         let api = self.secrets_api();
         let mut pages = Pages::new(api);
         pages.params = pages.params.fields(&format!("type={SERVICE_ACCOUNT_TOKEN_TYPE}"));
@@ -237,26 +308,28 @@ impl Auditor<'_> {
     }
 
     /// A page's items; `None` (and the kind named in [`Audit::unread`]) when the API server
-    /// refuses to list the kind, an error when it cannot be reached at all.
+    /// refuses to list the kind, [`Interrupted::Expired`] when the list's continue token expired,
+    /// an error when the API server cannot be reached at all.
     fn page<K>(
         &mut self,
         kind: &str,
         page: Result<Vec<K>, kube::Error>,
         read: usize,
-    ) -> Result<Option<Vec<K>>, AuditError> {
+    ) -> Result<Option<Vec<K>>, Interrupted> {
         let err = match page {
             Ok(items) => return Ok(Some(items)),
             Err(err) => err,
         };
         let partly = if read > 0 { format!(" (after {read} object(s))") } else { String::new() };
         match &err {
+            kube::Error::Api(status) if status.code == 410 => Err(Interrupted::Expired(status.message.clone())),
             kube::Error::Api(status) if status.is_forbidden() || status.is_not_found() => {
                 let what = if status.is_forbidden() { "forbidden" } else { "not served by this API server" };
                 let reason = format!("{what}{partly}: {}", status.message);
                 self.audit.unread.push(Unread { kind: kind.to_string(), reason });
                 Ok(None)
             }
-            _ => Err(AuditError { kind: kind.to_string(), message: format!("{err}{partly}") }),
+            _ => Err(AuditError { kind: kind.to_string(), message: format!("{err}{partly}") }.into()),
         }
     }
 

@@ -1,4 +1,6 @@
-//! The fake API server answers a real `kube::Client` the way the cluster integration needs.
+//! The fake API server answers a real `kube::Client` the way the cluster integration needs, and
+//! as strictly as the real one where tokengate's promises depend on it: server-side apply's field
+//! ownership, conflicts and pruning, and `410 Expired` once history is compacted.
 
 mod support;
 
@@ -7,7 +9,10 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod, ServiceAccount};
 use k8s_openapi::api::storage::v1::CSIDriver;
-use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, watcher, Event};
@@ -400,4 +405,239 @@ async fn dropping_the_server_ends_watches() {
     drop(server);
     let end = tokio::time::timeout(STEP, stream.next()).await.expect("the watch ends in time");
     assert!(end.is_none_or(|item| item.is_err()));
+}
+
+/// A validating configuration as a field manager applies it: webhooks by name, each with the
+/// given fields.
+fn configuration(webhooks: Value) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "gate"},
+        "webhooks": webhooks,
+    })
+}
+
+fn configurations(client: kube::Client) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+    ));
+    Api::all_with(client, &resource)
+}
+
+async fn server_side_apply(
+    api: &Api<DynamicObject>,
+    manager: &str,
+    force: bool,
+    body: &Value,
+) -> Result<DynamicObject, kube::Error> {
+    let params = if force { PatchParams::apply(manager).force() } else { PatchParams::apply(manager) };
+    api.patch("gate", &params, &Patch::Apply(body)).await
+}
+
+/// `(manager, operation)` of every managed fields entry, and each one's fieldsV1.
+fn owners(object: &DynamicObject) -> Vec<(String, String, Value)> {
+    let entries = object.metadata.managed_fields.clone().unwrap_or_default();
+    entries
+        .into_iter()
+        .map(|e| {
+            let fields = e.fields_v1.map(|f| f.0).unwrap_or(Value::Null);
+            (e.manager.unwrap_or_default(), e.operation.unwrap_or_default(), fields)
+        })
+        .collect()
+}
+
+fn webhook<'a>(object: &'a DynamicObject, name: &str) -> &'a Value {
+    let webhooks = object.data["webhooks"].as_array().expect("webhooks");
+    webhooks.iter().find(|w| w["name"] == name).unwrap_or_else(|| panic!("webhook {name} in {webhooks:?}"))
+}
+
+#[tokio::test]
+async fn server_side_apply_tracks_owners_refuses_conflicts_and_prunes_what_is_no_longer_applied() {
+    let server = FakeApiServer::start().await;
+    let api = configurations(server.client());
+    let first = configuration(json!([
+        {"name": "a.example.com", "timeoutSeconds": 3, "clientConfig": {"url": "https://a"}},
+        {"name": "b.example.com", "timeoutSeconds": 5, "sideEffects": "None"},
+    ]));
+    let created = server_side_apply(&api, "gate-manager", false, &first).await.expect("apply creates");
+    let entries = owners(&created);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let (manager, operation, fields) = &entries[0];
+    assert_eq!((manager.as_str(), operation.as_str()), ("gate-manager", "Apply"));
+    assert_eq!(
+        fields["f:webhooks"][r#"k:{"name":"a.example.com"}"#],
+        json!({".": {}, "f:name": {}, "f:timeoutSeconds": {}, "f:clientConfig": {"f:url": {}}}),
+        "webhooks are a list keyed by name: {fields}"
+    );
+
+    // Another manager sets a field nobody owns, in one item only: merged by key, not replacing
+    // the list.
+    let bundle = configuration(json!([{"name": "a.example.com", "clientConfig": {"caBundle": "Q0E="}}]));
+    let merged = server_side_apply(&api, "cainjector", false, &bundle).await.expect("no conflict");
+    assert_eq!(webhook(&merged, "a.example.com")["clientConfig"], json!({"url": "https://a", "caBundle": "Q0E="}));
+    assert_eq!(webhook(&merged, "b.example.com")["timeoutSeconds"], 5);
+
+    // A different value for a field another manager owns is a conflict, listed field by field;
+    // the same value (b's timeout) is none: that field becomes shared.
+    let rival = configuration(json!([
+        {"name": "a.example.com", "timeoutSeconds": 30},
+        {"name": "b.example.com", "timeoutSeconds": 5},
+    ]));
+    let refused = server_side_apply(&api, "rival", false, &rival).await.expect_err("a conflict");
+    let kube::Error::Api(status) = refused else { panic!("an API error: {refused:?}") };
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert!(
+        status.message.contains(r#"conflict with "gate-manager": .webhooks[name="a.example.com"].timeoutSeconds"#),
+        "{}",
+        status.message
+    );
+    let causes = status.details.map(|d| d.causes).unwrap_or_default();
+    assert_eq!(causes.len(), 1, "{causes:?}");
+    assert_eq!(causes[0].reason, "FieldManagerConflict");
+    assert_eq!(causes[0].field, r#".webhooks[name="a.example.com"].timeoutSeconds"#);
+
+    // Forced, the field changes hands.
+    let forced = server_side_apply(&api, "rival", true, &rival).await.expect("forced");
+    assert_eq!(webhook(&forced, "a.example.com")["timeoutSeconds"], 30);
+    let gate = owners(&forced).into_iter().find(|(m, _, _)| m == "gate-manager").expect("still a manager");
+    assert!(gate.2["f:webhooks"][r#"k:{"name":"a.example.com"}"#].get("f:timeoutSeconds").is_none(), "{gate:?}");
+
+    // The first manager stops applying webhook b and a's URL: b stays (the rival shares its
+    // name and timeout) with only the shared fields, the URL goes, the other manager's bundle
+    // stays.
+    let smaller = configuration(json!([{"name": "a.example.com"}]));
+    let pruned = server_side_apply(&api, "gate-manager", false, &smaller).await.expect("no conflict");
+    assert_eq!(webhook(&pruned, "a.example.com")["clientConfig"], json!({"caBundle": "Q0E="}));
+    assert_eq!(webhook(&pruned, "a.example.com")["timeoutSeconds"], 30);
+    assert_eq!(webhook(&pruned, "b.example.com"), &json!({"name": "b.example.com", "timeoutSeconds": 5}));
+
+    // Another manager owning only a field inside b keeps b, with its key.
+    let inside_b = configuration(json!([{"name": "b.example.com", "clientConfig": {"caBundle": "Q0E="}}]));
+    server_side_apply(&api, "cainjector", false, &inside_b).await.expect("no conflict");
+    let rival_only_a = configuration(json!([{"name": "a.example.com", "timeoutSeconds": 30}]));
+    let kept = server_side_apply(&api, "rival", false, &rival_only_a).await.expect("no conflict");
+    assert_eq!(
+        webhook(&kept, "b.example.com"),
+        &json!({"name": "b.example.com", "clientConfig": {"caBundle": "Q0E="}})
+    );
+
+    // The injector lets go of b too: nobody owns it any more, so it is removed.
+    let inside_a = configuration(json!([{"name": "a.example.com", "clientConfig": {"caBundle": "Q0E="}}]));
+    server_side_apply(&api, "cainjector", false, &inside_a).await.expect("no conflict");
+    let gone = api.get("gate").await.expect("get");
+    let names: Vec<&Value> = gone.data["webhooks"].as_array().expect("webhooks").iter().map(|w| &w["name"]).collect();
+    assert_eq!(names, [&json!("a.example.com")]);
+}
+
+#[tokio::test]
+async fn an_ordinary_write_takes_ownership_of_what_it_changes() {
+    let server = FakeApiServer::start().await;
+    let api = configurations(server.client());
+    let applied = configuration(json!([{"name": "a.example.com", "timeoutSeconds": 3, "failurePolicy": "Fail"}]));
+    server_side_apply(&api, "gate-manager", false, &applied).await.expect("apply creates");
+
+    // A hand edit (a JSON patch by `kubectl-edit`) of an applied field.
+    let edit: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "replace", "path": "/webhooks/0/timeoutSeconds", "value": 9}]))
+            .expect("patch");
+    let params = PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() };
+    let edited = api.patch("gate", &params, &Patch::<()>::Json(edit)).await.expect("edited");
+    let entries = owners(&edited);
+    let edit_entry = entries.iter().find(|(m, _, _)| m == "kubectl-edit").expect("the editor owns what it changed");
+    assert_eq!(edit_entry.1, "Update");
+    assert_eq!(edit_entry.2, json!({"f:webhooks": {r#"k:{"name":"a.example.com"}"#: {"f:timeoutSeconds": {}}}}));
+
+    // Applying the old value again conflicts with the editor; forced, it is undone.
+    let refused = server_side_apply(&api, "gate-manager", false, &applied).await.expect_err("a conflict");
+    let kube::Error::Api(status) = refused else { panic!("an API error: {refused:?}") };
+    assert_eq!(status.code, 409);
+    assert!(
+        status.message.contains(r#"conflict with "kubectl-edit" using admissionregistration.k8s.io/v1"#),
+        "{}",
+        status.message
+    );
+    let forced = server_side_apply(&api, "gate-manager", true, &applied).await.expect("forced");
+    assert_eq!(webhook(&forced, "a.example.com")["timeoutSeconds"], 3);
+    assert!(owners(&forced).iter().all(|(m, _, _)| m != "kubectl-edit"), "the editor owns nothing any more");
+
+    // PUT with a stale resourceVersion is refused; with the current one it is an Update.
+    let mut current = api.get("gate").await.expect("get");
+    let mut stale = current.clone();
+    stale.metadata.resource_version = Some("1".into());
+    let err = api.replace("gate", &PostParams::default(), &stale).await.expect_err("stale");
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 409), "{err:?}");
+    current.data["webhooks"][0]["failurePolicy"] = json!("Ignore");
+    let params = PostParams { field_manager: Some("cainjector".into()), ..PostParams::default() };
+    let replaced = api.replace("gate", &params, &current).await.expect("replaced");
+    let entry = owners(&replaced).into_iter().find(|(m, _, _)| m == "cainjector").expect("the writer owns a field");
+    assert_eq!(entry.2, json!({"f:webhooks": {r#"k:{"name":"a.example.com"}"#: {"f:failurePolicy": {}}}}));
+
+    // Apply without a field manager, or force on another patch, is refused as upstream does.
+    let params = PatchParams::default();
+    let err = api.patch("gate", &params, &Patch::Apply(&applied)).await.expect_err("no field manager");
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422), "{err:?}");
+}
+
+#[tokio::test]
+async fn compacted_history_answers_watches_and_continue_tokens_with_410_expired() {
+    let server = FakeApiServer::start().await;
+    for name in ["p1", "p2", "p3"] {
+        server.apply(pod("default", name));
+    }
+    let pods: Api<Pod> = Api::default_namespaced(server.client());
+    let first = pods.list(&ListParams::default().limit(2)).await.expect("first page");
+    let version = first.metadata.resource_version.clone().expect("version");
+    let token = first.metadata.continue_.clone().expect("a continue token");
+
+    // Before compaction the snapshot is there.
+    let second = pods.list(&ListParams::default().limit(2).continue_token(&token)).await.expect("second page");
+    assert_eq!(names(&second.items), ["p3"]);
+
+    server.apply(pod("default", "p4"));
+    server.compact();
+    let err = pods.list(&ListParams::default().limit(2).continue_token(&token)).await.expect_err("expired");
+    let kube::Error::Api(status) = err else { panic!("an API error: {err:?}") };
+    assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+    assert!(status.message.starts_with("The provided continue parameter is too old"), "{}", status.message);
+    // The token in the answer continues inconsistently, from the current state.
+    let response = reqwest::get(format!("{}/api/v1/namespaces/default/pods?limit=2&continue={token}", server.url()))
+        .await
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 410);
+    let body: Value = response.json().await.expect("a Status");
+    let inconsistent = body["metadata"]["continue"].as_str().expect("an inconsistent continue token");
+    let rest = pods.list(&ListParams::default().limit(10).continue_token(inconsistent)).await.expect("rest");
+    assert_eq!(names(&rest.items), ["p3", "p4"], "created after the first page, seen by the inconsistent rest");
+
+    // A watch from before the compaction gets one ERROR event with a 410 Expired Status.
+    let mut events = pods.watch(&WatchParams::default(), &version).await.expect("watch").boxed();
+    match next(&mut events).await.expect("an event") {
+        WatchEvent::Error(status) => {
+            assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+            assert!(status.message.starts_with("too old resource version"), "{}", status.message);
+        }
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(STEP, events.next()).await.expect("ends").is_none(),
+        "the stream ends after the error"
+    );
+    assert_eq!(server.expired_answers(), 3);
+}
+
+#[tokio::test]
+async fn an_apply_that_changes_nothing_writes_nothing() {
+    let server = FakeApiServer::start().await;
+    let api = configurations(server.client());
+    let applied = configuration(json!([{"name": "a.example.com", "timeoutSeconds": 3}]));
+    let first = server_side_apply(&api, "gate-manager", false, &applied).await.expect("apply creates");
+    let again = server_side_apply(&api, "gate-manager", true, &applied).await.expect("applied again");
+    assert_eq!(again.metadata.resource_version, first.metadata.resource_version, "no new version");
+    assert_eq!(again.metadata.managed_fields, first.metadata.managed_fields, "the entry keeps its time");
+    let changed = configuration(json!([{"name": "a.example.com", "timeoutSeconds": 4}]));
+    let third = server_side_apply(&api, "gate-manager", false, &changed).await.expect("applied");
+    assert_ne!(third.metadata.resource_version, first.metadata.resource_version);
 }

@@ -245,6 +245,12 @@ impl<V: Cached> Cache<V> {
                     }
                 }
                 Ok(_) => {}
+                // The API server compacted its history past the watch's version (a watch that was
+                // down for a while): routine, kube's watcher lists again and the store keeps
+                // answering from the last list until the new one is complete.
+                Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                    tracing::info!(kind = V::KIND.as_str(), "watch expired (410); listing again")
+                }
                 Err(err) => tracing::warn!(kind = V::KIND.as_str(), error = %err, "watch failed; retrying"),
             }
         }

@@ -8,20 +8,31 @@
 //!   `metadata.name`, `metadata.namespace`, `spec.nodeName`), `labelSelector` (`k=v`, `k==v`,
 //!   `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`) and `limit`/`continue` pagination (later
 //!   pages are served from the snapshot the first page was taken at, as the real server does);
+//!   a `continue` token whose snapshot was compacted away ([`FakeApiServer::compact`]) is answered
+//!   `410 Gone`, reason `Expired`, with an inconsistent continue token, as upstream does;
 //! - the same paths with `watch=true`: newline-delimited watch events for every change after the
-//!   requested `resourceVersion` (the whole history is kept, so a watch started from a list's
-//!   version also sees what happened in between). Without a `resourceVersion` (or with `0`), or
+//!   requested `resourceVersion` (history is kept until [`FakeApiServer::compact`], so a watch
+//!   started from a list's version also sees what happened in between; a watch from a compacted
+//!   version gets one `ERROR` event with a `410 Expired` `Status` and ends). Without a `resourceVersion` (or with `0`), or
 //!   with `sendInitialEvents=true`, the current objects are sent first as `ADDED` (the latter ends
 //!   them with the `k8s.io/initial-events-end` `BOOKMARK`). A watch with selectors sees an object
 //!   leaving the selection as `DELETED` and entering it as `ADDED`. The stream stays open until
-//!   `timeoutSeconds` passes or the server is dropped;
+//!   `timeoutSeconds` passes, [`FakeApiServer::drop_watches`] is called or the server is dropped;
 //! - `GET` single objects, or a `404 NotFound` `Status`;
 //! - metadata-only requests (an `Accept` header with `as=PartialObjectMetadata` or
 //!   `as=PartialObjectMetadataList`, as `Api::list_metadata`, `Api::watch_metadata` and
 //!   `metadata_watcher` send) are answered with `meta.k8s.io/v1` `PartialObjectMetadata(List)`;
-//! - `POST` to a collection (create; `201`, `409 AlreadyExists`, `dryRun` honoured) and `PATCH` of
-//!   a single object (`merge`, `strategic-merge` (treated as merge), `json-patch` and `apply`
-//!   (server-side apply, treated as a merge that may create)). Writes to `events`
+//! - `POST` to a collection (create; `201`, `409 AlreadyExists`, `dryRun` honoured), `PUT` of a
+//!   single object (`409 Conflict` on a stale `resourceVersion`) and `PATCH` of a single object
+//!   (`merge`, `strategic-merge` (treated as merge), `json-patch` and `apply`). Server-side apply
+//!   is upstream's, with field ownership ([`super::managed_fields`]): `metadata.managedFields` per
+//!   manager, `409 Conflict` listing the conflicting fields unless `force=true`, fields a manager
+//!   stops applying removed unless another manager owns them; `fieldManager` is required and
+//!   `force` refused on other patches (`422`). Create, PUT and the other patches take ownership of
+//!   what they change (manager: `fieldManager`, else the user agent up to its first `/`). Objects
+//!   seeded with [`FakeApiServer::apply`] have no managed fields, like objects written before
+//!   field management. A write that changes nothing (an apply of what is already there) is not
+//!   stored: no new `resourceVersion`, no watch event, as upstream. Writes to `events`
 //!   (`events.k8s.io/v1` or core `v1`) are also recorded for [`FakeApiServer::events`];
 //! - a resource made forbidden with [`FakeApiServer::forbid`]: `403 Forbidden` for every request;
 //! - anything else: a `404 NotFound` `Status`.
@@ -47,6 +58,8 @@ use axum::Router;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use super::managed_fields;
 
 /// Kinds the server knows without having seen an object: (group, version, kind, plural, namespaced).
 const KNOWN_RESOURCES: &[(&str, &str, &str, &str, bool)] = &[
@@ -96,6 +109,11 @@ impl FakeApiServer {
             patches: AtomicUsize::new(0),
             refuse_patches: AtomicUsize::new(0),
             forbidden: Mutex::new(Vec::new()),
+            expired: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
+            watch_epoch: watch::channel(0).0,
+            watches_paused: watch::channel(false).0,
+            compact_during_lists: Mutex::new(None),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let shutdown = shared.shutdown.clone();
@@ -143,16 +161,15 @@ impl FakeApiServer {
         let kind = object["kind"].as_str().expect("apply: the object needs a kind").to_string();
         let name = object["metadata"]["name"].as_str().expect("apply: the object needs metadata.name").to_string();
         let mut store = self.shared.lock();
-        let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
-        let resource = store.resource_for(&api_version, &kind, namespace.is_some());
-        let namespace = if store.resources[resource].namespaced {
-            namespace.unwrap_or_else(|| "default".into())
-        } else {
-            String::new()
-        };
-        let key = ObjectKey { resource, namespace, name };
-        store.put(key, object);
+        store.seed(&api_version, &kind, name, object);
         self.shared.notify(store);
+    }
+
+    /// Each time the first page of a paged list of `plural` is answered (more pages to come),
+    /// writes the next of `objects` (as [`apply`](Self::apply) does) and compacts: the list's
+    /// continue token has expired before the client asks for the second page.
+    pub fn compact_during_lists(&self, plural: &str, objects: Vec<Value>) {
+        *self.shared.compact_during_lists.lock().expect("lock") = Some((plural.to_string(), objects.into()));
     }
 
     /// Deletes an object by `apiVersion`, `kind`, namespace (`None` for cluster-scoped kinds) and
@@ -200,6 +217,49 @@ impl FakeApiServer {
         self.shared.forbidden.lock().expect("forbidden lock").push(plural.to_string());
     }
 
+    /// Forgets the history up to the current resource version, as etcd's compaction does: a watch
+    /// from an older version gets a `410 Expired` `ERROR` event, a `continue` token of an older
+    /// list snapshot a `410 Expired` answer. Returns the compacted version.
+    pub fn compact(&self) -> u64 {
+        self.shared.lock().compact()
+    }
+
+    /// Ends every open watch stream at once (what an API server restart does to its clients);
+    /// the clients reconnect from the last version they saw.
+    pub fn drop_watches(&self) {
+        self.shared.watch_epoch.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// Holds new watch requests until [`resume_watches`](Self::resume_watches): with
+    /// [`drop_watches`](Self::drop_watches), a gap in which writes reach no watch.
+    pub fn pause_watches(&self) {
+        self.shared.watches_paused.send_replace(true);
+    }
+
+    /// Lets held and new watch requests through.
+    pub fn resume_watches(&self) {
+        self.shared.watches_paused.send_replace(false);
+    }
+
+    /// How many `410 Expired` answers were given (watch `ERROR` events and list answers).
+    pub fn expired_answers(&self) -> usize {
+        self.shared.expired.load(Ordering::SeqCst)
+    }
+
+    /// How many list requests (pages included) arrived.
+    pub fn lists(&self) -> usize {
+        self.shared.lists.load(Ordering::SeqCst)
+    }
+
+    /// The stored object (as a GET answers it), by `apiVersion`, `kind`, namespace (`None` for
+    /// cluster-scoped kinds) and name.
+    pub fn object(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let store = self.shared.lock();
+        let resource = store.find_kind(api_version, kind)?;
+        let namespace = if store.resources[resource].namespaced { namespace.unwrap_or("default") } else { "" };
+        store.objects.get(&ObjectKey { resource, namespace: namespace.to_string(), name: name.to_string() }).cloned()
+    }
+
     /// Make single-object GETs (not list/watch) wait this long before answering.
     pub fn set_get_delay(&self, delay: Duration) {
         *self.shared.get_delay.lock().expect("delay lock") = delay;
@@ -226,6 +286,17 @@ struct Shared {
     patches: AtomicUsize,
     /// How many more such PATCH requests to refuse with 500.
     refuse_patches: AtomicUsize,
+    /// `410 Expired` answers given.
+    expired: AtomicUsize,
+    /// List requests, counted on arrival.
+    lists: AtomicUsize,
+    /// Bumped to end every open watch.
+    watch_epoch: watch::Sender<u64>,
+    /// While true, new watch requests wait.
+    watches_paused: watch::Sender<bool>,
+    /// A plural whose paged lists are interrupted by a write and a compaction, and the objects
+    /// still to write.
+    compact_during_lists: Mutex<Option<(String, VecDeque<Value>)>>,
 }
 
 impl Shared {
@@ -285,8 +356,12 @@ struct Store {
     version: u64,
     resources: Vec<ResourceType>,
     objects: BTreeMap<ObjectKey, Value>,
-    /// Every change since the start, in version order.
+    /// Every change since the last compaction, in version order.
     history: Vec<Change>,
+    /// The version history was last compacted at (0: never); older versions are gone.
+    compacted: u64,
+    /// The objects at `compacted`, which `history` starts from.
+    base: BTreeMap<ObjectKey, Value>,
     events: Vec<(ObjectKey, Value)>,
     next_id: u64,
 }
@@ -303,7 +378,16 @@ impl Store {
                 namespaced,
             })
             .collect();
-        Store { version: 1, resources, objects: BTreeMap::new(), history: Vec::new(), events: Vec::new(), next_id: 0 }
+        Store {
+            version: 1,
+            resources,
+            objects: BTreeMap::new(),
+            history: Vec::new(),
+            compacted: 0,
+            base: BTreeMap::new(),
+            events: Vec::new(),
+            next_id: 0,
+        }
     }
 
     fn find_kind(&self, api_version: &str, kind: &str) -> Option<usize> {
@@ -329,6 +413,26 @@ impl Store {
             namespaced,
         });
         self.resources.len() - 1
+    }
+
+    /// Forgets the history up to the current version.
+    fn compact(&mut self) -> u64 {
+        self.base = self.objects.clone();
+        self.compacted = self.version;
+        self.history.clear();
+        self.version
+    }
+
+    /// Creates or replaces an object outside the API (no managed fields).
+    fn seed(&mut self, api_version: &str, kind: &str, name: String, object: Value) {
+        let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
+        let resource = self.resource_for(api_version, kind, namespace.is_some());
+        let namespace = if self.resources[resource].namespaced {
+            namespace.unwrap_or_else(|| "default".into())
+        } else {
+            String::new()
+        };
+        self.put(ObjectKey { resource, namespace, name }, object);
     }
 
     fn unique_suffix(&mut self) -> String {
@@ -367,20 +471,27 @@ impl Store {
         Some(old)
     }
 
-    /// The objects of `resource` as they were at `version`.
-    fn objects_at(&self, resource: usize, version: u64) -> BTreeMap<ObjectKey, Value> {
+    /// The objects of `resource` as they were at `version`, or `None` when that version was
+    /// compacted away.
+    fn objects_at(&self, resource: usize, version: u64) -> Option<BTreeMap<ObjectKey, Value>> {
         let of_resource = |key: &ObjectKey| key.resource == resource;
+        let copy = |objects: &BTreeMap<ObjectKey, Value>| -> BTreeMap<ObjectKey, Value> {
+            objects.iter().filter(|(k, _)| of_resource(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
         if version >= self.version {
-            return self.objects.iter().filter(|(k, _)| of_resource(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            return Some(copy(&self.objects));
         }
-        let mut objects = BTreeMap::new();
+        if version < self.compacted {
+            return None;
+        }
+        let mut objects = copy(&self.base);
         for change in self.history.iter().take_while(|c| c.version <= version).filter(|c| of_resource(&c.key)) {
             match &change.new {
                 Some(object) => objects.insert(change.key.clone(), object.clone()),
                 None => objects.remove(&change.key),
             };
         }
-        objects
+        Some(objects)
     }
 
     /// Remembers an event written through the API.
@@ -643,6 +754,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let metadata_only = accept.contains("as=PartialObjectMetadata");
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    // The manager of a write: `fieldManager`, else the user agent up to its first `/`
+    // (k8s.io/apiserver `endpoints/handlers` `prefixFromUserAgent`).
+    let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let manager = match query.get("fieldManager") {
+        Some(manager) => manager.to_string(),
+        None => user_agent.split('/').next().unwrap_or_default().chars().take(128).collect(),
+    };
     let found = route(&shared.lock(), parts.uri.path());
     let Some(route) = found else {
         return status(
@@ -666,10 +784,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Err(error) => return bad_request(format!("reading the body: {error}")),
     };
     match (&parts.method, &route.name) {
-        (&Method::GET, None) if query.flag("watch") => watch(&shared, &route, &query, metadata_only),
+        (&Method::GET, None) if query.flag("watch") => watch(&shared, &route, &query, metadata_only).await,
         (&Method::GET, None) => list(&shared, &route, &query, metadata_only),
         (&Method::GET, Some(name)) => get(&shared, &route, name, metadata_only).await,
-        (&Method::POST, None) => create(&shared, &route, &query, &body),
+        (&Method::POST, None) => create(&shared, &route, &query, &body, &manager),
+        (&Method::PUT, Some(name)) => replace(&shared, &route, name, &query, &body, &manager),
         (&Method::PATCH, Some(name)) => {
             if !shared.lock().resources[route.resource].is_events() {
                 shared.patches.fetch_add(1, Ordering::SeqCst);
@@ -684,7 +803,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                     );
                 }
             }
-            patch(&shared, &route, name, &query, &content_type, &body, metadata_only)
+            patch(&shared, &route, name, &query, &content_type, &body, metadata_only, &manager)
         }
         _ => status(
             StatusCode::NOT_FOUND,
@@ -695,6 +814,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     }
 }
 
+/// Upstream's message for a continue token whose snapshot was compacted (k8s.io/apiserver
+/// `storage/etcd3` `handleCompactedErrorForPaging`).
+const EXPIRED_CONTINUE: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
 fn in_scope(route: &Route, key: &ObjectKey) -> bool {
     key.resource == route.resource && route.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
 }
@@ -704,15 +827,19 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
         Ok(selector) => selector,
         Err(message) => return bad_request(message),
     };
+    shared.lists.fetch_add(1, Ordering::SeqCst);
     let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
     let store = shared.lock();
-    // A continue token is "<snapshot version>|<namespace>|<name of the last item sent>".
+    // A continue token is "<snapshot version>|<namespace>|<name of the last item sent>"; version
+    // -1 continues from the current state (the inconsistent token of a 410 answer), as upstream's
+    // etcd3 store encodes it (k8s.io/apiserver storage `EncodeContinue`, `DecodeContinue`).
     let (version, after) = match query.get("continue") {
         None => (store.version, None),
         Some(token) => {
             let mut parts = token.splitn(3, '|');
-            match (parts.next().and_then(|v| v.parse::<u64>().ok()), parts.next(), parts.next()) {
+            match (parts.next().and_then(|v| v.parse::<i64>().ok()), parts.next(), parts.next()) {
                 (Some(version), Some(namespace), Some(name)) => {
+                    let version = u64::try_from(version).unwrap_or(store.version);
                     (version, Some((namespace.to_string(), name.to_string())))
                 }
                 _ => return bad_request(format!("invalid continue token {token:?}")),
@@ -720,7 +847,26 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
         }
     };
     // The current state is read in place (only the page is cloned); an older snapshot is rebuilt.
-    let snapshot = (version < store.version).then(|| store.objects_at(route.resource, version));
+    let snapshot = match (version < store.version).then(|| store.objects_at(route.resource, version)) {
+        Some(None) => {
+            // The snapshot was compacted: upstream's etcd3 store (`handleCompactedErrorForPaging`)
+            // answers 410 Expired with a token that continues from the current state.
+            let (namespace, name) = after.unwrap_or_default();
+            shared.expired.fetch_add(1, Ordering::SeqCst);
+            let response = json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {"continue": format!("-1|{namespace}|{name}")},
+                "status": "Failure",
+                "message": EXPIRED_CONTINUE,
+                "reason": "Expired",
+                "code": 410,
+            });
+            return json_response(StatusCode::GONE, &response);
+        }
+        Some(Some(objects)) => Some(objects),
+        None => None,
+    };
     let objects = snapshot.as_ref().unwrap_or(&store.objects);
     let mut matching = objects
         .range(ObjectKey { resource: route.resource, namespace: String::new(), name: String::new() }..)
@@ -745,10 +891,27 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
     } else {
         (resource.api_version(), format!("{}List", resource.kind))
     };
-    json_response(
+    let response = json_response(
         StatusCode::OK,
         &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": items}),
-    )
+    );
+    if after.is_none() && remaining > 0 {
+        let plural = resource.plural.clone();
+        let mut interrupt = shared.compact_during_lists.lock().expect("lock");
+        let next =
+            interrupt.as_mut().filter(|(armed, _)| *armed == plural).and_then(|(_, objects)| objects.pop_front());
+        drop(interrupt);
+        if let Some(object) = next {
+            let api_version = object["apiVersion"].as_str().expect("an apiVersion").to_string();
+            let kind = object["kind"].as_str().expect("a kind").to_string();
+            let name = object["metadata"]["name"].as_str().expect("a name").to_string();
+            let mut store = store;
+            store.seed(&api_version, &kind, name, object);
+            store.compact();
+            shared.notify(store);
+        }
+    }
+    response
 }
 
 async fn get(shared: &Shared, route: &Route, name: &str, metadata_only: bool) -> Response {
@@ -770,7 +933,7 @@ async fn get(shared: &Shared, route: &Route, name: &str, metadata_only: bool) ->
     }
 }
 
-fn create(shared: &Shared, route: &Route, query: &Query, body: &[u8]) -> Response {
+fn create(shared: &Shared, route: &Route, query: &Query, body: &[u8], manager: &str) -> Response {
     let mut object: Value = match serde_json::from_slice(body) {
         Ok(object @ Value::Object(_)) => object,
         Ok(_) => return bad_request("the body is not a JSON object".into()),
@@ -821,6 +984,9 @@ fn create(shared: &Shared, route: &Route, query: &Query, body: &[u8]) -> Respons
         );
     }
     object_map(&mut object["metadata"]).insert("name".into(), Value::String(name));
+    object_map(&mut object).insert("apiVersion".into(), Value::String(resource.api_version()));
+    object_map(&mut object).insert("kind".into(), Value::String(resource.kind.clone()));
+    let object = managed_fields::update(None, &object, manager, &now());
     if query.get("dryRun").is_some() {
         return json_response(StatusCode::CREATED, &object);
     }
@@ -832,6 +998,50 @@ fn create(shared: &Shared, route: &Route, query: &Query, body: &[u8]) -> Respons
     json_response(StatusCode::CREATED, &stored)
 }
 
+/// The time of a managed fields entry, to the second as upstream writes it.
+fn now() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::Timestamp::from_second(now.as_second()).expect("now is a valid time").to_string()
+}
+
+/// A `422 Invalid` `PatchOptions` (k8s.io/apimachinery `ValidatePatchOptions`).
+fn invalid_patch_options(field: &str, detail: &str) -> Response {
+    status(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+        format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {detail}"),
+        Some(
+            json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [{"reason": "FieldValueInvalid", "message": detail, "field": field}]}),
+        ),
+    )
+}
+
+/// An apply's conflicts as upstream answers them (k8s.io/apiserver `managedfields/internal/
+/// conflict.go`: `NewConflictError`, `getConflictMessage`): `409 Conflict`, one cause of type
+/// `FieldManagerConflict` per field.
+fn apply_conflict(conflicts: &[managed_fields::Conflict]) -> Response {
+    let message = match conflicts {
+        [one] => format!("Apply failed with 1 conflict: conflict with {}: {}", one.manager, one.field),
+        _ => {
+            let mut managers: Vec<&str> = conflicts.iter().map(|c| c.manager.as_str()).collect();
+            managers.sort_unstable();
+            managers.dedup();
+            let mut lines = Vec::new();
+            for manager in managers {
+                lines.push(format!("conflicts with {manager}:"));
+                lines.extend(conflicts.iter().filter(|c| c.manager == manager).map(|c| format!("- {}", c.field)));
+            }
+            format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+        }
+    };
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {}", c.manager), "field": c.field}))
+        .collect();
+    status(StatusCode::CONFLICT, "Conflict", message, Some(json!({"causes": causes})))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn patch(
     shared: &Shared,
     route: &Route,
@@ -840,10 +1050,26 @@ fn patch(
     content_type: &str,
     body: &[u8],
     metadata_only: bool,
+    manager: &str,
 ) -> Response {
-    let patch: Value = match serde_json::from_slice(body) {
-        Ok(patch) => patch,
-        Err(error) => return bad_request(format!("the patch is not JSON: {error}")),
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    let is_apply = media_type == "application/apply-patch+yaml";
+    if is_apply && query.get("fieldManager").is_none() {
+        return invalid_patch_options("fieldManager", "Required value: is required for apply patch");
+    }
+    if !is_apply && query.get("force").is_some() {
+        return invalid_patch_options("force", "Forbidden: may not be specified for non-apply patch");
+    }
+    let patch: Value = if is_apply {
+        match serde_yaml_ng::from_slice(body) {
+            Ok(patch) => patch,
+            Err(error) => return bad_request(format!("the apply patch is not YAML: {error}")),
+        }
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(patch) => patch,
+            Err(error) => return bad_request(format!("the patch is not JSON: {error}")),
+        }
     };
     let mut store = shared.lock();
     let resource = store.resources[route.resource].clone();
@@ -852,39 +1078,50 @@ fn patch(
         namespace: route.namespace.clone().unwrap_or_default(),
         name: name.to_string(),
     };
-    let media_type = content_type.split(';').next().unwrap_or("").trim();
-    let is_apply = media_type == "application/apply-patch+yaml";
-    let mut object = match store.objects.get(&key) {
-        Some(object) => object.clone(),
-        None if is_apply => json!({"metadata": {"name": name}}),
-        None => return not_found_object(&resource, name),
-    };
-    match media_type {
-        "application/merge-patch+json" | "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
-            json_patch::merge(&mut object, &patch)
+    let live = store.objects.get(&key).cloned();
+    let object = if is_apply {
+        let mut config = patch;
+        object_map(&mut config).entry("kind").or_insert_with(|| Value::String(resource.kind.clone()));
+        object_map(&mut config["metadata"]).insert("name".into(), Value::String(name.to_string()));
+        match managed_fields::apply(live.as_ref(), &config, manager, query.flag("force"), &now()) {
+            Ok(object) => object,
+            Err(conflicts) => return apply_conflict(&conflicts),
         }
-        "application/json-patch+json" => {
-            let operations: json_patch::Patch = match serde_json::from_value(patch) {
-                Ok(operations) => operations,
-                Err(error) => return bad_request(format!("invalid JSON patch: {error}")),
-            };
-            if let Err(error) = json_patch::patch(&mut object, &operations) {
+    } else {
+        let Some(mut object) = live.clone() else { return not_found_object(&resource, name) };
+        match media_type {
+            "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                json_patch::merge(&mut object, &patch)
+            }
+            "application/json-patch+json" => {
+                let operations: json_patch::Patch = match serde_json::from_value(patch) {
+                    Ok(operations) => operations,
+                    Err(error) => return bad_request(format!("invalid JSON patch: {error}")),
+                };
+                if let Err(error) = json_patch::patch(&mut object, &operations) {
+                    return status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        format!("the JSON patch failed: {error}"),
+                        None,
+                    );
+                }
+            }
+            other => {
                 return status(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    format!("the JSON patch failed: {error}"),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!("the body of the request was in an unknown format ({other:?})"),
                     None,
-                );
+                )
             }
         }
-        other => {
-            return status(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UnsupportedMediaType",
-                format!("the body of the request was in an unknown format ({other:?})"),
-                None,
-            )
-        }
+        managed_fields::update(live.as_ref(), &object, manager, &now())
+    };
+    if live.as_ref() == Some(&object) {
+        // Nothing changed: nothing is written, no new resourceVersion, no watch event.
+        let answer = if metadata_only { partial_metadata(&object) } else { object };
+        return json_response(StatusCode::OK, &answer);
     }
     if query.get("dryRun").is_some() {
         return json_response(StatusCode::OK, &object);
@@ -896,6 +1133,55 @@ fn patch(
     shared.notify(store);
     let answer = if metadata_only { partial_metadata(&stored) } else { stored };
     json_response(StatusCode::OK, &answer)
+}
+
+/// `PUT` of a single object: an Update that replaces it, refused with `409 Conflict` when the
+/// body's `resourceVersion` is not the stored one (k8s.io/apiserver `registry/generic/registry`
+/// `Store.Update`, `NewConflict`).
+fn replace(shared: &Shared, route: &Route, name: &str, query: &Query, body: &[u8], manager: &str) -> Response {
+    let object: Value = match serde_json::from_slice(body) {
+        Ok(object @ Value::Object(_)) => object,
+        Ok(_) => return bad_request("the body is not a JSON object".into()),
+        Err(error) => return bad_request(format!("the body is not JSON: {error}")),
+    };
+    let mut store = shared.lock();
+    let resource = store.resources[route.resource].clone();
+    let key = ObjectKey {
+        resource: route.resource,
+        namespace: route.namespace.clone().unwrap_or_default(),
+        name: name.to_string(),
+    };
+    let Some(live) = store.objects.get(&key).cloned() else { return not_found_object(&resource, name) };
+    if object["metadata"]["name"].as_str() != Some(name) {
+        return bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            object["metadata"]["name"].as_str().unwrap_or_default()
+        ));
+    }
+    let given = object["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty());
+    if given.is_some_and(|given| Some(given) != live["metadata"]["resourceVersion"].as_str()) {
+        let qualified = if resource.group.is_empty() {
+            resource.plural.clone()
+        } else {
+            format!("{}.{}", resource.plural, resource.group)
+        };
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {qualified} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+            Some(json!({"name": name, "group": resource.group, "kind": resource.plural})),
+        );
+    }
+    let object = managed_fields::update(Some(&live), &object, manager, &now());
+    if object == live {
+        return json_response(StatusCode::OK, &live);
+    }
+    if query.get("dryRun").is_some() {
+        return json_response(StatusCode::OK, &object);
+    }
+    let stored = store.put(key, object);
+    shared.notify(store);
+    json_response(StatusCode::OK, &stored)
 }
 
 /// A watch stream's state.
@@ -954,7 +1240,7 @@ impl Watch {
     }
 }
 
-fn watch(shared: &Arc<Shared>, route: &Route, query: &Query, metadata_only: bool) -> Response {
+async fn watch(shared: &Arc<Shared>, route: &Route, query: &Query, metadata_only: bool) -> Response {
     let selector = match Selector::parse(query) {
         Ok(selector) => selector,
         Err(message) => return bad_request(message),
@@ -970,6 +1256,10 @@ fn watch(shared: &Arc<Shared>, route: &Route, query: &Query, metadata_only: bool
     let timeout = query.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).filter(|t| *t > 0);
     // Far enough for any test; the server's drop ends the stream anyway.
     let timeout = Duration::from_secs(timeout.unwrap_or(3600));
+    let mut paused = shared.watches_paused.subscribe();
+    let _ = paused.wait_for(|paused| !paused).await;
+    let mut epoch = shared.watch_epoch.subscribe();
+    epoch.borrow_and_update();
     let changed = shared.changed.subscribe();
     let mut state = Watch {
         shared: shared.clone(),
@@ -984,6 +1274,25 @@ fn watch(shared: &Arc<Shared>, route: &Route, query: &Query, metadata_only: bool
     {
         let store = shared.lock();
         match from {
+            Some(version) if !send_initial && version < store.compacted => {
+                // Upstream's watch cache (k8s.io/apiserver `storage/cacher/watch_cache.go`,
+                // `getAllEventsSinceLocked`) answers with one ERROR event of a 410 Expired Status.
+                shared.expired.fetch_add(1, Ordering::SeqCst);
+                let gone = json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": format!("too old resource version: {version} ({})", store.compacted),
+                    "reason": "Expired",
+                    "code": 410,
+                });
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(watch_line("ERROR", gone)))
+                    .expect("response");
+            }
             Some(version) if !send_initial => state.cursor = version,
             _ => {
                 // Start from the current state: every object is ADDED.
@@ -1014,16 +1323,19 @@ fn watch(shared: &Arc<Shared>, route: &Route, query: &Query, metadata_only: bool
         }
     }
     let shutdown = shared.shutdown.clone();
-    let stream = futures::stream::unfold(state, move |mut state| {
+    let stream = futures::stream::unfold((state, epoch), move |(mut state, mut epoch)| {
         let shutdown = shutdown.clone();
         async move {
             loop {
+                if epoch.has_changed().unwrap_or(true) {
+                    return None;
+                }
                 if let Some(line) = state.pending.pop_front() {
                     let delay = *state.shared.watch_delay.lock().expect("delay lock");
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
-                    return Some((Ok::<Bytes, Infallible>(line), state));
+                    return Some((Ok::<Bytes, Infallible>(line), (state, epoch)));
                 }
                 state.changed.borrow_and_update();
                 state.collect();
@@ -1034,6 +1346,7 @@ fn watch(shared: &Arc<Shared>, route: &Route, query: &Query, metadata_only: bool
                     changed = state.changed.changed() => if changed.is_err() { return None },
                     () = tokio::time::sleep_until(state.deadline) => return None,
                     () = shutdown.cancelled() => return None,
+                    _ = epoch.changed() => return None,
                 }
             }
         }

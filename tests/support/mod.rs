@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_apiserver;
+pub mod managed_fields;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
