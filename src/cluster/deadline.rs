@@ -31,11 +31,11 @@ impl<'a, C: Cluster> WithDeadline<'a, C> {
 
     async fn within<T>(&self, what: &str, lookup: impl Future<Output = Lookup<T>>) -> Lookup<T> {
         tokio::time::timeout_at(self.deadline, lookup).await.unwrap_or_else(|_| {
-            Err(LookupError(format!(
-                "no answer for {what} in time: the API server waits {}s for this review (?timeout), and lookups may take {}%",
-                self.timeout.as_secs_f32(),
-                100 * LOOKUP_SHARE.0 / LOOKUP_SHARE.1
-            )))
+            Err(LookupError::OutOfTime {
+                object: what.to_string(),
+                waits_seconds: self.timeout.as_secs_f32(),
+                share_percent: 100 * LOOKUP_SHARE.0 / LOOKUP_SHARE.1,
+            })
         })
     }
 }

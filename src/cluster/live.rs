@@ -312,7 +312,8 @@ impl LiveCluster {
     async fn lookup<V: Cached>(&self, cache: &Cache<V>, namespace: &str, name: &str) -> Lookup<V::Info> {
         let kind = V::KIND.as_str();
         let object = if namespace.is_empty() { name.to_string() } else { format!("{namespace}/{name}") };
-        let undecodable = |error: &str| LookupError(format!("{kind} {object} exists but does not decode ({error})"));
+        let undecodable =
+            |error: &str| LookupError::Undecodable { object: format!("{kind} {object}"), reason: error.to_string() };
         match cache.get(namespace, name) {
             Some(Ok(found)) => return Ok(Some(found)),
             Some(Err(error)) => return Err(undecodable(&error)),
@@ -326,8 +327,10 @@ impl LiveCluster {
             fetches.entry(key.clone()).or_insert_with(|| (Instant::now(), Arc::new(OnceCell::new()))).1.clone()
         };
         let call = async {
-            let _permit = self.fallbacks.acquire().await.map_err(|_| LookupError("shutting down".to_string()))?;
-            api.get_opt(name).await.map_err(|err| LookupError(format!("API error reading {kind} {name}: {err}")))
+            let _permit = self.fallbacks.acquire().await.map_err(|_| LookupError::ShuttingDown)?;
+            api.get_opt(name)
+                .await
+                .map_err(|err| LookupError::Api { object: format!("{kind} {name}"), message: err.to_string() })
         };
         let answer = fetch
             .get_or_init(|| async {
@@ -338,10 +341,10 @@ impl LiveCluster {
                         Err(error) => Err(undecodable(&error)),
                     },
                     Ok(Err(err)) => Err(err),
-                    Err(_) => Err(LookupError(format!(
-                        "timed out after {:?} reading {kind} {name} from the API server",
-                        self.options.fallback_timeout
-                    ))),
+                    Err(_) => Err(LookupError::TimedOut {
+                        object: format!("{kind} {name}"),
+                        after: self.options.fallback_timeout,
+                    }),
                 }
             })
             .await

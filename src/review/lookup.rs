@@ -6,14 +6,31 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The outcome of a lookup: the object, `None` when it does not exist, or why it is unknown.
 pub type Lookup<T> = Result<Option<Arc<T>>, LookupError>;
 
-/// Why the cluster could not say whether an object exists.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct LookupError(pub String);
+/// Why the cluster could not say whether an object exists ("not found" is not an error: it is
+/// `Ok(None)`). Decisions word a denial from it; metrics and logs can tell the cases apart.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LookupError {
+    /// The object exists, but its stored form does not decode.
+    #[error("{object} exists but does not decode ({reason})")]
+    Undecodable { object: String, reason: String },
+    /// The API server answered with an error.
+    #[error("API error reading {object}: {message}")]
+    Api { object: String, message: String },
+    /// The API server did not answer within the lookup's own timeout.
+    #[error("timed out after {after:?} reading {object} from the API server")]
+    TimedOut { object: String, after: Duration },
+    /// The review's share of the API server's webhook timeout ran out first.
+    #[error("no answer for {object} in time: the API server waits {waits_seconds}s for this review (?timeout), and lookups may take {share_percent}%")]
+    OutOfTime { object: String, waits_seconds: f32, share_percent: u32 },
+    /// The process is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
 
 /// Read access to the objects decisions depend on. Implementations answer from files
 /// (`cluster::ObjectStore`) or from watch caches of a live cluster (`cluster::LiveCluster`).
