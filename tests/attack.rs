@@ -299,8 +299,8 @@ async fn bodies_beyond_the_byte_budget_are_refused_at_once_and_counted() {
     })
     .await;
     let (ca, addr) = (pki.ca_pem(), server.running.addr);
-    // Two 6 MiB bodies sent all but their last byte hold 12 of the 16 MiB, once the server has
-    // read them.
+    // Two 6 MiB bodies sent all but their last byte hold 12 of the 16 MiB once the server has
+    // read them: all that large bodies may take, the other 4 MiB being kept for small ones.
     let length = 6 * 1024 * 1024;
     let filler = vec![b' '; length - 1];
     let mut held = Vec::new();
@@ -329,7 +329,7 @@ async fn bodies_beyond_the_byte_budget_are_refused_at_once_and_counted() {
         "refused while the held bodies were still waiting, not after the read timeout ({refused_after:?})"
     );
     println!("the third body refused after {refused_after:?} (read timeout {:?})", read_timeout);
-    // An ordinary review still fits in what is left.
+    // An ordinary review still fits in the share kept for small bodies.
     let client = client(&ca, &server, None);
     let response = client
         .post(server.url("/validate"))
