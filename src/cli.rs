@@ -300,11 +300,23 @@ pub struct ServeArgs {
     /// requests fail fast with 503.
     #[arg(long, value_name = "N", default_value_t = 512, env = "TOKENGATE_MAX_IN_FLIGHT")]
     pub max_in_flight: usize,
-    /// Memory that request bodies being received or reviewed may take, all connections
-    /// together (bytes, or with a suffix Ki, Mi, Gi); a body that does not fit is refused at
-    /// once with 503. At least 7Mi (the largest body); the default holds four of those.
+    /// Memory that request bodies being received or reviewed, and answers not yet taken, may
+    /// take, all connections together (bytes, or with a suffix Ki, Mi, Gi); each is charged by
+    /// the bytes that have arrived, never by its Content-Length. 4Mi of it are kept for small
+    /// bodies (64Ki or less: ordinary reviews), which larger ones cannot take, so reviews are
+    /// answered however many large or slow bodies are held; a body that does not fit is refused
+    /// at once with 503 (`body_budget`). At least 11Mi (the largest body, 7Mi, beside the small
+    /// bodies' share); the default holds four of the largest.
     #[arg(long, value_name = "BYTES", default_value = "28Mi", value_parser = parse_bytes, env = "TOKENGATE_BODY_BUDGET")]
     pub body_budget: usize,
+    /// How much of --body-budget one client (one IP address, all its connections together) may
+    /// hold, and at most half of the small bodies' share; beyond it its bodies are refused at
+    /// once with 429 (`peer_budget`). An API server is one client however many connections it
+    /// opens: the default, two of the largest bodies, is hundreds of times what its ordinary
+    /// reviews (a few KiB each) take at once, and each of several API servers has a share of
+    /// its own. Behind a proxy or NAT every client shares one. At least 7Mi.
+    #[arg(long, value_name = "BYTES", default_value = "14Mi", value_parser = parse_bytes, env = "TOKENGATE_PEER_BODY_BUDGET")]
+    pub peer_body_budget: usize,
     /// A request, headers and body, must arrive within this of its first byte; otherwise the
     /// connection is closed (counted as reason `read_timeout`).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, env = "TOKENGATE_READ_TIMEOUT")]
@@ -520,6 +532,7 @@ mod tests {
         let cli = Cli::parse_from(["tokengate", "serve", "--policy", "p", "--tls-cert", "c", "--tls-key", "k"]);
         let Command::Serve(args) = cli.command else { panic!("serve") };
         assert_eq!(args.body_budget, crate::server::DEFAULT_BODY_BUDGET);
+        assert_eq!(args.peer_body_budget, crate::server::DEFAULT_PEER_BODY_BUDGET);
         assert_eq!(
             args.read_timeout,
             crate::server::ServerConfig::new(crate::server::tls::CertificateFiles {

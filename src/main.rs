@@ -199,6 +199,7 @@ async fn serve_with<C: Cluster + Send + Sync + 'static>(
         http2: args.http2,
         max_in_flight: args.max_in_flight,
         body_budget: args.body_budget,
+        peer_body_budget: args.peer_body_budget,
         reload_interval: args.reload_interval,
         handshake_timeout: args.handshake_timeout,
         read_timeout: args.read_timeout,

@@ -31,8 +31,12 @@ pub enum Rejection {
     /// The request (headers and body) did not arrive within the read timeout: the connection
     /// is closed.
     ReadTimeout,
-    /// Buffering the body (or the answer) would take what is buffered past the byte budget (503).
+    /// Buffering the body (or the answer) would take what is buffered past the byte budget, or
+    /// a large body past the part of it that small bodies do not keep (503).
     BodyBudget,
+    /// Buffering the body (or the answer) would take what its client (IP address) holds past
+    /// that client's share of the byte budget (429).
+    PeerBudget,
     /// The client did not take the answer within the read timeout: the connection is closed.
     WriteTimeout,
 }
@@ -47,6 +51,7 @@ impl Rejection {
             Rejection::NoPolicy => "no_policy",
             Rejection::ReadTimeout => "read_timeout",
             Rejection::BodyBudget => "body_budget",
+            Rejection::PeerBudget => "peer_budget",
             Rejection::WriteTimeout => "write_timeout",
         }
     }

@@ -12,7 +12,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 
-use support::{client, client_for, eventually, write_secret_volume, KillOnDrop, Pki, TempDir, TestServer, SERVER_NAME};
+use support::{
+    client, client_for, client_from, eventually, write_secret_volume, KillOnDrop, Pki, TempDir, TestServer, SERVER_NAME,
+};
 use tokengate::cluster::ObjectStore;
 use tokengate::manifest;
 use tokengate::metrics::Metrics;
@@ -63,6 +65,24 @@ async fn start(pki: &Pki, configure: impl FnOnce(&mut ServerConfig)) -> TestServ
 
 /// A raw TLS connection to the webhook port, offering HTTP/1.1.
 async fn connect(ca_pem: &str, addr: std::net::SocketAddr) -> TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tls_over(ca_pem, tcp).await
+}
+
+/// A raw TLS connection from the loopback address `source` (Linux routes all of 127.0.0.0/8 to
+/// `lo`), so that the server sees it come from another client.
+async fn connect_from(
+    ca_pem: &str,
+    addr: std::net::SocketAddr,
+    source: std::net::IpAddr,
+) -> TlsStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(std::net::SocketAddr::new(source, 0)).expect("bind a loopback source address");
+    let tcp = socket.connect(addr).await.expect("connect");
+    tls_over(ca_pem, tcp).await
+}
+
+async fn tls_over(ca_pem: &str, tcp: tokio::net::TcpStream) -> TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.expect("CA pem")).expect("CA");
@@ -74,7 +94,6 @@ async fn connect(ca_pem: &str, addr: std::net::SocketAddr) -> TlsStream<tokio::n
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     connector.connect(ServerName::try_from(SERVER_NAME).expect("name"), tcp).await.expect("handshake")
 }
@@ -86,7 +105,7 @@ fn request_head(path: &str, content_length: usize) -> String {
 }
 
 /// Reads one HTTP/1.1 response: its status and body (a Content-Length body).
-async fn read_response(tls: &mut TlsStream<tokio::net::TcpStream>) -> (u16, Vec<u8>) {
+async fn read_response(tls: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u16, Vec<u8>) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -280,8 +299,8 @@ async fn bodies_beyond_the_byte_budget_are_refused_at_once_and_counted() {
     })
     .await;
     let (ca, addr) = (pki.ca_pem(), server.running.addr);
-    // Two 6 MiB bodies sent all but their last byte hold 12 of the 16 MiB, once the server has
-    // read them.
+    // Two 6 MiB bodies sent all but their last byte hold 12 of the 16 MiB once the server has
+    // read them: all that large bodies may take, the other 4 MiB being kept for small ones.
     let length = 6 * 1024 * 1024;
     let filler = vec![b' '; length - 1];
     let mut held = Vec::new();
@@ -310,7 +329,7 @@ async fn bodies_beyond_the_byte_budget_are_refused_at_once_and_counted() {
         "refused while the held bodies were still waiting, not after the read timeout ({refused_after:?})"
     );
     println!("the third body refused after {refused_after:?} (read timeout {:?})", read_timeout);
-    // An ordinary review still fits in what is left.
+    // An ordinary review still fits in the share kept for small bodies.
     let client = client(&ca, &server, None);
     let response = client
         .post(server.url("/validate"))
@@ -339,6 +358,142 @@ async fn bodies_beyond_the_byte_budget_are_refused_at_once_and_counted() {
     let metrics = server.metrics.encode();
     assert_eq!(rejections(&metrics, "body_budget"), 1, "{metrics}");
     assert_eq!(rejections(&metrics, "read_timeout"), 2, "{metrics}");
+}
+
+/// The status of the response the server sends on `reader`, or `None` when it closes the
+/// connection (or resets it) without one.
+async fn response_status(reader: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<u16> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buffer.windows(2).any(|w| w == b"\r\n") {
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buffer).split(' ').nth(1)?.parse().ok()
+}
+
+/// What became of a body sent whole but for its last byte.
+enum Stalled {
+    /// The server read all of it and waits for the rest: the connection (both halves) is held.
+    Held(Vec<tokio::task::JoinHandle<()>>),
+    /// The server answered at once with this status.
+    Refused(u16),
+}
+
+/// Opens a connection from `source`, declares a body of `length` bytes and sends all of it but
+/// the last byte; waits until the server has either answered or read everything sent.
+async fn stall_a_body(ca: &str, addr: std::net::SocketAddr, source: std::net::IpAddr, length: usize) -> Stalled {
+    let tls = connect_from(ca, addr, source).await;
+    let port = tls.get_ref().0.local_addr().expect("local address").port();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+    let writing = tokio::spawn(async move {
+        let mut request = request_head("/validate", length).into_bytes();
+        request.resize(request.len() + length - 1, b' ');
+        let sent = writer.write_all(&request).await.and(writer.flush().await);
+        // Keep this half open for as long as the test holds the connection.
+        let _ = held_rx.await;
+        drop((sent, writer));
+    });
+    let mut answer = tokio::spawn(async move {
+        let status = response_status(&mut reader).await;
+        (status, reader)
+    });
+    let read_whole = async {
+        assert!(server_read_everything(&[port]).await, "the server reads the body or answers");
+    };
+    tokio::select! {
+        biased;
+        answered = &mut answer => return Stalled::Refused(answered.expect("reader").0.expect("a response")),
+        () = read_whole => {}
+    }
+    // An answer may arrive just as the connection's queues empty (the server closes it after
+    // answering): give it a moment before calling the body held.
+    if let Ok(answered) = tokio::time::timeout(Duration::from_millis(300), &mut answer).await {
+        if let (Some(status), _) = answered.expect("reader") {
+            return Stalled::Refused(status);
+        }
+        panic!("the server closed the connection of a held body without answering");
+    }
+    let keep = tokio::spawn(async move {
+        let _ = answer.await;
+        drop(held_tx);
+    });
+    Stalled::Held(vec![writing, keep])
+}
+
+/// One client (one IP address) cannot take the body budget, and large bodies, from any number of
+/// clients, cannot take the share kept for small ones: while one client holds as many bodies
+/// just under 7 MiB, sent all but their last byte, as it may (its further ones refused as
+/// `peer_budget`) and another holds what is left of the budget for large bodies (its next one
+/// refused as `body_budget`), every ordinary review from a third client is answered 200. An
+/// order of events, not a latency: every review is answered while all the held bodies are still
+/// held (none yet cut off by the read timeout). Before the budget kept a share for small bodies
+/// and per client, the held bodies took all of it and each review was refused with 503.
+#[tokio::test]
+async fn stalled_large_bodies_from_one_client_do_not_starve_reviews_from_another() {
+    let _no_build = BUILDING.read().await;
+    let pki = Pki::new("stall-ca");
+    // Long enough that a busy machine finishes the reviews before it cuts the held bodies off.
+    let read_timeout = Duration::from_secs(30);
+    let server = start(&pki, |config| config.read_timeout = read_timeout).await;
+    let (ca, addr) = (pki.ca_pem(), server.running.addr);
+    let (attacker, other_attacker, reviewer) =
+        ([127, 0, 0, 1].into(), [127, 0, 0, 3].into(), std::net::IpAddr::from([127, 0, 0, 2]));
+    let length = MAX_BODY_BYTES - 1;
+    let started = Instant::now();
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for (client, count) in [(attacker, 5), (other_attacker, 2)] {
+        for _ in 0..count {
+            match stall_a_body(&ca, addr, client, length).await {
+                Stalled::Held(handles) => held.push((client, handles)),
+                Stalled::Refused(status) => refused.push((client, status)),
+            }
+        }
+    }
+    let stalled_in = started.elapsed();
+    let held_by = |client| held.iter().filter(|(c, _)| *c == client).count();
+    println!(
+        "bodies of {length} bytes held: {} from {attacker}, {} from {other_attacker}; refused: {refused:?} ({stalled_in:?})",
+        held_by(attacker),
+        held_by(other_attacker)
+    );
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let body = review_body();
+        let sent = Instant::now();
+        let mut tls = connect_from(&ca, addr, reviewer).await;
+        tls.write_all(request_head("/validate", body.len()).as_bytes()).await.expect("write");
+        tls.write_all(&body).await.expect("write");
+        let (status, answer) = read_response(&mut tls).await;
+        latencies.push(sent.elapsed());
+        assert_eq!(status, 200, "review {i} from {reviewer}: {}", String::from_utf8_lossy(&answer));
+        let json: Value = serde_json::from_slice(&answer).expect("JSON");
+        assert_eq!(json["response"]["allowed"], Value::Bool(true), "review {i}");
+    }
+    let metrics = server.metrics.encode();
+    latencies.sort();
+    println!(
+        "20 reviews from {reviewer} while the bodies were held: median {:?}, slowest {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    assert_eq!(
+        rejections(&metrics, "read_timeout"),
+        0,
+        "every review was answered while the bodies were held, not after the read timeout"
+    );
+    assert_eq!(held_by(attacker), 2, "one client holds two bodies of the largest size, no more");
+    assert_eq!(held_by(other_attacker), 1, "another holds what is left for large bodies");
+    let refused_by = |client| refused.iter().filter(|(c, _)| *c == client).map(|(_, s)| *s).collect::<Vec<_>>();
+    assert_eq!(refused_by(attacker), [429, 429, 429], "beyond its share: 429");
+    assert_eq!(refused_by(other_attacker), [503], "beyond what is left for large bodies: 503");
+    assert_eq!(rejections(&metrics, "peer_budget"), 3, "{metrics}");
+    assert_eq!(rejections(&metrics, "body_budget"), 1, "{metrics}");
+    drop(held);
 }
 
 #[tokio::test]
@@ -451,8 +606,9 @@ fn cluster_objects(api: &support::fake_apiserver::FakeApiServer, count: usize) {
 
 /// The Deployment's memory limit holds what a replica was measured to use, in one run: the
 /// optimised binary, run with the Deployment's defaults, watching a fake API server of 10 000
-/// pods and 10 000 service accounts, receives a round of 48 concurrent maximum-size bodies of
-/// each shape; its peak resident memory (`VmHWM`) must stay under the limit read from
+/// pods and 10 000 service accounts, receives a round of 48 concurrent maximum-size bodies (from
+/// four client addresses, so that the shares per client do not hide the whole budget) of each
+/// shape; its peak resident memory (`VmHWM`) must stay under the limit read from
 /// `manifests/base/deployment.yaml`.
 #[tokio::test]
 async fn hostile_bodies_with_the_caches_of_a_large_cluster_stay_under_the_deployments_memory_limit() {
@@ -498,19 +654,23 @@ async fn hostile_bodies_with_the_caches_of_a_large_cluster_stay_under_the_deploy
     let url = format!("https://{SERVER_NAME}:{port}/validate");
     let warm = client.post(&url).header("Content-Type", "application/json").body(review_body()).send().await;
     assert_eq!(warm.expect("sent").status(), StatusCode::OK);
+    let clients: Vec<_> = (1..=4).map(|last| client_from(&pki.ca_pem(), port, [127, 0, 0, last].into())).collect();
     let mib = |kib: u64| kib as f64 / 1024.0;
     let cached_kib = support::memory_kib(pid, "VmRSS");
     println!("with the caches synced: RSS {:.1} MiB", mib(cached_kib));
 
     for shape in [Shape::Annotation, Shape::Labels, Shape::Sources, Shape::Violations] {
         let body = large_body(shape);
-        let sent =
-            (0..48).map(|_| client.post(&url).header("Content-Type", "application/json").body(body.clone()).send());
+        // From four clients: one client may hold only its share of the budget, four hold all of it.
+        let sent = (0..48).map(|i| {
+            let client = &clients[i % clients.len()];
+            client.post(&url).header("Content-Type", "application/json").body(body.clone()).send()
+        });
         let (mut answered, mut refused) = (0, 0);
         for result in futures::future::join_all(sent).await {
             match result.map(|r| r.status()) {
                 Ok(StatusCode::OK) => answered += 1,
-                Ok(StatusCode::SERVICE_UNAVAILABLE) => refused += 1,
+                Ok(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) => refused += 1,
                 // A refused body's connection is closed while the client may still be sending.
                 Err(err) if !err.is_timeout() => refused += 1,
                 other => panic!("{shape:?}: unexpected {other:?}"),

@@ -27,7 +27,7 @@ use tower::ServiceExt;
 use crate::metrics::{Metrics, Rejection};
 use crate::review::lookup::Cluster;
 use crate::source::PolicyReceiver;
-pub use body::BodyBudget;
+pub use body::{BodyBudget, Peer, SMALL_RESERVE_BYTES};
 use deadline::{Deadlines, Overdue};
 pub use routes::{AppState, MAX_BODY_BYTES};
 use tls::{CertificateFiles, CertificateStore, TlsError};
@@ -37,6 +37,15 @@ const MAX_BUF_BYTES: usize = 64 * 1024;
 
 /// The default byte budget of buffered request bodies: four bodies of the largest size.
 pub const DEFAULT_BODY_BUDGET: usize = 4 * MAX_BODY_BYTES;
+
+/// The smallest body budget: one body of the largest size beside the share kept for small ones.
+pub const MIN_BODY_BUDGET: usize = MAX_BODY_BYTES + SMALL_RESERVE_BYTES;
+
+/// The default share of the body budget one client (IP address) may hold: two bodies of the
+/// largest size. An API server is one client however many connections it opens; its ordinary
+/// reviews take a few KiB each, so even hundreds at once stay far below this, and each of
+/// several API servers has a share of its own.
+pub const DEFAULT_PEER_BODY_BUDGET: usize = 2 * MAX_BODY_BYTES;
 
 /// Everything `serve` is configured with.
 #[derive(Debug, Clone)]
@@ -50,8 +59,12 @@ pub struct ServerConfig {
     /// with 503.
     pub max_in_flight: usize,
     /// Bytes that request bodies being read or reviewed may take, all connections together;
-    /// a body that does not fit is refused at once with 503. At least [`MAX_BODY_BYTES`].
+    /// a body that does not fit is refused at once with 503. [`SMALL_RESERVE_BYTES`] of it are
+    /// kept for small bodies. At least [`MIN_BODY_BUDGET`].
     pub body_budget: usize,
+    /// Bytes of the body budget one client (IP address) may hold, all its connections
+    /// together; beyond it its bodies are refused at once with 429. At least [`MAX_BODY_BYTES`].
+    pub peer_body_budget: usize,
     /// How often certificate files are re-read.
     pub reload_interval: Duration,
     pub handshake_timeout: Duration,
@@ -78,6 +91,7 @@ impl ServerConfig {
             http2: false,
             max_in_flight: 512,
             body_budget: DEFAULT_BODY_BUDGET,
+            peer_body_budget: DEFAULT_PEER_BODY_BUDGET,
             reload_interval: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(5),
@@ -95,9 +109,15 @@ pub enum ServeError {
     /// The certificate, key or client CA is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The body budget cannot hold even one body of the largest size.
-    #[error("the body budget ({budget} bytes) must be at least the largest body ({MAX_BODY_BYTES} bytes)")]
+    /// The body budget cannot hold one body of the largest size beside the small bodies' share.
+    #[error(
+        "the body budget ({budget} bytes) must be at least the largest body and the share kept for small ones \
+         ({MIN_BODY_BUDGET} bytes)"
+    )]
     BodyBudget { budget: usize },
+    /// A client's share of the body budget cannot hold one body of the largest size.
+    #[error("the body budget per client ({budget} bytes) must be at least the largest body ({MAX_BODY_BYTES} bytes)")]
+    PeerBodyBudget { budget: usize },
     /// A listening address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -132,8 +152,11 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(
     cluster: Arc<C>,
     metrics: Arc<Metrics>,
 ) -> Result<Running, ServeError> {
-    if config.body_budget < MAX_BODY_BYTES {
+    if config.body_budget < MIN_BODY_BUDGET {
         return Err(ServeError::BodyBudget { budget: config.body_budget });
+    }
+    if config.peer_body_budget < MAX_BODY_BYTES {
+        return Err(ServeError::PeerBodyBudget { budget: config.peer_body_budget });
     }
     let certificates = Arc::new(CertificateStore::load(config.certificates.clone(), metrics.clone())?);
     let tls = tls::server_config(certificates.clone(), config.client_ca.as_deref(), config.http2)?;
@@ -151,7 +174,7 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(
         cluster,
         metrics,
         in_flight: Semaphore::new(config.max_in_flight),
-        body_budget: BodyBudget::new(config.body_budget),
+        body_budget: BodyBudget::new(config.body_budget, config.peer_body_budget),
         decoding: body::DecodeBudget::new(MAX_BODY_BYTES),
         read_timeout: config.read_timeout,
         shutting_down: AtomicBool::new(false),
@@ -182,56 +205,19 @@ async fn run<C: Cluster + Send + Sync + 'static>(
     reloader: tokio::task::JoinHandle<()>,
 ) {
     let admin_stop = CancellationToken::new();
-    let admin = {
-        let stop = admin_stop.clone();
-        let router = routes::admin_router(state.clone());
-        tokio::spawn(async move {
-            let served = axum::serve(admin_listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
-            if let Err(err) = served {
-                tracing::error!(error = %err, "admin server failed");
-            }
-        })
-    };
-
-    // SIGTERM: fail readiness at once and keep serving for the drain delay, while endpoints
-    // stop routing to this pod...
-    let stop_accepting = CancellationToken::new();
-    tokio::spawn({
-        let (state, stop_accepting, drain_delay) = (state.clone(), stop_accepting.clone(), config.drain_delay);
-        async move {
-            shutdown.cancelled().await;
-            state.shutting_down.store(true, Ordering::SeqCst);
-            tracing::info!(?drain_delay, "shutting down: readiness now fails; still serving");
-            tokio::time::sleep(drain_delay).await;
-            stop_accepting.cancel();
-        }
-    });
+    let admin = spawn_admin(admin_listener, routes::admin_router(state.clone()), admin_stop.clone());
+    let stop_accepting = drain_on(shutdown, state.clone(), config.drain_delay);
     let connections = TaskTracker::new();
     let close_connections = CancellationToken::new();
-    let router = routes::webhook_router(state.clone());
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = stop_accepting.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let connection = Connection {
-            acceptor: acceptor.clone(),
-            router: router.clone(),
-            config: config.clone(),
-            close: close_connections.clone(),
-            metrics: state.metrics.clone(),
-        };
-        connections.spawn(connection.serve(stream, peer));
-    }
+    let connection = Connection {
+        acceptor,
+        router: routes::webhook_router(state.clone()),
+        config: config.clone(),
+        close: close_connections.clone(),
+        metrics: state.metrics.clone(),
+    };
+    accept(listener, &stop_accepting, &connections, &connection).await;
     // ...then stop accepting, close idle keep-alive connections and let in-flight requests finish.
-    drop(listener);
     close_connections.cancel();
     connections.close();
     if tokio::time::timeout(config.shutdown_timeout, connections.wait()).await.is_err() {
@@ -243,7 +229,56 @@ async fn run<C: Cluster + Send + Sync + 'static>(
     tracing::info!("tokengate stopped");
 }
 
+/// Serves the admin port until `stop` is cancelled.
+fn spawn_admin(listener: TcpListener, router: axum::Router, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
+        if let Err(err) = served {
+            tracing::error!(error = %err, "admin server failed");
+        }
+    })
+}
+
+/// On `shutdown` (SIGTERM): fails readiness at once and keeps serving for the drain delay, while
+/// endpoints stop routing to this pod; the token returned is cancelled when that delay is over.
+fn drain_on<C: Send + Sync + 'static>(
+    shutdown: CancellationToken,
+    state: Arc<AppState<C>>,
+    drain_delay: Duration,
+) -> CancellationToken {
+    let stop_accepting = CancellationToken::new();
+    let stop = stop_accepting.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        state.shutting_down.store(true, Ordering::SeqCst);
+        tracing::info!(?drain_delay, "shutting down: readiness now fails; still serving");
+        tokio::time::sleep(drain_delay).await;
+        stop.cancel();
+    });
+    stop_accepting
+}
+
+/// Accepts connections until `stop` is cancelled, each served in a task of its own tracked by
+/// `connections`; the listener is closed on return.
+async fn accept(listener: TcpListener, stop: &CancellationToken, connections: &TaskTracker, connection: &Connection) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        connections.spawn(connection.clone().serve(stream, peer));
+    }
+}
+
 /// One accepted TCP connection: TLS handshake (with a timeout), then HTTP until closed.
+#[derive(Clone)]
 struct Connection {
     acceptor: TlsAcceptor,
     router: axum::Router,
@@ -254,18 +289,7 @@ struct Connection {
 
 impl Connection {
     async fn serve(self, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
-        let tls = match tokio::time::timeout(self.config.handshake_timeout, self.acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(err)) => {
-                tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
-        };
+        let Some(tls) = self.handshake(stream, peer).await else { return };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let activity = Arc::new(Activity::new());
         // HTTP/1.1 carries one request at a time, so one read clock per connection bounds the
@@ -273,40 +297,18 @@ impl Connection {
         // run while the connection idles between requests, closing keep-alive connections the
         // API server still holds. HTTP/2 streams are bounded by the handler's body deadline.
         let deadlines = Arc::new(Deadlines::default());
-        let read_clock = (!h2).then(|| deadlines.clone());
         let io = TokioIo::new(Tracked {
             inner: tls,
             activity: activity.clone(),
             deadlines: deadlines.clone(),
             reads_requests: !h2,
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // Hyper's read buffer grows up to this while a body streams in (400 KiB by default):
-        // per connection, on top of the budget. 64 KiB holds any request head the API server sends.
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true).max_buf_size(MAX_BUF_BYTES);
-        builder.http2().timer(TokioTimer::new());
-        let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
-        let service = {
-            let (on_request, on_response) = (read_clock.clone(), read_clock);
-            self.router
-                .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    if let Some(clock) = &on_request {
-                        request.extensions_mut().insert(clock.clone());
-                    }
-                    request
-                })
-                .map_response(move |response| {
-                    if let Some(clock) = &on_response {
-                        clock.request_read();
-                    }
-                    response
-                })
-        };
+        let builder = http_builder(h2);
+        let service = self.service(Peer::of(peer), (!h2).then(|| deadlines.clone()));
         let connection = builder.serve_connection(io, TowerToHyperService::new(service));
         tokio::pin!(connection);
         let idle_timeout = self.config.idle_timeout;
-        let read_timeout = self.config.read_timeout;
-        let overdue = deadlines.overdue(read_timeout);
+        let overdue = deadlines.overdue(self.config.read_timeout);
         tokio::pin!(overdue);
         let mut closing = false;
         loop {
@@ -317,15 +319,7 @@ impl Connection {
                     }
                     return;
                 }
-                overdue = overdue.as_mut() => {
-                    let (reason, what) = match overdue {
-                        Overdue::Read => (Rejection::ReadTimeout, "request not received"),
-                        Overdue::Write => (Rejection::WriteTimeout, "answer not taken"),
-                    };
-                    self.metrics.rejected(reason);
-                    tracing::debug!(%peer, ?read_timeout, "{what} within the read timeout: connection closed");
-                    return;
-                }
+                overdue = overdue.as_mut() => return self.closed_overdue(overdue, peer),
                 () = self.close.cancelled(), if !closing => {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
@@ -336,6 +330,84 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// The TLS handshake, within the handshake timeout.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let _ = stream.set_nodelay(true);
+        match tokio::time::timeout(self.config.handshake_timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    /// The webhook routes for this connection: each request carries the client it came from and,
+    /// over HTTP/1.1, the connection's read clock, which any answer stops.
+    fn service(
+        &self,
+        peer: Peer,
+        read_clock: Option<Arc<Deadlines>>,
+    ) -> impl tower::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        let (on_request, on_response) = (read_clock.clone(), read_clock);
+        self.router
+            .clone()
+            .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer);
+                if let Some(clock) = &on_request {
+                    request.extensions_mut().insert(clock.clone());
+                }
+                request
+            })
+            .map_response(move |response| {
+                if let Some(clock) = &on_response {
+                    clock.request_read();
+                }
+                response
+            })
+    }
+
+    /// Counts a connection closed by its read or write deadline.
+    fn closed_overdue(&self, overdue: Overdue, peer: SocketAddr) {
+        let (reason, what) = match overdue {
+            Overdue::Read => (Rejection::ReadTimeout, "request not received"),
+            Overdue::Write => (Rejection::WriteTimeout, "answer not taken"),
+        };
+        self.metrics.rejected(reason);
+        let read_timeout = self.config.read_timeout;
+        tracing::debug!(%peer, ?read_timeout, "{what} within the read timeout: connection closed");
+    }
+}
+
+/// HTTP/1.1 or HTTP/2 (as ALPN chose) with hyper's timer; over HTTP/1.1 keep-alive, no header
+/// timeout of hyper's own (the read clock does that), and a read buffer of [`MAX_BUF_BYTES`].
+fn http_builder(h2: bool) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Hyper's read buffer grows up to this while a body streams in (400 KiB by default):
+    // per connection, on top of the budget. 64 KiB holds any request head the API server sends.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true).max_buf_size(MAX_BUF_BYTES);
+    builder.http2().timer(TokioTimer::new());
+    if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
     }
 }
 

@@ -206,6 +206,13 @@ pub fn client_for(ca_pem: &str, port: u16) -> reqwest::Client {
     client_builder(ca_pem, std::net::SocketAddr::from(([127, 0, 0, 1], port))).build().expect("client")
 }
 
+/// An HTTPS client like [`client_for`] whose connections come from the loopback address
+/// `source` (Linux routes all of 127.0.0.0/8 to `lo`): to the server, another client.
+pub fn client_from(ca_pem: &str, port: u16, source: std::net::IpAddr) -> reqwest::Client {
+    let builder = client_builder(ca_pem, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    builder.local_address(source).build().expect("client")
+}
+
 /// Polls `check` until it is true or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
