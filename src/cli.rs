@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::cluster::LiveOptions;
+use crate::server::tls::CertificateFiles;
+use crate::server::ServerConfig;
 use crate::source::ConfigMapRef;
 
 /// tokengate governs which service-account tokens a Kubernetes cluster may mint: audiences
@@ -336,6 +339,14 @@ pub struct ServeArgs {
     /// Time allowed for a TLS handshake (reading a request is bounded by --read-timeout).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "TOKENGATE_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Duration,
+    /// API calls made on watch-cache misses in flight at once; more wait, within
+    /// --lookup-timeout.
+    #[arg(long, value_name = "N", default_value_t = 16, env = "TOKENGATE_LOOKUP_CONCURRENCY")]
+    pub lookup_concurrency: usize,
+    /// Log one line per review (uid, kind, namespace/name, operation, decision; never the
+    /// object): `true` or `false`.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, env = "TOKENGATE_LOG_REVIEWS")]
+    pub log_reviews: bool,
     /// Log format: `text` or `json` (one object per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOKENGATE_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -344,6 +355,49 @@ pub struct ServeArgs {
     pub log: String,
     #[command(flatten)]
     pub webhooks: ManageWebhooksArgs,
+}
+
+impl ServeArgs {
+    /// The server's configuration, every value from the command line: the flags above are the
+    /// one table of defaults.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            certificates: CertificateFiles { cert: self.tls_cert.clone(), key: self.tls_key.clone() },
+            client_ca: self.client_ca.clone(),
+            http2: self.http2,
+            max_in_flight: self.max_in_flight,
+            body_budget: self.body_budget,
+            peer_body_budget: self.peer_body_budget,
+            reload_interval: self.reload_interval,
+            handshake_timeout: self.handshake_timeout,
+            read_timeout: self.read_timeout,
+            idle_timeout: self.idle_timeout,
+            drain_delay: self.drain_delay,
+            shutdown_timeout: self.shutdown_timeout,
+            log_reviews: self.log_reviews,
+        }
+    }
+
+    /// How the live cluster's lookups are tuned.
+    pub fn live_options(&self) -> LiveOptions {
+        LiveOptions { fallback_timeout: self.lookup_timeout, fallback_concurrency: self.lookup_concurrency }
+    }
+
+    /// `serve` with every default and only the required flags: the certificate files (for
+    /// tests and benchmarks that start a server in-process).
+    pub fn defaults(certificates: &CertificateFiles) -> ServeArgs {
+        let (cert, key) = (certificates.cert.as_os_str(), certificates.key.as_os_str());
+        let args = ["tokengate".as_ref(), "serve".as_ref(), "--policy".as_ref(), "-".as_ref()];
+        let files = ["--tls-cert".as_ref(), cert, "--tls-key".as_ref(), key];
+        let cli =
+            Cli::try_parse_from(args.into_iter().chain(files)).expect("the required flags and the defaults parse");
+        match cli.command {
+            Command::Serve(args) => *args,
+            _ => unreachable!("parsed as serve"),
+        }
+    }
 }
 
 /// Where the policy comes from: a file or a ConfigMap (exactly one).
@@ -528,19 +582,32 @@ mod tests {
     }
 
     #[test]
-    fn the_default_body_budget_is_the_servers() {
-        let cli = Cli::parse_from(["tokengate", "serve", "--policy", "p", "--tls-cert", "c", "--tls-key", "k"]);
+    fn the_server_is_configured_by_the_flags_and_their_defaults() {
+        let certificates = CertificateFiles { cert: "c.pem".into(), key: "k.pem".into() };
+        let config = ServeArgs::defaults(&certificates).server_config();
+        assert_eq!(config.body_budget, 4 * crate::server::MAX_BODY_BYTES, "four of the largest bodies");
+        assert_eq!(config.peer_body_budget, 2 * crate::server::MAX_BODY_BYTES);
+        assert_eq!(config.read_timeout, Duration::from_secs(5));
+        assert!(config.idle_timeout > Duration::from_secs(90), "above the API server's idle keep-alive");
+        assert!(config.log_reviews);
+        assert_eq!(config.certificates.cert, std::path::PathBuf::from("c.pem"));
+        let cli = Cli::parse_from([
+            "tokengate",
+            "serve",
+            "--policy",
+            "p",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--log-reviews",
+            "false",
+            "--lookup-timeout",
+            "3s",
+        ]);
         let Command::Serve(args) = cli.command else { panic!("serve") };
-        assert_eq!(args.body_budget, crate::server::DEFAULT_BODY_BUDGET);
-        assert_eq!(args.peer_body_budget, crate::server::DEFAULT_PEER_BODY_BUDGET);
-        assert_eq!(
-            args.read_timeout,
-            crate::server::ServerConfig::new(crate::server::tls::CertificateFiles {
-                cert: "c".into(),
-                key: "k".into()
-            })
-            .read_timeout
-        );
+        assert!(!args.server_config().log_reviews);
+        assert_eq!(args.live_options().fallback_timeout, Duration::from_secs(3));
     }
 
     #[test]

@@ -16,15 +16,14 @@ use tokengate::cli::{
 };
 use tokengate::cluster::audiences::audiences_of_token_file;
 use tokengate::cluster::kubeconfig::{self, ClientOptions};
-use tokengate::cluster::{Cluster, LiveCluster, LiveOptions, ObjectStore};
+use tokengate::cluster::{Cluster, LiveCluster, ObjectStore};
 use tokengate::manifest::{self, Document};
 use tokengate::metrics::Metrics;
 use tokengate::policy::{Policy, PolicyError};
 use tokengate::report::render;
 use tokengate::report::{FileError, FileErrorReason, Gate, Report, UnreadKind};
 use tokengate::review::{self, Reply, Webhook};
-use tokengate::server::tls::CertificateFiles;
-use tokengate::server::{self, ServerConfig};
+use tokengate::server;
 use tokengate::simulate::{self, Extras};
 use tokengate::source::{self, PolicyPublisher, PolicyReceiver};
 use tokengate::webhooks::manage::{self, ManageOptions};
@@ -94,8 +93,8 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     match client.filter(|_| args.objects.is_empty()) {
         Some(client) => {
-            let options = LiveOptions { fallback_timeout: args.lookup_timeout, ..LiveOptions::default() };
-            serve_with(&args, policy, LiveCluster::start(client, options, metrics.clone()), metrics, manager).await
+            let cluster = LiveCluster::start(client, args.live_options(), metrics.clone());
+            serve_with(&args, policy, cluster, metrics, manager).await
         }
         None => {
             serve_with(
@@ -191,23 +190,7 @@ async fn serve_with<C: Cluster + Send + Sync + 'static>(
     metrics: Arc<Metrics>,
     manager: Option<(kube::Client, ManageOptions)>,
 ) -> anyhow::Result<ExitCode> {
-    let certificates = CertificateFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone() };
-    let config = ServerConfig {
-        listen: args.listen,
-        admin_listen: args.admin_listen,
-        client_ca: args.client_ca.clone(),
-        http2: args.http2,
-        max_in_flight: args.max_in_flight,
-        body_budget: args.body_budget,
-        peer_body_budget: args.peer_body_budget,
-        reload_interval: args.reload_interval,
-        handshake_timeout: args.handshake_timeout,
-        read_timeout: args.read_timeout,
-        idle_timeout: args.idle_timeout,
-        drain_delay: args.drain_delay,
-        shutdown_timeout: args.shutdown_timeout,
-        ..ServerConfig::new(certificates)
-    };
+    let config = args.server_config();
     tracing::info!(config = ?config, policy = ?args.policy, objects = ?args.objects, "starting");
     let (manager_policy, manager_cluster, manager_metrics) = (policy.clone(), cluster.clone(), metrics.clone());
     let running = match server::start(config, policy, cluster, metrics).await {

@@ -50,7 +50,7 @@ async fn start(pki: &Pki, configure: impl FnOnce(&mut ServerConfig)) -> TestServ
     let metrics = Arc::new(Metrics::new());
     let (publisher, policy) = PolicyPublisher::new(metrics.clone());
     tokio::spawn(source::watch_file(policy_path, Duration::from_millis(100), publisher));
-    let mut config = ServerConfig::new(CertificateFiles { cert: dir.path("tls.crt"), key: dir.path("tls.key") });
+    let mut config = support::server_defaults(CertificateFiles { cert: dir.path("tls.crt"), key: dir.path("tls.key") });
     config.listen = "127.0.0.1:0".parse().expect("addr");
     config.admin_listen = "127.0.0.1:0".parse().expect("addr");
     config.log_reviews = false;

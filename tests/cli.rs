@@ -288,7 +288,7 @@ fn a_missing_field_or_a_type_error_hides_no_other_problem() {
         format!("{file}:4:3: spec.mode: unknown variant `Enforcee`"),
         format!("{file}:5:16: spec.expiration.minSeconds: invalid type: string \"x\", expected an integer"),
         format!("{file}:7:7: spec.audiences[0].audiance: unknown field"),
-        format!("spec.audiences[0]: missing field `audience`"),
+        "spec.audiences[0]: missing field `audience`".to_string(),
         // The element after the one taken out keeps its index and its line.
         format!("{file}:9:7: spec.audiences[1].maxExpirationSeconds: invalid type: sequence, expected an integer"),
     ] {

@@ -119,7 +119,7 @@ async fn respond<C: Cluster>(name: &str, webhook: Webhook, policy: &Policy, clus
 
 #[tokio::test]
 async fn live_caches_answer_decisions_exactly_like_the_objects_files() {
-    let (api, cluster) = live(LiveOptions::default()).await;
+    let (api, cluster) = live(support::live_defaults()).await;
     // Every namespace has a `default` service account; the fixtures name only some.
     api.apply(
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "prod"}}),
@@ -172,7 +172,7 @@ async fn one_undecodable_object_is_skipped_and_counted_and_the_caches_stay_ready
                      "spec": {"nodeName": "node-1", "containers": "a newer shape", "volumes": []}, "status": 7}));
     api.apply(json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "odd"}, "spec": {"csi": "not an object"}}));
     let metrics = Arc::new(Metrics::new());
-    let cluster = LiveCluster::start(api.client(), LiveOptions::default(), metrics.clone());
+    let cluster = LiveCluster::start(api.client(), support::live_defaults(), metrics.clone());
     assert!(
         eventually(Duration::from_secs(20), async || cluster.is_ready()).await,
         "caches sync around the bad objects"
@@ -200,9 +200,9 @@ async fn one_undecodable_object_is_skipped_and_counted_and_the_caches_stay_ready
     // The bad objects answer with the reason, without an API call.
     let before = api.single_gets();
     let err = cluster.pod("team-a", "broken").await.expect_err("cannot be judged");
-    assert!(err.0.contains("Pod team-a/broken exists but does not decode"), "{err}");
+    assert!(err.to_string().contains("Pod team-a/broken exists but does not decode"), "{err}");
     let err = cluster.persistent_volume("odd").await.expect_err("cannot be judged");
-    assert!(err.0.contains("PersistentVolume odd exists but does not decode"), "{err}");
+    assert!(err.to_string().contains("PersistentVolume odd exists but does not decode"), "{err}");
     assert_eq!(api.single_gets(), before, "answered from the cache");
     let text = metrics.encode();
     assert!(text.contains(r#"tokengate_cache_undecodable_objects{kind="Pod"} 1"#), "{text}");
@@ -243,7 +243,7 @@ fn node_token_request(pod: &str, uid: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_pod_the_cache_has_not_seen_is_fetched_from_the_api() {
-    let (api, cluster) = live(LiveOptions::default()).await;
+    let (api, cluster) = live(support::live_defaults()).await;
     let policy = Policy::parse(POLICY).expect("valid");
     api.set_watch_delay(Duration::from_secs(3));
     api.apply(fresh_pod("just-created", "0b7c8a57-0000-4000-8000-000000000001"));
@@ -258,7 +258,7 @@ async fn a_pod_the_cache_has_not_seen_is_fetched_from_the_api() {
 
 #[tokio::test]
 async fn a_slow_api_fails_the_lookup_in_time_with_a_clear_reason() {
-    let options = LiveOptions { fallback_timeout: Duration::from_millis(300), ..LiveOptions::default() };
+    let options = LiveOptions { fallback_timeout: Duration::from_millis(300), ..support::live_defaults() };
     let (api, cluster) = live(options).await;
     let policy = Policy::parse(POLICY).expect("valid");
     // The control: without the fallback timeout the lookup would wait for the API's 20 s.
@@ -285,7 +285,7 @@ async fn a_review_needing_lookups_answers_with_its_reason_before_the_api_servers
     // The fallback alone would wait 30 s; the API server gives the webhook 4 s (`?timeout=4s`), of
     // which lookups may take 3 s: the answer comes between 3 s and 4 s, with a second to spare
     // for a machine busy with builds.
-    let options = LiveOptions { fallback_timeout: Duration::from_secs(30), ..LiveOptions::default() };
+    let options = LiveOptions { fallback_timeout: Duration::from_secs(30), ..support::live_defaults() };
     let (api, cluster) = live(options).await;
     api.set_watch_delay(Duration::from_secs(10));
     api.set_get_delay(Duration::from_secs(10));
@@ -313,7 +313,7 @@ async fn a_review_needing_lookups_answers_with_its_reason_before_the_api_servers
 
 #[tokio::test]
 async fn a_storm_of_requests_for_a_missing_pod_costs_one_api_call() {
-    let (api, cluster) = live(LiveOptions::default()).await;
+    let (api, cluster) = live(support::live_defaults()).await;
     let policy = Policy::parse(POLICY).expect("valid");
     api.set_get_delay(Duration::from_millis(200));
     let before = api.single_gets();
@@ -335,7 +335,7 @@ async fn a_storm_of_requests_for_a_missing_pod_costs_one_api_call() {
 /// answers from the cache all along (readiness never drops).
 #[tokio::test]
 async fn the_caches_list_again_after_410_expired_and_see_what_changed_in_the_gap() {
-    let (api, cluster) = live(LiveOptions::default()).await;
+    let (api, cluster) = live(support::live_defaults()).await;
     let pods_before = cluster.sizes()[2] + 1;
     api.apply(fresh_pod("doomed", "0b7c8a57-0000-4000-8000-000000000010"));
     let cached = eventually(Duration::from_secs(10), async || cluster.sizes()[2] == pods_before).await;

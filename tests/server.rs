@@ -299,10 +299,8 @@ async fn bad_certificates_stop_start_up_with_a_clear_error() {
             std::fs::write(&cert_path, cert).expect("write");
             std::fs::write(&key_path, key).expect("write");
         }
-        let mut config = tokengate::server::ServerConfig::new(tokengate::server::tls::CertificateFiles {
-            cert: cert_path,
-            key: key_path,
-        });
+        let mut config =
+            support::server_defaults(tokengate::server::tls::CertificateFiles { cert: cert_path, key: key_path });
         config.listen = "127.0.0.1:0".parse().expect("addr");
         config.admin_listen = "127.0.0.1:0".parse().expect("addr");
         let (_publisher, policy) =

@@ -28,19 +28,13 @@ use super::views::{ClaimView, CsiDriverView, PersistentVolumeView, PodView, Serv
 use super::*;
 use crate::metrics::{CachedKind, Metrics};
 
-/// How the live cluster is tuned.
+/// How the live cluster is tuned: built from the command line (`cli::ServeArgs::live_options`).
 #[derive(Debug, Clone, Copy)]
 pub struct LiveOptions {
     /// Longest wait for an API call made on a cache miss; after it the lookup fails.
     pub fallback_timeout: Duration,
     /// API calls on cache misses in flight at once; more wait (within the timeout).
     pub fallback_concurrency: usize,
-}
-
-impl Default for LiveOptions {
-    fn default() -> Self {
-        Self { fallback_timeout: Duration::from_secs(2), fallback_concurrency: 16 }
-    }
 }
 
 /// How long an API answer "not found" is reused, so that a storm of requests for an object

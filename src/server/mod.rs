@@ -35,19 +35,11 @@ use tls::{CertificateFiles, CertificateStore, TlsError};
 /// The most an HTTP/1.1 connection buffers of what it reads, beyond the budgeted bodies.
 const MAX_BUF_BYTES: usize = 64 * 1024;
 
-/// The default byte budget of buffered request bodies: four bodies of the largest size.
-pub const DEFAULT_BODY_BUDGET: usize = 4 * MAX_BODY_BYTES;
-
 /// The smallest body budget: one body of the largest size beside the share kept for small ones.
 pub const MIN_BODY_BUDGET: usize = MAX_BODY_BYTES + SMALL_RESERVE_BYTES;
 
-/// The default share of the body budget one client (IP address) may hold: two bodies of the
-/// largest size. An API server is one client however many connections it opens; its ordinary
-/// reviews take a few KiB each, so even hundreds at once stay far below this, and each of
-/// several API servers has a share of its own.
-pub const DEFAULT_PEER_BODY_BUDGET: usize = 2 * MAX_BODY_BYTES;
-
-/// Everything `serve` is configured with.
+/// Everything `serve` is configured with: built from the command line
+/// (`cli::ServeArgs::server_config`), whose flags hold the one table of defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -78,29 +70,6 @@ pub struct ServerConfig {
     /// After the drain delay: how long in-flight requests may take before exit.
     pub shutdown_timeout: Duration,
     pub log_reviews: bool,
-}
-
-impl ServerConfig {
-    /// Defaults for everything but the addresses and files.
-    pub fn new(certificates: CertificateFiles) -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            certificates,
-            client_ca: None,
-            http2: false,
-            max_in_flight: 512,
-            body_budget: DEFAULT_BODY_BUDGET,
-            peer_body_budget: DEFAULT_PEER_BODY_BUDGET,
-            reload_interval: Duration::from_secs(2),
-            handshake_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(120),
-            drain_delay: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(20),
-            log_reviews: true,
-        }
-    }
 }
 
 /// Why the server could not start.

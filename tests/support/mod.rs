@@ -162,7 +162,7 @@ pub async fn start<C: Cluster + Send + Sync + 'static>(pki: &Pki, cluster: C, op
     let metrics = Arc::new(Metrics::new());
     let (publisher, policy) = PolicyPublisher::new(metrics.clone());
     tokio::spawn(source::watch_file(policy_path, Duration::from_millis(100), publisher));
-    let mut config = ServerConfig::new(CertificateFiles { cert: dir.path("tls.crt"), key: dir.path("tls.key") });
+    let mut config = server_defaults(CertificateFiles { cert: dir.path("tls.crt"), key: dir.path("tls.key") });
     config.listen = "127.0.0.1:0".parse().expect("addr");
     config.admin_listen = "127.0.0.1:0".parse().expect("addr");
     config.reload_interval = Duration::from_millis(100);
@@ -278,4 +278,16 @@ pub fn memory_kib(pid: u32, field: &str) -> u64 {
         .lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The server's configuration with every default of `serve`'s flags, for `certificates`.
+pub fn server_defaults(certificates: CertificateFiles) -> ServerConfig {
+    tokengate::cli::ServeArgs::defaults(&certificates).server_config()
+}
+
+/// The live cluster's options with every default of `serve`'s flags.
+#[allow(dead_code)]
+pub fn live_defaults() -> tokengate::cluster::LiveOptions {
+    let certificates = CertificateFiles { cert: "unused".into(), key: "unused".into() };
+    tokengate::cli::ServeArgs::defaults(&certificates).live_options()
 }
