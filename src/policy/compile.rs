@@ -175,168 +175,259 @@ impl TryFrom<PolicyDocument> for Policy {
 
 /// Compiles a document; `learned` API server audiences are added to its `apiServerAudiences`.
 pub(super) fn compile(document: PolicyDocument, learned: &[String]) -> Result<Policy, PolicyError> {
-    {
-        let mut problems = Problems::default();
-        if document.api_version != API_VERSION {
-            problems.add("apiVersion", format!("must be {API_VERSION}, not {:?}", document.api_version));
-        }
-        if document.kind != KIND {
-            problems.add("kind", format!("must be {KIND}, not {:?}", document.kind));
-        }
-        let spec = document.spec;
-
-        for (i, audience) in spec.api_server_audiences.iter().enumerate() {
-            if audience.is_empty() {
-                problems.add(format!("spec.apiServerAudiences[{i}]"), "must not be empty");
-            }
-        }
-        let api_server_audiences: HashSet<String> =
-            spec.api_server_audiences.iter().chain(learned).filter(|a| !a.is_empty()).cloned().collect();
-        let normalize = |a: &str| -> String {
-            if api_server_audiences.contains(a) {
-                String::new()
-            } else {
-                a.to_string()
-            }
-        };
-
-        let min_seconds = spec.expiration.min_seconds.unwrap_or(MIN_EXPIRATION_SECONDS);
-        if min_seconds < MIN_EXPIRATION_SECONDS {
-            problems.add(
-                "spec.expiration.minSeconds",
-                format!("{min_seconds} is below {MIN_EXPIRATION_SECONDS}, the API server's own minimum"),
-            );
-        }
-        let max_seconds = spec.expiration.max_seconds.unwrap_or(API_MAX_EXPIRATION_SECONDS);
-        check_max(&mut problems, "spec.expiration.maxSeconds", max_seconds, min_seconds);
-        let extended_seconds = spec.expiration.extended_seconds.unwrap_or(DEFAULT_EXTENDED_SECONDS);
-        if !(AUTOMOUNT_EXPIRATION_SECONDS..=API_MAX_EXPIRATION_SECONDS).contains(&extended_seconds) {
-            problems.add(
-                "spec.expiration.extendedSeconds",
-                format!("{extended_seconds} is outside {AUTOMOUNT_EXPIRATION_SECONDS}..{API_MAX_EXPIRATION_SECONDS}: 3607 when the API server does not extend tokens, else its --service-account-max-extended-token-expiration"),
-            );
-        }
-        let legacy_tokens = spec
-            .legacy_tokens
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| LegacyTokenRule {
-                namespaces: problems.globs(&format!("spec.legacyTokens[{i}].namespaces"), entry.namespaces.as_deref()),
-                service_accounts: problems
-                    .globs(&format!("spec.legacyTokens[{i}].serviceAccounts"), entry.service_accounts.as_deref()),
-            })
-            .collect();
-
-        let mut builders: HashMap<String, (GlobSetBuilder, Vec<usize>, Vec<AudienceRule>)> = HashMap::new();
-        let mut all_namespaces = GlobSetBuilder::new();
-        let mut all_namespaces_owner = Vec::new();
-        for (i, entry) in spec.audiences.iter().enumerate() {
-            let path = format!("spec.audiences[{i}]");
-            let entry_max = match entry.max_expiration_seconds {
-                Some(max) => {
-                    check_max(&mut problems, &format!("{path}.maxExpirationSeconds"), max, min_seconds);
-                    max.min(max_seconds)
-                }
-                None => max_seconds,
-            };
-            let service_accounts =
-                problems.globs(&format!("{path}.serviceAccounts"), entry.service_accounts.as_deref());
-            let namespaces = problems.globs(&format!("{path}.namespaces"), entry.namespaces.as_deref());
-            let audience = normalize(&entry.audience);
-            let (builder, owners, rules) =
-                builders.entry(audience.clone()).or_insert_with(|| (GlobSetBuilder::new(), Vec::new(), Vec::new()));
-            for pattern in namespaces.patterns() {
-                if let Ok(glob) = super::globs::glob(pattern) {
-                    builder.add(glob.clone());
-                    owners.push(rules.len());
-                    // In document order, so denial messages list allowed audiences stably.
-                    all_namespaces.add(glob);
-                    all_namespaces_owner.push((audience.clone(), rules.len()));
-                }
-            }
-            rules.push(AudienceRule { index: i, namespaces, service_accounts, max_seconds: entry_max });
-        }
-        let mut audiences = HashMap::with_capacity(builders.len());
-        for (audience, (builder, glob_owner, entries)) in builders {
-            match builder.build() {
-                Ok(namespaces) => {
-                    audiences.insert(audience, AudienceRules { namespaces, glob_owner, entries });
-                }
-                Err(err) => problems.add("spec.audiences", format!("namespace globs do not compile: {err}")),
-            }
-        }
-
-        let all_namespaces = all_namespaces.build().unwrap_or_else(|err| {
-            problems.add("spec.audiences", format!("namespace globs do not compile: {err}"));
-            globset::GlobSet::empty()
-        });
-
-        let mut csi_drivers = HashMap::new();
-        let mut driver_index: HashMap<&str, usize> = HashMap::new();
-        for (i, driver) in spec.csi_drivers.iter().enumerate() {
-            let path = format!("spec.csiDrivers[{i}]");
-            if let Some(first) = driver_index.insert(&driver.name, i) {
-                problems.add(
-                    format!("{path}.name"),
-                    format!("duplicate CSI driver {:?} (also at spec.csiDrivers[{first}])", driver.name),
-                );
-            }
-            if driver.name.is_empty() {
-                problems.add(format!("{path}.name"), "must not be empty");
-            }
-            let rule = CsiDriverRule {
-                audiences: driver.audiences.iter().map(|a| normalize(a)).collect(),
-                require_republish: driver.require_republish,
-                require_token_in_secrets: driver.require_token_in_secrets,
-            };
-            csi_drivers.insert(driver.name.clone(), rule);
-        }
-
-        let mut extra_audiences: HashMap<String, Vec<Globs>> = HashMap::new();
-        for (i, extra) in spec.node_restriction.extra_audiences.iter().enumerate() {
-            let globs = problems
-                .globs(&format!("spec.nodeRestriction.extraAudiences[{i}].namespaces"), extra.namespaces.as_deref());
-            extra_audiences.entry(normalize(&extra.audience)).or_default().push(globs);
-        }
-        let node_restriction = NodeRestriction { enabled: spec.node_restriction.enabled, extra_audiences };
-
-        let exemptions = Exemptions {
-            namespaces: Some(problems.globs("spec.exemptions.namespaces", Some(&spec.exemptions.namespaces))),
-            pod_namespaces: {
-                let default = || DEFAULT_POD_NAMESPACES.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-                let patterns = spec.exemptions.pod_namespaces.clone().unwrap_or_else(default);
-                problems.globs("spec.exemptions.podNamespaces", Some(&patterns))
-            },
-            users: spec.exemptions.users.iter().cloned().collect(),
-            groups: spec.exemptions.groups.iter().cloned().collect(),
-        };
-
-        let mut policy = Policy {
-            mode: spec.mode,
-            api_server_audiences: api_server_audiences.clone(),
-            api_server_audiences_listed: !spec.api_server_audiences.is_empty(),
-            min_seconds,
-            max_seconds,
-            extended_seconds,
-            legacy_tokens,
-            audiences,
-            all_namespaces,
-            all_namespaces_owner,
-            csi_drivers,
-            node_restriction,
-            injections: Vec::new(),
-            exemptions,
-        };
-        policy.injections = compile_injections(&spec.injections, &policy, &mut problems);
-
-        if problems.0.is_empty() {
-            Ok(policy)
+    let mut problems = Problems::default();
+    check_header(&document, &mut problems);
+    let spec = document.spec;
+    let api_server_audiences = compile_api_server_audiences(&spec.api_server_audiences, learned, &mut problems);
+    let normalize = |a: &str| -> String {
+        if api_server_audiences.contains(a) {
+            String::new()
         } else {
-            Err(PolicyError::Invalid(problems.0))
+            a.to_string()
         }
+    };
+    let bounds = compile_expiration(&spec.expiration, &mut problems);
+    let legacy_tokens = compile_legacy_tokens(&spec.legacy_tokens, &mut problems);
+    let allow_list = compile_audiences(&spec.audiences, &bounds, &normalize, &mut problems);
+    let csi_drivers = compile_csi_drivers(&spec.csi_drivers, &normalize, &mut problems);
+    let node_restriction = compile_node_restriction(&spec.node_restriction, &normalize, &mut problems);
+    let exemptions = compile_exemptions(&spec.exemptions, &mut problems);
+
+    let mut policy = Policy {
+        mode: spec.mode,
+        api_server_audiences: api_server_audiences.clone(),
+        api_server_audiences_listed: !spec.api_server_audiences.is_empty(),
+        min_seconds: bounds.min_seconds,
+        max_seconds: bounds.max_seconds,
+        extended_seconds: bounds.extended_seconds,
+        legacy_tokens,
+        audiences: allow_list.audiences,
+        all_namespaces: allow_list.all_namespaces,
+        all_namespaces_owner: allow_list.all_namespaces_owner,
+        csi_drivers,
+        node_restriction,
+        injections: Vec::new(),
+        exemptions,
+    };
+    policy.injections = compile_injections(&spec.injections, &policy, &mut problems);
+
+    if problems.0.is_empty() {
+        Ok(policy)
+    } else {
+        Err(PolicyError::Invalid(problems.0))
     }
 }
 
+/// Checks `apiVersion` and `kind`.
+fn check_header(document: &PolicyDocument, problems: &mut Problems) {
+    if document.api_version != API_VERSION {
+        problems.add("apiVersion", format!("must be {API_VERSION}, not {:?}", document.api_version));
+    }
+    if document.kind != KIND {
+        problems.add("kind", format!("must be {KIND}, not {:?}", document.kind));
+    }
+}
+
+/// The API server audiences decisions map to `""`: the non-empty entries of
+/// `spec.apiServerAudiences` (an empty one is a problem) and the `learned` ones.
+fn compile_api_server_audiences(listed: &[String], learned: &[String], problems: &mut Problems) -> HashSet<String> {
+    for (i, audience) in listed.iter().enumerate() {
+        if audience.is_empty() {
+            problems.add(format!("spec.apiServerAudiences[{i}]"), "must not be empty");
+        }
+    }
+    listed.iter().chain(learned).filter(|a| !a.is_empty()).cloned().collect()
+}
+
+/// `spec.expiration` with its defaults filled in.
+struct Bounds {
+    min_seconds: u64,
+    max_seconds: u64,
+    extended_seconds: u64,
+}
+
+/// Fills in `spec.expiration`'s defaults and checks each bound against the API server's own.
+fn compile_expiration(expiration: &document::ExpirationSpec, problems: &mut Problems) -> Bounds {
+    let min_seconds = expiration.min_seconds.unwrap_or(MIN_EXPIRATION_SECONDS);
+    if min_seconds < MIN_EXPIRATION_SECONDS {
+        problems.add(
+            "spec.expiration.minSeconds",
+            format!("{min_seconds} is below {MIN_EXPIRATION_SECONDS}, the API server's own minimum"),
+        );
+    }
+    let max_seconds = expiration.max_seconds.unwrap_or(API_MAX_EXPIRATION_SECONDS);
+    check_max(problems, "spec.expiration.maxSeconds", max_seconds, min_seconds);
+    let extended_seconds = expiration.extended_seconds.unwrap_or(DEFAULT_EXTENDED_SECONDS);
+    if !(AUTOMOUNT_EXPIRATION_SECONDS..=API_MAX_EXPIRATION_SECONDS).contains(&extended_seconds) {
+        problems.add(
+            "spec.expiration.extendedSeconds",
+            format!("{extended_seconds} is outside {AUTOMOUNT_EXPIRATION_SECONDS}..{API_MAX_EXPIRATION_SECONDS}: 3607 when the API server does not extend tokens, else its --service-account-max-extended-token-expiration"),
+        );
+    }
+    Bounds { min_seconds, max_seconds, extended_seconds }
+}
+
+/// Compiles the globs of each `spec.legacyTokens` entry.
+fn compile_legacy_tokens(entries: &[document::LegacyTokenEntry], problems: &mut Problems) -> Vec<LegacyTokenRule> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| LegacyTokenRule {
+            namespaces: problems.globs(&format!("spec.legacyTokens[{i}].namespaces"), entry.namespaces.as_deref()),
+            service_accounts: problems
+                .globs(&format!("spec.legacyTokens[{i}].serviceAccounts"), entry.service_accounts.as_deref()),
+        })
+        .collect()
+}
+
+/// `spec.audiences`, indexed: the entries of each audience, and every namespace glob in one set.
+struct AllowList {
+    audiences: HashMap<String, AudienceRules>,
+    all_namespaces: globset::GlobSet,
+    all_namespaces_owner: Vec<(String, usize)>,
+}
+
+/// One audience's entries while `spec.audiences` is read: the makings of its [`AudienceRules`].
+struct AudienceRulesBuilder {
+    namespaces: GlobSetBuilder,
+    glob_owner: Vec<usize>,
+    entries: Vec<AudienceRule>,
+}
+
+/// Compiles `spec.audiences`, grouping the entries by their (normalised) audience.
+fn compile_audiences(
+    entries: &[document::AudienceEntry],
+    bounds: &Bounds,
+    normalize: &impl Fn(&str) -> String,
+    problems: &mut Problems,
+) -> AllowList {
+    let mut builders: HashMap<String, AudienceRulesBuilder> = HashMap::new();
+    let mut all_namespaces = GlobSetBuilder::new();
+    let mut all_namespaces_owner = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let rule = compile_audience_rule(i, entry, bounds, problems);
+        let audience = normalize(&entry.audience);
+        let builder = builders.entry(audience.clone()).or_insert_with(|| AudienceRulesBuilder {
+            namespaces: GlobSetBuilder::new(),
+            glob_owner: Vec::new(),
+            entries: Vec::new(),
+        });
+        for pattern in rule.namespaces.patterns() {
+            if let Ok(glob) = super::globs::glob(pattern) {
+                builder.namespaces.add(glob.clone());
+                builder.glob_owner.push(builder.entries.len());
+                // In document order, so denial messages list allowed audiences stably.
+                all_namespaces.add(glob);
+                all_namespaces_owner.push((audience.clone(), builder.entries.len()));
+            }
+        }
+        builder.entries.push(rule);
+    }
+    let audiences = build_audience_rules(builders, problems);
+    let all_namespaces = all_namespaces.build().unwrap_or_else(|err| {
+        problems.add("spec.audiences", format!("namespace globs do not compile: {err}"));
+        globset::GlobSet::empty()
+    });
+    AllowList { audiences, all_namespaces, all_namespaces_owner }
+}
+
+/// Compiles the `spec.audiences` entry at index `index`: its globs, and its maximum capped by
+/// `expiration.maxSeconds`.
+fn compile_audience_rule(
+    index: usize,
+    entry: &document::AudienceEntry,
+    bounds: &Bounds,
+    problems: &mut Problems,
+) -> AudienceRule {
+    let path = format!("spec.audiences[{index}]");
+    let max_seconds = match entry.max_expiration_seconds {
+        Some(max) => {
+            check_max(problems, &format!("{path}.maxExpirationSeconds"), max, bounds.min_seconds);
+            max.min(bounds.max_seconds)
+        }
+        None => bounds.max_seconds,
+    };
+    let service_accounts = problems.globs(&format!("{path}.serviceAccounts"), entry.service_accounts.as_deref());
+    let namespaces = problems.globs(&format!("{path}.namespaces"), entry.namespaces.as_deref());
+    AudienceRule { index, namespaces, service_accounts, max_seconds }
+}
+
+/// Builds each audience's namespace glob set; an audience whose set does not build is left out.
+fn build_audience_rules(
+    builders: HashMap<String, AudienceRulesBuilder>,
+    problems: &mut Problems,
+) -> HashMap<String, AudienceRules> {
+    let mut audiences = HashMap::with_capacity(builders.len());
+    for (audience, AudienceRulesBuilder { namespaces, glob_owner, entries }) in builders {
+        match namespaces.build() {
+            Ok(namespaces) => {
+                audiences.insert(audience, AudienceRules { namespaces, glob_owner, entries });
+            }
+            Err(err) => problems.add("spec.audiences", format!("namespace globs do not compile: {err}")),
+        }
+    }
+    audiences
+}
+
+/// Compiles `spec.csiDrivers` by name; a name must be non-empty and given once.
+fn compile_csi_drivers(
+    drivers: &[document::CsiDriverEntry],
+    normalize: &impl Fn(&str) -> String,
+    problems: &mut Problems,
+) -> HashMap<String, CsiDriverRule> {
+    let mut csi_drivers = HashMap::new();
+    let mut driver_index: HashMap<&str, usize> = HashMap::new();
+    for (i, driver) in drivers.iter().enumerate() {
+        let path = format!("spec.csiDrivers[{i}]");
+        if let Some(first) = driver_index.insert(&driver.name, i) {
+            problems.add(
+                format!("{path}.name"),
+                format!("duplicate CSI driver {:?} (also at spec.csiDrivers[{first}])", driver.name),
+            );
+        }
+        if driver.name.is_empty() {
+            problems.add(format!("{path}.name"), "must not be empty");
+        }
+        let rule = CsiDriverRule {
+            audiences: driver.audiences.iter().map(|a| normalize(a)).collect(),
+            require_republish: driver.require_republish,
+            require_token_in_secrets: driver.require_token_in_secrets,
+        };
+        csi_drivers.insert(driver.name.clone(), rule);
+    }
+    csi_drivers
+}
+
+/// Compiles `spec.nodeRestriction`: its extra audiences, by (normalised) audience.
+fn compile_node_restriction(
+    spec: &document::NodeRestrictionSpec,
+    normalize: &impl Fn(&str) -> String,
+    problems: &mut Problems,
+) -> NodeRestriction {
+    let mut extra_audiences: HashMap<String, Vec<Globs>> = HashMap::new();
+    for (i, extra) in spec.extra_audiences.iter().enumerate() {
+        let globs = problems
+            .globs(&format!("spec.nodeRestriction.extraAudiences[{i}].namespaces"), extra.namespaces.as_deref());
+        extra_audiences.entry(normalize(&extra.audience)).or_default().push(globs);
+    }
+    NodeRestriction { enabled: spec.enabled, extra_audiences }
+}
+
+/// Compiles `spec.exemptions`, filling in the default `podNamespaces`.
+fn compile_exemptions(spec: &document::ExemptionsSpec, problems: &mut Problems) -> Exemptions {
+    Exemptions {
+        namespaces: Some(problems.globs("spec.exemptions.namespaces", Some(&spec.namespaces))),
+        pod_namespaces: {
+            let default = || DEFAULT_POD_NAMESPACES.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+            let patterns = spec.pod_namespaces.clone().unwrap_or_else(default);
+            problems.globs("spec.exemptions.podNamespaces", Some(&patterns))
+        },
+        users: spec.users.iter().cloned().collect(),
+        groups: spec.groups.iter().cloned().collect(),
+    }
+}
+
+/// Checks the maximum lifetime at `path` against the API server's maximum and the minimum `min`.
 fn check_max(problems: &mut Problems, path: &str, max: u64, min: u64) {
     if max > API_MAX_EXPIRATION_SECONDS {
         problems.add(path, format!("{max} is above {API_MAX_EXPIRATION_SECONDS} (2^32), the API server's own maximum"));
@@ -345,117 +436,169 @@ fn check_max(problems: &mut Problems, path: &str, max: u64, min: u64) {
     }
 }
 
+/// Compiles `spec.injections` against the rest of the compiled `policy`.
 fn compile_injections(specs: &[document::InjectionSpec], policy: &Policy, problems: &mut Problems) -> Vec<Injection> {
-    let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut volume_names: HashMap<&str, usize> = HashMap::new();
-    let mut mount_paths: HashMap<&str, usize> = HashMap::new();
+    let mut claimed = Claimed::default();
     let mut injections = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         let path = format!("spec.injections[{i}]");
         if spec.name.is_empty() || spec.name.contains([',', ' ']) {
             problems.add(format!("{path}.name"), "must be non-empty, without commas or spaces");
         }
-        if let Some(first) = names.insert(&spec.name, i) {
+        claimed.claim(i, &path, spec, problems);
+        injections.push(compile_injection(&path, spec, policy, problems));
+    }
+    injections
+}
+
+/// What earlier injections claimed: names, volume names and mount paths, each with the index of
+/// the first injection that claimed it.
+#[derive(Default)]
+struct Claimed<'a> {
+    names: HashMap<&'a str, usize>,
+    volume_names: HashMap<&'a str, usize>,
+    mount_paths: HashMap<&'a str, usize>,
+}
+
+impl<'a> Claimed<'a> {
+    /// Claims the name, volume name and mount path of `spec.injections[i]` (at `path`),
+    /// reporting each that an earlier injection already claimed.
+    fn claim(&mut self, i: usize, path: &str, spec: &'a document::InjectionSpec, problems: &mut Problems) {
+        if let Some(first) = self.names.insert(&spec.name, i) {
             problems
                 .add(format!("{path}.name"), format!("duplicate injection name (also at spec.injections[{first}])"));
         }
-        if let Some(first) = volume_names.insert(&spec.volume.name, i) {
+        if let Some(first) = self.volume_names.insert(&spec.volume.name, i) {
             problems.add(
                 format!("{path}.volume.name"),
                 format!("volume {:?} is also injected by spec.injections[{first}]", spec.volume.name),
             );
         }
-        if let Some(first) = mount_paths.insert(&spec.mount.mount_path, i) {
+        if let Some(first) = self.mount_paths.insert(&spec.mount.mount_path, i) {
             problems.add(
                 format!("{path}.mount.mountPath"),
                 format!("{:?} is also the mount path of spec.injections[{first}]", spec.mount.mount_path),
             );
         }
-        if !is_dns_label(&spec.volume.name) {
-            problems.add(format!("{path}.volume.name"), "must be a DNS label (lower-case letters, digits, '-')");
-        }
-        let token_path = spec.volume.path.clone().unwrap_or_else(|| "token".to_string());
-        if token_path.is_empty() || token_path.starts_with('/') || token_path.split('/').any(|p| p == "..") {
-            problems.add(format!("{path}.volume.path"), "must be a relative path without '..'");
-        }
-        if !spec.mount.mount_path.starts_with('/') {
-            problems.add(format!("{path}.mount.mountPath"), "must be an absolute path");
-        }
-        let seconds = spec.volume.expiration_seconds.unwrap_or(DEFAULT_EXPIRATION_SECONDS);
-        if seconds < policy.min_seconds || seconds > policy.max_seconds {
+    }
+}
+
+/// Compiles one injection; `path` is its field path (`spec.injections[2]`).
+fn compile_injection(
+    path: &str,
+    spec: &document::InjectionSpec,
+    policy: &Policy,
+    problems: &mut Problems,
+) -> Injection {
+    if !is_dns_label(&spec.volume.name) {
+        problems.add(format!("{path}.volume.name"), "must be a DNS label (lower-case letters, digits, '-')");
+    }
+    let token_path = spec.volume.path.clone().unwrap_or_else(|| "token".to_string());
+    if token_path.is_empty() || token_path.starts_with('/') || token_path.split('/').any(|p| p == "..") {
+        problems.add(format!("{path}.volume.path"), "must be a relative path without '..'");
+    }
+    if !spec.mount.mount_path.starts_with('/') {
+        problems.add(format!("{path}.mount.mountPath"), "must be an absolute path");
+    }
+    let seconds = spec.volume.expiration_seconds.unwrap_or(DEFAULT_EXPIRATION_SECONDS);
+    if seconds < policy.min_seconds || seconds > policy.max_seconds {
+        problems.add(
+            format!("{path}.volume.expirationSeconds"),
+            format!("{seconds} is outside the policy's bounds {}..{}", policy.min_seconds, policy.max_seconds),
+        );
+    }
+
+    let namespaces = problems.globs(&format!("{path}.match.namespaces"), spec.match_.namespaces.as_deref());
+    let pod_selector = compile_pod_selector(path, spec.match_.pod_selector.as_ref(), problems);
+    let containers = problems.globs(&format!("{path}.mount.containers"), spec.mount.containers.as_deref());
+    let volume = InjectedVolume {
+        name: spec.volume.name.clone(),
+        audience: policy.normalize(Some(&spec.volume.audience)).to_string(),
+        expiration_seconds: seconds,
+        path: token_path,
+    };
+    check_injected_audience(path, &volume, &namespaces, policy, problems);
+    let env = compile_injected_env(path, &spec.env, problems);
+
+    Injection {
+        name: spec.name.clone(),
+        required: spec.required,
+        namespaces,
+        pod_selector,
+        service_account_annotation: spec.match_.service_account_annotation.clone(),
+        volume,
+        mount_path: spec.mount.mount_path.clone(),
+        containers,
+        init_containers: spec.mount.init_containers,
+        env,
+    }
+}
+
+/// Compiles an injection's `match.podSelector`; absent, it selects every pod.
+fn compile_pod_selector(
+    path: &str,
+    selector: Option<&document::LabelSelectorSpec>,
+    problems: &mut Problems,
+) -> LabelSelector {
+    match selector {
+        Some(selector) => LabelSelector::compile(selector).unwrap_or_else(|(index, message)| {
+            problems.add(format!("{path}.match.podSelector.matchExpressions[{index}]"), message);
+            LabelSelector::default()
+        }),
+        None => LabelSelector::default(),
+    }
+}
+
+/// Checks that `spec.audiences` allows the injected token to every service account in every
+/// namespace the injection matches, so an injection never adds a token the policy would refuse.
+fn check_injected_audience(
+    path: &str,
+    volume: &InjectedVolume,
+    namespaces: &Globs,
+    policy: &Policy,
+    problems: &mut Problems,
+) {
+    let (audience, seconds) = (&volume.audience, volume.expiration_seconds);
+    for pattern in namespaces.patterns() {
+        if !policy.allows_everywhere(audience, pattern, seconds) {
             problems.add(
-                format!("{path}.volume.expirationSeconds"),
-                format!("{seconds} is outside the policy's bounds {}..{}", policy.min_seconds, policy.max_seconds),
+                format!("{path}.volume.audience"),
+                format!(
+                    "the injected audience {} ({seconds} s) is not allowed by spec.audiences for every service account in namespaces {pattern:?}; add an audiences entry that covers them",
+                    describe_audience(audience)
+                ),
             );
         }
-
-        let namespaces = problems.globs(&format!("{path}.match.namespaces"), spec.match_.namespaces.as_deref());
-        let pod_selector = match &spec.match_.pod_selector {
-            Some(selector) => LabelSelector::compile(selector).unwrap_or_else(|(index, message)| {
-                problems.add(format!("{path}.match.podSelector.matchExpressions[{index}]"), message);
-                LabelSelector::default()
-            }),
-            None => LabelSelector::default(),
-        };
-        let containers = problems.globs(&format!("{path}.mount.containers"), spec.mount.containers.as_deref());
-
-        let audience = policy.normalize(Some(&spec.volume.audience)).to_string();
-        for pattern in namespaces.patterns() {
-            if !policy.allows_everywhere(&audience, pattern, seconds) {
-                problems.add(
-                    format!("{path}.volume.audience"),
-                    format!(
-                        "the injected audience {} ({seconds} s) is not allowed by spec.audiences for every service account in namespaces {pattern:?}; add an audiences entry that covers them",
-                        describe_audience(&audience)
-                    ),
-                );
-            }
-        }
-
-        let mut env_names: HashSet<&str> = HashSet::new();
-        let mut env = Vec::with_capacity(spec.env.len());
-        for (j, var) in spec.env.iter().enumerate() {
-            let env_path = format!("{path}.env[{j}]");
-            if var.name.is_empty() {
-                problems.add(format!("{env_path}.name"), "must not be empty");
-            }
-            if !env_names.insert(&var.name) {
-                problems.add(format!("{env_path}.name"), format!("duplicate variable {:?}", var.name));
-            }
-            let source = match (&var.value, &var.value_from_service_account_annotation) {
-                (Some(value), None) => EnvSource::Value(value.clone()),
-                (None, Some(key)) => EnvSource::ServiceAccountAnnotation(key.clone()),
-                (Some(_), Some(_)) => {
-                    problems.add(env_path, "set either value or valueFromServiceAccountAnnotation, not both");
-                    continue;
-                }
-                (None, None) => {
-                    problems.add(env_path, "set value or valueFromServiceAccountAnnotation");
-                    continue;
-                }
-            };
-            env.push(InjectedEnv { name: var.name.clone(), source });
-        }
-
-        injections.push(Injection {
-            name: spec.name.clone(),
-            required: spec.required,
-            namespaces,
-            pod_selector,
-            service_account_annotation: spec.match_.service_account_annotation.clone(),
-            volume: InjectedVolume {
-                name: spec.volume.name.clone(),
-                audience,
-                expiration_seconds: seconds,
-                path: token_path,
-            },
-            mount_path: spec.mount.mount_path.clone(),
-            containers,
-            init_containers: spec.mount.init_containers,
-            env,
-        });
     }
-    injections
+}
+
+/// Compiles an injection's `env`: each variable named once, with exactly one source.
+fn compile_injected_env(path: &str, vars: &[document::EnvSpec], problems: &mut Problems) -> Vec<InjectedEnv> {
+    let mut env_names: HashSet<&str> = HashSet::new();
+    let mut env = Vec::with_capacity(vars.len());
+    for (j, var) in vars.iter().enumerate() {
+        let env_path = format!("{path}.env[{j}]");
+        if var.name.is_empty() {
+            problems.add(format!("{env_path}.name"), "must not be empty");
+        }
+        if !env_names.insert(&var.name) {
+            problems.add(format!("{env_path}.name"), format!("duplicate variable {:?}", var.name));
+        }
+        let source = match (&var.value, &var.value_from_service_account_annotation) {
+            (Some(value), None) => EnvSource::Value(value.clone()),
+            (None, Some(key)) => EnvSource::ServiceAccountAnnotation(key.clone()),
+            (Some(_), Some(_)) => {
+                problems.add(env_path, "set either value or valueFromServiceAccountAnnotation, not both");
+                continue;
+            }
+            (None, None) => {
+                problems.add(env_path, "set value or valueFromServiceAccountAnnotation");
+                continue;
+            }
+        };
+        env.push(InjectedEnv { name: var.name.clone(), source });
+    }
+    env
 }
 
 impl Policy {

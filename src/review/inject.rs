@@ -13,7 +13,7 @@ use super::lookup::ServiceAccountInfo;
 use super::pod_view::{Container, PodSpec, PodView, Volume};
 use super::Violation;
 use crate::k8s;
-use crate::policy::{expiration_or_default, EnvSource, Injection, Policy};
+use crate::policy::{expiration_or_default, EnvSource, InjectedEnv, Injection, Policy};
 
 /// Pod annotation listing injections (comma-separated) that the pod opts out of; honoured
 /// only for injections with `required: false`.
@@ -131,6 +131,8 @@ pub fn skipped_names<'a>(view: &PodView<'a>) -> Vec<&'a str> {
         .unwrap_or_default()
 }
 
+/// Where `injection` stands on the pod. `pending_env` holds the variables earlier injections add
+/// (per container); this one's are added to it unless it collides.
 fn plan_one(
     injection: &Injection,
     view: &PodView<'_>,
@@ -139,85 +141,131 @@ fn plan_one(
     pending_env: &mut HashMap<(Slot, String), String>,
     notes: &mut Vec<String>,
 ) -> State {
-    let spec = view.spec;
-    let field = &view.field;
-    let name = &injection.name;
-    let wanted = &injection.volume;
-    let mut additions = Additions::default();
-    let mut first_missing: Option<String> = None;
+    let planner = Planner { injection, view, policy, service_account };
+    let mut progress = Progress::default();
+    if let Err(collision) = planner.plan(&mut progress, pending_env, notes) {
+        return State::Collision(collision);
+    }
     // Variables this injection adds; other injections see them only if it does not collide.
-    let mut adding_env: Vec<((Slot, String), String)> = Vec::new();
+    pending_env.extend(progress.adding_env);
+    match progress.first_missing {
+        Some(field) if !progress.additions.is_empty() => State::Missing { field, additions: progress.additions },
+        _ => State::Present,
+    }
+}
 
-    let volumes = spec.volumes();
-    match volumes.iter().position(|v| v.name == wanted.name) {
-        Some(i) if is_injected_volume(&volumes[i], injection, policy) => {}
-        Some(i) => {
-            return State::Collision(Violation::new(
+/// What planning one injection reads: the injection, the pod, the policy and the pod's
+/// service account.
+struct Planner<'a> {
+    injection: &'a Injection,
+    view: &'a PodView<'a>,
+    policy: &'a Policy,
+    service_account: Option<&'a ServiceAccountInfo>,
+}
+
+/// What planning one injection has found so far.
+#[derive(Default)]
+struct Progress {
+    additions: Additions,
+    /// The first place something is missing.
+    first_missing: Option<String>,
+    /// The variables it adds, by container and name.
+    adding_env: Vec<((Slot, String), String)>,
+}
+
+impl Progress {
+    /// Records that something is missing at `field`, unless something was missing earlier.
+    fn missing(&mut self, field: impl FnOnce() -> String) {
+        self.first_missing.get_or_insert_with(field);
+    }
+}
+
+impl Planner<'_> {
+    /// Plans the volume, then the mount and variables of each target container, in that
+    /// order; the first collision ends planning.
+    fn plan(
+        &self,
+        progress: &mut Progress,
+        pending_env: &HashMap<(Slot, String), String>,
+        notes: &mut Vec<String>,
+    ) -> Result<(), Violation> {
+        self.plan_volume(progress)?;
+        for slot in target_slots(self.view.spec, self.injection) {
+            self.plan_mount(slot, progress)?;
+            self.plan_env(slot, pending_env, progress, notes)?;
+        }
+        Ok(())
+    }
+
+    /// The token volume: there already, missing, or its name taken by another volume.
+    fn plan_volume(&self, progress: &mut Progress) -> Result<(), Violation> {
+        let (field, name, wanted) = (&self.view.field, &self.injection.name, &self.injection.volume);
+        let volumes = self.view.spec.volumes();
+        match volumes.iter().position(|v| v.name == wanted.name) {
+            Some(i) if is_injected_volume(&volumes[i], self.injection, self.policy) => Ok(()),
+            Some(i) => Err(Violation::new(
                 format!("{field}.volumes[{i}].name"),
                 format!(
-                "volume {:?} already exists and is not the token volume injection {name:?} adds; rename or remove it",
-                wanted.name
-            ),
-            ))
-        }
-        None => {
-            let mut token = json!({"expirationSeconds": wanted.expiration_seconds, "path": wanted.path});
-            if !wanted.audience.is_empty() {
-                token["audience"] = json!(wanted.audience);
+                    "volume {:?} already exists and is not the token volume injection {name:?} adds; rename or remove it",
+                    wanted.name
+                ),
+            )),
+            None => {
+                let mut token = json!({"expirationSeconds": wanted.expiration_seconds, "path": wanted.path});
+                if !wanted.audience.is_empty() {
+                    token["audience"] = json!(wanted.audience);
+                }
+                progress.additions.volume =
+                    Some(json!({"name": wanted.name, "projected": {"sources": [{"serviceAccountToken": token}]}}));
+                progress.missing(|| format!("{field}.volumes"));
+                Ok(())
             }
-            additions.volume =
-                Some(json!({"name": wanted.name, "projected": {"sources": [{"serviceAccountToken": token}]}}));
-            first_missing = Some(format!("{field}.volumes"));
         }
     }
 
-    for slot in target_slots(spec, injection) {
-        let container = slot.container(spec);
-        let slot_field = slot.field(field);
-        let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+    /// The volume's mount in the container at `slot`: there already, missing, or shadowed by
+    /// another mount.
+    fn plan_mount(&self, slot: Slot, progress: &mut Progress) -> Result<(), Violation> {
+        let (injection, wanted) = (self.injection, &self.injection.volume);
+        let slot_field = slot.field(&self.view.field);
+        let mounts = slot.container(self.view.spec).volume_mounts.as_deref().unwrap_or_default();
         // The runtime resolves mount paths (`/x/` is `/x`), and a mount at or beneath the
         // injected path shows another volume where the token should be.
         let shadowing =
             mounts.iter().position(|m| m.name != wanted.name && k8s::is_within(&m.mount_path, &injection.mount_path));
         if let Some(j) = shadowing {
-            return State::Collision(Violation::new(
+            return Err(Violation::new(
                 format!("{slot_field}.volumeMounts[{j}].mountPath"),
                 format!(
-                    "{:?} mounts volume {:?} at or beneath {:?}, where injection {name:?} mounts {:?}; remove that mount",
-                    mounts[j].mount_path, mounts[j].name, injection.mount_path, wanted.name
+                    "{:?} mounts volume {:?} at or beneath {:?}, where injection {:?} mounts {:?}; remove that mount",
+                    mounts[j].mount_path, mounts[j].name, injection.mount_path, injection.name, wanted.name
                 ),
             ));
         }
         let clean = k8s::clean_path(&injection.mount_path);
-        match mounts.iter().position(|m| k8s::clean_path(&m.mount_path) == clean) {
-            Some(_) => {}
-            None => {
-                additions
-                    .mounts
-                    .push((slot, json!({"name": wanted.name, "mountPath": injection.mount_path, "readOnly": true})));
-                first_missing.get_or_insert_with(|| format!("{slot_field}.volumeMounts"));
-            }
+        if !mounts.iter().any(|m| k8s::clean_path(&m.mount_path) == clean) {
+            progress
+                .additions
+                .mounts
+                .push((slot, json!({"name": wanted.name, "mountPath": injection.mount_path, "readOnly": true})));
+            progress.missing(|| format!("{slot_field}.volumeMounts"));
         }
-        let env = container.env.as_deref().unwrap_or_default();
-        for var in &injection.env {
-            let value = match &var.source {
-                EnvSource::Value(value) => value.clone(),
-                EnvSource::ServiceAccountAnnotation(key) => {
-                    match service_account.and_then(|sa| sa.annotations.get(key)) {
-                        Some(value) => value.clone(),
-                        None => {
-                            let note = format!(
-                                "injection {name:?}: {} not set, service account {}/{} has no annotation {key:?}",
-                                var.name, view.namespace, view.service_account
-                            );
-                            if !notes.contains(&note) {
-                                notes.push(note);
-                            }
-                            continue;
-                        }
-                    }
-                }
-            };
+        Ok(())
+    }
+
+    /// The injection's variables in the container at `slot`: each there already, missing, or
+    /// set to something else by the pod or by another injection.
+    fn plan_env(
+        &self,
+        slot: Slot,
+        pending_env: &HashMap<(Slot, String), String>,
+        progress: &mut Progress,
+        notes: &mut Vec<String>,
+    ) -> Result<(), Violation> {
+        let (name, slot_field) = (&self.injection.name, slot.field(&self.view.field));
+        let env = slot.container(self.view.spec).env.as_deref().unwrap_or_default();
+        for var in &self.injection.env {
+            let Some(value) = self.env_value(var, notes) else { continue };
             // The kubelet keeps the last entry of a name (`makeEnvironmentVariables` in
             // pkg/kubelet/kubelet_pods.go builds a map in order), so that is the one to judge.
             let existing = env.iter().rposition(|e| e.name == var.name);
@@ -225,7 +273,7 @@ fn plan_one(
             match (existing, pending) {
                 (Some(k), _) if env[k].value.as_deref() == Some(&value) && env[k].value_from.is_none() => {}
                 (Some(k), _) => {
-                    return State::Collision(Violation::new(
+                    return Err(Violation::new(
                         format!("{slot_field}.env[{k}]"),
                         format!(
                             "{} is already set to something else; injection {name:?} sets it, remove it from the pod",
@@ -235,24 +283,39 @@ fn plan_one(
                 }
                 (None, Some(other)) if *other == value => {}
                 (None, Some(_)) => {
-                    return State::Collision(Violation::new(
+                    return Err(Violation::new(
                         format!("{slot_field}.env"),
                         format!("{} is set differently by two injections that match this pod", var.name),
                     ))
                 }
                 (None, None) => {
-                    adding_env.push(((slot, var.name.clone()), value.clone()));
-                    additions.env.push((slot, json!({"name": var.name, "value": value})));
-                    first_missing.get_or_insert_with(|| format!("{slot_field}.env"));
+                    progress.adding_env.push(((slot, var.name.clone()), value.clone()));
+                    progress.additions.env.push((slot, json!({"name": var.name, "value": value})));
+                    progress.missing(|| format!("{slot_field}.env"));
                 }
             }
         }
+        Ok(())
     }
 
-    pending_env.extend(adding_env);
-    match first_missing {
-        Some(field) if !additions.is_empty() => State::Missing { field, additions },
-        _ => State::Present,
+    /// The value the injection gives `var`; `None`, with a note, when it comes from a
+    /// service-account annotation the service account lacks.
+    fn env_value(&self, var: &InjectedEnv, notes: &mut Vec<String>) -> Option<String> {
+        let key = match &var.source {
+            EnvSource::Value(value) => return Some(value.clone()),
+            EnvSource::ServiceAccountAnnotation(key) => key,
+        };
+        if let Some(value) = self.service_account.and_then(|sa| sa.annotations.get(key)) {
+            return Some(value.clone());
+        }
+        let note = format!(
+            "injection {:?}: {} not set, service account {}/{} has no annotation {key:?}",
+            self.injection.name, var.name, self.view.namespace, self.view.service_account
+        );
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+        None
     }
 }
 

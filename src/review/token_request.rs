@@ -1,6 +1,7 @@
 //! TokenRequest CREATE (`serviceaccounts/token`): audiences, lifetimes, and what nodes may ask for.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -151,10 +152,29 @@ impl<C: Cluster> NodeCheck<'_, C> {
     /// Records what the node may not ask for; returns whether the request is the kubelet's
     /// request for its bound pod's automount token, which is admitted without the allow-list.
     async fn run(&self, findings: &mut Findings) -> bool {
-        let (node, request) = (self.node, self.request);
         let enforce = self.policy.node_restriction().enabled;
+        if !self.names_node_and_binding(enforce, &mut findings.violations) {
+            return false;
+        }
+        let Some((pod, pod_ref)) = self.bound_pod(enforce, &mut findings.violations).await else { return false };
+        let automount_token = self.is_automount_token(&pod, &pod_ref, &mut findings.notes);
+        if !enforce {
+            return automount_token;
+        }
         let violations = &mut findings.violations;
-        if node.is_empty() {
+        self.check_audience_count(automount_token, violations);
+        self.check_bound_pod(&pod, &pod_ref, violations);
+        if !automount_token {
+            self.check_references(&pod, &pod_ref, violations).await;
+        }
+        automount_token
+    }
+
+    /// Whether the check goes on: the user names a node and, with the restriction on, the
+    /// request is bound as upstream `admitServiceAccount` requires; records why not when the
+    /// restriction is on.
+    fn names_node_and_binding(&self, enforce: bool, violations: &mut Vec<Violation>) -> bool {
+        if self.node.is_empty() {
             if enforce {
                 violations.push(Violation::new(
                     "userInfo.username",
@@ -163,66 +183,89 @@ impl<C: Cluster> NodeCheck<'_, C> {
             }
             return false;
         }
-        let bound = request.bound.filter(|b| b.is_pod());
-        let pod_name = bound.and_then(|b| b.name.as_deref()).filter(|n| !n.is_empty());
-        let bound_uid = bound.and_then(|b| b.uid.as_deref()).unwrap_or_default();
         if enforce {
-            if let Some(problem) = bound_pod_problem(request.bound, node) {
+            if let Some(problem) = bound_pod_problem(self.request.bound, self.node) {
                 violations.push(problem);
                 return false;
             }
         }
-        // The automount token has this shape; it is worth a lookup even when the node-audience
-        // restriction is off, to tell it from any other token.
-        let shaped = bound.is_some() && request.lifetime.requested == AUTOMOUNT_EXPIRATION_SECONDS;
-        let Some(pod_name) = pod_name.filter(|_| enforce || shaped) else { return false };
+        true
+    }
+
+    /// The binding, when it is to a core Pod.
+    fn pod_binding(&self) -> Option<&BoundObjectRef> {
+        self.request.bound.filter(|b| b.is_pod())
+    }
+
+    /// Whether the request has the automount token's shape: bound to a pod, for 3607 s.
+    fn is_automount_shaped(&self) -> bool {
+        self.pod_binding().is_some() && self.request.lifetime.requested == AUTOMOUNT_EXPIRATION_SECONDS
+    }
+
+    /// The pod the request is bound to, and its `namespace/name`, looked up when the
+    /// restriction is on or the request is automount-shaped; records why there is none when the
+    /// restriction is on.
+    async fn bound_pod(&self, enforce: bool, violations: &mut Vec<Violation>) -> Option<(Arc<PodInfo>, String)> {
+        let (node, request) = (self.node, self.request);
+        let pod_name = self.pod_binding().and_then(|b| b.name.as_deref()).filter(|n| !n.is_empty());
+        // An automount-shaped request is worth a lookup even when the node-audience restriction
+        // is off, to tell the automount token from any other token.
+        let pod_name = pod_name.filter(|_| enforce || self.is_automount_shaped())?;
         let pod_ref = format!("{}/{pod_name}", request.namespace);
-        let pod = match self.cluster.pod(request.namespace, pod_name).await {
-            Ok(Some(pod)) => pod,
-            Ok(None) if enforce => {
-                violations.push(Violation::new(
-                    "spec.boundObjectRef.name",
-                    format!("pod {pod_ref} does not exist; node {node} may only request tokens for pods bound to it"),
-                ));
-                return false;
+        let message = match self.cluster.pod(request.namespace, pod_name).await {
+            Ok(Some(pod)) => return Some((pod, pod_ref)),
+            Ok(None) => {
+                format!("pod {pod_ref} does not exist; node {node} may only request tokens for pods bound to it")
             }
-            Err(err) if enforce => {
-                violations.push(Violation::new(
-                    "spec.boundObjectRef.name",
-                    format!("could not look up pod {pod_ref}: {err}"),
-                ));
-                return false;
-            }
-            _ => return false,
+            Err(err) => format!("could not look up pod {pod_ref}: {err}"),
         };
+        if enforce {
+            violations.push(Violation::new("spec.boundObjectRef.name", message));
+        }
+        None
+    }
+
+    /// Whether the request is the kubelet's request for `pod`'s automount token: automount-shaped,
+    /// for a pod with the automount volume, and for API server audiences only. Notes audiences
+    /// that stood for API server audiences on the request's shape.
+    fn is_automount_token(&self, pod: &PodInfo, pod_ref: &str, notes: &mut Vec<String>) -> bool {
         // Only while tokengate knows no API server audience (none listed, none learned) may an
         // audience it cannot place stand for one on the request's shape; once it knows them,
         // every other audience is checked like any other (upstream NodeRestriction, 1.33+,
         // refuses a node's request for an audience its pod does not reference).
         let unknown =
-            if self.policy.api_server_audiences().is_empty() { self.unknown_audiences(&pod) } else { Vec::new() };
-        let automount_token = shaped
+            if self.policy.api_server_audiences().is_empty() { self.unknown_audiences(pod) } else { Vec::new() };
+        let automount_token = self.is_automount_shaped()
             && pod.has_automount_volume
-            && request.audiences.iter().all(|(_, audience)| audience.is_empty() || unknown.contains(audience));
+            && self.request.audiences.iter().all(|(_, audience)| audience.is_empty() || unknown.contains(audience));
         if automount_token && !unknown.is_empty() {
             // The field and the verdict first: the API server may cut warnings at 120 characters.
-            findings.notes.push(format!(
-                "spec.apiServerAudiences looks incomplete: add {unknown:?} (node {node}'s request for the automount token of pod {pod_ref} was admitted by its shape; known: {:?})",
+            notes.push(format!(
+                "spec.apiServerAudiences looks incomplete: add {unknown:?} (node {}'s request for the automount token of pod {pod_ref} was admitted by its shape; known: {:?})",
+                self.node,
                 self.policy.api_server_audiences()
             ));
         }
-        if !enforce {
-            return automount_token;
-        }
-        // Upstream `admitServiceAccount` refuses a node's request with more than one entry in
-        // `spec.audiences` ("node may only request 0 or 1 audiences"), duplicates included.
-        let count = if automount_token { 1 } else { request.node_audience_count };
+        automount_token
+    }
+
+    /// Upstream `admitServiceAccount` refuses a node's request with more than one entry in
+    /// `spec.audiences` ("node may only request 0 or 1 audiences"), duplicates included.
+    fn check_audience_count(&self, automount_token: bool, violations: &mut Vec<Violation>) {
+        let count = if automount_token { 1 } else { self.request.node_audience_count };
         if count > 1 {
             violations.push(Violation::new(
                 "spec.audiences",
-                format!("node {node} may request one audience per token, not {count}"),
+                format!("node {} may request one audience per token, not {count}", self.node),
             ));
         }
+    }
+
+    /// The bound pod must be the one named (its uid), run on the node, and run as the service
+    /// account the token is for.
+    fn check_bound_pod(&self, pod: &PodInfo, pod_ref: &str, violations: &mut Vec<Violation>) {
+        let (node, request) = (self.node, self.request);
+        let bound_uid = self.pod_binding().and_then(|b| b.uid.as_deref()).unwrap_or_default();
         if bound_uid != pod.uid {
             violations.push(Violation::new(
                 "spec.boundObjectRef.uid",
@@ -248,10 +291,6 @@ impl<C: Cluster> NodeCheck<'_, C> {
                 ),
             ));
         }
-        if !automount_token {
-            self.check_references(&pod, &pod_ref, violations).await;
-        }
-        automount_token
     }
 
     /// Audiences the request names that the policy knows nothing of and the pod does not

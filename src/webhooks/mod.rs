@@ -117,6 +117,40 @@ impl Options {
         };
         ClientConfig { url, service, ca_bundle: self.ca_bundle.clone() }
     }
+
+    /// The webhook `shape` describes, at this endpoint, with the conditions every webhook has
+    /// before its own.
+    fn webhook(&self, policy: &Policy, shape: WebhookShape) -> Webhook {
+        let (path, timeout_seconds) = match shape.endpoint {
+            review::Webhook::Mutate => ("/mutate", 2),
+            review::Webhook::Validate => ("/validate", 3),
+        };
+        let mut match_conditions = conditions::common(policy, shape.namespaced);
+        match_conditions.extend(shape.conditions);
+        Webhook {
+            name: shape.name.to_string(),
+            admission_review_versions: vec!["v1".to_string()],
+            side_effects: "None".to_string(),
+            timeout_seconds,
+            failure_policy: shape.failure_policy,
+            reinvocation_policy: shape.reinvocation_policy,
+            match_policy: "Equivalent".to_string(),
+            client_config: self.client_config(path),
+            rules: Rule::for_subjects(shape.endpoint, &shape.subjects),
+            namespace_selector: shape.namespaced.then(|| namespace_selector(self.own_namespace())),
+            match_conditions,
+        }
+    }
+
+    /// A configuration of `kind` holding `webhooks`, named and annotated as the options say.
+    fn configuration(&self, kind: &str, webhooks: Vec<Webhook>) -> WebhookConfiguration {
+        WebhookConfiguration {
+            api_version: "admissionregistration.k8s.io/v1".to_string(),
+            kind: kind.to_string(),
+            metadata: Metadata { name: self.name.clone(), annotations: self.annotations.clone() },
+            webhooks,
+        }
+    }
 }
 
 /// A MutatingWebhookConfiguration or ValidatingWebhookConfiguration
@@ -255,91 +289,93 @@ pub fn configurations_for_audiences(
     options: &Options,
     api_server_audiences: &[String],
 ) -> Configurations {
-    let webhook = |name: &str, path: &str, failure_policy, timeout_seconds, rules, namespaced: bool| Webhook {
-        name: name.to_string(),
-        admission_review_versions: vec!["v1".to_string()],
-        side_effects: "None".to_string(),
-        timeout_seconds,
-        failure_policy,
-        reinvocation_policy: None,
-        match_policy: "Equivalent".to_string(),
-        client_config: options.client_config(path),
-        rules,
-        namespace_selector: namespaced.then(|| namespace_selector(options.own_namespace())),
-        match_conditions: conditions::common(policy, namespaced),
-    };
-    let with = |mut webhook: Webhook, extra: Vec<MatchCondition>| {
-        webhook.match_conditions.extend(extra);
-        webhook
-    };
-
-    let pod_namespaces: Vec<MatchCondition> = conditions::not_exempt_pod_namespace(policy).into_iter().collect();
-    let for_pods = |extra: Vec<MatchCondition>| pod_namespaces.iter().cloned().chain(extra).collect::<Vec<_>>();
-    let rules = |endpoint, subjects: &[Subject]| Rule::for_subjects(endpoint, subjects);
-    let mut mutate_pods = with(
-        webhook(
-            names::PODS_MUTATE,
-            "/mutate",
-            FailurePolicy::Fail,
-            2,
-            rules(review::Webhook::Mutate, &[Subject::Pod]),
-            true,
-        ),
-        for_pods(vec![conditions::not_mirror_pod(), conditions::pod_injection_may_match(policy)]),
-    );
-    mutate_pods.reinvocation_policy = Some("IfNeeded".to_string());
-
-    let validate =
-        |name, failure_policy, rules, namespaced| webhook(name, "/validate", failure_policy, 3, rules, namespaced);
-    let workloads: Vec<Subject> = WorkloadKind::ALL.into_iter().map(Subject::Workload).collect();
-    let validating_webhooks = vec![
-        with(
-            validate(
-                names::PODS_VALIDATE,
-                FailurePolicy::Fail,
-                rules(review::Webhook::Validate, &[Subject::Pod]),
-                true,
-            ),
-            for_pods(vec![conditions::pod_needs_checks(policy)]),
-        ),
-        with(
-            validate(
-                names::TOKEN_REQUESTS,
-                FailurePolicy::Fail,
-                rules(review::Webhook::Validate, &[Subject::TokenRequest]),
-                true,
-            ),
-            vec![conditions::not_kubelet_automount_token(api_server_audiences)],
-        ),
-        with(
-            validate(
-                names::CSI_DRIVERS,
-                FailurePolicy::Fail,
-                rules(review::Webhook::Validate, &[Subject::CsiDriver]),
-                false,
-            ),
-            vec![conditions::csi_driver_has_token_requests()],
-        ),
-        with(
-            validate(names::WORKLOADS, FailurePolicy::Ignore, rules(review::Webhook::Validate, &workloads), true),
-            for_pods(conditions::workload_template_changes()),
-        ),
-        with(
-            validate(names::SECRETS, FailurePolicy::Fail, rules(review::Webhook::Validate, &[Subject::Secret]), true),
-            conditions::service_account_token_secret(),
-        ),
-    ];
-
-    let configuration = |kind: &str, webhooks| WebhookConfiguration {
-        api_version: "admissionregistration.k8s.io/v1".to_string(),
-        kind: kind.to_string(),
-        metadata: Metadata { name: options.name.clone(), annotations: options.annotations.clone() },
-        webhooks,
-    };
+    let webhook = |shape| options.webhook(policy, shape);
+    let mutating = mutating_webhooks(policy).into_iter().map(webhook).collect();
+    let validating = validating_webhooks(policy, api_server_audiences).into_iter().map(webhook).collect();
     Configurations {
-        mutating: configuration("MutatingWebhookConfiguration", vec![mutate_pods]),
-        validating: configuration("ValidatingWebhookConfiguration", validating_webhooks),
+        mutating: options.configuration("MutatingWebhookConfiguration", mutating),
+        validating: options.configuration("ValidatingWebhookConfiguration", validating),
     }
+}
+
+/// What sets one webhook apart from the others; [`Options::webhook`] fills in the rest.
+struct WebhookShape {
+    name: &'static str,
+    endpoint: review::Webhook,
+    failure_policy: FailurePolicy,
+    subjects: Vec<Subject>,
+    /// Whether it sees namespaced objects, and so skips tokengate's own namespace.
+    namespaced: bool,
+    /// Match conditions after the common ones.
+    conditions: Vec<MatchCondition>,
+    /// `reinvocationPolicy`, for a mutating webhook.
+    reinvocation_policy: Option<String>,
+}
+
+impl WebhookShape {
+    /// A namespaced webhook at `endpoint` for `subjects`, without conditions of its own.
+    fn new(
+        name: &'static str,
+        endpoint: review::Webhook,
+        failure_policy: FailurePolicy,
+        subjects: Vec<Subject>,
+    ) -> Self {
+        WebhookShape {
+            name,
+            endpoint,
+            failure_policy,
+            subjects,
+            namespaced: true,
+            conditions: Vec::new(),
+            reinvocation_policy: None,
+        }
+    }
+}
+
+/// The mutating webhook, `pods.mutate`: pods some injection may match, reinvoked when later
+/// webhooks change the pod.
+fn mutating_webhooks(policy: &Policy) -> Vec<WebhookShape> {
+    vec![WebhookShape {
+        conditions: for_pods(policy, vec![conditions::not_mirror_pod(), conditions::pod_injection_may_match(policy)]),
+        reinvocation_policy: Some("IfNeeded".to_string()),
+        ..WebhookShape::new(names::PODS_MUTATE, review::Webhook::Mutate, FailurePolicy::Fail, vec![Subject::Pod])
+    }]
+}
+
+/// The validating webhooks, one per kind of object judged, in the order they are printed.
+fn validating_webhooks(policy: &Policy, api_server_audiences: &[String]) -> Vec<WebhookShape> {
+    let validate =
+        |name, failure_policy, subjects| WebhookShape::new(name, review::Webhook::Validate, failure_policy, subjects);
+    let workloads: Vec<Subject> = WorkloadKind::ALL.into_iter().map(Subject::Workload).collect();
+    vec![
+        WebhookShape {
+            conditions: for_pods(policy, vec![conditions::pod_needs_checks(policy)]),
+            ..validate(names::PODS_VALIDATE, FailurePolicy::Fail, vec![Subject::Pod])
+        },
+        WebhookShape {
+            conditions: vec![conditions::not_kubelet_automount_token(api_server_audiences)],
+            ..validate(names::TOKEN_REQUESTS, FailurePolicy::Fail, vec![Subject::TokenRequest])
+        },
+        WebhookShape {
+            namespaced: false,
+            conditions: vec![conditions::csi_driver_has_token_requests()],
+            ..validate(names::CSI_DRIVERS, FailurePolicy::Fail, vec![Subject::CsiDriver])
+        },
+        WebhookShape {
+            conditions: for_pods(policy, conditions::workload_template_changes()),
+            ..validate(names::WORKLOADS, FailurePolicy::Ignore, workloads)
+        },
+        WebhookShape {
+            conditions: conditions::service_account_token_secret(),
+            ..validate(names::SECRETS, FailurePolicy::Fail, vec![Subject::Secret])
+        },
+    ]
+}
+
+/// The conditions of a webhook that sees pods or their templates: outside the exempt pod
+/// namespaces, then `extra`.
+fn for_pods(policy: &Policy, extra: Vec<MatchCondition>) -> Vec<MatchCondition> {
+    conditions::not_exempt_pod_namespace(policy).into_iter().chain(extra).collect()
 }
 
 /// Skips tokengate's own namespace, and only it, by `kubernetes.io/metadata.name`, which the API
