@@ -149,85 +149,112 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric under the `tokengate_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tokengate");
-        let reviews = Family::<ReviewLabels, Counter>::default();
-        registry.register(
+        let mut metrics = Self {
+            registry: Registry::with_prefix("tokengate"),
+            reviews: Family::default(),
+            durations: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
+            rejections: Family::default(),
+            policy_generation: Gauge::default(),
+            policy_reloads: Family::default(),
+            certificate_expiry: Gauge::default(),
+            certificate_reloads: Family::default(),
+            webhooks_applied_generation: Gauge::default(),
+            webhooks_applies: Family::default(),
+            api_server_audiences: Family::default(),
+            cache_decode_failures: Family::default(),
+            cache_undecodable: Family::default(),
+        };
+        // The exposition lists metrics in the order they are registered.
+        metrics.register_admission();
+        metrics.register_reloads();
+        metrics.register_webhook_configurations();
+        metrics.register_build_info();
+        metrics.register_cluster();
+        metrics
+    }
+
+    /// Reviews answered, how long they took, and HTTP requests refused before a decision.
+    fn register_admission(&mut self) {
+        self.registry.register(
             "admission_reviews",
             "Admission reviews answered, by webhook, kind and decision",
-            reviews.clone(),
+            self.reviews.clone(),
         );
-        let durations = Family::<WebhookLabels, Histogram>::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
-        registry.register(
+        self.registry.register(
             "admission_review_duration_seconds",
             "Time to decode, decide and encode one review",
-            durations.clone(),
+            self.durations.clone(),
         );
-        let rejections = Family::<ReasonLabels, Counter>::default();
-        registry.register("http_rejections", "HTTP requests refused before a decision, by reason", rejections.clone());
-        let policy_generation = Gauge::default();
-        registry.register("policy_generation", "How many valid policies have been loaded", policy_generation.clone());
-        let policy_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("policy_reloads", "Policy loads, by result (success, error)", policy_reloads.clone());
-        let certificate_expiry = Gauge::default();
-        registry.register(
+        self.registry.register(
+            "http_rejections",
+            "HTTP requests refused before a decision, by reason",
+            self.rejections.clone(),
+        );
+    }
+
+    /// The policy in force and the serving certificate's expiry, and how their loads went.
+    fn register_reloads(&mut self) {
+        self.registry.register(
+            "policy_generation",
+            "How many valid policies have been loaded",
+            self.policy_generation.clone(),
+        );
+        self.registry.register(
+            "policy_reloads",
+            "Policy loads, by result (success, error)",
+            self.policy_reloads.clone(),
+        );
+        self.registry.register(
             "certificate_expiry_timestamp_seconds",
             "When the serving certificate expires (Unix time)",
-            certificate_expiry.clone(),
+            self.certificate_expiry.clone(),
         );
-        let certificate_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "certificate_reloads",
             "Serving certificate loads, by result (success, error)",
-            certificate_reloads.clone(),
+            self.certificate_reloads.clone(),
         );
-        let webhooks_applied_generation = Gauge::default();
-        registry.register(
+    }
+
+    /// The policy generation the webhook configurations follow, and how their applies went.
+    fn register_webhook_configurations(&mut self) {
+        self.registry.register(
             "webhook_configurations_policy_generation",
             "The policy generation the webhook configurations were last applied for (serve --manage-webhooks)",
-            webhooks_applied_generation.clone(),
+            self.webhooks_applied_generation.clone(),
         );
-        let webhooks_applies = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "webhook_configuration_applies",
             "Server-side applies of the webhook configurations, by result (success, error)",
-            webhooks_applies.clone(),
+            self.webhooks_applies.clone(),
         );
+    }
+
+    /// The version this binary was built from, as a label of a gauge that is always 1.
+    fn register_build_info(&mut self) {
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
-        registry.register("build_info", "Build information; always 1", build_info);
-        let api_server_audiences = Family::<AudienceLabels, Gauge>::default();
-        registry.register(
+        self.registry.register("build_info", "Build information; always 1", build_info);
+    }
+
+    /// What was learned from the cluster: its API server audiences, and the objects the watch
+    /// caches could not decode.
+    fn register_cluster(&mut self) {
+        self.registry.register(
             "api_server_audiences_info",
             "The API server audiences learned from tokengate's own service-account token; always 1",
-            api_server_audiences.clone(),
+            self.api_server_audiences.clone(),
         );
-        let cache_decode_failures = Family::<KindLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "cache_decode_failures",
             "Objects a watch cache skipped because they do not decode, counted once per object, by kind",
-            cache_decode_failures.clone(),
+            self.cache_decode_failures.clone(),
         );
-        let cache_undecodable = Family::<KindLabels, Gauge>::default();
-        registry.register(
+        self.registry.register(
             "cache_undecodable_objects",
             "Objects currently skipped by a watch cache because they do not decode, by kind",
-            cache_undecodable.clone(),
+            self.cache_undecodable.clone(),
         );
-        Self {
-            registry,
-            reviews,
-            durations,
-            rejections,
-            policy_generation,
-            policy_reloads,
-            certificate_expiry,
-            certificate_reloads,
-            webhooks_applied_generation,
-            webhooks_applies,
-            api_server_audiences,
-            cache_decode_failures,
-            cache_undecodable,
-        }
     }
 
     /// Counts an object a watch cache found not to decode (once per object).

@@ -46,7 +46,23 @@ pub async fn fetch_pod(client: Client, namespace: &str, name: &str) -> Result<Li
     let pod = to_value(&pod);
     let mut store = ObjectStore::default();
     let mut extras = Extras::default();
+    fetch_service_account(&client, namespace, &pod, &mut store).await?;
+    fetch_csi_drivers(&client, namespace, &mut store, &mut extras).await?;
+    fetch_claims(&client, namespace, name, &pod, &mut store).await?;
+    let mut volumes = pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten();
+    if volumes.any(|volume| volume.get("secret").is_some()) {
+        fetch_legacy_token_secrets(&client, namespace, &mut extras).await?;
+    }
+    Ok(LivePod { documents: vec![Document::from_cluster(pod)], store, extras })
+}
 
+/// Stores the service account the pod runs as (`default` when it names none), if it exists.
+async fn fetch_service_account(
+    client: &Client,
+    namespace: &str,
+    pod: &Value,
+    store: &mut ObjectStore,
+) -> Result<(), LiveError> {
     let service_account = pod
         .pointer("/spec/serviceAccountName")
         .or(pod.pointer("/spec/serviceAccount"))
@@ -59,8 +75,17 @@ pub async fn fetch_pod(client: Client, namespace: &str, name: &str) -> Result<Li
     {
         let _ = store.insert(&to_value(&account));
     }
+    Ok(())
+}
 
-    // CSIDrivers as dynamic objects, so fields newer than this build's API types are kept.
+/// Stores every CSIDriver, read as dynamic objects so fields newer than this build's API types
+/// are kept, and notes their flags in `extras`.
+async fn fetch_csi_drivers(
+    client: &Client,
+    namespace: &str,
+    store: &mut ObjectStore,
+    extras: &mut Extras,
+) -> Result<(), LiveError> {
     let resource =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("storage.k8s.io", "v1", "CSIDriver"), "csidrivers");
     let drivers = Api::<DynamicObject>::all_with(client.clone(), &resource)
@@ -73,14 +98,23 @@ pub async fn fetch_pod(client: Client, namespace: &str, name: &str) -> Result<Li
         let _ = store.insert(&value);
         extras.insert(&value, namespace);
     }
+    Ok(())
+}
 
+/// Stores the claims the pod's volumes use (named, or the `POD-VOLUME` claim of an ephemeral
+/// volume) and the volumes they are bound to, those that exist.
+async fn fetch_claims(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    pod: &Value,
+    store: &mut ObjectStore,
+) -> Result<(), LiveError> {
     let pod_name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(name).to_string();
     let claims_api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
     let volumes_api = Api::<PersistentVolume>::all(client.clone());
     let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut mounts_secrets = false;
     for volume in &volumes {
-        mounts_secrets |= volume.get("secret").is_some();
         let volume_name = volume.get("name").and_then(Value::as_str).unwrap_or_default();
         let claim = match volume.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) {
             Some(claim) => claim.to_string(),
@@ -98,29 +132,31 @@ pub async fn fetch_pod(client: Client, namespace: &str, name: &str) -> Result<Li
             }
         }
     }
+    Ok(())
+}
 
-    if mounts_secrets {
-        // Metadata only, selected by type on the server: no Secret's data is ever transferred.
-        let params = ListParams::default().fields(&format!("type={SERVICE_ACCOUNT_TOKEN_TYPE}"));
-        let secrets = Api::<Secret>::namespaced(client.clone(), namespace)
-            .list_metadata(&params)
-            .await
-            .map_err(api_error("legacy token Secrets"))?;
-        for secret in &secrets.items {
-            let annotation = secret.metadata.annotations.as_ref().and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION));
-            extras.insert(
-                &json!({
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "type": SERVICE_ACCOUNT_TOKEN_TYPE,
-                    "metadata": {"name": secret.metadata.name, "namespace": namespace,
-                                 "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: annotation}},
-                }),
-                namespace,
-            );
-        }
+/// Notes the legacy token Secrets of the namespace in `extras`: metadata only, selected by
+/// type on the server, so no Secret's data is ever transferred.
+async fn fetch_legacy_token_secrets(client: &Client, namespace: &str, extras: &mut Extras) -> Result<(), LiveError> {
+    let params = ListParams::default().fields(&format!("type={SERVICE_ACCOUNT_TOKEN_TYPE}"));
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace)
+        .list_metadata(&params)
+        .await
+        .map_err(api_error("legacy token Secrets"))?;
+    for secret in &secrets.items {
+        let annotation = secret.metadata.annotations.as_ref().and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION));
+        extras.insert(
+            &json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": SERVICE_ACCOUNT_TOKEN_TYPE,
+                "metadata": {"name": secret.metadata.name, "namespace": namespace,
+                             "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: annotation}},
+            }),
+            namespace,
+        );
     }
-    Ok(LivePod { documents: vec![Document::from_cluster(pod)], store, extras })
+    Ok(())
 }
 
 /// The object as JSON, with `apiVersion` and `kind`.

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::manifest::Document;
-use crate::policy::{describe_audience, Lifetime, Mode, Policy};
+use crate::policy::{describe_audience, Lifetime, Mode, Policy, Token};
 use crate::review::credentials::{self, Credential, Found, Origin, Outcome};
 use crate::review::legacy_token::{self, SERVICE_ACCOUNT_NAME_ANNOTATION};
 use crate::review::lookup::Cluster;
@@ -321,49 +321,9 @@ fn token_row(
     policy: &Policy,
     extras: &Extras,
 ) -> Row {
-    let spec_field = &view.field;
     let volume = credential.origin.volume().to_string();
-    let reached_through_claim = via.is_some();
-    let (source, field, driver) = match &credential.origin {
-        Origin::Automount { volume_index, .. } => {
-            (Source::Automount, format!("{spec_field}.volumes[{volume_index}]"), None)
-        }
-        Origin::Projected { volume_index, source_index, .. } => (
-            Source::Projected,
-            format!("{spec_field}.volumes[{volume_index}].projected.sources[{source_index}].serviceAccountToken"),
-            None,
-        ),
-        Origin::CsiDriver { volume_index, driver, request_index, .. } => {
-            let name = driver.clone();
-            let reached_through = via.unwrap_or_else(|| "inline".to_string());
-            let flags = extras.drivers.get(&name).copied();
-            let (requires_republish, token_in_secrets) = (flags.map(|f| f.0), flags.map(|f| f.1));
-            let field =
-                format!("{spec_field}.volumes[{volume_index}] -> CSIDriver {name} spec.tokenRequests[{request_index}]");
-            (Source::CsiDriver, field, Some(DriverRow { name, reached_through, requires_republish, token_in_secrets }))
-        }
-    };
-    let token = credential.token(view);
-    let verdict = match &credential.outcome {
-        Outcome::AlwaysAdmitted => RowVerdict::AlwaysAdmitted {
-            reason: "the automount volume (kube-api-access-*) is always admitted".to_string(),
-        },
-        Outcome::Allowed => match policy.allowing_entry(&token) {
-            Some(entry) => RowVerdict::Allowed {
-                entry: entry.index,
-                namespaces: entry.namespaces.to_vec(),
-                service_accounts: entry.service_accounts.to_vec(),
-                max_expiration_seconds: entry.max_seconds,
-            },
-            None => RowVerdict::AlwaysAdmitted { reason: "allowed".to_string() },
-        },
-        Outcome::Denied(violation) if reached_through_claim => {
-            RowVerdict::RefusedAtTokenRequest { field: violation.field.clone(), message: violation.message.clone() }
-        }
-        Outcome::Denied(violation) => {
-            RowVerdict::Violation { field: violation.field.clone(), message: violation.message.clone() }
-        }
-    };
+    let verdict = token_verdict(&credential.outcome, &credential.token(view), via.is_some(), policy);
+    let (source, field, driver) = locate_token(&credential.origin, &view.field, via, extras);
     let injection = (source == Source::Projected).then(|| injection_row(&volume, original, pod, policy)).flatten();
     Row {
         source,
@@ -380,6 +340,66 @@ fn token_row(
         secret: None,
         service_account: format!("{}/{}", view.namespace, view.service_account),
         verdict,
+    }
+}
+
+/// Where a token comes from: its source, the field that asks for it under `spec_field`, and
+/// for a CSI driver's token the driver (`via`: the claim it is reached through, if any).
+fn locate_token(
+    origin: &Origin<'_>,
+    spec_field: &str,
+    via: Option<String>,
+    extras: &Extras,
+) -> (Source, String, Option<DriverRow>) {
+    match origin {
+        Origin::Automount { volume_index, .. } => {
+            (Source::Automount, format!("{spec_field}.volumes[{volume_index}]"), None)
+        }
+        Origin::Projected { volume_index, source_index, .. } => (
+            Source::Projected,
+            format!("{spec_field}.volumes[{volume_index}].projected.sources[{source_index}].serviceAccountToken"),
+            None,
+        ),
+        Origin::CsiDriver { volume_index, driver, request_index, .. } => {
+            let field = format!(
+                "{spec_field}.volumes[{volume_index}] -> CSIDriver {driver} spec.tokenRequests[{request_index}]"
+            );
+            (Source::CsiDriver, field, Some(driver_row(driver.clone(), via, extras)))
+        }
+    }
+}
+
+/// The CSI driver `name`, reached inline or through the claim `via`, with the flags its
+/// CSIDriver object sets when that object is known.
+fn driver_row(name: String, via: Option<String>, extras: &Extras) -> DriverRow {
+    let reached_through = via.unwrap_or_else(|| "inline".to_string());
+    let flags = extras.drivers.get(&name).copied();
+    let (requires_republish, token_in_secrets) = (flags.map(|f| f.0), flags.map(|f| f.1));
+    DriverRow { name, reached_through, requires_republish, token_in_secrets }
+}
+
+/// The verdict on a token: the entry that allows it, or the violation; a denied token reached
+/// through a claim is refused when the kubelet requests it rather than at pod admission.
+fn token_verdict(outcome: &Outcome, token: &Token<'_>, reached_through_claim: bool, policy: &Policy) -> RowVerdict {
+    match outcome {
+        Outcome::AlwaysAdmitted => RowVerdict::AlwaysAdmitted {
+            reason: "the automount volume (kube-api-access-*) is always admitted".to_string(),
+        },
+        Outcome::Allowed => match policy.allowing_entry(token) {
+            Some(entry) => RowVerdict::Allowed {
+                entry: entry.index,
+                namespaces: entry.namespaces.to_vec(),
+                service_accounts: entry.service_accounts.to_vec(),
+                max_expiration_seconds: entry.max_seconds,
+            },
+            None => RowVerdict::AlwaysAdmitted { reason: "allowed".to_string() },
+        },
+        Outcome::Denied(violation) if reached_through_claim => {
+            RowVerdict::RefusedAtTokenRequest { field: violation.field.clone(), message: violation.message.clone() }
+        }
+        Outcome::Denied(violation) => {
+            RowVerdict::Violation { field: violation.field.clone(), message: violation.message.clone() }
+        }
     }
 }
 
@@ -528,32 +548,42 @@ fn write_object(out: &mut String, object: &Explained, mode: &str) {
     out.push('\n');
 }
 
+/// One credential's paragraph: where it comes from, its audience and lifetime, the driver's
+/// flags, where it is mounted, the variables an injection sets, and the verdict.
 fn write_row(out: &mut String, row: &Row, denied: &str) {
-    let what = match (&row.injection, &row.driver, &row.secret) {
+    let _ = writeln!(out, "  {}: {}", row.source.label(), describe_origin(row));
+    write_lifetime(out, row);
+    if let Some(driver) = &row.driver {
+        write_driver_flags(out, driver);
+    }
+    write_mounts(out, &row.mounts);
+    if let Some(injection) = &row.injection {
+        write_injected_env(out, injection);
+    }
+    let _ = writeln!(out, "    {}", describe_verdict(&row.verdict, denied));
+}
+
+/// The volume a credential comes from, and the injection, driver or Secret behind it.
+fn describe_origin(row: &Row) -> String {
+    let volume = row.volume.as_deref().unwrap_or_default();
+    match (&row.injection, &row.driver, &row.secret) {
         (Some(injection), _, _) if injection.added_by_webhook => {
-            format!("volume {}, added by injection {:?}", row.volume.as_deref().unwrap_or_default(), injection.name)
+            format!("volume {volume}, added by injection {:?}", injection.name)
         }
-        (Some(injection), _, _) => {
-            format!("volume {}, of injection {:?}", row.volume.as_deref().unwrap_or_default(), injection.name)
+        (Some(injection), _, _) => format!("volume {volume}, of injection {:?}", injection.name),
+        (None, Some(driver), _) => {
+            format!("driver {} through volume {volume} ({})", driver.name, driver.reached_through)
         }
-        (None, Some(driver), _) => format!(
-            "driver {} through volume {} ({})",
-            driver.name,
-            row.volume.as_deref().unwrap_or_default(),
-            driver.reached_through
-        ),
-        (None, None, Some(secret)) => {
-            format!("Secret {secret} through volume {}", row.volume.as_deref().unwrap_or_default())
+        (None, None, Some(secret)) => format!("Secret {secret} through volume {volume}"),
+        _ if row.source == Source::Automount && volume.ends_with("<random>") => {
+            format!("volume {volume}, added by the API server's ServiceAccount admission plugin")
         }
-        _ if row.source == Source::Automount && row.volume.as_deref().is_some_and(|v| v.ends_with("<random>")) => {
-            format!(
-                "volume {}, added by the API server's ServiceAccount admission plugin",
-                row.volume.as_deref().unwrap_or_default()
-            )
-        }
-        _ => format!("volume {}", row.volume.as_deref().unwrap_or_default()),
-    };
-    let _ = writeln!(out, "  {}: {what}", row.source.label());
+        _ => format!("volume {volume}"),
+    }
+}
+
+/// The audience line: whom the token is for, for how long, and when the kubelet refreshes it.
+fn write_lifetime(out: &mut String, row: &Row) {
     let audience = match &row.audience {
         Some(a) if !row.api_server_audience => describe_audience(a),
         Some(a) if !a.is_empty() => format!("{a:?} (an API server audience)"),
@@ -576,33 +606,44 @@ fn write_row(out: &mut String, row: &Row, denied: &str) {
             let _ = writeln!(out, "    audience {audience} for {}, never expires", row.service_account);
         }
     }
-    if let Some(driver) = &row.driver {
-        let flag = |value: Option<bool>| value.map_or("unknown".to_string(), |v| v.to_string());
-        let _ = writeln!(
-            out,
-            "    requiresRepublish {}, token in the secrets field {}",
-            flag(driver.requires_republish),
-            flag(driver.token_in_secrets)
-        );
-    }
-    if !row.mounts.is_empty() {
-        let mounts: Vec<String> = row.mounts.iter().map(|m| format!("{} at {}", m.container, m.path)).collect();
+}
+
+/// The CSIDriver flags that decide how its token travels (`unknown` when the object is not).
+fn write_driver_flags(out: &mut String, driver: &DriverRow) {
+    let flag = |value: Option<bool>| value.map_or("unknown".to_string(), |v| v.to_string());
+    let _ = writeln!(
+        out,
+        "    requiresRepublish {}, token in the secrets field {}",
+        flag(driver.requires_republish),
+        flag(driver.token_in_secrets)
+    );
+}
+
+/// Every container that mounts the credential, and where; nothing when none does.
+fn write_mounts(out: &mut String, mounts: &[Mount]) {
+    if !mounts.is_empty() {
+        let mounts: Vec<String> = mounts.iter().map(|m| format!("{} at {}", m.container, m.path)).collect();
         let _ = writeln!(out, "    mounted in {}", mounts.join(", "));
     }
-    if let Some(injection) = &row.injection {
-        // One line per variable and value, naming every container that gets it.
-        let mut lines: Vec<(&str, &str, Vec<&str>)> = Vec::new();
-        for env in &injection.env {
-            match lines.iter_mut().find(|(name, value, _)| *name == env.name && *value == env.value) {
-                Some((_, _, containers)) => containers.push(&env.container),
-                None => lines.push((&env.name, &env.value, vec![&env.container])),
-            }
-        }
-        for (name, value, containers) in lines {
-            let _ = writeln!(out, "    env {name}={value} in {}", containers.join(", "));
+}
+
+/// One line per variable and value an injection sets, naming every container that gets it.
+fn write_injected_env(out: &mut String, injection: &InjectionRow) {
+    let mut lines: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for env in &injection.env {
+        match lines.iter_mut().find(|(name, value, _)| *name == env.name && *value == env.value) {
+            Some((_, _, containers)) => containers.push(&env.container),
+            None => lines.push((&env.name, &env.value, vec![&env.container])),
         }
     }
-    let verdict = match &row.verdict {
+    for (name, value, containers) in lines {
+        let _ = writeln!(out, "    env {name}={value} in {}", containers.join(", "));
+    }
+}
+
+/// The verdict as a sentence; `denied` is how the policy's mode words a refusal.
+fn describe_verdict(verdict: &RowVerdict, denied: &str) -> String {
+    match verdict {
         RowVerdict::AlwaysAdmitted { reason } => format!("allowed: {reason}"),
         RowVerdict::Allowed { entry, namespaces, service_accounts, max_expiration_seconds } => format!(
             "allowed by spec.audiences[{entry}] (namespaces {namespaces:?}, serviceAccounts {service_accounts:?}, up to {max_expiration_seconds} s)"
@@ -615,8 +656,7 @@ fn write_row(out: &mut String, row: &Row, denied: &str) {
         RowVerdict::SecretRefused { field, message } => {
             format!("{denied} when the Secret is created (not counted against the pod): {field}: {message}")
         }
-    };
-    let _ = writeln!(out, "    {verdict}");
+    }
 }
 
 #[cfg(test)]

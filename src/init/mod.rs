@@ -14,10 +14,10 @@ use serde_json::Value;
 use crate::cluster::ObjectStore;
 use crate::manifest::Document;
 use crate::policy::{describe_audience, Policy, PolicyError};
-use crate::review::credentials::{self, Found, Origin, Outcome};
+use crate::review::credentials::{self, Credential, Found, Origin, Outcome};
 use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
 use crate::review::pod_view::{Pod, PodView};
-use crate::simulate::{claim_credentials, classify, pod_of};
+use crate::simulate::{claim_credentials, classify, pod_of, Classified};
 
 /// How many objects an entry's comment names.
 const NAMED_OBJECTS: usize = 3;
@@ -107,8 +107,7 @@ pub async fn draft(documents: &[Document], options: InitOptions<'_>) -> Result<D
         let _ = store.insert_in(&document.object, options.default_namespace);
     }
     let mut result = Draft { api_server_audiences: options.api_server_audiences.to_vec(), ..Draft::default() };
-    let mut entries: BTreeMap<(String, String), AudienceDraft> = BTreeMap::new();
-    let mut reached: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut needs = Needs::default();
     for document in documents {
         let object = &document.object;
         if let Some(driver) = driver_draft(object) {
@@ -123,70 +122,107 @@ pub async fn draft(documents: &[Document], options: InitOptions<'_>) -> Result<D
             continue;
         };
         result.pods += 1;
-        let label = subject.label();
-        let (pod, field) = pod_of(object, subject.workload());
-        let Ok(typed) = serde_json::from_value::<Pod>(pod.clone()) else { continue };
-        let Some(view) = PodView::new(&typed, subject.namespace(), field) else { continue };
-        let pod_name = subject.workload().is_none().then_some(subject.name.as_str());
-        let mut found = credentials::pod_credentials(&view, &base, &store).await;
-        let claimed = claim_credentials(&view, &pod, pod_name, &base, &store, &mut Vec::new()).await;
-        found.extend(claimed.into_iter().map(|(found, _)| found));
-        for credential in found.into_iter().filter_map(|f| match f {
-            Found::Token(credential) => Some(credential),
-            Found::LookupFailed { .. } => None,
-        }) {
-            if credential.outcome == Outcome::AlwaysAdmitted {
-                continue;
-            }
-            if let Origin::CsiDriver { driver, .. } = &credential.origin {
-                push_unique(reached.entry(driver.clone()).or_default(), &label);
-            }
-            let seconds = credential.lifetime.effective;
-            if seconds < base.min_seconds() {
-                result.unadmissible.push(format!(
-                    "{label}: audience {} for {} s, below the minimum of {} s",
-                    describe_audience(&credential.audience),
-                    seconds,
-                    base.min_seconds()
-                ));
-                continue;
-            }
-            let key = (credential.audience.clone(), view.namespace.to_string());
-            let entry = entries.entry(key).or_insert_with(|| AudienceDraft {
-                audience: credential.audience.clone(),
-                namespaces: vec![view.namespace.to_string()],
-                service_accounts: Vec::new(),
-                max_expiration_seconds: 0,
-                needed_by: Vec::new(),
-                uses: Vec::new(),
-            });
-            push_unique(&mut entry.service_accounts, view.service_account);
-            entry.max_expiration_seconds = entry.max_expiration_seconds.max(seconds);
-            push_unique(&mut entry.needed_by, &label);
-            let used = Use {
-                namespace: view.namespace.to_string(),
-                service_account: view.service_account.to_string(),
+        read_pod(object, &subject, &base, &store, &mut needs).await;
+    }
+    Ok(result.complete(needs, options.namespace_globs))
+}
+
+/// Adds to `needs` every token the Pod or workload `object` will hold, listed under `base`
+/// (inline volumes first, then those its claims reach).
+async fn read_pod(object: &Value, subject: &Classified, base: &Policy, store: &ObjectStore, needs: &mut Needs) {
+    let label = subject.label();
+    let (pod, field) = pod_of(object, subject.workload());
+    let Ok(typed) = serde_json::from_value::<Pod>(pod.clone()) else { return };
+    let Some(view) = PodView::new(&typed, subject.namespace(), field) else { return };
+    let pod_name = subject.workload().is_none().then_some(subject.name.as_str());
+    let mut found = credentials::pod_credentials(&view, base, store).await;
+    let claimed = claim_credentials(&view, &pod, pod_name, base, store, &mut Vec::new()).await;
+    found.extend(claimed.into_iter().map(|(found, _)| found));
+    for credential in found.into_iter().filter_map(|f| match f {
+        Found::Token(credential) => Some(credential),
+        Found::LookupFailed { .. } => None,
+    }) {
+        needs.add(&credential, &view, &label, base.min_seconds());
+    }
+}
+
+/// What the tokens read so far need: one entry per audience and namespace, the Pods and
+/// workloads that reach each CSI driver, and the tokens no policy can admit.
+#[derive(Debug, Default)]
+struct Needs {
+    entries: BTreeMap<(String, String), AudienceDraft>,
+    reached: BTreeMap<String, Vec<String>>,
+    unadmissible: Vec<String>,
+}
+
+impl Needs {
+    /// Notes one token that `label` (a Pod or workload) will hold; the automount token, always
+    /// admitted, needs nothing, and one shorter than `min_seconds` cannot be admitted.
+    fn add(&mut self, credential: &Credential<'_>, view: &PodView<'_>, label: &str, min_seconds: u64) {
+        if credential.outcome == Outcome::AlwaysAdmitted {
+            return;
+        }
+        if let Origin::CsiDriver { driver, .. } = &credential.origin {
+            push_unique(self.reached.entry(driver.clone()).or_default(), label);
+        }
+        let seconds = credential.lifetime.effective;
+        if seconds < min_seconds {
+            self.unadmissible.push(format!(
+                "{label}: audience {} for {} s, below the minimum of {} s",
+                describe_audience(&credential.audience),
                 seconds,
-            };
-            if !entry.uses.contains(&used) {
-                entry.uses.push(used);
-            }
+                min_seconds
+            ));
+            return;
+        }
+        let used =
+            Use { namespace: view.namespace.to_string(), service_account: view.service_account.to_string(), seconds };
+        self.admit(&credential.audience, used, label);
+    }
+
+    /// Widens the entry for `audience` in the namespace of `used` (made on first use) so that
+    /// it admits `used`, and names `label` among those that need it.
+    fn admit(&mut self, audience: &str, used: Use, label: &str) {
+        let key = (audience.to_string(), used.namespace.clone());
+        let entry = self.entries.entry(key).or_insert_with(|| AudienceDraft {
+            audience: audience.to_string(),
+            namespaces: vec![used.namespace.clone()],
+            service_accounts: Vec::new(),
+            max_expiration_seconds: 0,
+            needed_by: Vec::new(),
+            uses: Vec::new(),
+        });
+        push_unique(&mut entry.service_accounts, &used.service_account);
+        entry.max_expiration_seconds = entry.max_expiration_seconds.max(used.seconds);
+        push_unique(&mut entry.needed_by, label);
+        if !entry.uses.contains(&used) {
+            entry.uses.push(used);
         }
     }
-    let mut audiences: Vec<AudienceDraft> = entries.into_values().collect();
-    for entry in &mut audiences {
-        entry.service_accounts.sort();
+}
+
+impl Draft {
+    /// The draft with the entries `needs` calls for (namespaces merged into globs when asked,
+    /// redundant entries dropped), one entry per CSI driver naming who reaches it, and the
+    /// legacy token entries in namespace order.
+    fn complete(mut self, needs: Needs, namespace_globs: bool) -> Draft {
+        let Needs { entries, mut reached, unadmissible } = needs;
+        self.unadmissible = unadmissible;
+        let mut audiences: Vec<AudienceDraft> = entries.into_values().collect();
+        for entry in &mut audiences {
+            entry.service_accounts.sort();
+        }
+        if namespace_globs {
+            audiences = merge_namespaces(audiences);
+        }
+        self.audiences = drop_redundant(audiences);
+        self.csi_drivers = merge_drivers(std::mem::take(&mut self.csi_drivers));
+        for driver in &mut self.csi_drivers {
+            driver.needed_by = reached.remove(&driver.name).unwrap_or_default();
+        }
+        self.legacy_tokens.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        self
     }
-    if options.namespace_globs {
-        audiences = merge_namespaces(audiences);
-    }
-    result.audiences = drop_redundant(audiences);
-    result.csi_drivers = merge_drivers(std::mem::take(&mut result.csi_drivers));
-    for driver in &mut result.csi_drivers {
-        driver.needed_by = reached.remove(&driver.name).unwrap_or_default();
-    }
-    result.legacy_tokens.sort_by(|a, b| a.namespace.cmp(&b.namespace));
-    Ok(result)
 }
 
 /// The policy tokens are listed with: the API server audiences and nothing allowed.
@@ -372,6 +408,20 @@ impl Draft {
     /// The policy as commented YAML; `origin` says what it was drafted from (e.g. the flags).
     pub fn to_yaml(&self, origin: &str) -> String {
         let mut out = String::new();
+        self.write_preamble(&mut out, origin);
+        let head = render_policy_head(&[]);
+        out.push_str(head.trim_end_matches('\n'));
+        out.push('\n');
+        self.write_api_server_audiences(&mut out);
+        self.write_legacy_tokens(&mut out);
+        self.write_audiences(&mut out);
+        self.write_csi_drivers(&mut out);
+        out
+    }
+
+    /// The opening comment: what the policy was drafted from, how to take it to Enforce, and
+    /// the tokens no policy can admit.
+    fn write_preamble(&self, out: &mut String, origin: &str) {
         let _ = writeln!(out, "# Drafted by `tokengate init {origin}`:");
         let _ = writeln!(
             out,
@@ -391,9 +441,10 @@ impl Draft {
         for problem in &self.unadmissible {
             let _ = writeln!(out, "# NOT ADMITTED (the API server refuses it too): {problem}");
         }
-        let head = render_policy_head(&[]);
-        out.push_str(head.trim_end_matches('\n'));
-        out.push('\n');
+    }
+
+    /// `apiServerAudiences`, or a comment on how to find them when they are not known.
+    fn write_api_server_audiences(&self, out: &mut String) {
         if self.api_server_audiences.is_empty() {
             out.push_str(
                 "  # apiServerAudiences: not known. List the cluster's --api-audiences here: the `aud` claim of\n\
@@ -407,6 +458,10 @@ impl Draft {
             );
             let _ = writeln!(out, "  apiServerAudiences: {}", flow_list(&self.api_server_audiences));
         }
+    }
+
+    /// `legacyTokens`, each entry with the Secrets that need it.
+    fn write_legacy_tokens(&self, out: &mut String) {
         if self.legacy_tokens.is_empty() {
             out.push_str("  # No Secret of type kubernetes.io/service-account-token exists: nobody may create one.\n");
             out.push_str("  legacyTokens: []\n");
@@ -419,6 +474,10 @@ impl Draft {
                 let _ = writeln!(out, "      serviceAccounts: {}", flow_list(&entry.service_accounts));
             }
         }
+    }
+
+    /// `audiences`, each entry with the objects that need it.
+    fn write_audiences(&self, out: &mut String) {
         if self.audiences.is_empty() {
             out.push_str("  # No token but the automount one (always admitted) is in use.\n  audiences: []\n");
         } else {
@@ -435,6 +494,10 @@ impl Draft {
                 let _ = writeln!(out, "      maxExpirationSeconds: {}", entry.max_expiration_seconds);
             }
         }
+    }
+
+    /// `csiDrivers`, each entry with the Pods and workloads that reach it.
+    fn write_csi_drivers(&self, out: &mut String) {
         if self.csi_drivers.is_empty() {
             out.push_str("  # No CSIDriver declares tokenRequests.\n  csiDrivers: []\n");
         } else {
@@ -453,6 +516,5 @@ impl Draft {
                 let _ = writeln!(out, "      requireTokenInSecrets: {}", driver.require_token_in_secrets);
             }
         }
-        out
     }
 }
