@@ -188,9 +188,6 @@ fn is_server_default(field: &str, value: &Value) -> bool {
 /// merge keys them; `clientConfig.caBundle` is kept when `wanted` sets none.
 fn removals(live: &Value, wanted: &Value) -> (Vec<Value>, Vec<String>) {
     let (mut operations, mut removed) = (Vec::new(), Vec::new());
-    let by_name = |list: &Value, name: &Value| -> Option<Value> {
-        list.as_array().and_then(|items| items.iter().find(|item| item["name"] == *name).cloned())
-    };
     let Some(webhooks) = live["webhooks"].as_array() else { return (operations, removed) };
     // From the last webhook back, so that removing one leaves the indices before it valid.
     for (i, webhook) in webhooks.iter().enumerate().rev() {
@@ -204,32 +201,7 @@ fn removals(live: &Value, wanted: &Value) -> (Vec<Value>, Vec<String>) {
             removed.push(format!("webhooks[name={}]", webhook["name"]));
             continue;
         };
-        let mut extra = Vec::new();
-        for (field, value) in webhook.as_object().into_iter().flatten() {
-            match (field.as_str(), applied.get(field)) {
-                (_, None) if is_server_default(field, value) => {}
-                (_, None) => extra.push(vec![field.clone()]),
-                ("clientConfig", Some(client_config)) => {
-                    for key in value.as_object().into_iter().flatten().map(|(key, _)| key) {
-                        let kept = key == "caBundle" || client_config.get(key).is_some();
-                        if !kept {
-                            extra.push(vec![field.clone(), key.clone()]);
-                        }
-                    }
-                }
-                ("matchConditions", Some(conditions)) => {
-                    let items = value.as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate().rev();
-                    for (j, condition) in items.filter(|(_, c)| by_name(conditions, &c["name"]).is_none()) {
-                        extra.push(vec![field.clone(), j.to_string()]);
-                        removed.push(format!(
-                            "webhooks[name={}].matchConditions[name={}]",
-                            webhook["name"], condition["name"]
-                        ));
-                    }
-                }
-                _ => {}
-            }
-        }
+        let extra = extra_fields(webhook, &applied, &mut removed);
         if extra.is_empty() {
             continue;
         }
@@ -250,6 +222,44 @@ fn removals(live: &Value, wanted: &Value) -> (Vec<Value>, Vec<String>) {
         }
     }
     (operations, removed)
+}
+
+/// The item of `list` named `name`.
+fn by_name(list: &Value, name: &Value) -> Option<Value> {
+    list.as_array().and_then(|items| items.iter().find(|item| item["name"] == *name).cloned())
+}
+
+/// The paths (within one live webhook) of what `applied` does not set: fields other than the
+/// API server's defaults, `clientConfig` keys but `caBundle`, and match conditions by name (those
+/// are named in `removed` here, last first).
+fn extra_fields(webhook: &Value, applied: &Value, removed: &mut Vec<String>) -> Vec<Vec<String>> {
+    let mut extra = Vec::new();
+    for (field, value) in webhook.as_object().into_iter().flatten() {
+        match (field.as_str(), applied.get(field)) {
+            (_, None) if is_server_default(field, value) => {}
+            (_, None) => extra.push(vec![field.clone()]),
+            ("clientConfig", Some(client_config)) => {
+                for key in value.as_object().into_iter().flatten().map(|(key, _)| key) {
+                    let kept = key == "caBundle" || client_config.get(key).is_some();
+                    if !kept {
+                        extra.push(vec![field.clone(), key.clone()]);
+                    }
+                }
+            }
+            ("matchConditions", Some(conditions)) => {
+                let items = value.as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate().rev();
+                for (j, condition) in items.filter(|(_, c)| by_name(conditions, &c["name"]).is_none()) {
+                    extra.push(vec![field.clone(), j.to_string()]);
+                    removed.push(format!(
+                        "webhooks[name={}].matchConditions[name={}]",
+                        webhook["name"], condition["name"]
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    extra
 }
 
 fn pointer(tokens: &[&str]) -> String {
