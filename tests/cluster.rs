@@ -49,6 +49,7 @@ fn event_reasons(api: &FakeApiServer) -> Vec<String> {
 
 #[tokio::test]
 async fn policy_configmap_created_updated_broken_deleted_and_recreated() {
+    let _no_build = BUILDING.read().await;
     let api = FakeApiServer::start().await;
     let metrics = Arc::new(Metrics::new());
     let (publisher, mut policy) = PolicyPublisher::new(metrics.clone());
@@ -258,6 +259,7 @@ async fn a_pod_the_cache_has_not_seen_is_fetched_from_the_api() {
 
 #[tokio::test]
 async fn a_slow_api_fails_the_lookup_in_time_with_a_clear_reason() {
+    let _no_build = BUILDING.read().await;
     let options = LiveOptions { fallback_timeout: Duration::from_millis(300), ..support::live_defaults() };
     let (api, cluster) = live(options).await;
     let policy = Policy::parse(POLICY).expect("valid");
@@ -282,6 +284,7 @@ async fn a_slow_api_fails_the_lookup_in_time_with_a_clear_reason() {
 
 #[tokio::test]
 async fn a_review_needing_lookups_answers_with_its_reason_before_the_api_servers_timeout() {
+    let _no_build = BUILDING.read().await;
     // The fallback alone would wait 30 s; the API server gives the webhook 4 s (`?timeout=4s`), of
     // which lookups may take 3 s: the answer comes between 3 s and 4 s, with a second to spare
     // for a machine busy with builds.
@@ -767,33 +770,16 @@ fn many_objects(api: &FakeApiServer, count: usize) {
     }
 }
 
-/// A memory figure of a process from `/proc/<pid>/status`: `VmRSS` (now) or `VmHWM` (peak).
-fn memory_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("memory figure")
-}
+use support::memory_kib;
 
-/// The server built with release optimisation: this test's own binary when the tests are built
-/// optimised (`cargo test --release`), otherwise one `cargo build --profile memtest` into
-/// `target/memtest` (a no-op once built). Debug builds use about twice the memory, so a bound
-/// measured on them would say nothing about what runs in a cluster.
-fn optimised_server() -> std::path::PathBuf {
-    if !cfg!(debug_assertions) {
-        return env!("CARGO_BIN_EXE_tokengate").into();
-    }
-    let target = root().join("target/memtest");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--profile", "memtest", "--locked", "--bin", "tokengate"])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(root())
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the memtest profile");
-    target.join("memtest/tokengate")
+/// Holds the optimised build: written while it is built, read by every test that runs a clock,
+/// so that no clock runs beside the build (it takes minutes on a small machine).
+static BUILDING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// The optimised server, built while no clock runs.
+async fn optimised_server() -> std::path::PathBuf {
+    let _building = BUILDING.write().await;
+    tokio::task::spawn_blocking(support::optimised_server).await.expect("build task")
 }
 
 /// `serve` (optimised build) against a cluster of 10 000 pods and 10 000 service accounts: ready
@@ -801,7 +787,7 @@ fn optimised_server() -> std::path::PathBuf {
 /// sync included) and the steady state both under 40 MiB (the README reports the figures).
 #[tokio::test]
 async fn serve_with_ten_thousand_pods_and_service_accounts_stays_under_40_mib() {
-    let server = tokio::task::spawn_blocking(optimised_server).await.expect("build task");
+    let server = optimised_server().await;
     let api = FakeApiServer::start().await;
     many_objects(&api, 10_000);
     api.apply(configmap(Some(POLICY)));
@@ -941,7 +927,7 @@ async fn audit_peak_kib(server: &Path, pods: usize) -> (u64, Option<i32>) {
 /// for one pod in ten), so 100 000 pods stay under 100 MiB.
 #[tokio::test]
 async fn audit_memory_grows_by_less_than_a_kilobyte_per_pod() {
-    let server = tokio::task::spawn_blocking(optimised_server).await.expect("build task");
+    let server = optimised_server().await;
     let (small, large) = (2_000, 12_000);
     let (small_kib, small_status) = audit_peak_kib(&server, small).await;
     let (large_kib, large_status) = audit_peak_kib(&server, large).await;
