@@ -162,12 +162,14 @@ fn webhook_options(
         }
         None => None,
     };
-    Ok(webhooks::Options {
+    let options = webhooks::Options {
         name: name.to_string(),
         endpoint,
         ca_bundle,
         annotations: annotations.iter().cloned().collect(),
-    })
+    };
+    options.validate()?;
+    Ok(options)
 }
 
 fn run_webhooks(args: WebhooksArgs) -> anyhow::Result<ExitCode> {

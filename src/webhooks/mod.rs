@@ -153,6 +153,74 @@ impl Options {
     }
 }
 
+/// Why the API server would refuse configurations built from [`Options`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// The configurations' `metadata.name` is not a DNS subdomain.
+    #[error("--name {0:?}: a configuration's name must be a DNS subdomain (lower-case letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit)")]
+    Name(String),
+    /// The Service's namespace or name is not a DNS label.
+    #[error("--service {0}: the namespace and name must be DNS labels (lower-case letters, digits and '-', at most 63 characters)")]
+    Service(String),
+    /// The URL is one the API server refuses.
+    #[error("--url {url:?}: {why}")]
+    Url { url: String, why: &'static str },
+}
+
+impl Options {
+    /// What the API server would refuse, as `ValidateWebhookURL`
+    /// (k8s.io/apiserver/pkg/util/webhook/validation.go) and the object-meta and Service
+    /// reference validations of admissionregistration (pkg/apis/admissionregistration/validation)
+    /// check them: a DNS subdomain name, DNS label Service namespace and name, and an `https`
+    /// URL with a host and without user information, query or fragment.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if !is_dns_subdomain(&self.name) {
+            return Err(OptionsError::Name(self.name.clone()));
+        }
+        match &self.endpoint {
+            Endpoint::Service(service) if !is_dns_label(&service.namespace) || !is_dns_label(&service.name) => {
+                Err(OptionsError::Service(service.to_string()))
+            }
+            Endpoint::Service(_) => Ok(()),
+            Endpoint::Url(url) => {
+                url_problem(url).map_or(Ok(()), |why| Err(OptionsError::Url { url: url.clone(), why }))
+            }
+        }
+    }
+}
+
+/// What `ValidateWebhookURL` (with https forced, as for webhooks) refuses in `url`.
+fn url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url.strip_prefix("https://") else { return Some("'https' is the only allowed URL scheme") };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        Some("user information is not permitted in the URL")
+    } else if authority.is_empty() || authority.starts_with(':') {
+        Some("host must be specified")
+    } else if rest.contains('#') {
+        Some("fragments are not permitted in the URL")
+    } else if rest.contains('?') {
+        Some("query parameters are not permitted in the URL")
+    } else {
+        None
+    }
+}
+
+/// A DNS-1123 label (`IsDNS1123Label` in k8s.io/apimachinery/pkg/util/validation).
+fn is_dns_label(text: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    !text.is_empty()
+        && text.len() <= 63
+        && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && edge(text.chars().next())
+        && edge(text.chars().last())
+}
+
+/// A DNS-1123 subdomain (`IsDNS1123Subdomain`): DNS labels joined by dots, at most 253 characters.
+fn is_dns_subdomain(text: &str) -> bool {
+    text.len() <= 253 && text.split('.').all(is_dns_label)
+}
+
 /// A MutatingWebhookConfiguration or ValidatingWebhookConfiguration
 /// (admissionregistration.k8s.io/v1), with the fields tokengate sets, in a readable order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -95,3 +95,28 @@ fn the_output_names_injections_matched_by_service_account_annotation() {
         yaml.split("\n---\n").map(|doc| serde_yaml_ng::from_str(doc).expect("each document reads back")).collect();
     assert_eq!(documents.len(), 2);
 }
+
+#[test]
+fn options_the_api_server_would_refuse_are_refused() {
+    let url = |url: &str| Options::new(Endpoint::Url(url.to_string())).validate();
+    assert_eq!(url("https://127.0.0.1:8443"), Ok(()));
+    assert_eq!(url("https://tokengate.example.com/base"), Ok(()));
+    for (bad, why) in [
+        ("http://127.0.0.1:8443", "'https' is the only allowed URL scheme"),
+        ("https://user@host", "user information is not permitted in the URL"),
+        ("https:///path", "host must be specified"),
+        ("https://host/path?q=1", "query parameters are not permitted in the URL"),
+        ("https://host/#top", "fragments are not permitted in the URL"),
+    ] {
+        assert_eq!(url(bad), Err(OptionsError::Url { url: bad.to_string(), why }), "{bad}");
+    }
+    let service = |text: &str| Options::new(Endpoint::Service(text.parse().expect("parses"))).validate();
+    assert_eq!(service("tokengate-system/tokengate"), Ok(()));
+    assert!(matches!(service("Tokengate/x"), Err(OptionsError::Service(_))));
+    assert!(matches!(service("ns/web_hook"), Err(OptionsError::Service(_))));
+    let named =
+        |name: &str| Options { name: name.to_string(), ..Options::new(Endpoint::Url("https://h".into())) }.validate();
+    assert_eq!(named("tokengate.example.com"), Ok(()));
+    assert_eq!(named("Bad_Name"), Err(OptionsError::Name("Bad_Name".to_string())));
+    assert!("a/b:99999".parse::<ServiceRef>().is_err(), "a port above 65535");
+}
