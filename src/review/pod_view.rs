@@ -220,9 +220,9 @@ impl<'de> Visitor<'de> for AppendTo<'_> {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
-    pub volumes: Option<Vec<Volume>>,
-    pub containers: Option<Vec<Container>>,
-    pub init_containers: Option<Vec<Container>>,
+    pub volumes: Option<Box<[Volume]>>,
+    pub containers: Option<Box<[Container]>>,
+    pub init_containers: Option<Box<[Container]>>,
     pub service_account_name: Option<String>,
     pub service_account: Option<String>,
 }
@@ -251,9 +251,9 @@ impl PodSpec {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Volume {
-    pub name: String,
+    pub name: Text,
     pub projected: Option<Box<ProjectedVolume>>,
-    pub csi: Option<CsiVolume>,
+    pub csi: Option<Box<CsiVolume>>,
     /// In-tree types that CSI migration serves through a CSI driver: only whether they are set
     /// matters (see `k8s::volumes::IN_TREE_VOLUME_DRIVERS`, same order).
     pub aws_elastic_block_store: Option<IgnoredAny>,
@@ -270,7 +270,7 @@ impl Volume {
     /// an in-tree type that CSI migration serves through its driver (`azureFile`, ...).
     pub fn csi_driver(&self) -> Option<(&'static str, &str)> {
         if let Some(csi) = &self.csi {
-            return Some(("csi.driver", &csi.driver));
+            return Some(("csi.driver", csi.driver.as_str()));
         }
         volumes::in_tree_driver(crate::in_tree_types_set!(self))
     }
@@ -425,24 +425,24 @@ pub struct TokenProjection {
 /// An inline `csi` volume.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct CsiVolume {
-    pub driver: String,
+    pub driver: Text,
 }
 
 /// One entry of `containers` or `initContainers`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
-    pub name: String,
-    pub env: Option<Vec<EnvVar>>,
-    pub volume_mounts: Option<Vec<VolumeMount>>,
+    pub name: Text,
+    pub env: Option<Box<[EnvVar]>>,
+    pub volume_mounts: Option<Box<[VolumeMount]>>,
 }
 
 /// One entry of a container's `env`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
-    pub name: String,
-    pub value: Option<String>,
+    pub name: Text,
+    pub value: Option<Box<str>>,
     /// Only whether it is set matters.
     pub value_from: Option<IgnoredAny>,
 }
@@ -451,8 +451,108 @@ pub struct EnvVar {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeMount {
-    pub name: String,
-    pub mount_path: String,
+    pub name: Text,
+    pub mount_path: Text,
+}
+
+/// A string read from a pod: up to 22 bytes in place, a longer one in an allocation of its own
+/// length. Names and paths are short; a `String` would add an allocation to each, and a pod
+/// can list hundreds of thousands of them.
+#[derive(Clone)]
+pub enum Text {
+    Inline(u8, [u8; INLINE_BYTES]),
+    Heap(Box<str>),
+}
+
+/// The longest [`Text`] kept in place.
+const INLINE_BYTES: usize = 22;
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Text::Inline(len, bytes) => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).expect("only whole strings are kept in place")
+            }
+            Text::Heap(text) => text,
+        }
+    }
+}
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Self {
+        match u8::try_from(text.len()) {
+            Ok(len) if text.len() <= INLINE_BYTES => {
+                let mut bytes = [0; INLINE_BYTES];
+                bytes[..text.len()].copy_from_slice(text.as_bytes());
+                Text::Inline(len, bytes)
+            }
+            _ => Text::Heap(text.into()),
+        }
+    }
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text::from("")
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Read;
+        impl Visitor<'_> for Read {
+            type Value = Text;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Text, E> {
+                Ok(Text::from(text))
+            }
+        }
+        deserializer.deserialize_str(Read)
+    }
 }
 
 /// Any workload kind, reduced to where its pod template can be.
@@ -585,7 +685,7 @@ mod tests {
         let kept = pod.metadata.annotations.expect("annotations");
         assert_eq!(
             kept.keys().map(String::as_str).collect::<Vec<_>>(),
-            READ_ANNOTATIONS.iter().rev().copied().collect::<Vec<_>>()
+            READ_ANNOTATIONS.iter().copied().collect::<Vec<_>>()
         );
         assert_eq!(kept[SKIP_ANNOTATION], "a,b");
     }
@@ -593,7 +693,7 @@ mod tests {
     #[test]
     fn a_policy_reads_only_the_labels_its_selectors_name() {
         let policy = Policy::parse(
-            "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  injections:\n    - name: i\n      match:\n        podSelector:\n          matchLabels: {app: web}\n          matchExpressions: [{key: tier, operator: Exists}]\n      volume: {name: t, audience: a, expirationSeconds: 3600, path: t}\n      mount: {mountPath: /t}\n",
+            "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  audiences: [{audience: a}]\n  injections:\n    - name: i\n      match:\n        podSelector:\n          matchLabels: {app: web}\n          matchExpressions: [{key: tier, operator: Exists}]\n      volume: {name: t, audience: a, expirationSeconds: 3600, path: t}\n      mount: {mountPath: /t}\n",
         )
         .expect("policy");
         let pod = pod(json!({"labels": {"app": "web", "tier": "1", "other": "2"}}), json!([]));
