@@ -136,6 +136,10 @@ fn many_mounts(object: &mut Value, room: usize) {
     object["spec"]["containers"][0]["volumeMounts"] = Value::Array(mounts);
 }
 
+fn one_annotation(object: &mut Value, room: usize) {
+    object["metadata"]["annotations"]["padding"] = Value::String("x".repeat(room));
+}
+
 fn labels(object: &mut Value, room: usize) {
     let labels = (0..room / 14).map(|i| (format!("k{i:07}"), Value::String(String::new()))).collect();
     object["metadata"]["labels"] = Value::Object(labels);
@@ -153,8 +157,6 @@ fn annotations(object: &mut Value, room: usize) {
 #[test]
 fn reviewing_a_hostile_body_takes_at_most_twice_its_size() {
     let dir = TempDir::new("review-memory");
-    let one_annotation: Box<dyn Fn(&mut Value, usize)> =
-        Box::new(|object, room| object["metadata"]["annotations"]["padding"] = Value::String("x".repeat(room)));
     let shapes: Vec<(&str, Vec<u8>, &str)> = vec![
         ("one long annotation", pod_body(one_annotation), "validate"),
         ("520 000 labels", pod_body(labels), "validate"),

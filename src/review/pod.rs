@@ -179,6 +179,7 @@ async fn validate_template<C: Cluster>(
 }
 
 /// The Pod of the request: decoded already, or now.
+#[allow(clippy::result_large_err)] // as `decode_object`: the findings are the answer
 fn decode_pod<'a>(object: &'a RequestObject<'_>) -> Result<Cow<'a, Pod>, Findings> {
     match object {
         RequestObject::Pod(pod) => Ok(Cow::Borrowed(pod)),

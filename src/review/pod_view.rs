@@ -683,10 +683,7 @@ mod tests {
         let annotations = json!({MIRROR_ANNOTATION: "x", SKIP_ANNOTATION: "a,b", "other": "y"});
         let pod = pod(json!({"annotations": annotations}), json!([]));
         let kept = pod.metadata.annotations.expect("annotations");
-        assert_eq!(
-            kept.keys().map(String::as_str).collect::<Vec<_>>(),
-            READ_ANNOTATIONS.iter().copied().collect::<Vec<_>>()
-        );
+        assert_eq!(kept.keys().map(String::as_str).collect::<Vec<_>>(), READ_ANNOTATIONS.to_vec());
         assert_eq!(kept[SKIP_ANNOTATION], "a,b");
     }
 
