@@ -4,10 +4,11 @@
 //! time a full `k8s_openapi` Pod takes, which is most of the cost of a review. The object was
 //! validated by the API server before any webhook sees it, so skipping fields loses nothing.
 //!
-//! What a body can hold many of costs no more than its own bytes once decoded: entries that
-//! carry nothing decisions read are skipped as they are read (projected sources other than
-//! tokens, annotations other than those tokengate reads), and labels are kept in one block of
-//! text, from which a review takes only the labels its policy's selectors read.
+//! What a body can hold many of stays small once decoded: entries that carry nothing decisions
+//! read are skipped as they are read (projected sources other than tokens, annotations other
+//! than those tokengate reads); token sources and labels are kept in one block of text each, and
+//! a review takes from the labels only those its policy's selectors read; short names and paths
+//! are kept in place. No shape of body costs three times its size (`tests/review_memory.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
