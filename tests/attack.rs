@@ -354,7 +354,7 @@ async fn the_webhook_port_answers_liveness_over_tls() {
 /// `benches/attack/run.sh` also sends, one long annotation (how real objects get large), many
 /// labels, many empty projected sources (once the costliest to decode), and many token sources
 /// with an audience the policy forbids (one violation each: the largest denial); and many
-/// containers, the costliest per byte now (`tests/review_memory.rs`).
+/// containers and many empty groups of the requesting user, the costliest per byte now.
 #[derive(Clone, Copy, Debug)]
 enum Shape {
     Annotation,
@@ -362,6 +362,7 @@ enum Shape {
     Sources,
     Violations,
     Containers,
+    Groups,
 }
 
 /// A review of the largest size filled with `shape`.
@@ -385,6 +386,9 @@ fn large_body(shape: Shape) -> Vec<u8> {
             let source = serde_json::json!({"serviceAccountToken": {"audience": "x", "path": "t"}});
             let sources = vec![source; room / 52];
             volumes(object, serde_json::json!({"name": "many", "projected": {"sources": sources}}));
+        }
+        Shape::Groups => {
+            review["request"]["userInfo"]["groups"] = Value::Array(vec![Value::String(String::new()); room / 3]);
         }
         Shape::Containers => {
             let containers = object["spec"]["containers"].as_array_mut().expect("containers");
@@ -512,7 +516,9 @@ async fn hostile_bodies_with_the_caches_of_a_large_cluster_stay_under_the_deploy
     let cached_kib = support::memory_kib(pid, "VmRSS");
     println!("with the caches synced: RSS {:.1} MiB", mib(cached_kib));
 
-    for shape in [Shape::Annotation, Shape::Labels, Shape::Sources, Shape::Violations, Shape::Containers] {
+    let shapes =
+        [Shape::Annotation, Shape::Labels, Shape::Sources, Shape::Violations, Shape::Containers, Shape::Groups];
+    for shape in shapes {
         let body = large_body(shape);
         let sent =
             (0..48).map(|_| client.post(&url).header("Content-Type", "application/json").body(body.clone()).send());

@@ -98,6 +98,16 @@ fn deployment_body(fill: impl Fn(&mut Value, usize)) -> Vec<u8> {
     serde_json::to_vec(&review).expect("JSON")
 }
 
+/// The fixture review, its requester in `size`-byte groups named by `name`, to the largest body.
+fn group_body(name: impl Fn(usize) -> String, size: usize) -> Vec<u8> {
+    let mut review: Value =
+        serde_json::from_slice(&std::fs::read(fixture("reviews/pod-captured-1.21.json")).expect("fixture"))
+            .expect("JSON");
+    let groups = (0..(MAX_BODY_BYTES - 16384) / size).map(|i| Value::String(name(i))).collect();
+    review["request"]["userInfo"]["groups"] = Value::Array(groups);
+    serde_json::to_vec(&review).expect("JSON")
+}
+
 fn volumes(object: &mut Value) -> &mut Vec<Value> {
     object["spec"]["volumes"].as_array_mut().expect("volumes")
 }
@@ -158,6 +168,8 @@ fn annotations(object: &mut Value, room: usize) {
 fn reviewing_a_hostile_body_takes_at_most_twice_its_size() {
     let dir = TempDir::new("review-memory");
     let shapes: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("2 400 000 empty groups of the requester", group_body(|_| String::new(), 3), "validate"),
+        ("640 000 groups of the requester", group_body(|i| format!("g{i:07}"), 11), "validate"),
         ("one long annotation", pod_body(one_annotation), "validate"),
         ("520 000 labels", pod_body(labels), "validate"),
         ("520 000 labels, mutate", pod_body(labels), "mutate"),
@@ -210,4 +222,21 @@ fn violations_beyond_those_shown_are_counted_not_kept() {
     assert_eq!(message.matches("serviceAccountToken.audience: ").count(), review::MAX_LISTED_VIOLATIONS);
     assert!(message.ends_with("; and 950 more violations"), "{message}");
     assert_eq!(answer["response"]["auditAnnotations"]["violations"].as_str(), Some(&message["tokengate: ".len()..]));
+}
+
+/// Of the requester's groups a review keeps only those decisions read, yet an exempt group
+/// among many others still exempts the request, written once or many times.
+#[test]
+fn an_exempt_group_among_many_still_exempts() {
+    let policy = Policy::parse(&std::fs::read_to_string(fixture("policy.yaml")).expect("policy")).expect("valid");
+    let cluster = ObjectStore::default();
+    for exempt in [true, false] {
+        let body = group_body(
+            |i| if exempt && i % 1000 == 999 { "system:masters-breakglass".to_string() } else { format!("g{i}") },
+            20,
+        );
+        let reply = futures::executor::block_on(review::review(&body, Webhook::Validate, &policy, &cluster));
+        let review::Reply::Review { summary, .. } = reply else { panic!("no review") };
+        assert_eq!(summary.decision == review::Decision::Exempt, exempt, "{:?}", summary.decision);
+    }
 }

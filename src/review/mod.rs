@@ -434,7 +434,10 @@ pub enum Reply {
 /// Decodes an AdmissionReview body, decides it and encodes the response. The server's
 /// `/validate` and `/mutate` and `tokengate review` all answer through here.
 pub async fn review<C: Cluster>(body: &[u8], webhook: Webhook, policy: &Policy, cluster: &C) -> Reply {
-    let envelope = match AdmissionReviewIn::from_slice(body) {
+    // Of the requester's groups, decisions read only these.
+    let mut groups_read = policy.exempt_groups();
+    groups_read.push(crate::k8s::tokens::NODES_GROUP);
+    let envelope = match AdmissionReviewIn::from_slice_reading_groups(body, &groups_read) {
         Ok(envelope) => envelope,
         Err(err) => return undecodable(body, format!("the body is not an AdmissionReview: {err}")),
     };
