@@ -505,16 +505,19 @@ async fn the_webhook_port_answers_liveness_over_tls() {
     assert_eq!(response.text().await.expect("text"), "ok\n");
 }
 
-/// The four ways of filling a review to just under the largest size that `benches/attack/run.sh`
-/// also sends: one long annotation (how real objects get large), many labels, many empty
-/// projected sources (the costliest to decode), and many token sources with an audience the
-/// policy forbids (one violation each: the largest denial).
+/// The ways of filling a review to just under the largest size: the four that
+/// `benches/attack/run.sh` also sends, one long annotation (how real objects get large), many
+/// labels, many empty projected sources (once the costliest to decode), and many token sources
+/// with an audience the policy forbids (one violation each: the largest denial); and many
+/// containers and many empty groups of the requesting user, the costliest per byte now.
 #[derive(Clone, Copy, Debug)]
 enum Shape {
     Annotation,
     Labels,
     Sources,
     Violations,
+    Containers,
+    Groups,
 }
 
 /// A review of the largest size filled with `shape`.
@@ -538,6 +541,13 @@ fn large_body(shape: Shape) -> Vec<u8> {
             let source = serde_json::json!({"serviceAccountToken": {"audience": "x", "path": "t"}});
             let sources = vec![source; room / 52];
             volumes(object, serde_json::json!({"name": "many", "projected": {"sources": sources}}));
+        }
+        Shape::Groups => {
+            review["request"]["userInfo"]["groups"] = Value::Array(vec![Value::String(String::new()); room / 3]);
+        }
+        Shape::Containers => {
+            let containers = object["spec"]["containers"].as_array_mut().expect("containers");
+            containers.extend((0..room / 20).map(|i| serde_json::json!({"name": format!("c{i:07}")})));
         }
     }
     let body = serde_json::to_vec(&review).expect("JSON");
@@ -566,6 +576,10 @@ fn the_deployment_reserves_what_it_may_use_and_probes_the_webhook_listener() {
     let resources = &container["resources"];
     let (request, limit) = (&resources["requests"]["memory"], &resources["limits"]["memory"]);
     assert_eq!(request, limit, "memory request = limit: the scheduler reserves what the process may use");
+    assert!(
+        deployment_memory_limit_mib() <= 144,
+        "a replica watching 10 000 pods fits in 144 MiB whatever bodies it is sent (README.md, Memory ceiling)"
+    );
     // The limit itself is held against a measured peak: the hostile-bodies test below.
     let args: Vec<&str> = container["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
     assert!(
@@ -659,7 +673,9 @@ async fn hostile_bodies_with_the_caches_of_a_large_cluster_stay_under_the_deploy
     let cached_kib = support::memory_kib(pid, "VmRSS");
     println!("with the caches synced: RSS {:.1} MiB", mib(cached_kib));
 
-    for shape in [Shape::Annotation, Shape::Labels, Shape::Sources, Shape::Violations] {
+    let shapes =
+        [Shape::Annotation, Shape::Labels, Shape::Sources, Shape::Violations, Shape::Containers, Shape::Groups];
+    for shape in shapes {
         let body = large_body(shape);
         // From four clients: one client may hold only its share of the budget, four hold all of it.
         let sent = (0..48).map(|i| {

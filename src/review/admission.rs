@@ -32,6 +32,93 @@ impl<'a> AdmissionReviewIn<'a> {
             .map(Envelope::into_review)
             .or_else(|_| serde_json::from_str::<Envelope<ReadRequest<false>>>(text).map(Envelope::into_review))
     }
+
+    /// [`AdmissionReviewIn::from_slice`], keeping of `request.userInfo.groups` only those in
+    /// `read`, once each: a body can list millions of groups, and decisions only ask whether one
+    /// of a few is among them (`system:nodes`, the policy's exempt groups).
+    pub fn from_slice_reading_groups(body: &'a [u8], read: &[&str]) -> serde_json::Result<Self> {
+        let read: Vec<String> = read.iter().map(|group| group.to_string()).collect();
+        let previous = GROUPS_READ.with(|groups| groups.replace(Some(read)));
+        let decoded = Self::from_slice(body);
+        GROUPS_READ.with(|groups| groups.replace(previous));
+        decoded
+    }
+}
+
+thread_local! {
+    /// The groups kept while a body is decoded on this thread by
+    /// [`AdmissionReviewIn::from_slice_reading_groups`] (`None`: every group). Decoding is
+    /// synchronous, so the setting cannot leak into another body's decoding.
+    static GROUPS_READ: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `userInfo.groups`: every group, or only those [`GROUPS_READ`] names, once each.
+fn read_groups<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct Read;
+    impl<'de> Visitor<'de> for Read {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of groups")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_seq(self)
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let Some(read) = GROUPS_READ.with(|groups| groups.borrow().clone()) else {
+                let mut all = Vec::new();
+                while let Some(group) = seq.next_element::<String>()? {
+                    all.push(group);
+                }
+                return Ok(all);
+            };
+            let mut kept: Vec<String> = Vec::new();
+            while let Some(group) = seq.next_element::<GroupName>()? {
+                if let Some(found) = read.iter().find(|r| **r == group.0) {
+                    if !kept.contains(found) {
+                        kept.push(found.clone());
+                    }
+                }
+            }
+            Ok(kept)
+        }
+    }
+    deserializer.deserialize_option(Read)
+}
+
+/// A group name read without an allocation of its own where the body has no escapes.
+struct GroupName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for GroupName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Read;
+        impl<'de> Visitor<'de> for Read {
+            type Value = GroupName<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a group name")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, group: &'de str) -> Result<Self::Value, E> {
+                Ok(GroupName(std::borrow::Cow::Borrowed(group)))
+            }
+
+            fn visit_str<E: de::Error>(self, group: &str) -> Result<Self::Value, E> {
+                Ok(GroupName(std::borrow::Cow::Owned(group.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Read)
+    }
 }
 
 /// `request` of an AdmissionReview.
@@ -172,7 +259,7 @@ pub struct GroupVersionKind {
 pub struct UserInfo {
     #[serde(default)]
     pub username: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "read_groups")]
     pub groups: Vec<String>,
 }
 

@@ -83,15 +83,27 @@ pub enum Found<'a> {
 /// what each CSI driver it mounts inline (in-tree types that CSI migration serves count as
 /// their driver) mints, each judged by the lifetime the API server will issue.
 pub async fn pod_credentials<'a, C: Cluster>(view: &PodView<'a>, policy: &Policy, cluster: &C) -> Vec<Found<'a>> {
-    let field = &view.field;
     let mut found = Vec::new();
+    each_pod_credential(view, policy, cluster, |one| found.push(one)).await;
+    found
+}
+
+/// The findings of [`pod_credentials`], in the same order, handed to `sink` one at a time: a pod
+/// with a hundred thousand tokens is judged without holding a hundred thousand findings.
+pub async fn each_pod_credential<'a, C: Cluster>(
+    view: &PodView<'a>,
+    policy: &Policy,
+    cluster: &C,
+    mut sink: impl FnMut(Found<'a>),
+) {
+    let field = &view.field;
     for (i, volume) in view.spec.volumes().iter().enumerate() {
         if volume.is_automount() {
             for (_, source) in volume.token_sources() {
-                let token = pod_token(view, policy, source.audience.as_deref(), source.expiration_seconds);
-                found.push(Found::Token(Credential {
+                let token = pod_token(view, policy, source.audience, source.expiration_seconds);
+                sink(Found::Token(Credential {
                     origin: Origin::Automount { volume: &volume.name, volume_index: i },
-                    written_audience: source.audience.clone(),
+                    written_audience: source.audience.map(str::to_string),
                     audience: token.audience.to_string(),
                     lifetime: token.lifetime,
                     outcome: Outcome::AlwaysAdmitted,
@@ -100,7 +112,7 @@ pub async fn pod_credentials<'a, C: Cluster>(view: &PodView<'a>, policy: &Policy
             continue;
         }
         for (j, source) in volume.token_sources() {
-            let token = pod_token(view, policy, source.audience.as_deref(), source.expiration_seconds);
+            let token = pod_token(view, policy, source.audience, source.expiration_seconds);
             let outcome = match policy.check_token(&token) {
                 Ok(()) => Outcome::Allowed,
                 Err(denial) => {
@@ -111,14 +123,9 @@ pub async fn pod_credentials<'a, C: Cluster>(view: &PodView<'a>, policy: &Policy
                     ))
                 }
             };
-            found.push(Found::Token(Credential {
-                origin: Origin::Projected {
-                    volume: &volume.name,
-                    volume_index: i,
-                    source_index: j,
-                    path: &source.path,
-                },
-                written_audience: source.audience.clone(),
+            sink(Found::Token(Credential {
+                origin: Origin::Projected { volume: &volume.name, volume_index: i, source_index: j, path: source.path },
+                written_audience: source.audience.map(str::to_string),
                 audience: token.audience.to_string(),
                 lifetime: token.lifetime,
                 outcome,
@@ -126,9 +133,8 @@ pub async fn pod_credentials<'a, C: Cluster>(view: &PodView<'a>, policy: &Policy
         }
         let Some((driver_key, driver_name)) = volume.csi_driver() else { continue };
         let driver_field = format!("{field}.volumes[{i}].{driver_key}");
-        found.extend(driver_credentials(view, policy, cluster, i, driver_name, &driver_field).await);
+        driver_credentials(view, policy, cluster, i, driver_name, &driver_field).await.into_iter().for_each(&mut sink);
     }
-    found
 }
 
 /// The tokens CSI driver `driver` mints for the pod when it mounts the pod's volume

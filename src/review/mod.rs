@@ -148,7 +148,7 @@ impl Decision {
 }
 
 /// One broken rule: where, and what is wrong (and what would be allowed).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Violation {
     pub field: String,
     pub message: String,
@@ -170,6 +170,8 @@ impl fmt::Display for Violation {
 #[derive(Debug, Default)]
 pub struct Findings {
     pub violations: Vec<Violation>,
+    /// Violations found beyond those a decision was asked to keep: counted, not kept.
+    pub unlisted_violations: usize,
     /// Things the requester should know that are not violations (sent as warnings).
     pub notes: Vec<String>,
     pub patch: json_patch::Patch,
@@ -182,10 +184,21 @@ impl Findings {
     fn undecodable(violation: Violation) -> Self {
         Findings { undecodable: Some(violation), ..Default::default() }
     }
+
+    /// Adds `violation`, or only counts it once `keep` are kept.
+    fn add_violation(&mut self, violation: Violation, keep: usize) {
+        if self.violations.len() < keep {
+            self.violations.push(violation);
+        } else {
+            self.unlisted_violations += 1;
+        }
+    }
 }
 
 /// Decodes the request's object as the `kind` it claims to be. On failure the object is decoded
 /// once more, slowly, only to name the field at fault.
+// The findings are the answer itself, made once per review: a box would only add an allocation.
+#[allow(clippy::result_large_err)]
 fn decode_object<T: DeserializeOwned>(object: &RawValue, kind: &str) -> Result<T, Findings> {
     serde_json::from_str(object.get()).map_err(|_| {
         let mut deserializer = serde_json::Deserializer::from_str(object.get());
@@ -239,10 +252,16 @@ impl Verdict {
 
     /// The AdmissionReview response for request `uid`.
     pub fn response(&self, uid: &str) -> AdmissionResponse {
+        self.response_counting(uid, 0)
+    }
+
+    /// The AdmissionReview response for request `uid`, when `unlisted` more violations than
+    /// these were found.
+    fn response_counting(&self, uid: &str, unlisted: usize) -> AdmissionResponse {
         let mut response = AdmissionResponse { uid: uid.to_string(), allowed: self.allowed(), ..Default::default() };
         response.audit_annotations.insert("decision".to_string(), self.decision.as_str().to_string());
         if !self.violations.is_empty() {
-            let all = listed_violations(&self.violations);
+            let all = listed_violations(&self.violations, unlisted);
             response.audit_annotations.insert("violations".to_string(), all.clone());
             match self.decision {
                 Decision::Denied | Decision::Invalid => {
@@ -251,7 +270,7 @@ impl Verdict {
                 }
                 Decision::Warned => {
                     // Only what fits in the 4 KiB the API server passes on is rendered.
-                    let fitting = self.violations.iter().take(MAX_WARNINGS_BYTES / 16);
+                    let fitting = self.violations.iter().take(MAX_WARNED_VIOLATIONS);
                     response.warnings.extend(fitting.map(ToString::to_string));
                 }
                 _ => {}
@@ -273,12 +292,14 @@ impl Verdict {
 /// with a message many times its size.
 pub const MAX_LISTED_VIOLATIONS: usize = 50;
 
-/// The violations as a denial lists them: the first [`MAX_LISTED_VIOLATIONS`], then a count.
-fn listed_violations(violations: &[Violation]) -> String {
+/// The violations as a denial lists them: the first [`MAX_LISTED_VIOLATIONS`], then a count of
+/// the others, `unlisted` of which were counted but not kept.
+fn listed_violations(violations: &[Violation], unlisted: usize) -> String {
     let mut listed =
         violations.iter().take(MAX_LISTED_VIOLATIONS).map(ToString::to_string).collect::<Vec<_>>().join("; ");
-    if violations.len() > MAX_LISTED_VIOLATIONS {
-        listed.push_str(&format!("; and {} more violations", violations.len() - MAX_LISTED_VIOLATIONS));
+    let more = violations.len().saturating_sub(MAX_LISTED_VIOLATIONS) + unlisted;
+    if more > 0 {
+        listed.push_str(&format!("; and {more} more violations"));
     }
     listed
 }
@@ -289,6 +310,11 @@ fn listed_violations(violations: &[Violation]) -> String {
 pub const MAX_WARNING_CHARS: usize = 256;
 /// Most bytes of all warnings together the API server passes on.
 const MAX_WARNINGS_BYTES: usize = 4096;
+/// Most violations rendered as warnings (each takes at least 16 of the bytes).
+const MAX_WARNED_VIOLATIONS: usize = MAX_WARNINGS_BYTES / 16;
+/// Most violations a response can show, as warnings or listed in a denial: what a review keeps.
+const MAX_SHOWN_VIOLATIONS: usize =
+    if MAX_WARNED_VIOLATIONS > MAX_LISTED_VIOLATIONS { MAX_WARNED_VIOLATIONS } else { MAX_LISTED_VIOLATIONS };
 
 /// Shortens each warning to 256 characters and keeps the list under 4 KiB, as the API server
 /// would otherwise truncate or drop them.
@@ -327,38 +353,51 @@ pub fn governed_operations(webhook: Webhook, subject: Subject) -> &'static [Oper
     }
 }
 
-/// Decides one decoded request.
+/// Decides one decoded request, with every violation it finds.
 pub async fn decide<C: Cluster>(
     request: &AdmissionRequest<'_>,
     webhook: Webhook,
     policy: &Policy,
     cluster: &C,
 ) -> Verdict {
+    decide_keeping(request, webhook, policy, cluster, usize::MAX).await.0
+}
+
+/// Decides one decoded request, keeping at most `keep` of the violations of a Pod or workload
+/// (a body can carry a violation every 52 bytes) and counting the others: the verdict, and how
+/// many violations it does not list.
+async fn decide_keeping<C: Cluster>(
+    request: &AdmissionRequest<'_>,
+    webhook: Webhook,
+    policy: &Policy,
+    cluster: &C,
+    keep: usize,
+) -> (Verdict, usize) {
     let subject = Subject::of(&request.kind.group, &request.kind.kind, request.sub_resource.as_deref());
     if !governed_operations(webhook, subject).contains(&request.operation) {
-        return Verdict::without_checks(subject, Decision::Ignored);
+        return (Verdict::without_checks(subject, Decision::Ignored), 0);
     }
     let user = &request.user_info;
     let namespace = request.namespace.as_deref();
     let pod_exempt = matches!(subject, Subject::Pod | Subject::Workload(_)) && policy.exempts_pods_in(namespace);
     if pod_exempt || policy.is_exempt(namespace, &user.username, &user.groups) {
-        return Verdict::without_checks(subject, Decision::Exempt);
+        return (Verdict::without_checks(subject, Decision::Exempt), 0);
     }
     let Some(object) = &request.object else {
         let findings = Findings::undecodable(Violation::new("request.object", "missing: there is nothing to check"));
-        return Verdict::from_findings(subject, policy.mode(), findings);
+        return (Verdict::from_findings(subject, policy.mode(), findings), 0);
     };
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let old_object = request.old_object.filter(|_| request.operation == Operation::Update);
     let findings = match (subject, webhook, object) {
-        (Subject::Pod, _, _) => pod::review_pod(object, webhook, namespace, policy, cluster).await,
+        (Subject::Pod, _, _) => pod::review_pod(object, webhook, namespace, policy, cluster, keep).await,
         (Subject::Other, _, _) => Findings::default(),
         // Only a request whose kind is Pod, which cannot change once read, carries a decoded Pod.
         (_, _, RequestObject::Pod(_)) => {
             Findings::undecodable(Violation::new("request.kind", "a Pod object in a request that is not about a Pod"))
         }
         (Subject::Workload(kind), _, RequestObject::Raw(raw)) => {
-            pod::validate_workload(raw, old_object, kind, namespace, policy, cluster).await
+            pod::validate_workload(raw, old_object, kind, namespace, policy, cluster, keep).await
         }
         (Subject::CsiDriver, _, RequestObject::Raw(raw)) => csi_driver::validate(raw, policy),
         (Subject::TokenRequest, _, RequestObject::Raw(raw)) => {
@@ -366,7 +405,8 @@ pub async fn decide<C: Cluster>(
         }
         (Subject::Secret, _, RequestObject::Raw(raw)) => legacy_token::validate(raw, old_object, namespace, policy),
     };
-    Verdict::from_findings(subject, policy.mode(), findings)
+    let unlisted = if findings.undecodable.is_some() { 0 } else { findings.unlisted_violations };
+    (Verdict::from_findings(subject, policy.mode(), findings), unlisted)
 }
 
 /// What a caller logs and counts about one review; never object bodies.
@@ -394,7 +434,10 @@ pub enum Reply {
 /// Decodes an AdmissionReview body, decides it and encodes the response. The server's
 /// `/validate` and `/mutate` and `tokengate review` all answer through here.
 pub async fn review<C: Cluster>(body: &[u8], webhook: Webhook, policy: &Policy, cluster: &C) -> Reply {
-    let envelope = match AdmissionReviewIn::from_slice(body) {
+    // Of the requester's groups, decisions read only these.
+    let mut groups_read = policy.exempt_groups();
+    groups_read.push(crate::k8s::tokens::NODES_GROUP);
+    let envelope = match AdmissionReviewIn::from_slice_reading_groups(body, &groups_read) {
         Ok(envelope) => envelope,
         Err(err) => return undecodable(body, format!("the body is not an AdmissionReview: {err}")),
     };
@@ -411,8 +454,9 @@ pub async fn review<C: Cluster>(body: &[u8], webhook: Webhook, policy: &Policy, 
         );
         return invalid(request.uid, message);
     }
-    let verdict = decide(&request, webhook, policy, cluster).await;
-    let body = verdict.response(&request.uid).into_review_json();
+    // The response shows at most MAX_SHOWN_VIOLATIONS: the others are only counted.
+    let (verdict, unlisted) = decide_keeping(&request, webhook, policy, cluster, MAX_SHOWN_VIOLATIONS).await;
+    let body = verdict.response_counting(&request.uid, unlisted).into_review_json();
     let summary = Summary {
         uid: request.uid,
         subject: verdict.subject,
@@ -420,7 +464,7 @@ pub async fn review<C: Cluster>(body: &[u8], webhook: Webhook, policy: &Policy, 
         namespace: request.namespace.unwrap_or_default(),
         name: request.name.unwrap_or_default(),
         decision: verdict.decision,
-        violations: verdict.violations.len(),
+        violations: verdict.violations.len() + unlisted,
         dry_run: request.dry_run.unwrap_or(false),
     };
     Reply::Review { body, summary }

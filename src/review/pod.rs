@@ -1,6 +1,8 @@
 //! Pods and workload pod templates: token volumes, CSI drivers used inline, and injections.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 
 use serde_json::value::RawValue;
 
@@ -13,41 +15,45 @@ use super::{decode_object, Findings, Violation, Webhook, WorkloadKind};
 use crate::k8s::names::MIRROR_ANNOTATION;
 use crate::policy::Policy;
 
-/// Pod CREATE on either webhook.
+/// Pod CREATE on either webhook, keeping at most `keep` violations (the others are counted).
 pub async fn review_pod<C: Cluster>(
     object: &RequestObject<'_>,
     webhook: Webhook,
     namespace: &str,
     policy: &Policy,
     cluster: &C,
+    keep: usize,
 ) -> Findings {
     let pod = match decode_pod(object) {
         Ok(pod) => pod,
         Err(findings) => return findings,
     };
-    let Some(view) = PodView::new(&pod, namespace, "spec".to_string()) else { return Findings::default() };
+    let labels = pod.metadata.labels_read_by(policy);
+    let Some(view) = PodView::with_labels(&pod, namespace, "spec".to_string(), labels.as_ref()) else {
+        return Findings::default();
+    };
     match webhook {
-        Webhook::Validate => validate_pod(&view, policy, cluster).await,
-        Webhook::Mutate => mutate_pod(&view, policy, cluster).await,
+        Webhook::Validate => validate_pod(&view, policy, cluster, keep).await,
+        Webhook::Mutate => mutate_pod(&view, policy, cluster, keep).await,
     }
 }
 
 /// Pod CREATE on `/validate`: every token the pod would get, and every required injection.
-async fn validate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C) -> Findings {
+async fn validate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C, keep: usize) -> Findings {
     let mut findings = Findings::default();
-    check_tokens(view, policy, cluster, &mut findings).await;
+    check_tokens(view, policy, cluster, &mut findings, keep).await;
     if !is_mirror(view) {
-        let service_account = service_account_for(view, policy, cluster, &mut findings).await;
+        let service_account = service_account_for(view, policy, cluster, &mut findings, keep).await;
         for planned in inject::plan(view, policy, service_account.as_ref(), &mut Vec::new()) {
             match planned.state {
-                State::Collision(violation) => findings.violations.push(violation),
-                State::Missing { field, .. } if planned.injection.required => findings.violations.push(Violation::new(
+                State::Collision(violation) => findings.add_violation(violation, keep),
+                State::Missing { field, .. } if planned.injection.required => findings.add_violation(Violation::new(
                     field,
                     format!(
                         "injection {:?} is required for this pod but missing (volume {:?}, its mounts or env); the tokengate mutating webhook adds it: check that it is installed and reached this pod",
                         planned.injection.name, planned.injection.volume.name
                     ),
-                )),
+                ), keep),
                 _ => {}
             }
         }
@@ -56,12 +62,12 @@ async fn validate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: 
 }
 
 /// Pod CREATE on `/mutate`: a patch adding what matching injections require.
-async fn mutate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C) -> Findings {
+async fn mutate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C, keep: usize) -> Findings {
     let mut findings = Findings::default();
     if is_mirror(view) {
         return findings;
     }
-    let service_account = service_account_for(view, policy, cluster, &mut findings).await;
+    let service_account = service_account_for(view, policy, cluster, &mut findings, keep).await;
     let skipped = inject::skipped_names(view);
     let mut additions = Vec::new();
     for planned in inject::plan(view, policy, service_account.as_ref(), &mut findings.notes) {
@@ -76,7 +82,7 @@ async fn mutate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C
         match planned.state {
             State::Present => {}
             State::Missing { additions: added, .. } => additions.push(added),
-            State::Collision(violation) => findings.violations.push(violation),
+            State::Collision(violation) => findings.add_violation(violation, keep),
         }
     }
     findings.patch = inject::render(view.spec, &additions);
@@ -88,7 +94,8 @@ async fn mutate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C
 /// not already have about the same thing: controllers scale and garbage-collect workloads by
 /// UPDATE without touching the template, and refusing those would stall rollouts and
 /// deletions. A token that changed in any way (source, audience, lifetime) is judged as new,
-/// however its violation is worded. An object being deleted is not judged.
+/// however its violation is worded. An object being deleted is not judged. At most `keep`
+/// violations are kept, the others counted.
 pub async fn validate_workload<C: Cluster>(
     object: &RawValue,
     old_object: Option<&RawValue>,
@@ -96,6 +103,7 @@ pub async fn validate_workload<C: Cluster>(
     namespace: &str,
     policy: &Policy,
     cluster: &C,
+    keep: usize,
 ) -> Findings {
     let workload: Workload = match decode_object(object, kind.group_kind().1) {
         Ok(workload) => workload,
@@ -111,56 +119,67 @@ pub async fn validate_workload<C: Cluster>(
     if old_template.as_ref() == Some(&template) {
         return Findings::default();
     }
-    let mut judged = validate_template(&template, kind, namespace, policy, cluster).await;
+    // What the old template is refused for, as hashes (8 bytes each, however many): a violation
+    // whose hash is among them is one it had (two different ones share a hash once in 2^64).
+    let hasher = RandomState::new();
+    let mut before = HashSet::new();
     if let Some(old_template) = &old_template {
-        let before = validate_template(old_template, kind, namespace, policy, cluster).await;
-        judged.retain(|violation| !before.contains(violation));
+        validate_template(old_template, kind, namespace, policy, cluster, |judged| {
+            before.insert(hasher.hash_one(&judged));
+        })
+        .await;
     }
-    Findings { violations: judged.into_iter().map(|(violation, _)| violation).collect(), ..Findings::default() }
+    let mut findings = Findings::default();
+    validate_template(&template, kind, namespace, policy, cluster, |judged| {
+        if !before.contains(&hasher.hash_one(&judged)) {
+            findings.add_violation(judged.0, keep);
+        }
+    })
+    .await;
+    findings
 }
 
 /// A template's violation and what it is about: the token it judges (where it comes from, its
 /// audience and lifetime), or nothing more than its own words for any other violation.
 type Judged = (Violation, Option<String>);
 
-/// The pod checks on one template. Missing injections are not violations here (the mutating
-/// webhook adds them to each pod), but collisions are, since every pod of the workload would be
-/// denied.
+/// The pod checks on one template, each violation handed to `sink`. Missing injections are not
+/// violations here (the mutating webhook adds them to each pod), but collisions are, since
+/// every pod of the workload would be denied.
 async fn validate_template<C: Cluster>(
     template: &Pod,
     kind: WorkloadKind,
     namespace: &str,
     policy: &Policy,
     cluster: &C,
-) -> Vec<Judged> {
+    mut sink: impl FnMut(Judged),
+) {
     let field = format!("{}.spec", kind.template_path().join("."));
-    let Some(view) = PodView::new(template, namespace, field) else { return Vec::new() };
-    let mut judged: Vec<Judged> = Vec::new();
-    for found in credentials::pod_credentials(&view, policy, cluster).await {
-        match found {
-            Found::Token(credential @ Credential { outcome: Outcome::Denied(_), .. }) => {
-                let about =
-                    format!("{:?} {:?} {:?}", credential.origin, credential.written_audience, credential.lifetime);
-                if let Outcome::Denied(violation) = credential.outcome {
-                    judged.push((violation, Some(about)));
-                }
+    let labels = template.metadata.labels_read_by(policy);
+    let Some(view) = PodView::with_labels(template, namespace, field, labels.as_ref()) else { return };
+    credentials::each_pod_credential(&view, policy, cluster, |found| match found {
+        Found::Token(credential @ Credential { outcome: Outcome::Denied(_), .. }) => {
+            let about = format!("{:?} {:?} {:?}", credential.origin, credential.written_audience, credential.lifetime);
+            if let Outcome::Denied(violation) = credential.outcome {
+                sink((violation, Some(about)));
             }
-            Found::LookupFailed { violation, .. } => judged.push((violation, None)),
-            Found::Token(_) => {}
         }
-    }
+        Found::LookupFailed { violation, .. } => sink((violation, None)),
+        Found::Token(_) => {}
+    })
+    .await;
     let mut findings = Findings::default();
-    let service_account = service_account_for(&view, policy, cluster, &mut findings).await;
+    let service_account = service_account_for(&view, policy, cluster, &mut findings, usize::MAX).await;
     for planned in inject::plan(&view, policy, service_account.as_ref(), &mut Vec::new()) {
         if let State::Collision(violation) = planned.state {
             findings.violations.push(violation);
         }
     }
-    judged.extend(findings.violations.into_iter().map(|violation| (violation, None)));
-    judged
+    findings.violations.into_iter().for_each(|violation| sink((violation, None)));
 }
 
 /// The Pod of the request: decoded already, or now.
+#[allow(clippy::result_large_err)] // as `decode_object`: the findings are the answer
 fn decode_pod<'a>(object: &'a RequestObject<'_>) -> Result<Cow<'a, Pod>, Findings> {
     match object {
         RequestObject::Pod(pod) => Ok(Cow::Borrowed(pod)),
@@ -178,6 +197,7 @@ async fn service_account_for<C: Cluster>(
     policy: &Policy,
     cluster: &C,
     findings: &mut Findings,
+    keep: usize,
 ) -> Option<ServiceAccountInfo> {
     let needed = policy.injections().iter().any(|injection| {
         inject::needs_service_account(injection)
@@ -190,10 +210,13 @@ async fn service_account_for<C: Cluster>(
     match cluster.service_account(view.namespace, view.service_account).await {
         Ok(found) => found.map(|sa| (*sa).clone()),
         Err(err) => {
-            findings.violations.push(Violation::new(
-                format!("{}.serviceAccountName", view.field),
-                format!("could not look up service account {}/{}: {err}", view.namespace, view.service_account),
-            ));
+            findings.add_violation(
+                Violation::new(
+                    format!("{}.serviceAccountName", view.field),
+                    format!("could not look up service account {}/{}: {err}", view.namespace, view.service_account),
+                ),
+                keep,
+            );
             None
         }
     }
@@ -202,13 +225,19 @@ async fn service_account_for<C: Cluster>(
 /// Every projected token and every token an inline CSI volume's driver mints (in-tree types
 /// that CSI migration serves count as their driver), against the allow-list and the lifetime
 /// bounds, judged by the lifetime the API server will issue. The automount volume is always
-/// admitted. The list and each verdict come from [`credentials::pod_credentials`].
-async fn check_tokens<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: &C, findings: &mut Findings) {
-    for found in credentials::pod_credentials(view, policy, cluster).await {
-        match found {
-            Found::Token(Credential { outcome: Outcome::Denied(violation), .. })
-            | Found::LookupFailed { violation, .. } => findings.violations.push(violation),
-            Found::Token(_) => {}
-        }
-    }
+/// admitted. The list and each verdict come from [`credentials::pod_credentials`]; at most
+/// `keep` violations are kept, the others counted.
+async fn check_tokens<C: Cluster>(
+    view: &PodView<'_>,
+    policy: &Policy,
+    cluster: &C,
+    findings: &mut Findings,
+    keep: usize,
+) {
+    credentials::each_pod_credential(view, policy, cluster, |found| match found {
+        Found::Token(Credential { outcome: Outcome::Denied(violation), .. })
+        | Found::LookupFailed { violation, .. } => findings.add_violation(violation, keep),
+        Found::Token(_) => {}
+    })
+    .await;
 }
