@@ -592,32 +592,6 @@ fn the_deployment_reserves_what_it_may_use_and_probes_the_webhook_listener() {
     assert_eq!(liveness["scheme"], "HTTPS");
 }
 
-/// `count` running pods, each with its own service account, in 100 namespaces, as Deployments
-/// make them: what the watch caches of a cluster of that size hold.
-fn cluster_objects(api: &support::fake_apiserver::FakeApiServer, count: usize) {
-    for i in 0..count {
-        let namespace = format!("ns-{}", i % 100);
-        api.apply(serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": format!("sa-{i}"), "namespace": namespace, "uid": format!("00000000-0000-4000-8000-{i:012}"),
-                         "annotations": {"eks.amazonaws.com/role-arn": format!("arn:aws:iam::111122223333:role/sa-{i}")}}}));
-        api.apply(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("web-{i}-7d9f8b6c5d-x2x4q"), "namespace": namespace, "uid": format!("10000000-0000-4000-8000-{i:012}"),
-                         "labels": {"app": "web", "pod-template-hash": "7d9f8b6c5d"},
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8b6c5d", "uid": "r1", "controller": true}]},
-            "spec": {"nodeName": format!("node-{}", i % 50), "serviceAccountName": format!("sa-{i}"),
-                     "containers": [{"name": "app", "image": "registry.example.com/web:1.4.2",
-                                     "env": [{"name": "LOG_LEVEL", "value": "info"}],
-                                     "volumeMounts": [{"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true},
-                                                      {"name": "vault-token", "mountPath": "/var/run/secrets/vault"}]}],
-                     "volumes": [
-                        {"name": "vault-token", "projected": {"sources": [{"serviceAccountToken": {"audience": "vault", "expirationSeconds": 3600, "path": "token"}}]}},
-                        {"name": "kube-api-access-abcde", "projected": {"sources": [
-                            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1"}}));
-    }
-}
-
 /// The Deployment's memory limit holds what a replica was measured to use, in one run: the
 /// optimised binary, run with the Deployment's defaults, watching a fake API server of 10 000
 /// pods and 10 000 service accounts, receives a round of 48 concurrent maximum-size bodies (from
@@ -634,7 +608,7 @@ async fn hostile_bodies_with_the_caches_of_a_large_cluster_stay_under_the_deploy
     };
     let limit_mib = deployment_memory_limit_mib();
     let api = support::fake_apiserver::FakeApiServer::start().await;
-    cluster_objects(&api, 10_000);
+    support::cluster_of(&api, 10_000);
     api.apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "tokengate-policy", "namespace": "tokengate-system"},
         "data": {"policy.yaml": include_str!("fixtures/policy.yaml")}}));

@@ -743,33 +743,6 @@ async fn a_version_one_client_certificate_is_explained_by_every_command_that_rea
     check(&texts(&serve).1);
 }
 
-fn many_objects(api: &FakeApiServer, count: usize) {
-    for i in 0..count {
-        let namespace = format!("ns-{}", i % 100);
-        api.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": format!("sa-{i}"), "namespace": namespace, "uid": format!("00000000-0000-4000-8000-{i:012}"),
-                         "annotations": {"eks.amazonaws.com/role-arn": format!("arn:aws:iam::111122223333:role/sa-{i}")}}}));
-        api.apply(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("web-{i}-7d9f8b6c5d-x2x4q"), "namespace": namespace, "uid": format!("10000000-0000-4000-8000-{i:012}"),
-                         "labels": {"app": "web", "pod-template-hash": "7d9f8b6c5d"},
-                         "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-01T10:00:00Z"},
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8b6c5d", "uid": "r1", "controller": true}]},
-            "spec": {"nodeName": format!("node-{}", i % 50), "serviceAccountName": format!("sa-{i}"),
-                     "containers": [{"name": "app", "image": "registry.example.com/web:1.4.2",
-                                     "env": [{"name": "LOG_LEVEL", "value": "info"}],
-                                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-                                     "volumeMounts": [{"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true},
-                                                      {"name": "vault-token", "mountPath": "/var/run/secrets/vault"}]}],
-                     "volumes": [
-                        {"name": "vault-token", "projected": {"sources": [{"serviceAccountToken": {"audience": "vault", "expirationSeconds": 3600, "path": "token"}}]}},
-                        {"name": "kube-api-access-abcde", "projected": {"sources": [
-                            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}));
-    }
-}
-
 use support::memory_kib;
 
 /// Holds the optimised build: written while it is built, read by every test that runs a clock,
@@ -789,7 +762,7 @@ async fn optimised_server() -> std::path::PathBuf {
 async fn serve_with_ten_thousand_pods_and_service_accounts_stays_under_40_mib() {
     let server = optimised_server().await;
     let api = FakeApiServer::start().await;
-    many_objects(&api, 10_000);
+    support::cluster_of(&api, 10_000);
     api.apply(configmap(Some(POLICY)));
     let pki = support::Pki::new("memory-ca");
     let dir = support::TempDir::new("memory");
