@@ -3,7 +3,7 @@
 # a minimal base (glibc and CA certificates only; no shell, no package manager).
 #   docker build -t tokengate:0.1.0 .
 # The manifests run tokengate:<crate version> (registry-less); push it under your registry's
-# name and set that in your overlay (README, "Your own image").
+# name and set that in your overlay (docs/install.md, "Your own overlay").
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

@@ -578,7 +578,7 @@ fn the_deployment_reserves_what_it_may_use_and_probes_the_webhook_listener() {
     assert_eq!(request, limit, "memory request = limit: the scheduler reserves what the process may use");
     assert!(
         deployment_memory_limit_mib() <= 144,
-        "a replica watching 10 000 pods fits in 144 MiB whatever bodies it is sent (README.md, Memory ceiling)"
+        "a replica watching 10 000 pods fits in 144 MiB whatever bodies it is sent (docs/performance.md, Memory ceiling)"
     );
     // The limit itself is held against a measured peak: the hostile-bodies test below.
     let args: Vec<&str> = container["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();

@@ -757,7 +757,7 @@ async fn optimised_server() -> std::path::PathBuf {
 
 /// `serve` (optimised build) against a cluster of 10 000 pods and 10 000 service accounts: ready
 /// only after the caches sync, lookups answered from them, and the peak resident memory (initial
-/// sync included) and the steady state both under 40 MiB (the README reports the figures).
+/// sync included) and the steady state both under 40 MiB (docs/performance.md reports the figures).
 #[tokio::test]
 async fn serve_with_ten_thousand_pods_and_service_accounts_stays_under_40_mib() {
     let server = optimised_server().await;

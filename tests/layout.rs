@@ -1,5 +1,5 @@
 //! The house rules of `src/`, read from the code itself: the module graph (from `crate::` paths)
-//! runs only downwards through the layers README "Layout" describes, has no cycle, commands do
+//! runs only downwards through the layers docs/layout.md describes, has no cycle, commands do
 //! not import each other, and the decision core does no I/O of its own (no tokio, kube client,
 //! tracing, files or sockets).
 
@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, bottom first; a module may import from its own layer or below, never above.
-/// Keep in step with README "Layout".
+/// Keep in step with docs/layout.md (the test below reads its table).
 const LAYERS: [&[&str]; 5] = [
     // Kubernetes facts and the position index of YAML documents: import nothing of the crate.
     &["k8s", "positions"],
@@ -114,7 +114,7 @@ fn layer_of(module: &str) -> usize {
     LAYERS
         .iter()
         .position(|layer| layer.contains(&module))
-        .unwrap_or_else(|| panic!("module {module} is in no layer: add it to LAYERS and to README \"Layout\""))
+        .unwrap_or_else(|| panic!("module {module} is in no layer: add it to LAYERS and to docs/layout.md"))
 }
 
 #[test]
@@ -140,6 +140,28 @@ fn every_import_runs_down_the_layers_and_no_command_imports_another() {
     let named: BTreeSet<&str> = LAYERS.iter().flat_map(|l| l.iter().copied()).collect();
     let present: BTreeSet<&str> = graph.keys().map(String::as_str).collect();
     assert_eq!(named, present, "LAYERS and src/ name different modules");
+}
+
+/// docs/layout.md's table has a row per layer (`| 1. facts | ...`) naming that layer's modules,
+/// as `name/` or `name.rs`.
+#[test]
+fn docs_layout_names_each_module_in_its_layer() {
+    let doc = std::fs::read_to_string(src().join("../docs/layout.md")).expect("docs/layout.md");
+    let mut wrong = Vec::new();
+    for (index, layer) in LAYERS.iter().enumerate() {
+        let prefix = format!("| {}. ", index + 1);
+        let Some(row) = doc.lines().find(|line| line.starts_with(&prefix)) else {
+            wrong.push(format!("no row for layer {}", index + 1));
+            continue;
+        };
+        let modules = row.split('|').nth(2).unwrap_or_default();
+        for module in layer.iter() {
+            if !modules.contains(&format!("`{module}/`")) && !modules.contains(&format!("`{module}.rs`")) {
+                wrong.push(format!("layer {} does not name {module}", index + 1));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "docs/layout.md: {}", wrong.join("; "));
 }
 
 #[test]

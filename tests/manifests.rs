@@ -394,9 +394,9 @@ fn the_alerts_name_metrics_that_exist() {
     ] {
         assert!(alerts.iter().any(|a| a == wanted), "alert {wanted}");
     }
-    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    let operations = std::fs::read_to_string(root().join("docs/operations.md")).expect("docs/operations.md");
     for alert in &alerts {
-        assert!(readme.contains(&format!("`{alert}`")), "the README explains {alert}");
+        assert!(operations.contains(&format!("`{alert}`")), "docs/operations.md explains {alert}");
     }
     let monitor = find(&objects, "PodMonitor", "tokengate");
     assert_eq!(monitor["spec"]["jobLabel"], "app.kubernetes.io/name", "alerts select job=\"tokengate\"");

@@ -8,7 +8,7 @@
 #    closed once --read-timeout (5 s) has passed since their first byte.
 # 2. Large bodies: for each shape, ROUNDS (3) rounds of CONCURRENCY (48) concurrent bodies just
 #    under the 7 MiB limit, each shape against a fresh server; prints the server's idle RSS and
-#    peak (VmHWM) from /proc/<pid>/status, to hold against the ceiling in README.md.
+#    peak (VmHWM) from /proc/<pid>/status, to hold against the ceiling in docs/performance.md.
 #
 #   benches/attack/run.sh
 #   SLOW=1000 CONCURRENCY=96 SHAPES="sources violations" benches/attack/run.sh

@@ -6,7 +6,7 @@
 #
 # Creates the kind cluster tokengate-e2e (tests/e2e/kind-config.yaml: one control plane, two
 # workers), builds the image tokengate:dev from the Dockerfile at the repository root and loads
-# it into the nodes, makes development certificates (certs/generate.sh), installs as the README
+# it into the nodes, makes development certificates (certs/generate.sh), installs as docs/install.md
 # says (the policy once with kubectl create -k manifests/policy, then manifests/overlays/dev),
 # waits for the Deployment and for the webhooks tokengate registers to answer, checks that the
 # installed policy is in mode Warn and that applying the overlay again leaves it untouched, then

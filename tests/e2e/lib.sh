@@ -47,7 +47,7 @@ run_to() {
 
 say() { printf '==> %s\n' "$*"; }
 
-# create_policy NAMESPACE: the install's first step, as the README gives it: the policy ConfigMap
+# create_policy NAMESPACE: the install's first step, as docs/install.md gives it: the policy ConfigMap
 # (manifests/policy, mode Warn) created once. An existing one is the admins' and is left alone.
 create_policy() {
   local namespace=$1

@@ -6,7 +6,7 @@
 #   tests/e2e/local.sh --dry-run    print every command instead of running it
 #
 # Makes development certificates (certs/generate.sh), creates the policy ConfigMap once as the
-# README's install does (kubectl create -k manifests/policy; an existing one is left alone),
+# install of docs/install.md does (kubectl create -k manifests/policy; an existing one is left alone),
 # applies manifests/overlays/local (the namespace, RBAC and the webhook configurations, which
 # point at https://127.0.0.1:8443), builds tokengate (cargo build --release --locked), starts
 #   tokengate serve --policy-configmap tokengate-system/tokengate-policy ...
