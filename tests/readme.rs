@@ -196,19 +196,28 @@ fn slug(heading: &str) -> String {
         .collect()
 }
 
+/// The lines of a page outside fenced code blocks.
+fn prose_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut in_code = false;
+    text.lines().filter(move |line| {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            return false;
+        }
+        !in_code
+    })
+}
+
+/// What follows each occurrence of `marker` in `text`.
+fn after_each<'a>(text: &'a str, marker: &'a str) -> impl Iterator<Item = &'a str> {
+    text.match_indices(marker).map(move |(at, _)| &text[at + marker.len()..])
+}
+
 /// The anchors of a page: its headings (outside code blocks; a repeated one gets `-1`, `-2`, ...)
 /// and its `<a id="...">` elements.
 fn anchors(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    let mut in_code = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for line in prose_lines(text) {
         if let Some(heading) = line.strip_prefix('#').map(|h| h.trim_start_matches('#')) {
             if heading.starts_with(' ') {
                 let base = slug(heading);
@@ -221,12 +230,8 @@ fn anchors(text: &str) -> BTreeSet<String> {
                 found.insert(anchor);
             }
         }
-        let mut rest = line;
-        while let Some(at) = rest.find("<a id=\"") {
-            let after = &rest[at + "<a id=\"".len()..];
-            let id: String = after.chars().take_while(|&c| c != '"').collect();
-            found.insert(id);
-            rest = after;
+        for after in after_each(line, "<a id=\"") {
+            found.insert(after.chars().take_while(|&c| c != '"').collect());
         }
     }
     found
@@ -234,29 +239,12 @@ fn anchors(text: &str) -> BTreeSet<String> {
 
 /// The targets of a page's markdown links outside code blocks and code spans.
 fn link_targets(text: &str) -> Vec<String> {
-    let mut targets = Vec::new();
-    let mut in_code = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
-        // Code spans are the odd-numbered pieces between backticks.
-        for prose in line.split('`').step_by(2) {
-            let mut rest = prose;
-            while let Some(at) = rest.find("](") {
-                let after = &rest[at + 2..];
-                if let Some(end) = after.find(')') {
-                    targets.push(after[..end].to_string());
-                }
-                rest = after;
-            }
-        }
-    }
-    targets
+    // Code spans are the odd-numbered pieces between backticks.
+    prose_lines(text)
+        .flat_map(|line| line.split('`').step_by(2))
+        .flat_map(|prose| after_each(prose, "]("))
+        .filter_map(|after| after.find(')').map(|end| after[..end].to_string()))
+        .collect()
 }
 
 #[test]
@@ -300,4 +288,11 @@ fn slugs_follow_github() {
     );
     assert_eq!(slug("What a pod gets, and why: `tokengate explain`"), "what-a-pod-gets-and-why-tokengate-explain");
     assert_eq!(slug("Run it, test it"), "run-it-test-it");
+}
+
+#[test]
+fn links_are_read_from_prose_only() {
+    let page = "see [a](b.md#c) and `[x](y)`\n```\n[z](w)\n```\n## A heading\n<a id=\"here\"></a>\n";
+    assert_eq!(link_targets(page), ["b.md#c"]);
+    assert_eq!(anchors(page), BTreeSet::from(["a-heading".to_string(), "here".to_string()]));
 }

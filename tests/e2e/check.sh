@@ -331,7 +331,7 @@ helm() {
 }
 
 have_helm() {
-  [[ -x $TOOLS/bin/helm ]] || command -v helm >/dev/null 2>&1
+  [[ -x $TOOLS/bin/helm ]] || type -P helm >/dev/null
 }
 
 # chart_values NAME: sets CHART_VALUES to the helm arguments of that combination of values.
