@@ -49,7 +49,7 @@ pub enum Command {
     /// CSI volumes, CSIDriver specs, pod template paths, metadata) is an error of the file, and
     /// that object is not judged; the rest of the schema is not validated (use a schema
     /// validator such as kubeconform for that). Output (-o): see --output; the text format
-    /// prints a line per violation on stdout, `error: FILE:LINE: KIND NAMESPACE/NAME: FIELD:
+    /// prints a line per violation on stdout, `error: FILE:LINE: KIND [NAMESPACE/]NAME: FIELD:
     /// MESSAGE` (`warning:` when violations do not fail the run). Helm's output (`helm template
     /// | tokengate check -`) is reported against each `# Source:` template, at a line counted
     /// from the start of the document rendered from it (approximate, and said so). Exit status:

@@ -181,13 +181,10 @@ fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
         let value = Value::deserialize(yaml).map_err(|e| error(format!("document {}: {e}", index + 1)))?;
         let fields = positions.next().unwrap_or_default();
         let start = fields.get("").map_or(previous_start, |at| at.line);
-        let helm = sources.iter().rev().find(|(line, _)| *line < start && *line >= previous_start).map(
-            |(line, template)| HelmSource {
-                template: template.clone(),
-                stream: path.to_path_buf(),
-                comment_line: *line,
-            },
-        );
+        let helm =
+            sources.iter().rev().find(|(line, _)| *line < start && *line >= previous_start).map(|(line, template)| {
+                HelmSource { template: template.clone(), stream: path.to_path_buf(), comment_line: *line }
+            });
         previous_start = start;
         match value {
             Value::Null => {}
@@ -300,12 +297,16 @@ mod tests {
         std::fs::write(dir.join("bad.yaml"), "kind: [unclosed").expect("write");
         let err = load_paths(std::slice::from_ref(&dir)).expect_err("bad YAML");
         assert!(err.to_string().contains("bad.yaml"), "{err}");
-        let loaded = load_inputs(std::slice::from_ref(&dir), Reading { exclude: &globset::GlobSet::empty(), stdin_name: None });
+        let loaded =
+            load_inputs(std::slice::from_ref(&dir), Reading { exclude: &globset::GlobSet::empty(), stdin_name: None });
         assert_eq!(loaded.documents.len(), 4, "the other files are still read");
         assert_eq!(loaded.errors.len(), 1);
         let mut exclude = globset::GlobSetBuilder::new();
         exclude.add(globset::Glob::new("**/bad.yaml").expect("glob"));
-        let loaded = load_inputs(std::slice::from_ref(&dir), Reading { exclude: &exclude.build().expect("globs"), stdin_name: None });
+        let loaded = load_inputs(
+            std::slice::from_ref(&dir),
+            Reading { exclude: &exclude.build().expect("globs"), stdin_name: None },
+        );
         assert_eq!(loaded.excluded, [1]);
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         std::fs::remove_dir_all(&dir).expect("clean up");

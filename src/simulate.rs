@@ -216,7 +216,7 @@ fn not_governed_kind(api_version: &str, group: &str, kind: &str) -> String {
     }
     let homonym = Subject::governed().any(|s| s.as_str() == kind && s.resource().is_some_and(|r| r.group != group));
     if homonym {
-        format!("{kind} ({api_version}, not the Kubernetes {kind})")
+        format!("{kind} ({api_version})")
     } else {
         kind.to_string()
     }

@@ -64,8 +64,7 @@ const POD_SPEC: &[Field] = fields!(
     "restartPolicy", "runtimeClassName", "schedulerName", "schedulingGates", "securityContext", "setHostnameAsFQDN",
     "shareProcessNamespace", "subdomain", "terminationGracePeriodSeconds", "tolerations", "topologySpreadConstraints",
 );
-const POD_TEMPLATE_SPEC: &[Field] =
-    fields!("metadata": Shape::Object(OBJECT_META), "spec": Shape::Object(POD_SPEC););
+const POD_TEMPLATE_SPEC: &[Field] = fields!("metadata": Shape::Object(OBJECT_META), "spec": Shape::Object(POD_SPEC););
 const TEMPLATE: Shape = Shape::Object(POD_TEMPLATE_SPEC);
 const TOKEN_REQUEST: &[Field] = fields!("audience": Shape::String, "expirationSeconds": Shape::Integer;);
 const CSI_DRIVER_SPEC: &[Field] = fields!(
@@ -86,8 +85,7 @@ const JOB_SPEC: &[Field] = fields!("template": TEMPLATE;
     "activeDeadlineSeconds", "backoffLimit", "backoffLimitPerIndex", "completionMode", "completions", "managedBy",
     "manualSelector", "maxFailedIndexes", "parallelism", "podFailurePolicy", "podReplacementPolicy", "selector",
     "successPolicy", "suspend", "ttlSecondsAfterFinished");
-const JOB_TEMPLATE_SPEC: &[Field] =
-    fields!("metadata": Shape::Object(OBJECT_META), "spec": Shape::Object(JOB_SPEC););
+const JOB_TEMPLATE_SPEC: &[Field] = fields!("metadata": Shape::Object(OBJECT_META), "spec": Shape::Object(JOB_SPEC););
 const CRON_JOB_SPEC: &[Field] = fields!("jobTemplate": Shape::Object(JOB_TEMPLATE_SPEC);
     "concurrencyPolicy", "failedJobsHistoryLimit", "schedule", "startingDeadlineSeconds",
     "successfulJobsHistoryLimit", "suspend", "timeZone");
@@ -227,7 +225,10 @@ mod tests {
     #[test]
     fn templates_and_csi_drivers_are_read_down_to_what_tokengate_reads() {
         let cron = json!({"spec": {"jobTemplate": {"spec": {"templat": {}}}}});
-        assert_eq!(problems("batch", "CronJob", cron), ["strict decoding error: unknown field \"spec.jobTemplate.spec.templat\""]);
+        assert_eq!(
+            problems("batch", "CronJob", cron),
+            ["strict decoding error: unknown field \"spec.jobTemplate.spec.templat\""]
+        );
         let driver = json!({"spec": {"tokenRequests": [{"audience": "vault", "expirationSecond": 600}], "requiresRepublish": "yes"}});
         assert_eq!(
             problems("storage.k8s.io", "CSIDriver", driver),

@@ -241,11 +241,17 @@ impl Rule {
     /// What the rule reports, in one sentence.
     pub fn description(self) -> &'static str {
         match self {
-            Rule::Violation => "A service-account token the policy does not allow (the webhook's verdict at admission).",
-            Rule::Unverified => "Something tokengate could not verify: an object a lookup needs is not among the objects.",
+            Rule::Violation => {
+                "A service-account token the policy does not allow (the webhook's verdict at admission)."
+            }
+            Rule::Unverified => {
+                "Something tokengate could not verify: an object a lookup needs is not among the objects."
+            }
             Rule::Unreadable => "A file that cannot be read as Kubernetes objects; the other files were still checked.",
             Rule::InvalidPolicy => "The policy document has a problem; nothing was checked.",
-            Rule::InvalidObject => "A field the API server's strict decoding refuses where tokengate reads; the object was not judged.",
+            Rule::InvalidObject => {
+                "A field the API server's strict decoding refuses where tokengate reads; the object was not judged."
+            }
             Rule::Incomplete => "A kind the audit could not list from the cluster.",
             Rule::Invocation => "A problem of the command line that does not fail the run.",
         }
@@ -434,7 +440,7 @@ impl Report {
 /// The output formats of `check` and `audit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
-    /// stdout: a line per violation, `error: FILE:LINE: KIND NAMESPACE/NAME: FIELD: MESSAGE`
+    /// stdout: a line per violation, `error: FILE:LINE: KIND [NAMESPACE/]NAME: FIELD: MESSAGE`
     /// (`warning:` when violations do not fail the run); stderr: a line per file error
     /// (`error:`), note (`note:`, `error:` under --strict) and warning (`warning:`), then the
     /// summary.
