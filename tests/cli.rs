@@ -235,11 +235,17 @@ fn nothing_checked_is_said_and_fails_under_strict() {
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
+/// The example policy in Warn mode, in a fresh directory; the directory and the policy's path.
+fn warn_policy(label: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let policy = std::fs::read_to_string(root().join("examples/policy.yaml")).expect("policy");
+    let dir = scratch(label, &[("warn.yaml", &policy.replace("mode: Enforce", "mode: Warn"))]);
+    let warn = dir.join("warn.yaml");
+    (dir, warn)
+}
+
 #[test]
 fn fail_on_warn_gates_a_warn_mode_policy() {
-    let policy = std::fs::read_to_string(root().join("examples/policy.yaml")).expect("policy");
-    let dir = scratch("warn-gate", &[("warn.yaml", &policy.replace("mode: Enforce", "mode: Warn"))]);
-    let warn = dir.join("warn.yaml");
+    let (dir, warn) = warn_policy("warn-gate");
     let warn = warn.to_str().expect("utf-8");
     assert_eq!(code(&tokengate(&["check", "--policy", warn, "examples/manifests"], b"")), 0);
     assert_eq!(code(&tokengate(&["check", "--policy", warn, "--fail-on-warn", "examples/manifests"], b"")), 1);
@@ -624,9 +630,7 @@ fn strict_names_the_notes_that_fail_it_and_assume_present_declares_what_is_elsew
 
 #[test]
 fn a_violation_says_whether_it_fails_the_run() {
-    let policy = std::fs::read_to_string(root().join("examples/policy.yaml")).expect("policy");
-    let dir = scratch("severity", &[("warn.yaml", &policy.replace("mode: Enforce", "mode: Warn"))]);
-    let warn = dir.join("warn.yaml");
+    let (dir, warn) = warn_policy("severity");
     let bad = "examples/manifests/bad/pod-forbidden-audience.yaml";
     for (policy, gate, level) in [
         ("examples/policy.yaml", None, "error"),
@@ -690,8 +694,8 @@ fn a_custom_resource_named_deployment_is_not_a_deployment() {
         let expected = match format {
             "text" => String::new(),
             "json" => "\"Deployment (example.com/v1)\": 1".to_string(),
-            "junit" => format!("<system-out>checked 0 object(s) in 1 file(s)"),
-            "github" => format!("::notice title=tokengate summary::checked 0 object(s)"),
+            "junit" => "<system-out>checked 0 object(s) in 1 file(s)".to_string(),
+            "github" => "::notice title=tokengate summary::checked 0 object(s)".to_string(),
             _ => "\"Deployment (example.com/v1)\": 1".to_string(),
         };
         assert!(stdout.contains(&expected) && !stdout.contains("forbidden"), "{format}: {stdout}");
@@ -735,6 +739,19 @@ fn claimed_keys(claim: &str) -> Vec<String> {
     keys.iter().map(|k| k.split(':').next().unwrap_or_default().trim().to_string()).collect()
 }
 
+/// Each line of text output reads `error: FILE:LINE: KIND [NAMESPACE/]NAME: FIELD: MESSAGE`.
+fn assert_text_lines_as_helped(stdout: &str) {
+    for line in stdout.lines() {
+        let rest = line.strip_prefix("error: ").expect("a severity word");
+        let (at, rest) = rest.split_once(": ").expect("FILE:LINE");
+        assert!(at.rsplit_once(':').is_some_and(|(_, n)| n.parse::<usize>().is_ok()), "{line}");
+        let (object, rest) = rest.split_once(": ").expect("KIND NAMESPACE/NAME");
+        assert!(object.contains(' '), "{line}");
+        let (field, message) = rest.split_once(": ").expect("FIELD: MESSAGE");
+        assert!(!field.contains(' ') && !message.is_empty(), "{line}");
+    }
+}
+
 #[test]
 fn check_help_says_what_each_format_prints() {
     let help = check_help();
@@ -750,15 +767,7 @@ fn check_help_says_what_each_format_prints() {
         ),
         "{help}"
     );
-    for line in stdout("text").lines() {
-        let rest = line.strip_prefix("error: ").expect("a severity word");
-        let (at, rest) = rest.split_once(": ").expect("FILE:LINE");
-        assert!(at.rsplit_once(':').is_some_and(|(_, n)| n.parse::<usize>().is_ok()), "{line}");
-        let (object, rest) = rest.split_once(": ").expect("KIND NAMESPACE/NAME");
-        assert!(object.contains(' '), "{line}");
-        let (field, message) = rest.split_once(": ").expect("FIELD: MESSAGE");
-        assert!(!field.contains(' ') && !message.is_empty(), "{line}");
-    }
+    assert_text_lines_as_helped(&stdout("text"));
     // json: the keys the help lists are the keys printed, and a violation's too.
     let claim = help.split("one JSON document: `{").nth(1).and_then(|c| c.split("}`").next()).expect("a JSON claim");
     let report: Value = serde_json::from_str(&stdout("json")).expect("JSON");
