@@ -427,7 +427,7 @@ pub struct PolicySourceArgs {
 pub struct AuditArgs {
     #[command(flatten)]
     pub policy: PolicySourceArgs,
-    /// Output format: `text`, `json`, `junit` or `github` (as for check).
+    /// Output format: `text`, `json`, `junit`, `github` or `sarif` (as for check).
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// The kubeconfig file to use, instead of KUBECONFIG or ~/.kube/config (as kubectl's

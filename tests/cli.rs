@@ -811,3 +811,32 @@ fn check_help_says_what_each_format_prints() {
     assert!(stdout("github").lines().last().is_some_and(|l| l.starts_with("::notice title=tokengate summary::")));
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[test]
+fn explain_shows_every_note_check_prints_for_the_same_files() {
+    for path in ["examples/manifests", "tests/fixtures/explain/manifests.yaml"] {
+        let check = tokengate(&["check", "--policy", "examples/policy.yaml", "-o", "json", path], b"");
+        let explain = tokengate(&["explain", "--policy", "examples/policy.yaml", "-o", "json", path], b"");
+        let check: Value = serde_json::from_slice(&check.stdout).expect("check JSON");
+        let explain: Value = serde_json::from_slice(&explain.stdout).expect("explain JSON");
+        let mut checked: Vec<String> = check["notes"]
+            .as_array()
+            .expect("notes")
+            .iter()
+            .map(|n| format!("{} {}: {}", n["kind"], n["name"], n["message"]))
+            .collect();
+        let mut explained: Vec<String> = explain["objects"]
+            .as_array()
+            .expect("objects")
+            .iter()
+            .flat_map(|o| {
+                let object = format!("{} {}", o["kind"], o["name"]);
+                o["notes"].as_array().into_iter().flatten().map(move |n| format!("{object}: {n}"))
+            })
+            .collect();
+        checked.sort();
+        explained.sort();
+        assert!(!checked.is_empty(), "{path}");
+        assert_eq!(checked, explained, "{path}");
+    }
+}
