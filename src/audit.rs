@@ -40,7 +40,7 @@ const PAGE_SIZE: u32 = 250;
 /// Objects read from a cluster are judged as they run (no mutation is simulated) and always name
 /// their namespace.
 const OPTIONS: simulate::Options<'static> =
-    simulate::Options { default_namespace: "default", mutate_pods_first: false };
+    simulate::Options { default_namespace: "default", mutate_pods_first: false, assume_present: &[] };
 
 /// How often a kind's list is started again after expiring between two pages.
 pub const EXPIRED_LIST_RESTARTS: usize = 3;
@@ -353,7 +353,7 @@ impl Auditor<'_> {
     fn undecodable(&mut self, kind: &str, namespace: Option<String>, name: String, error: &str) {
         self.audit.report.checked += 1;
         self.audit.report.violations.push(Finding {
-            object: ObjectRef { file: None, line: None, kind: kind.to_string(), namespace, name },
+            object: ObjectRef { file: None, line: None, rendered: None, kind: kind.to_string(), namespace, name },
             field: "object".to_string(),
             message: format!("does not decode, so it could not be judged: {error}"),
         });

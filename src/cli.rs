@@ -44,9 +44,18 @@ pub enum Command {
     /// CronJob, ReplicationController, PodTemplate) and CSIDrivers are judged as the webhooks
     /// would judge them at admission; Pods are first given the injections the mutating
     /// webhook would add. ServiceAccounts and CSIDrivers found among the manifests are used
-    /// for lookups, together with --objects. Prints one line per violation:
-    /// `file: Kind namespace/name: field: message`. Exit status: 1 when any violation would
-    /// be denied (policy mode Enforce), 0 otherwise, 2 on unreadable input.
+    /// for lookups, together with --objects. A field the API server's strict decoding refuses
+    /// where tokengate reads (an unknown or mistyped field in volumes, projected token sources,
+    /// CSI volumes, CSIDriver specs, pod template paths, metadata) is an error of the file, and
+    /// that object is not judged; the rest of the schema is not validated (use a schema
+    /// validator such as kubeconform for that). Output (-o): see --output; the text format
+    /// prints a line per violation on stdout, `error: FILE:LINE: KIND [NAMESPACE/]NAME: FIELD:
+    /// MESSAGE` (`warning:` when violations do not fail the run). Helm's output (`helm template
+    /// | tokengate check -`) is reported against each `# Source:` template, at a line counted
+    /// from the start of the document rendered from it (approximate, and said so). Exit status:
+    /// 2 when a file, an object or the policy cannot be read (after reporting the rest); else 1
+    /// when a violation fails the run (policy mode Enforce, or any mode with --fail-on-warn) or
+    /// --strict fails; else 0.
     Check(CheckArgs),
     /// Work with policy documents.
     #[command(subcommand)]
@@ -418,7 +427,7 @@ pub struct PolicySourceArgs {
 pub struct AuditArgs {
     #[command(flatten)]
     pub policy: PolicySourceArgs,
-    /// Output format: `text`, `json`, `junit` or `github` (as for check).
+    /// Output format: `text`, `json`, `junit`, `github` or `sarif` (as for check).
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// The kubeconfig file to use, instead of KUBECONFIG or ~/.kube/config (as kubectl's
@@ -458,8 +467,9 @@ pub struct CheckArgs {
     /// ...), as multi-document YAML or a `kind: List`. Repeat for several files.
     #[arg(long, value_name = "FILE")]
     pub objects: Vec<PathBuf>,
-    /// Output format: `text` (one line per violation), `json` (one document), `junit` (JUnit
-    /// XML for CI test reports) or `github` (GitHub Actions annotations with file and line).
+    /// Output format, each described below (every format carries the violations, notes, file
+    /// errors and warnings; stderr always has the text lines other than violations, and the
+    /// summary).
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// The namespace of objects whose manifests name none, as `kubectl apply -n` would: every
@@ -470,13 +480,31 @@ pub struct CheckArgs {
     /// runs the policy in Warn or Audit mode.
     #[arg(long)]
     pub fail_on_warn: bool,
-    /// Fail (exit 1) when something could not be checked: a lookup found nothing among the
-    /// objects (e.g. a CSIDriver a pod mounts is not among the files), or no object was checked.
+    /// Fail (exit 1) when something could not be checked: a note (a lookup found nothing among
+    /// the objects, e.g. the ServiceAccount of a Deployment or a CSIDriver a pod mounts is not
+    /// among the files), or no object was checked. Notes are then printed as errors and the
+    /// summary names the objects they are about.
     #[arg(long)]
     pub strict: bool,
-    /// Skip files whose path matches this glob (e.g. `**/templates/tests/**`); repeatable.
+    /// An object deliberately absent from the files and --objects (defined elsewhere, e.g. a
+    /// ServiceAccount another chart creates): `KIND/NAMESPACE/NAME`, or `KIND/NAME` for
+    /// cluster-scoped kinds (CSIDriver, PersistentVolume); `*` and other globs in NAMESPACE and
+    /// NAME (`ServiceAccount/team-a/*`). A lookup of it that finds nothing is not noted (so
+    /// --strict passes); what tokengate would read of it (a ServiceAccount's annotations, a
+    /// CSIDriver's tokenRequests) is still unknown and not checked. Repeatable.
+    #[arg(long, value_name = "KIND/NAMESPACE/NAME")]
+    pub assume_present: Vec<crate::simulate::Assumed>,
+    /// Skip files whose path matches this glob (e.g. `**/templates/tests/**`); repeatable. A
+    /// glob that matches no file is reported as a warning (stderr, and in every format), and
+    /// does not change the exit status.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// The file name to report for objects read from standard input (`-`), e.g. the file a
+    /// generator rendered; documents under a Helm `# Source:` comment are reported against
+    /// their template instead. Without it, standard input is reported as `-`, and GitHub
+    /// annotations of it carry their line in the message (they can point at no file).
+    #[arg(long, value_name = "NAME")]
+    pub stdin_filename: Option<PathBuf>,
     /// Manifest files or directories to check; `-` reads standard input
     /// (`helm template . | tokengate check --policy p.yaml -`).
     #[arg(value_name = "PATH", required = true)]

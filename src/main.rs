@@ -256,14 +256,27 @@ async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Err(err) => return print_report(&policy_problems_report(&args.policy, &err), args.output, gate),
     };
     let exclude = exclude_globs(&args.exclude)?;
-    let loaded = manifest::load_inputs(&args.paths, &exclude);
+    let reading = manifest::Reading { exclude: &exclude, stdin_name: args.stdin_filename.as_deref() };
+    let loaded = manifest::load_inputs(&args.paths, reading);
     let (cluster, extras) = load_offline_cluster(&args.objects, &loaded.documents, &args.namespace)?;
-    let options = simulate::Options { default_namespace: &args.namespace, mutate_pods_first: true };
+    let options = simulate::Options {
+        default_namespace: &args.namespace,
+        mutate_pods_first: true,
+        assume_present: &args.assume_present,
+    };
     let mut report = simulate::judge(&policy, &loaded.documents, &cluster, &extras, options).await;
-    report.errors = loaded
-        .errors
-        .into_iter()
-        .map(|e| FileError { file: e.path, line: None, reason: FileErrorReason::Unreadable, message: e.message })
+    report.files = Some(loaded.files);
+    let unreadable = loaded.errors.into_iter().map(|e| {
+        let place = manifest::Place { file: Some(e.path), ..manifest::Place::default() };
+        FileError::at(place, FileErrorReason::Unreadable, e.message)
+    });
+    report.errors.splice(0..0, unreadable);
+    report.warnings = args
+        .exclude
+        .iter()
+        .zip(&loaded.excluded)
+        .filter(|(_, count)| **count == 0)
+        .map(|(pattern, _)| format!("--exclude {pattern:?} matched no file"))
         .collect();
     print_report(&report, args.output, gate)
 }
@@ -274,11 +287,13 @@ fn policy_problems_report(file: &Path, err: &PolicyError) -> Report {
     report.errors = err
         .problems()
         .iter()
-        .map(|problem| FileError {
-            file: file.to_path_buf(),
-            line: problem.position.map(|at| at.line),
-            reason: FileErrorReason::InvalidPolicy,
-            message: format!("invalid policy: {problem}"),
+        .map(|problem| {
+            let place = manifest::Place {
+                file: Some(file.to_path_buf()),
+                line: problem.position.map(|at| at.line),
+                rendered: None,
+            };
+            FileError::at(place, FileErrorReason::InvalidPolicy, format!("invalid policy: {problem}"))
         })
         .collect();
     report
@@ -404,13 +419,15 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let report = match (&args.pod, client) {
         (Some(pod), Some(client)) => {
             let live = explain::live::fetch_pod(client, &pod.namespace, &pod.name).await?;
-            let options = simulate::Options { default_namespace: &pod.namespace, mutate_pods_first: false };
+            let options =
+                simulate::Options { default_namespace: &pod.namespace, mutate_pods_first: false, assume_present: &[] };
             explain::explain(&policy, &live.documents, &live.store, &live.extras, options).await
         }
         _ => {
             let documents = manifest::load_paths(&args.paths)?;
             let (cluster, extras) = load_offline_cluster(&args.objects, &documents, &args.namespace)?;
-            let options = simulate::Options { default_namespace: &args.namespace, mutate_pods_first: true };
+            let options =
+                simulate::Options { default_namespace: &args.namespace, mutate_pods_first: true, assume_present: &[] };
             explain::explain(&policy, &documents, &cluster, &extras, options).await
         }
     };

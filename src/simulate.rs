@@ -13,7 +13,7 @@ use crate::k8s;
 use crate::k8s::tokens::{AUTOMOUNT_EXPIRATION_SECONDS, AUTOMOUNT_TOKEN_PATH, AUTOMOUNT_VOLUME_PREFIX};
 use crate::manifest::Document;
 use crate::policy::Policy;
-use crate::report::{Finding, Note, ObjectRef, Report};
+use crate::report::{FileError, FileErrorReason, Finding, Note, ObjectRef, Report};
 use crate::review::admission::{AdmissionRequest, GroupVersionKind, Operation, RequestObject, UserInfo};
 use crate::review::credentials::{self, Found};
 use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
@@ -28,8 +28,53 @@ pub struct Options<'a> {
     pub default_namespace: &'a str,
     /// Whether Pods and templates are first given what the API server adds before the
     /// validating webhook (manifests not yet applied), or judged as they are (objects already
-    /// in a cluster).
+    /// in a cluster). Manifests are also read as the API server's strict decoding reads them:
+    /// an object with an unknown or mistyped field where tokengate reads is refused, not judged.
     pub mutate_pods_first: bool,
+    /// Objects deliberately absent from the objects (defined elsewhere): a lookup of one that
+    /// finds nothing is not noted.
+    pub assume_present: &'a [Assumed],
+}
+
+/// An object deliberately absent from the objects given (`--assume-present
+/// KIND/NAMESPACE/NAME`, or `KIND/NAME` for cluster-scoped kinds; globs in the names).
+#[derive(Debug, Clone)]
+pub struct Assumed {
+    kind: String,
+    namespace: Option<globset::GlobMatcher>,
+    name: globset::GlobMatcher,
+}
+
+impl Assumed {
+    /// Whether the lookup of `kind` `namespace`/`name` is covered.
+    pub fn covers(&self, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+        let namespace_matches = match (&self.namespace, namespace) {
+            (Some(glob), Some(namespace)) => glob.is_match(namespace),
+            (None, None) => true,
+            _ => false,
+        };
+        self.kind.eq_ignore_ascii_case(kind) && namespace_matches && self.name.is_match(name)
+    }
+}
+
+impl std::str::FromStr for Assumed {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let compile = |pattern: &str| {
+            crate::policy::globs::glob(pattern).map(|g| g.compile_matcher()).map_err(|e| format!("{pattern:?}: {e}"))
+        };
+        let parts: Vec<&str> = text.split('/').collect();
+        let (kind, namespace, name) = match parts.as_slice() {
+            [kind, name] => (kind, None, name),
+            [kind, namespace, name] => (kind, Some(compile(namespace)?), name),
+            _ => return Err(format!("{text:?} is not KIND/NAMESPACE/NAME (or KIND/NAME for a cluster-scoped kind)")),
+        };
+        if kind.is_empty() || name.is_empty() {
+            return Err(format!("{text:?} names no kind or no name"));
+        }
+        Ok(Assumed { kind: kind.to_string(), namespace, name: compile(name)? })
+    }
 }
 
 /// What offline commands read of the objects beyond what decisions look up: the CSIDrivers'
@@ -149,7 +194,7 @@ pub fn classify(object: &Value, default_namespace: &str) -> Result<Classified, N
     let subject = Subject::of(group, kind, None);
     let legacy_token = object.get("type").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_TOKEN_TYPE);
     if matches!(subject, Subject::Other | Subject::TokenRequest) || (subject == Subject::Secret && !legacy_token) {
-        return Err(NotGoverned { kind: if kind.is_empty() { "(no kind)".to_string() } else { kind.to_string() } });
+        return Err(NotGoverned { kind: not_governed_kind(api_version, group, kind) });
     }
     let metadata = |key: &str| object.pointer(&format!("/metadata/{key}")).and_then(Value::as_str);
     Ok(Classified {
@@ -160,6 +205,21 @@ pub fn classify(object: &Value, default_namespace: &str) -> Result<Classified, N
             .then(|| metadata("namespace").unwrap_or(default_namespace).to_string()),
         name: metadata("name").or(metadata("generateName")).unwrap_or_default().to_string(),
     })
+}
+
+/// How a kind tokengate does not govern is counted: by its kind, with its apiVersion when a kind
+/// of that name is governed in another group (a custom resource `example.com/v1 Deployment` is
+/// no Deployment).
+fn not_governed_kind(api_version: &str, group: &str, kind: &str) -> String {
+    if kind.is_empty() {
+        return "(no kind)".to_string();
+    }
+    let homonym = Subject::governed().any(|s| s.as_str() == kind && s.resource().is_some_and(|r| r.group != group));
+    if homonym {
+        format!("{kind} ({api_version})")
+    } else {
+        kind.to_string()
+    }
 }
 
 /// The pod as the kubelet will run it (the Pod itself, or a workload's template as a Pod), and
@@ -208,7 +268,7 @@ pub async fn create<C: Cluster>(
     cluster: &C,
     extras: &Extras,
 ) -> Created {
-    let lookups = Recorder { cluster, misses: Mutex::default() };
+    let lookups = Recorder { cluster, assumed: options.assume_present, misses: Mutex::default() };
     let mut notes = Vec::new();
     let mut violations = Vec::new();
     let pod = match target.is_pod_like() {
@@ -355,10 +415,19 @@ pub async fn judge<C: Cluster>(
                 continue;
             }
         };
+        if options.mutate_pods_first {
+            let refused = refused_fields(document, &target);
+            if !refused.is_empty() {
+                report.errors.extend(refused);
+                continue;
+            }
+        }
         report.checked += 1;
+        let place = document.place("");
         let reference = ObjectRef {
-            file: document.file.clone(),
-            line: document.line,
+            file: place.file,
+            line: place.line,
+            rendered: place.rendered,
             kind: target.kind.clone(),
             namespace: target.namespace.clone(),
             name: target.name.clone(),
@@ -372,6 +441,26 @@ pub async fn judge<C: Cluster>(
         }));
     }
     report
+}
+
+/// The fields of a manifest the API server's strict decoding refuses where tokengate reads, each
+/// as an error at its line: such an object never reaches admission, and what tokengate would
+/// make of it is a misreading.
+fn refused_fields(document: &Document, target: &Classified) -> Vec<FileError> {
+    let Some(fields) = k8s::schema::object_fields(&target.group, &target.kind) else { return Vec::new() };
+    let mut errors: Vec<FileError> = k8s::schema::strict_problems(&document.object, fields)
+        .into_iter()
+        .map(|problem| {
+            let message = format!(
+                "{}: {} (the API server refuses the object; it was not judged)",
+                target.label(),
+                problem.message
+            );
+            FileError::at(document.place(&problem.path), FileErrorReason::InvalidObject, message)
+        })
+        .collect();
+    errors.sort_by_key(|e| e.line);
+    errors
 }
 
 /// The tokens of CSI drivers the pod reaches through claims: `persistentVolumeClaim` volumes,
@@ -438,12 +527,22 @@ pub async fn claim_credentials<'a, C: Cluster>(
 /// something went unchecked, not that it does not exist.
 struct Recorder<'a, C> {
     cluster: &'a C,
+    /// What is deliberately absent: not noted.
+    assumed: &'a [Assumed],
     misses: Mutex<Vec<String>>,
 }
 
 impl<C> Recorder<'_, C> {
-    fn note<T>(&self, found: Lookup<T>, missing: impl FnOnce() -> String) -> Lookup<T> {
-        if matches!(found, Ok(None)) {
+    /// Notes a lookup of `object` (kind, namespace, name) that found nothing, unless it is assumed
+    /// present.
+    fn note<T>(
+        &self,
+        found: Lookup<T>,
+        (kind, namespace, name): (&str, Option<&str>, &str),
+        missing: impl FnOnce() -> String,
+    ) -> Lookup<T> {
+        let assumed = self.assumed.iter().any(|a| a.covers(kind, namespace, name));
+        if matches!(found, Ok(None)) && !assumed {
             let message = missing();
             let mut misses = self.misses.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if !misses.contains(&message) {
@@ -456,31 +555,32 @@ impl<C> Recorder<'_, C> {
 
 impl<C: Cluster> Cluster for Recorder<'_, C> {
     async fn service_account(&self, namespace: &str, name: &str) -> Lookup<ServiceAccountInfo> {
-        self.note(self.cluster.service_account(namespace, name).await, || {
+        self.note(self.cluster.service_account(namespace, name).await, ("ServiceAccount", Some(namespace), name), || {
             format!("ServiceAccount {namespace}/{name} is not among the objects: injections that match on its annotations, and env values taken from them, were not checked")
         })
     }
 
     async fn csi_driver(&self, name: &str) -> Lookup<CsiDriverInfo> {
-        self.note(self.cluster.csi_driver(name).await, || {
+        self.note(self.cluster.csi_driver(name).await, ("CSIDriver", None, name), || {
             format!("CSIDriver {name} is not among the objects: its token requests were not checked")
         })
     }
 
     async fn pod(&self, namespace: &str, name: &str) -> Lookup<PodInfo> {
-        self.note(self.cluster.pod(namespace, name).await, || {
+        self.note(self.cluster.pod(namespace, name).await, ("Pod", Some(namespace), name), || {
             format!("Pod {namespace}/{name} is not among the objects")
         })
     }
 
     async fn persistent_volume_claim(&self, namespace: &str, name: &str) -> Lookup<ClaimInfo> {
-        self.note(self.cluster.persistent_volume_claim(namespace, name).await, || {
+        let object = ("PersistentVolumeClaim", Some(namespace), name);
+        self.note(self.cluster.persistent_volume_claim(namespace, name).await, object, || {
             format!("PersistentVolumeClaim {namespace}/{name} is not among the objects")
         })
     }
 
     async fn persistent_volume(&self, name: &str) -> Lookup<VolumeInfo> {
-        self.note(self.cluster.persistent_volume(name).await, || {
+        self.note(self.cluster.persistent_volume(name).await, ("PersistentVolume", None, name), || {
             format!("PersistentVolume {name} is not among the objects")
         })
     }

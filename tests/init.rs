@@ -146,7 +146,7 @@ fn violations(text: &str, documents: &[Document]) -> Vec<String> {
     for document in documents {
         store.insert(&document.object).expect("generated objects decode");
     }
-    let options = simulate::Options { default_namespace: "default", mutate_pods_first: true };
+    let options = simulate::Options { default_namespace: "default", mutate_pods_first: true, assume_present: &[] };
     let extras = Extras::from_documents(documents, "default");
     let report = block(simulate::judge(&policy, documents, &store, &extras, options));
     report

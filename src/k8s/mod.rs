@@ -6,6 +6,7 @@ pub mod api;
 pub mod kinds;
 pub mod names;
 pub mod paths;
+pub mod schema;
 pub mod tokens;
 pub mod volumes;
 
