@@ -37,6 +37,8 @@ pub struct Loaded {
 #[error("{}: {message}", path.display())]
 pub struct ManifestError {
     pub path: PathBuf,
+    /// The line of the file where the problem is (1-based), when known.
+    pub line: Option<usize>,
     pub message: String,
 }
 
@@ -78,7 +80,7 @@ pub fn load_inputs(paths: &[PathBuf], exclude: &globset::GlobSet) -> Loaded {
 /// Reads the objects of one file (`-`: standard input); `kind: *List` documents are expanded
 /// into their items.
 pub fn load_file(path: &Path) -> Result<Vec<Document>, ManifestError> {
-    let error = |message: String| ManifestError { path: path.to_path_buf(), message };
+    let error = |message: String| ManifestError { path: path.to_path_buf(), line: None, message };
     let text = if path.as_os_str() == STDIN {
         std::io::read_to_string(std::io::stdin()).map_err(|e| error(format!("reading standard input: {e}")))?
     } else {
@@ -87,12 +89,18 @@ pub fn load_file(path: &Path) -> Result<Vec<Document>, ManifestError> {
     let lines = crate::positions::positions(&text);
     let mut documents = Vec::new();
     for (index, yaml) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-        let value = Value::deserialize(yaml).map_err(|e| error(format!("document {}: {e}", index + 1)))?;
         let at = |path: &str| lines.get(index).and_then(|p| p.get(path)).map(|p| p.line);
+        let value = Value::deserialize(yaml).map_err(|e| ManifestError {
+            line: e.location().map(|l| l.line()),
+            ..error(format!("document {}: {e}", index + 1))
+        })?;
         match value {
             Value::Null => {}
             Value::Object(_) => expand(value, path, &at, "", &mut documents),
-            _ => return Err(error(format!("document {} is not a Kubernetes object", index + 1))),
+            _ => {
+                let message = format!("document {} is not a Kubernetes object", index + 1);
+                return Err(ManifestError { line: at(""), ..error(message) });
+            }
         }
     }
     Ok(documents)
@@ -117,7 +125,7 @@ fn expand(value: Value, file: &Path, line: &dyn Fn(&str) -> Option<usize>, at: &
 }
 
 fn files_under(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
-    let error = |message: String| ManifestError { path: path.to_path_buf(), message };
+    let error = |message: String| ManifestError { path: path.to_path_buf(), line: None, message };
     let metadata = std::fs::metadata(path).map_err(|e| error(e.to_string()))?;
     if !metadata.is_dir() {
         return Ok(vec![path.to_path_buf()]);
