@@ -12,8 +12,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 
 use tokengate::cli::{
     about, AuditArgs, CheckArgs, Cli, Command, ExplainArgs, ExplainFormat, InitArgs, LogFormat, ManArgs,
-    ManageWebhooksArgs, OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs, ServeArgs, WebhookArg,
-    WebhooksArgs,
+    ManageWebhooksArgs, OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs, ServeArgs, WebhookArg, WebhooksArgs,
 };
 use tokengate::cluster::audiences::audiences_of_token_file;
 use tokengate::cluster::kubeconfig::{self, ClientOptions};
@@ -442,7 +441,8 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
 fn run_man(args: ManArgs) -> anyhow::Result<ExitCode> {
     match args.dir {
         Some(dir) => {
-            let written = about::man_pages(&dir).with_context(|| format!("writing manual pages to {}", dir.display()))?;
+            let written =
+                about::man_pages(&dir).with_context(|| format!("writing manual pages to {}", dir.display()))?;
             for page in written {
                 println!("{}", page.display());
             }

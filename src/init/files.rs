@@ -41,7 +41,9 @@ pub fn read(paths: &[PathBuf], exclude: &GlobSet) -> Result<FilesRead, FilesErro
             let hint = match (path.as_os_str() == STDIN, exclude.is_empty()) {
                 (true, _) => "standard input holds no object",
                 (false, true) => "directories are read for files ending in .yaml, .yml or .json",
-                (false, false) => "directories are read for files ending in .yaml, .yml or .json not matched by --exclude",
+                (false, false) => {
+                    "directories are read for files ending in .yaml, .yml or .json not matched by --exclude"
+                }
             };
             return Err(FilesError::NoManifest { path: path.clone(), hint, skipped: loaded.errors });
         }

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::manifest::Document;
-use crate::review::pod_view::PodView;
 
 // aws/amazon-eks-pod-identity-webhook: `NewModifier` (pkg/handler/handler.go) defaults to the
 // audience sts.amazonaws.com and 86400 s (`pkg.DefaultTokenExpiration`) in the volume
@@ -85,10 +84,7 @@ impl ServiceAccounts {
             }
             let namespace = text("/metadata/namespace").unwrap_or(default_namespace).to_string();
             let name = text("/metadata/name").unwrap_or_default().to_string();
-            let annotations = object.pointer("/metadata/annotations").and_then(Value::as_object);
-            let annotations = annotations.into_iter().flatten();
-            let annotations = annotations.filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect();
-            accounts.insert((namespace, name), annotations);
+            accounts.insert((namespace, name), string_map(object, "/metadata/annotations"));
         }
         ServiceAccounts(accounts)
     }
@@ -111,19 +107,25 @@ pub fn reads_service_account_annotation(key: &str) -> bool {
     key.starts_with("eks.amazonaws.com/") || key.starts_with("azure.workload.identity/")
 }
 
-/// The tokens the webhooks will add to the pod (or template) `view`, given its ServiceAccount's
-/// annotations among `accounts`.
-pub fn of_pod(view: &PodView<'_>, accounts: &ServiceAccounts) -> Vec<Injected> {
-    let account = accounts.annotations(view.namespace, view.service_account);
-    let label = |key: &str| view.labels.and_then(|labels| labels.get(key));
+/// The tokens the webhooks will add to `pod` (a Pod, or a template as a Pod) that runs as
+/// `service_account` in `namespace`, given its ServiceAccount's annotations among `accounts`.
+pub fn of_pod(pod: &Value, (namespace, service_account): (&str, &str), accounts: &ServiceAccounts) -> Vec<Injected> {
+    let account = accounts.annotations(namespace, service_account);
+    let (labels, annotations) = (string_map(pod, "/metadata/labels"), string_map(pod, "/metadata/annotations"));
     let mut found = Vec::new();
-    if label(EKS_SKIP_LABEL).is_none() {
-        found.extend(account.and_then(|account| eks_token(account, view.annotations)));
+    if !labels.contains_key(EKS_SKIP_LABEL) {
+        found.extend(account.and_then(|account| eks_token(account, Some(&annotations))));
     }
-    if label(AZURE_USE_LABEL).is_some_and(|value| value == "true") {
-        found.extend(azure_token(view.annotations, account));
+    if labels.get(AZURE_USE_LABEL).is_some_and(|value| value == "true") {
+        found.extend(azure_token(Some(&annotations), account));
     }
     found
+}
+
+/// The string values of the object at `pointer` in `object` (labels, annotations).
+fn string_map(object: &Value, pointer: &str) -> BTreeMap<String, String> {
+    let map = object.pointer(pointer).and_then(Value::as_object).into_iter().flatten();
+    map.filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string()))).collect()
 }
 
 /// The IRSA token for a ServiceAccount with these annotations, with the pod's annotations when
@@ -141,10 +143,7 @@ fn eks_token(account: &BTreeMap<String, String>, pod: Option<&BTreeMap<String, S
 
 /// The Azure workload identity token of a labelled pod; `None` when its lifetime annotation
 /// makes the webhook refuse the pod.
-fn azure_token(
-    pod: Option<&BTreeMap<String, String>>,
-    account: Option<&BTreeMap<String, String>>,
-) -> Option<Injected> {
+fn azure_token(pod: Option<&BTreeMap<String, String>>, account: Option<&BTreeMap<String, String>>) -> Option<Injected> {
     let given = |annotations| annotation(annotations, AZURE_TOKEN_EXPIRATION).filter(|value| !value.is_empty());
     let seconds = match given(pod).or_else(|| given(account)) {
         Some(value) => value.parse::<u64>().ok().filter(|s| AZURE_SECONDS.contains(s))?,
@@ -161,7 +160,6 @@ fn annotation<'a>(annotations: Option<&'a BTreeMap<String, String>>, key: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::Pod;
     use serde_json::json;
 
     fn accounts(annotations: Value) -> ServiceAccounts {
@@ -171,11 +169,9 @@ mod tests {
     }
 
     fn injected(metadata: Value, accounts: &ServiceAccounts) -> Vec<(Injector, String, u64)> {
-        let pod: Pod = serde_json::from_value(json!({"metadata": metadata,
-            "spec": {"serviceAccountName": "web", "containers": [{"name": "app"}]}}))
-        .expect("a pod");
-        let view = PodView::new(&pod, "team-a", "spec".to_string()).expect("a spec");
-        of_pod(&view, accounts).into_iter().map(|i| (i.injector, i.audience, i.seconds)).collect()
+        let pod = json!({"metadata": metadata, "spec": {"serviceAccountName": "web", "containers": [{"name": "app"}]}});
+        let found = of_pod(&pod, ("team-a", "web"), accounts);
+        found.into_iter().map(|i| (i.injector, i.audience, i.seconds)).collect()
     }
 
     #[test]
@@ -194,7 +190,8 @@ mod tests {
         assert!(injected(skipped, &accounts(arn.clone())).is_empty());
         assert!(injected(json!({}), &accounts(json!({"eks.amazonaws.com/role-arn": ""}))).is_empty());
         assert!(injected(json!({}), &ServiceAccounts::default()).is_empty(), "no ServiceAccount, no role");
-        let listed: Vec<_> = accounts(arn).irsa().map(|(ns, sa, i)| (ns.to_string(), sa.to_string(), i.seconds)).collect();
+        let listed: Vec<_> =
+            accounts(arn).irsa().map(|(ns, sa, i)| (ns.to_string(), sa.to_string(), i.seconds)).collect();
         assert_eq!(listed, [("team-a".to_string(), "web".to_string(), 86_400)]);
     }
 

@@ -140,7 +140,8 @@ pub async fn draft(documents: &[Document], options: InitOptions<'_>) -> Result<D
         read_pod(object, &subject, (&base, &store, &accounts), &mut needs).await;
     }
     for (namespace, name, injected) in accounts.irsa() {
-        let used = Use { namespace: namespace.to_string(), service_account: name.to_string(), seconds: injected.seconds };
+        let used =
+            Use { namespace: namespace.to_string(), service_account: name.to_string(), seconds: injected.seconds };
         needs.admit_injected(&injected, used, &format!("ServiceAccount {namespace}/{name}"));
     }
     Ok(result.complete(needs, options.namespace_globs))
@@ -168,7 +169,7 @@ async fn read_pod(
     }) {
         needs.add(&credential, &view, &label, base.min_seconds());
     }
-    for injected in injectors::of_pod(&view, accounts) {
+    for injected in injectors::of_pod(&pod, (view.namespace, view.service_account), accounts) {
         needs.admit_injected(&injected, Use::of(&view, injected.seconds), &label);
     }
 }
