@@ -11,6 +11,8 @@ use crate::server::tls::CertificateFiles;
 use crate::server::ServerConfig;
 use crate::source::ConfigMapRef;
 
+pub mod about;
+
 /// tokengate governs which service-account tokens a Kubernetes cluster may mint: audiences
 /// per namespace and service account, lifetimes, what kubelets may request, and the
 /// projected-token volumes pods must carry.
@@ -82,8 +84,9 @@ pub enum Command {
     /// effective lifetime, when the kubelet refreshes it, the containers that mount it, and the
     /// verdict: the spec.audiences entry that allows it, or the violation as the webhook words
     /// it. Manifests are first given what the mutating webhook would add; a live pod is
-    /// explained as it runs. Exit status: 1 when any violation would be denied (policy mode
-    /// Enforce), 0 otherwise, 2 on unreadable input or an unreachable cluster.
+    /// explained as it runs. Give manifests (PATH...) or --pod. Exit status: 1 when any violation
+    /// would be denied (policy mode Enforce), 0 otherwise, 2 on unreadable input, an unreachable
+    /// cluster or a --pod that does not exist.
     Explain(ExplainArgs),
     /// Write the smallest policy (mode Audit) that admits the Pods, workloads, CSIDrivers and
     /// legacy token Secrets that exist, on stdout.
@@ -91,8 +94,21 @@ pub enum Command {
     /// One spec.audiences entry per audience and namespace actually used, listing the service
     /// accounts and the longest lifetime seen; a spec.csiDrivers entry per CSIDriver with
     /// tokenRequests; spec.legacyTokens for the legacy token Secrets (listed by type, their
-    /// data never read). Each entry names up to three objects that need it. Exit status: 0
-    /// when the policy was written, 2 on unreadable input or an unreachable cluster.
+    /// data never read). Each entry names up to three objects that need it. The tokens other
+    /// mutating webhooks add at admission, which no manifest shows, are admitted too, with a
+    /// comment naming the webhook: the EKS pod identity webhook's (IRSA) for ServiceAccounts
+    /// annotated eks.amazonaws.com/role-arn (audience sts.amazonaws.com or the SA's
+    /// eks.amazonaws.com/audience; 86400 s or eks.amazonaws.com/token-expiration), and the Azure
+    /// workload identity webhook's for pods labelled azure.workload.identity/use: "true"
+    /// (api://AzureADTokenExchange; 3600 s or
+    /// azure.workload.identity/service-account-token-expiration). Give --from-cluster or
+    /// --from-files.
+    ///
+    /// Exit status: 0 when the policy was written, also when some files did not parse (each is
+    /// named on stderr as a warning, `file:line: problem`, and in a comment of the policy; the
+    /// other files are still read); 2 when a --from-files path is empty, does not exist or holds
+    /// no Kubernetes object, when the cluster cannot be read, or when an --api-audience is
+    /// unusable.
     Init(InitArgs),
     /// Print the MutatingWebhookConfiguration and ValidatingWebhookConfiguration for a policy,
     /// as YAML that `kubectl apply -f -` takes as it is.
@@ -101,11 +117,46 @@ pub enum Command {
     /// server (pods with only the automount token outside every injection, kubelets' automount
     /// token requests, Secrets of other types, CSIDrivers without tokenRequests, the policy's
     /// exemptions), so that while tokengate is down only requests whose answer it could change
-    /// fail. Exit status: 0 when printed, 2 when the policy or CA bundle cannot be read.
+    /// fail. Exit status: 0 when printed, 2 when the policy or CA bundle cannot be read or --url
+    /// is one the API server would refuse.
     Webhooks(WebhooksArgs),
+    /// Print a shell completion script on stdout.
+    ///
+    /// bash: `tokengate completions bash > /etc/bash_completion.d/tokengate` (or `source` it from
+    /// ~/.bashrc); zsh: save it as `_tokengate` in a directory of $fpath; fish: `tokengate
+    /// completions fish > ~/.config/fish/completions/tokengate.fish`. Exit status: 0.
+    Completions(CompletionsArgs),
+    /// Write manual pages (roff).
+    ///
+    /// Without --dir, the page tokengate(1) on stdout (`tokengate man | man -l -`). With --dir,
+    /// one page per command, as packagers install them under share/man/man1: tokengate.1,
+    /// tokengate-serve.1, tokengate-policy-validate.1, ...; the files written are listed on
+    /// stdout. Exit status: 0 when written, 2 when the directory cannot be written.
+    Man(ManArgs),
+    /// Print the version of tokengate, the platform it was built for and, when the build set
+    /// TOKENGATE_GIT_COMMIT, the commit it was built from.
+    ///
+    /// The first line is what --version prints. Exit status: 0.
+    Version,
 }
 
 #[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// Write one page per command into this directory (created when missing) instead of
+    /// tokengate(1) on stdout.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["pod", "paths"])))]
 pub struct ExplainArgs {
     #[command(flatten)]
     pub policy: PolicySourceArgs,
@@ -115,9 +166,10 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "pod")]
     pub objects: Vec<PathBuf>,
     /// Explain this pod of the cluster of the current kubeconfig (or in-cluster configuration)
-    /// instead of manifests; its ServiceAccount, the CSIDrivers, its claims and volumes, and
-    /// the legacy token Secrets of its namespace (metadata only) are read from the cluster.
-    #[arg(long, value_name = "NAMESPACE/NAME", required_unless_present = "paths")]
+    /// instead of manifests; its ServiceAccount, the CSIDrivers, its claims and volumes, and,
+    /// when it mounts Secrets, the legacy token Secrets of its namespace (metadata only) are read
+    /// from the cluster.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
     pub pod: Option<ConfigMapRef>,
     /// Output format: `text` (a block per object) or `json` (one document).
     #[arg(short = 'o', long, value_enum, default_value_t = ExplainFormat::Text)]
@@ -125,8 +177,9 @@ pub struct ExplainArgs {
     /// The namespace of objects whose manifests name none (as `kubectl apply -n` would).
     #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Manifest files or directories to explain; `-` reads standard input.
-    #[arg(value_name = "PATH", conflicts_with = "pod")]
+    /// Manifest files or directories to explain (directories recursively: files ending in .yaml,
+    /// .yml or .json); `-` reads standard input.
+    #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
 }
 
@@ -138,15 +191,24 @@ pub enum ExplainFormat {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from_cluster", "from_files"])))]
 pub struct InitArgs {
     /// Read the cluster of the current kubeconfig (or in-cluster configuration): Pods,
-    /// workloads not owned by a controller, CSIDrivers, ServiceAccounts, and legacy token
-    /// Secrets (metadata only).
-    #[arg(long, conflicts_with = "from_files", required_unless_present = "from_files")]
+    /// workloads not owned by a controller, CSIDrivers, the ServiceAccounts annotated for IRSA
+    /// or Azure workload identity (metadata only), and legacy token Secrets (metadata only).
+    #[arg(long)]
     pub from_cluster: bool,
-    /// Read manifests from these files or directories (e.g. a GitOps repository).
+    /// Read manifests from these files or directories (e.g. a GitOps repository); `-` reads
+    /// standard input. Directories are read recursively (files ending in .yaml, .yml or .json,
+    /// hidden entries skipped). A file that does not parse (a Helm template, say) is named on
+    /// stderr as a warning and skipped, the rest still read; a path that is empty, does not
+    /// exist or holds no Kubernetes object is an error (exit 2).
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub from_files: Vec<PathBuf>,
+    /// With --from-files: skip files whose path matches this glob (e.g. `**/templates/**`), as
+    /// check's --exclude does; repeatable.
+    #[arg(long, value_name = "GLOB", requires = "from_files")]
+    pub exclude: Vec<String>,
     /// Merge entries that differ only by namespace into one glob where the namespaces share a
     /// prefix up to a `-` (team-a, team-b -> team-*). The policy then also admits namespaces
     /// created later under that prefix.
@@ -270,6 +332,8 @@ pub fn parse_annotation(text: &str) -> Result<(String, String), ValueError> {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("policy", |arg| arg.help(SERVE_POLICY_HELP)))]
+#[command(mut_arg("policy_configmap", |arg| arg.help(SERVE_POLICY_CONFIGMAP_HELP)))]
 pub struct ServeArgs {
     #[command(flatten)]
     pub policy: PolicySourceArgs,
@@ -409,16 +473,23 @@ impl ServeArgs {
     }
 }
 
-/// Where the policy comes from: a file or a ConfigMap (exactly one).
+/// `serve --policy`: the server keeps reading it.
+const SERVE_POLICY_HELP: &str = "The policy document (YAML or JSON, kind TokenPolicy); re-read every \
+     --reload-interval, a bad update keeps the last good policy";
+/// `serve --policy-configmap`: the server keeps watching it.
+const SERVE_POLICY_CONFIGMAP_HELP: &str = "The policy from a ConfigMap (key `policy.yaml`), watched through \
+     the API server; a bad update keeps the last good policy and is recorded as an Event on the ConfigMap";
+
+/// Where the policy comes from: a file or a ConfigMap (exactly one), read once (`serve` keeps
+/// reading it: see its help).
 #[derive(Debug, clap::Args)]
 #[group(required = true, multiple = false)]
 pub struct PolicySourceArgs {
-    /// The policy document; re-read every --reload-interval, a bad update keeps the last good
-    /// policy.
+    /// The policy document (YAML or JSON, kind TokenPolicy).
     #[arg(long, value_name = "FILE", env = "TOKENGATE_POLICY")]
     pub policy: Option<PathBuf>,
-    /// The policy from a ConfigMap (key `policy.yaml`), watched through the API server; a bad
-    /// update keeps the last good policy and is recorded as an Event on the ConfigMap.
+    /// The policy from a ConfigMap (key `policy.yaml`), read through the API server the command
+    /// talks to.
     #[arg(long, value_name = "NAMESPACE/NAME", env = "TOKENGATE_POLICY_CONFIGMAP")]
     pub policy_configmap: Option<ConfigMapRef>,
 }

@@ -11,8 +11,8 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::ObjectReference;
 
 use tokengate::cli::{
-    AuditArgs, CheckArgs, Cli, Command, ExplainArgs, ExplainFormat, InitArgs, LogFormat, ManageWebhooksArgs,
-    OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs, ServeArgs, WebhookArg, WebhooksArgs,
+    about, AuditArgs, CheckArgs, Cli, Command, ExplainArgs, ExplainFormat, InitArgs, LogFormat, ManArgs,
+    ManageWebhooksArgs, OutputFormat, PolicyCommand, PolicySourceArgs, ReviewArgs, ServeArgs, WebhookArg, WebhooksArgs,
 };
 use tokengate::cluster::audiences::audiences_of_token_file;
 use tokengate::cluster::kubeconfig::{self, ClientOptions};
@@ -45,6 +45,15 @@ fn main() -> ExitCode {
             Command::Explain(args) => run_explain(args).await,
             Command::Init(args) => run_init(args).await,
             Command::Webhooks(args) => run_webhooks(args),
+            Command::Completions(args) => {
+                about::completions(args.shell, &mut std::io::stdout().lock());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man(args) => run_man(args),
+            Command::Version => {
+                print!("{}", about::version());
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     outcome.unwrap_or_else(|err| {
@@ -446,28 +455,41 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     Ok(if report.fails() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+fn run_man(args: ManArgs) -> anyhow::Result<ExitCode> {
+    match args.dir {
+        Some(dir) => {
+            let written =
+                about::man_pages(&dir).with_context(|| format!("writing manual pages to {}", dir.display()))?;
+            for page in written {
+                println!("{}", page.display());
+            }
+        }
+        None => about::man_page(&mut std::io::stdout().lock()).context("writing the manual page")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run_init(args: InitArgs) -> anyhow::Result<ExitCode> {
     use tokengate::init::{self, InitOptions};
     let mut api_audiences = args.api_audience.clone();
     if api_audiences.is_empty() {
         api_audiences = init::live::token_file_audiences(&args.service_account_token);
     }
-    let (documents, origin) = if args.from_cluster {
+    let (documents, origin, unread) = if args.from_cluster {
         let client = kube_client(&ClientOptions::default()).await?;
         let progress = |kind: &str, count: usize| eprintln!("listed {count} {kind} object(s)");
         let documents = init::live::list_cluster(client, progress).await.context("listing the cluster")?;
-        (documents, "--from-cluster".to_string())
+        (documents, "--from-cluster".to_string(), Vec::new())
     } else {
-        let documents = manifest::load_paths(&args.from_files)?;
-        let files: Vec<String> = args.from_files.iter().map(|p| p.display().to_string()).collect();
-        (documents, format!("--from-files {}", files.join(" ")))
+        read_init_files(&args)?
     };
     let options = InitOptions {
         default_namespace: &args.namespace,
         namespace_globs: args.namespace_globs,
         api_server_audiences: &api_audiences,
     };
-    let draft = init::draft(&documents, options).await?;
+    let mut draft = init::draft(&documents, options).await?;
+    draft.unread = unread;
     print!("{}", draft.to_yaml(&origin));
     eprintln!(
         "wrote a policy with {} audiences, {} csiDrivers and {} legacyTokens entries",
@@ -476,4 +498,33 @@ async fn run_init(args: InitArgs) -> anyhow::Result<ExitCode> {
         draft.legacy_tokens.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `init --from-files`: the objects, the flags as the policy's comment quotes them, and the files
+/// that did not parse (each named on stderr as it is found).
+fn read_init_files(args: &InitArgs) -> anyhow::Result<(Vec<Document>, String, Vec<String>)> {
+    use tokengate::init::files::{self, FilesError};
+    let warn = |skipped: &[manifest::ManifestError]| {
+        let unread: Vec<String> = skipped.iter().map(files::warning).collect();
+        for warning in &unread {
+            eprintln!("warning: {warning} (file skipped)");
+        }
+        unread
+    };
+    let exclude = exclude_globs(&args.exclude)?;
+    let read = match files::read(&args.from_files, &exclude) {
+        Ok(read) => read,
+        Err(err) => {
+            if let FilesError::NoManifest { skipped, .. } = &err {
+                warn(skipped);
+            }
+            return Err(err.into());
+        }
+    };
+    let mut origin = vec!["--from-files".to_string()];
+    origin.extend(args.from_files.iter().map(|p| p.display().to_string()));
+    for pattern in &args.exclude {
+        origin.extend(["--exclude".to_string(), format!("{pattern:?}")]);
+    }
+    Ok((read.documents, origin.join(" "), warn(&read.skipped)))
 }

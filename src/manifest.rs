@@ -100,6 +100,8 @@ pub struct Loaded {
 #[error("{}: {message}", path.display())]
 pub struct ManifestError {
     pub path: PathBuf,
+    /// The line of the file where the problem is (1-based), when known.
+    pub line: Option<usize>,
     pub message: String,
 }
 
@@ -154,7 +156,7 @@ pub fn load_inputs(paths: &[PathBuf], reading: Reading<'_>) -> Loaded {
 /// Reads the objects of standard input, reported under `name`.
 fn read_stdin(name: &Path) -> Result<Vec<Document>, ManifestError> {
     let text = std::io::read_to_string(std::io::stdin())
-        .map_err(|e| ManifestError { path: name.to_path_buf(), message: format!("reading standard input: {e}") })?;
+        .map_err(|e| ManifestError { path: name.to_path_buf(), line: None, message: format!("reading standard input: {e}") })?;
     parse(&text, name)
 }
 
@@ -165,20 +167,23 @@ pub fn load_file(path: &Path) -> Result<Vec<Document>, ManifestError> {
         return read_stdin(path);
     }
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ManifestError { path: path.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| ManifestError { path: path.to_path_buf(), line: None, message: e.to_string() })?;
     parse(&text, path)
 }
 
 /// The objects of `text`, read from `path`; a document under a Helm `# Source:` comment is
 /// reported against that template.
 fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
-    let error = |message: String| ManifestError { path: path.to_path_buf(), message };
+    let error = |message: String| ManifestError { path: path.to_path_buf(), line: None, message };
     let mut positions = crate::positions::positions(text).into_iter();
     let sources = helm_sources(text);
     let mut documents = Vec::new();
     let mut previous_start = 0;
     for (index, yaml) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(yaml).map_err(|e| error(format!("document {}: {e}", index + 1)))?;
+        let value = Value::deserialize(yaml).map_err(|e| ManifestError {
+            line: e.location().map(|l| l.line()),
+            ..error(format!("document {}: {e}", index + 1))
+        })?;
         let fields = positions.next().unwrap_or_default();
         let start = fields.get("").map_or(previous_start, |at| at.line);
         let helm =
@@ -193,7 +198,10 @@ fn parse(text: &str, path: &Path) -> Result<Vec<Document>, ManifestError> {
                 let document = Document { file: Some(file), line: None, fields, helm, object: value };
                 expand(document, &mut documents);
             }
-            _ => return Err(error(format!("document {} is not a Kubernetes object", index + 1))),
+            _ => {
+                let message = format!("document {} is not a Kubernetes object", index + 1);
+                return Err(ManifestError { line: Some(start), ..error(message) });
+            }
         }
     }
     Ok(documents)
@@ -247,7 +255,7 @@ fn rebase(fields: &Positions, prefix: &str) -> Positions {
 }
 
 fn files_under(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
-    let error = |message: String| ManifestError { path: path.to_path_buf(), message };
+    let error = |message: String| ManifestError { path: path.to_path_buf(), line: None, message };
     let metadata = std::fs::metadata(path).map_err(|e| error(e.to_string()))?;
     if !metadata.is_dir() {
         return Ok(vec![path.to_path_buf()]);

@@ -278,6 +278,11 @@ async fn init_from_cluster_drafts_what_runs_and_audit_then_finds_nothing() {
     api.apply(
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web", "namespace": "team-a"}}),
     );
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "uploader", "namespace": "team-b",
+                     "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/uploader",
+                                     "eks.amazonaws.com/token-expiration": "7200", "note": "not listed"}}}),
+    );
     api.apply(json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token", "data": {"token": "c2VjcmV0LWRhdGE="},
                      "metadata": {"name": "deployer-token", "namespace": "ci", "annotations": {"kubernetes.io/service-account.name": "deployer"}}}));
     api.apply(json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {"x": "c2VjcmV0LWRhdGE="},
@@ -323,6 +328,17 @@ async fn init_from_cluster_drafts_what_runs_and_audit_then_finds_nothing() {
     );
     assert!(!text.contains("c2VjcmV0") && !stderr.contains("c2VjcmV0"), "a Secret's data is never shown");
     assert!(stderr.contains("listed 1 Secret (legacy token) object(s)"), "{stderr}");
+    assert!(
+        text.contains(
+            "    # needed by ServiceAccount team-b/uploader\n    # added to pods by the EKS pod identity webhook"
+        ),
+        "an IRSA ServiceAccount: {text}"
+    );
+    assert!(text.contains("    - audience: \"sts.amazonaws.com\"\n      namespaces: [\"team-b\"]\n      serviceAccounts: [\"uploader\"]\n      maxExpirationSeconds: 7200\n"), "{text}");
+    assert!(
+        stderr.contains("listed 1 ServiceAccount (annotated for IRSA or Azure workload identity) object(s)"),
+        "{stderr}"
+    );
 
     let policy = dir.write("policy.yaml", &text);
     let audited = run(vec!["audit".into(), "--policy".into(), policy.display().to_string()]).await.expect("task");

@@ -1,17 +1,19 @@
 //! `tokengate init --from-cluster`: lists what the draft reads from a live cluster (Pods,
-//! workloads not owned by a controller, CSIDrivers, legacy token Secrets as metadata only), and
-//! the API server audiences from a token the command can see.
+//! workloads not owned by a controller, CSIDrivers, ServiceAccounts annotated for IRSA or Azure
+//! workload identity and legacy token Secrets, both as metadata only), and the API server
+//! audiences from a token the command can see.
 
 use std::fmt::Debug;
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectList, TypeMeta};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectList, PartialObjectMeta, TypeMeta};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::injectors::reads_service_account_annotation;
 use crate::cluster::audiences::audiences_of_token_file;
 use crate::manifest::Document;
 use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
@@ -27,8 +29,9 @@ pub fn token_file_audiences(path: &Path) -> Vec<String> {
 }
 
 /// Lists every Pod, workload not owned by a controller (a Deployment's ReplicaSets are covered
-/// by the Deployment's template), CSIDriver, and legacy token Secret (selected by type on the
-/// server, metadata only: no Secret's data is transferred). `progress` gets `(kind, count)`.
+/// by the Deployment's template), CSIDriver, ServiceAccount annotated for IRSA or Azure workload
+/// identity (metadata only), and legacy token Secret (selected by type on the server, metadata
+/// only: no Secret's data is transferred). `progress` gets `(kind, count)`.
 pub async fn list_cluster(client: Client, progress: impl Fn(&str, usize)) -> Result<Vec<Document>, kube::Error> {
     let mut documents = Vec::new();
     let driver_resource =
@@ -51,30 +54,59 @@ pub async fn list_cluster(client: Client, progress: impl Fn(&str, usize)) -> Res
             }
         }
     }
-    let api = Api::<Secret>::all(client);
-    let mut params = ListParams::default().fields(&format!("type={SERVICE_ACCOUNT_TOKEN_TYPE}")).limit(PAGE_SIZE);
-    let mut secrets = 0;
-    loop {
-        let page = api.list_metadata(&params).await?;
-        for secret in &page.items {
-            let annotation = secret.metadata.annotations.as_ref().and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION));
-            let Some(service_account) = annotation else { continue };
-            secrets += 1;
-            documents.push(Document::from_cluster(json!({
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": SERVICE_ACCOUNT_TOKEN_TYPE,
-                "metadata": {"name": secret.metadata.name, "namespace": secret.metadata.namespace,
-                             "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: service_account}},
-            })));
-        }
-        match next_page(&page) {
-            Some(token) => params = params.continue_token(&token),
-            None => break,
-        }
-    }
-    progress("Secret (legacy token)", secrets);
+    let accounts = identity_service_accounts(&client).await?;
+    progress("ServiceAccount (annotated for IRSA or Azure workload identity)", accounts.len());
+    documents.extend(accounts);
+    let secrets = legacy_token_secrets(&client).await?;
+    progress("Secret (legacy token)", secrets.len());
+    documents.extend(secrets);
     Ok(documents)
+}
+
+/// The ServiceAccounts with an annotation that IRSA or Azure workload identity reads, as
+/// metadata with only those annotations.
+async fn identity_service_accounts(client: &Client) -> Result<Vec<Document>, kube::Error> {
+    let accounts = list_metadata(&Api::<ServiceAccount>::all(client.clone()), ListParams::default()).await?;
+    let documents = accounts.into_iter().filter_map(|account| {
+        let annotations = account.metadata.annotations.unwrap_or_default();
+        let read: serde_json::Map<String, Value> = annotations
+            .into_iter()
+            .filter(|(key, _)| reads_service_account_annotation(key))
+            .map(|(key, value)| (key, Value::String(value)))
+            .collect();
+        (!read.is_empty()).then(|| {
+            Document::from_cluster(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": account.metadata.name, "namespace": account.metadata.namespace, "annotations": read}}))
+        })
+    });
+    Ok(documents.collect())
+}
+
+/// The legacy token Secrets (selected by type on the server, metadata only), each with only the
+/// annotation naming its service account.
+async fn legacy_token_secrets(client: &Client) -> Result<Vec<Document>, kube::Error> {
+    let params = ListParams::default().fields(&format!("type={SERVICE_ACCOUNT_TOKEN_TYPE}"));
+    let secrets = list_metadata(&Api::<Secret>::all(client.clone()), params).await?;
+    let documents = secrets.into_iter().filter_map(|secret| {
+        let annotations = secret.metadata.annotations.as_ref();
+        let service_account = annotations.and_then(|a| a.get(SERVICE_ACCOUNT_NAME_ANNOTATION))?;
+        Some(Document::from_cluster(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": SERVICE_ACCOUNT_TOKEN_TYPE,
+            "metadata": {"name": secret.metadata.name, "namespace": secret.metadata.namespace,
+                         "annotations": {SERVICE_ACCOUNT_NAME_ANNOTATION: service_account}},
+        })))
+    });
+    Ok(documents.collect())
+}
+
+/// The metadata of every object of `api` that `params` selects.
+async fn list_metadata<K>(api: &Api<K>, params: ListParams) -> Result<Vec<PartialObjectMeta<K>>, kube::Error>
+where
+    K: Clone + DeserializeOwned + Debug,
+{
+    paged(params, |params| async move { api.list_metadata(&params).await }).await
 }
 
 fn dynamic_document(mut object: DynamicObject, resource: &ApiResource) -> Document {
@@ -82,15 +114,25 @@ fn dynamic_document(mut object: DynamicObject, resource: &ApiResource) -> Docume
     Document::from_cluster(serde_json::to_value(&object).expect("a Kubernetes object serialises"))
 }
 
-/// Every object of `api`, page by page.
+/// Every object of `api`.
 async fn list<K>(api: &Api<K>) -> Result<Vec<K>, kube::Error>
 where
     K: Clone + DeserializeOwned + Debug,
 {
-    let mut params = ListParams::default().limit(PAGE_SIZE);
+    paged(ListParams::default(), |params| async move { api.list(&params).await }).await
+}
+
+/// Every item that `fetch` lists for `params`, a page of [`PAGE_SIZE`] at a time.
+async fn paged<T, F, Page>(params: ListParams, fetch: F) -> Result<Vec<T>, kube::Error>
+where
+    T: Clone,
+    F: Fn(ListParams) -> Page,
+    Page: std::future::Future<Output = Result<ObjectList<T>, kube::Error>>,
+{
+    let mut params = params.limit(PAGE_SIZE);
     let mut objects = Vec::new();
     loop {
-        let page = api.list(&params).await?;
+        let page = fetch(params.clone()).await?;
         let next = next_page(&page);
         objects.extend(page.items);
         match next {

@@ -4,6 +4,8 @@
 //! The tokens each pod or template will hold are listed by `review::credentials`, the code the
 //! Pod validation judges them with, so the policy admits exactly what the webhook will check.
 
+pub mod files;
+pub mod injectors;
 pub mod live;
 
 use std::collections::BTreeMap;
@@ -18,6 +20,7 @@ use crate::review::credentials::{self, Credential, Found, Origin, Outcome};
 use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
 use crate::review::pod_view::{Pod, PodView};
 use crate::simulate::{claim_credentials, classify, pod_of, Classified};
+use injectors::{Injected, Injector, ServiceAccounts};
 
 /// How many objects an entry's comment names.
 const NAMED_OBJECTS: usize = 3;
@@ -50,6 +53,13 @@ pub struct Use {
     pub seconds: u64,
 }
 
+impl Use {
+    /// A token of `seconds` for the pod or template `view`.
+    fn of(view: &PodView<'_>, seconds: u64) -> Use {
+        Use { namespace: view.namespace.to_string(), service_account: view.service_account.to_string(), seconds }
+    }
+}
+
 /// One `spec.audiences` entry of the drafted policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudienceDraft {
@@ -63,6 +73,8 @@ pub struct AudienceDraft {
     pub needed_by: Vec<String>,
     /// The token uses it admits.
     pub uses: Vec<Use>,
+    /// The mutating webhooks that add some of these tokens to pods (no manifest shows them).
+    pub added_by: Vec<Injector>,
 }
 
 /// One `spec.csiDrivers` entry.
@@ -96,6 +108,8 @@ pub struct Draft {
     pub unadmissible: Vec<String>,
     /// How many Pods and workloads were read.
     pub pods: usize,
+    /// Files that could not be read (`file:line: problem`): what they hold is not admitted.
+    pub unread: Vec<String>,
 }
 
 /// Drafts the smallest policy that admits every Pod, workload, CSIDriver and legacy token
@@ -106,6 +120,7 @@ pub async fn draft(documents: &[Document], options: InitOptions<'_>) -> Result<D
     for document in documents {
         let _ = store.insert_in(&document.object, options.default_namespace);
     }
+    let accounts = ServiceAccounts::index(documents, options.default_namespace);
     let mut result = Draft { api_server_audiences: options.api_server_audiences.to_vec(), ..Draft::default() };
     let mut needs = Needs::default();
     for document in documents {
@@ -122,14 +137,24 @@ pub async fn draft(documents: &[Document], options: InitOptions<'_>) -> Result<D
             continue;
         };
         result.pods += 1;
-        read_pod(object, &subject, &base, &store, &mut needs).await;
+        read_pod(object, &subject, (&base, &store, &accounts), &mut needs).await;
+    }
+    for (namespace, name, injected) in accounts.irsa() {
+        let used =
+            Use { namespace: namespace.to_string(), service_account: name.to_string(), seconds: injected.seconds };
+        needs.admit_injected(&injected, used, &format!("ServiceAccount {namespace}/{name}"));
     }
     Ok(result.complete(needs, options.namespace_globs))
 }
 
 /// Adds to `needs` every token the Pod or workload `object` will hold, listed under `base`
-/// (inline volumes first, then those its claims reach).
-async fn read_pod(object: &Value, subject: &Classified, base: &Policy, store: &ObjectStore, needs: &mut Needs) {
+/// (inline volumes first, then those its claims reach, then those other webhooks add).
+async fn read_pod(
+    object: &Value,
+    subject: &Classified,
+    (base, store, accounts): (&Policy, &ObjectStore, &ServiceAccounts),
+    needs: &mut Needs,
+) {
     let label = subject.label();
     let (pod, field) = pod_of(object, subject.workload());
     let Ok(typed) = serde_json::from_value::<Pod>(pod.clone()) else { return };
@@ -143,6 +168,9 @@ async fn read_pod(object: &Value, subject: &Classified, base: &Policy, store: &O
         Found::LookupFailed { .. } => None,
     }) {
         needs.add(&credential, &view, &label, base.min_seconds());
+    }
+    for injected in injectors::of_pod(&pod, (view.namespace, view.service_account), accounts) {
+        needs.admit_injected(&injected, Use::of(&view, injected.seconds), &label);
     }
 }
 
@@ -175,9 +203,7 @@ impl Needs {
             ));
             return;
         }
-        let used =
-            Use { namespace: view.namespace.to_string(), service_account: view.service_account.to_string(), seconds };
-        self.admit(&credential.audience, used, label);
+        self.admit(&credential.audience, Use::of(view, seconds), label);
     }
 
     /// Widens the entry for `audience` in the namespace of `used` (made on first use) so that
@@ -191,12 +217,23 @@ impl Needs {
             max_expiration_seconds: 0,
             needed_by: Vec::new(),
             uses: Vec::new(),
+            added_by: Vec::new(),
         });
         push_unique(&mut entry.service_accounts, &used.service_account);
         entry.max_expiration_seconds = entry.max_expiration_seconds.max(used.seconds);
         push_unique(&mut entry.needed_by, label);
         if !entry.uses.contains(&used) {
             entry.uses.push(used);
+        }
+    }
+
+    /// [`Needs::admit`] for a token another mutating webhook adds, noting which webhook.
+    fn admit_injected(&mut self, injected: &Injected, used: Use, label: &str) {
+        let key = (injected.audience.clone(), used.namespace.clone());
+        self.admit(&injected.audience, used, label);
+        let entry = self.entries.get_mut(&key).expect("admit made the entry");
+        if !entry.added_by.contains(&injected.injector) {
+            entry.added_by.push(injected.injector);
         }
     }
 }
@@ -347,6 +384,11 @@ fn merge_namespaces(entries: Vec<AudienceDraft>) -> Vec<AudienceDraft> {
                 push_unique(&mut first.needed_by, &object);
             }
             first.uses.extend(other.uses);
+            for injector in other.added_by {
+                if !first.added_by.contains(&injector) {
+                    first.added_by.push(injector);
+                }
+            }
         }
         merged.push(first);
     }
@@ -441,6 +483,9 @@ impl Draft {
         for problem in &self.unadmissible {
             let _ = writeln!(out, "# NOT ADMITTED (the API server refuses it too): {problem}");
         }
+        for file in &self.unread {
+            let _ = writeln!(out, "# NOT READ (did not parse; nothing in it is admitted): {file}");
+        }
     }
 
     /// `apiServerAudiences`, or a comment on how to find them when they are not known.
@@ -488,6 +533,9 @@ impl Draft {
             out.push_str("  audiences:\n");
             for entry in &self.audiences {
                 let _ = writeln!(out, "    # needed by {}", needed_by(&entry.needed_by));
+                for injector in &entry.added_by {
+                    let _ = writeln!(out, "    # added to pods by {}", injector.describe());
+                }
                 let _ = writeln!(out, "    - audience: {}", quote(&entry.audience));
                 let _ = writeln!(out, "      namespaces: {}", flow_list(&entry.namespaces));
                 let _ = writeln!(out, "      serviceAccounts: {}", flow_list(&entry.service_accounts));
