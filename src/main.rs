@@ -174,6 +174,12 @@ fn webhook_options(
 
 fn run_webhooks(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
+    if args.native {
+        webhooks::native::check_name(&args.name)?;
+        let yaml = webhooks::native::render::render_yaml(&webhooks::native::native(&policy, &args.name))?;
+        std::io::stdout().lock().write_all(yaml.as_bytes()).context("writing the native policies")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let endpoint = match (args.endpoint.service, args.endpoint.url) {
         (Some(service), _) => Endpoint::Service(service),
         (None, Some(url)) => Endpoint::Url(url),

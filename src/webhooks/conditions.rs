@@ -169,13 +169,23 @@ pub fn pod_needs_checks(policy: &Policy) -> MatchCondition {
     MatchCondition::new(names::AUTOMOUNT_ONLY_PODS, expression)
 }
 
-/// Whether volume `v` has a projected token source and is not the automount volume: the name
-/// prefix and exactly one token source, without audience, at path `token`, for 3607 s.
+/// Whether volume `v` has a projected token source and is not the automount volume.
 fn token_other_than_automount(v: &str) -> String {
+    let sources = format!("{v}.projected.sources");
+    format!(
+        "has({v}.projected) && has({sources}) && {sources} != null\n    && {sources}.exists(s, has(s.serviceAccountToken))\n    && !({})",
+        automount_volume(v)
+    )
+}
+
+/// Whether volume `v`, known to have projected sources, is the automount volume: the name prefix
+/// and exactly one token source, without audience, at path `token`, for 3607 s (the reading of
+/// `k8s::tokens::has_automount_shape`).
+pub fn automount_volume(v: &str) -> String {
     let sources = format!("{v}.projected.sources");
     let token = "s.serviceAccountToken";
     format!(
-        "has({v}.projected) && has({sources}) && {sources} != null\n    && {sources}.exists(s, has({token}))\n    && !({v}.name.startsWith({prefix})\n      && {sources}.exists_one(s, has({token}))\n      && {sources}.all(s, !has({token})\n        || ((!has({token}.audience) || {token}.audience == '')\n          && {token}.path == {path}\n          && has({token}.expirationSeconds) && {token}.expirationSeconds == {seconds})))",
+        "{v}.name.startsWith({prefix})\n      && {sources}.exists_one(s, has({token}))\n      && {sources}.all(s, !has({token})\n        || ((!has({token}.audience) || {token}.audience == '')\n          && {token}.path == {path}\n          && has({token}.expirationSeconds) && {token}.expirationSeconds == {seconds}))",
         prefix = cel_string(AUTOMOUNT_VOLUME_PREFIX),
         path = cel_string(AUTOMOUNT_TOKEN_PATH),
         seconds = AUTOMOUNT_EXPIRATION_SECONDS,
@@ -333,7 +343,8 @@ pub fn cel_string(text: &str) -> String {
     out
 }
 
-fn cel_list(items: &[&str]) -> String {
+/// A CEL list of string literals.
+pub fn cel_list(items: &[&str]) -> String {
     format!("[{}]", items.iter().map(|s| cel_string(s)).collect::<Vec<_>>().join(", "))
 }
 
