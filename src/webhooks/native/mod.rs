@@ -122,7 +122,7 @@ fn token_requests(policy: &Policy) -> PolicySpec {
         Variable::new("boundToPod", cel::token_request_bound_to_pod()),
         Variable::new("effective", effective),
     ];
-    let who = "' for service account ' + request.namespace + '/' + request.name";
+    let who = " + ' for service account ' + request.namespace + '/' + request.name";
     let validations = vec![
         Validation::new(
             rules::TOKEN_REQUEST_AUDIENCES,
@@ -170,7 +170,7 @@ fn pods(policy: &Policy) -> PolicySpec {
             cel::pod_volumes_failing(&format!("!{}", cel::within_grant(policy, &audience, &effective))),
         ),
     ];
-    let who = "' for service account ' + request.namespace + '/' + variables.serviceAccount";
+    let who = " + ' for service account ' + request.namespace + '/' + variables.serviceAccount";
     let validations = vec![
         Validation::new(
             rules::POD_TOKEN_AUDIENCES,
