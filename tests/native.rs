@@ -23,6 +23,8 @@ use tokengate::cluster::ObjectStore;
 use tokengate::policy::Policy;
 use tokengate::review::admission::AdmissionReviewIn;
 use tokengate::review::{decide, Subject, Webhook as Endpoint};
+use tokengate::k8s::api::{api_group, NAMED_GROUP_API_VERSION_RE2};
+use tokengate::webhooks::conditions::cel_string;
 use tokengate::webhooks::native::split::{Side, RULES};
 use tokengate::webhooks::native::{self, NativePolicy, KUBELETS_CONDITION};
 
@@ -502,4 +504,116 @@ proptest! {
         let Some(policy) = generated.policy() else { return Ok(()) };
         check(&policy, &cluster(&NAMESPACES, false), &request)?;
     }
+}
+
+/// The generators reach both verdicts of every native policy, every validation fails somewhere,
+/// and the exemption conditions skip something (the property is not vacuous).
+#[test]
+fn generated_requests_reach_every_verdict_and_rule() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut verdicts = BTreeSet::new();
+    let mut rules = BTreeSet::new();
+    let mut skipped = BTreeSet::new();
+    let store = cluster(&NAMESPACES, false);
+    for _ in 0..1500 {
+        let generated = policy_strategy().new_tree(&mut runner).expect("tree").current();
+        let request = request_strategy().new_tree(&mut runner).expect("tree").current();
+        let Some(policy) = generated.policy() else { continue };
+        let seen = check(&policy, &store, &request).expect("property");
+        verdicts.extend(seen.evaluated);
+        rules.extend(seen.failed_rules);
+        skipped.extend(seen.skipped);
+    }
+    for name in ["tokenrequests", "pods", "csidrivers", "legacy-token-secrets"] {
+        for passed in [true, false] {
+            assert!(verdicts.contains(&(format!("tokengate-{name}"), passed)), "{name} never {passed}: {verdicts:?}");
+        }
+    }
+    for (rule, _, never) in RULES {
+        assert!(never.is_some() || rules.contains(rule), "rule {rule} never failed: {rules:?}");
+    }
+    assert!(skipped.len() >= 4, "too few conditions skipped anything: {skipped:?}");
+}
+
+/// Every rule is placed once; a native rule has a validation in its subject's policy and a
+/// webhook rule none; every validation enforces a rule of the table.
+#[test]
+fn the_split_places_every_rule_exactly_once() {
+    let policy = Policy::parse(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/policy/policy.yaml")).expect("policy")).expect("valid");
+    let native = native::native(&policy, "tokengate");
+    let placed: Vec<&str> = native.split.iter().map(|p| p.rule).collect();
+    let unique: BTreeSet<&str> = placed.iter().copied().collect();
+    assert_eq!(placed.len(), unique.len(), "a rule placed twice: {placed:?}");
+    assert_eq!(placed, RULES.iter().map(|(rule, _, _)| *rule).collect::<Vec<_>>());
+    let validated: Vec<(Subject, &str)> = native
+        .policies
+        .iter()
+        .flat_map(|p| p.policy.spec.validations.iter().map(move |v| (p.subject, v.rule)))
+        .collect();
+    for placement in &native.split {
+        let validations = validated.iter().filter(|(_, rule)| *rule == placement.rule).count();
+        match placement.side {
+            Side::Native => {
+                assert_eq!(validations, 1, "{} is native but has {validations} validations", placement.rule);
+                assert!(validated.contains(&(placement.subject, placement.rule)), "{} in another policy", placement.rule);
+            }
+            Side::Webhook => {
+                assert_eq!(validations, 0, "{} is in the webhook but validated natively", placement.rule);
+                assert!(!placement.why.is_empty(), "{} says not why", placement.rule);
+            }
+        }
+    }
+    assert!(validated.iter().all(|(_, rule)| unique.contains(rule)), "a validation of no rule: {validated:?}");
+}
+
+/// The mode becomes the bindings' action, and each binding names its policy.
+#[test]
+fn the_mode_is_the_bindings_action() {
+    for (mode, action) in [("Enforce", "Deny"), ("Warn", "Warn"), ("Audit", "Audit")] {
+        let text = format!("apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec: {{mode: {mode}}}\n");
+        let native = native::native(&Policy::parse(&text).expect("policy"), "tg");
+        assert_eq!(native.policies.len(), 4);
+        for policy in &native.policies {
+            assert_eq!(policy.binding.spec.validation_actions, [action]);
+            assert_eq!(policy.binding.spec.policy_name, policy.policy.metadata.name);
+            assert!(policy.policy.metadata.name.starts_with("tg-"));
+        }
+    }
+}
+
+proptest! {
+    /// The CEL reading of a bound object's `apiVersion` is `api_group`'s.
+    #[test]
+    fn cel_reads_api_versions_as_api_group_does(api_version in "[a/v1.]{0,6}") {
+        let expression = format!("request.v.matches({})", cel_string(NAMED_GROUP_API_VERSION_RE2));
+        let named = run_bool(&expression, &json!({"v": api_version}), &HashMap::new()).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(named, !api_group(&api_version).is_empty(), "{:?}", api_version);
+    }
+}
+
+fn run_tokengate(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("tokengate runs")
+}
+
+/// `webhooks --native` prints each policy and its binding after the header, without an endpoint.
+#[test]
+fn the_command_prints_the_policies_and_bindings() {
+    let output = run_tokengate(&["webhooks", "--native", "--policy", "examples/policy.yaml", "--name", "tg"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(text.starts_with("# tokengate's native policies"));
+    assert!(text.contains("# - pod-csi-drivers (Pod): webhook: "));
+    let kinds: Vec<String> = text
+        .split("\n---\n")
+        .map(|doc| serde_yaml_ng::from_str::<Value>(doc).expect("YAML")["kind"].as_str().expect("kind").to_string())
+        .collect();
+    assert_eq!(kinds.len(), 8);
+    assert!(kinds.chunks(2).all(|pair| pair == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]));
+    assert_eq!(run_tokengate(&["webhooks", "--native", "--policy", "examples/policy.yaml", "--name", "Not_A_Name"]).status.code(), Some(2));
 }
