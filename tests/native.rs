@@ -617,3 +617,85 @@ fn the_command_prints_the_policies_and_bindings() {
     assert!(kinds.chunks(2).all(|pair| pair == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]));
     assert_eq!(run_tokengate(&["webhooks", "--native", "--policy", "examples/policy.yaml", "--name", "Not_A_Name"]).status.code(), Some(2));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Figures (docs/native.md): `cargo test --test native figures -- --nocapture`
+// ---------------------------------------------------------------------------------------------
+
+/// The pods (and workload templates, as the pods they make) of the shipped examples, in
+/// `namespace` when they name none, with the automount volume the API server adds.
+fn example_pods() -> Vec<Value> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let paths = ["examples/manifests", "tests/fixtures/objects.yaml"].map(|p| std::path::PathBuf::from(format!("{root}/{p}")));
+    let documents = tokengate::manifest::load_paths(&paths).expect("examples load");
+    let mut pods = Vec::new();
+    for document in documents {
+        let object = &document.object;
+        let template = match object["kind"].as_str() {
+            Some("Pod") => object.clone(),
+            Some("CronJob") => object["spec"]["jobTemplate"]["spec"]["template"].clone(),
+            Some("PodTemplate") => object["template"].clone(),
+            _ if object["spec"]["template"].is_object() => object["spec"]["template"].clone(),
+            _ => continue,
+        };
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": template["metadata"].clone(), "spec": template["spec"].clone()});
+        pod["metadata"]["namespace"] = json!(namespace);
+        if pod["spec"]["automountServiceAccountToken"] != json!(false) {
+            let volumes = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+            pod["spec"]["volumes"] = json!(volumes.into_iter().chain([automount()]).collect::<Vec<_>>());
+        }
+        pods.push(pod_request(&namespace, pod, alice()));
+    }
+    pods
+}
+
+/// For each example policy, and for it without its injections (the shipped ones match by a
+/// service-account annotation, so every pod may match): of the example pod creations that reach
+/// tokengate's pod webhooks, how many only need the native policy (no inline CSI or migrated
+/// in-tree volume, no injection that may match), so that a narrowed webhook would no longer be
+/// called for them.
+#[test]
+fn figures_share_of_example_pods_decided_natively() {
+    let pods = example_pods();
+    assert!(pods.len() >= 5, "too few example pods: {}", pods.len());
+    for file in ["examples/policy.yaml", "manifests/policy/policy.yaml", "tests/e2e/policy.yaml"] {
+        let text = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).expect("policy");
+        let mut document: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+        let (today, after) = pods_reaching_webhooks(&Policy::parse(&text).expect("valid"), &pods);
+        println!("{file}: {} example pods, {today} reach the pod webhooks, {after} still would with the native policy ({} decided in the API server)", pods.len(), today - after);
+        document["spec"].as_object_mut().expect("spec").remove("injections");
+        let bare = Policy::parse(&serde_json::to_string(&document).expect("JSON")).expect("valid");
+        let (today, after) = pods_reaching_webhooks(&bare, &pods);
+        println!("{file} without injections: {today} reach the pod webhooks, {after} still would ({} decided in the API server)", today - after);
+        assert!(after <= today);
+    }
+}
+
+/// How many of `pods` reach the pod webhooks today, and how many would with the native policy.
+fn pods_reaching_webhooks(policy: &Policy, pods: &[Value]) -> (usize, usize) {
+    use tokengate::webhooks::{configurations, names, Options};
+    let drivers: Vec<&str> = std::iter::once("csi").chain(tokengate::k8s::volumes::IN_TREE_VOLUME_DRIVERS.iter().map(|(field, _)| *field)).collect();
+    let endpoint = tokengate::webhooks::Endpoint::Service("tokengate-system/tokengate".parse().expect("service"));
+    let configurations = configurations(policy, &Options::new(endpoint));
+    let webhook = |name: &str| {
+        configurations.mutating.webhooks.iter().chain(&configurations.validating.webhooks).find(|w| w.name == name).expect("webhook").clone()
+    };
+    let (mutate, validate) = (webhook(names::PODS_MUTATE), webhook(names::PODS_VALIDATE));
+    let called = |w: &tokengate::webhooks::Webhook, pod: &Value| {
+        w.match_conditions.iter().all(|c| run_bool(&c.expression, pod, &HashMap::new()).expect("evaluates"))
+    };
+    let (mut today, mut after) = (0, 0);
+    for pod in pods {
+        let injected = called(&mutate, pod);
+        if !(injected || called(&validate, pod)) {
+            continue;
+        }
+        today += 1;
+        let volumes = pod["object"]["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+        if injected || volumes.iter().any(|v| drivers.iter().any(|d| v.get(*d).is_some())) {
+            after += 1;
+        }
+    }
+    (today, after)
+}
