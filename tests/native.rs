@@ -699,3 +699,50 @@ fn pods_reaching_webhooks(policy: &Policy, pods: &[Value]) -> (usize, usize) {
     }
     (today, after)
 }
+
+/// The cost bound and size of the native policies for allow-lists of 10, 100 and 1 000
+/// entries, one team namespace each (`team-N` and `team-N-*`, service accounts `web` and
+/// `app-*`): for one audience or each its own, and with one shared maximum (entries merge) or a
+/// maximum each (the worst case: nothing merges).
+#[test]
+fn figures_cost_of_large_allow_lists() {
+    use tokengate::webhooks::native::cost::{estimate, PER_CALL_LIMIT};
+    for entries in [10usize, 100, 1000] {
+        for (shared, distinct_max) in [(true, false), (false, false), (true, true), (false, true)] {
+            let mut text = String::from("apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  audiences:\n");
+            for i in 0..entries {
+                let audience = if shared { "vault".to_string() } else { format!("aud-{i}.example.com") };
+                let max = if distinct_max { 3600 + i } else { 3600 };
+                text.push_str(&format!(
+                    "    - {{audience: {audience}, namespaces: [\"team-{i}\", \"team-{i}-*\"], serviceAccounts: [web, \"app-*\"], maxExpirationSeconds: {max}}}\n"
+                ));
+            }
+            let native = native::native(&Policy::parse(&text).expect("policy"), "tokengate");
+            let shape = format!(
+                "{entries} entries, {}, {}",
+                if shared { "one audience" } else { "an audience each" },
+                if distinct_max { "a maximum each" } else { "one maximum" }
+            );
+            for name in ["tokengate-tokenrequests", "tokengate-pods"] {
+                let Some(object) = native.policies.iter().find(|p| p.policy.metadata.name == name) else {
+                    let rule = if name.ends_with("pods") { "pod-token-audiences" } else { "tokenrequest-audiences" };
+                    let placed = native.split.iter().find(|p| p.rule == rule).expect("rule");
+                    assert_eq!(placed.side, Side::Webhook, "{rule} is native without its policy");
+                    let why = placed.why.clone();
+                    println!("{shape}: {name}: left to the webhook: {why}");
+                    assert!(!shared || distinct_max, "{shape}: one audience with one maximum stays native");
+                    continue;
+                };
+                let bytes = serde_yaml_ng::to_string(&object.policy).expect("YAML").len();
+                let bound = estimate(&object.policy.spec);
+                println!(
+                    "{shape}: {name}: {bytes} bytes, cost <= {} + {} per item ({} items within {PER_CALL_LIMIT})",
+                    bound.fixed,
+                    bound.per_item,
+                    bound.items_within_limit()
+                );
+                assert!(bound.fixed < PER_CALL_LIMIT / 4, "{shape}: {bound:?}");
+            }
+        }
+    }
+}

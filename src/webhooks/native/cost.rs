@@ -22,6 +22,9 @@ use super::objects::PolicySpec;
 pub const PER_CALL_LIMIT: u64 = 1_000_000;
 /// `RuntimeCELCostBudget`: the most all expressions of one policy may cost on one request.
 pub const RUNTIME_CEL_COST_BUDGET: u64 = 10_000_000;
+/// The most code points one expression may have: cel-go's parser default
+/// (`expressionSizeCodePointLimit` in `parser/parser.go`), which the API server keeps.
+pub const EXPRESSION_SIZE_LIMIT: usize = 100_000;
 /// The longest namespace name (a DNS label).
 const MAX_NAMESPACE: u64 = 63;
 /// The longest service-account name (a DNS subdomain).
@@ -55,6 +58,9 @@ pub fn estimate(spec: &PolicySpec) -> Estimate {
     for variable in &spec.variables {
         if variable.name == "grants" {
             fixed += expression_cost(&variable.expression);
+            // Each token looks through its audience's values: at most every value of the map.
+            let values = variable.expression.matches(',').count() + variable.expression.matches('[').count();
+            per_item += 4 * values as u64;
         } else {
             per_item += expression_cost(&variable.expression);
         }
@@ -109,9 +115,16 @@ fn lexical_tokens(expression: &str) -> u64 {
     count
 }
 
-/// Why a native policy is left to the webhook, if it is: its fixed part alone would leave
-/// fewer than 100 items within the per-expression limit.
+/// Why a native policy is left to the webhook, if it is: an expression longer than the CEL
+/// parser accepts, or a fixed part that would leave fewer than 100 items within the
+/// per-expression limit.
 pub fn over_budget(spec: &PolicySpec) -> Option<String> {
+    let expressions = spec.variables.iter().map(|v| &v.expression).chain(spec.validations.iter().map(|v| &v.expression));
+    if let Some(longest) = expressions.map(|e| e.chars().count()).max().filter(|n| *n > EXPRESSION_SIZE_LIMIT) {
+        return Some(format!(
+            "an expression would have {longest} characters, over the CEL parser's limit of {EXPRESSION_SIZE_LIMIT}"
+        ));
+    }
     let estimate = estimate(spec);
     (estimate.items_within_limit() < 100).then(|| {
         format!(

@@ -62,11 +62,14 @@ fn entry_test(namespace: &str, service_account: &str, namespaces: &Globs, servic
     }
 }
 
-/// A map from every audience of the allow-list to the largest lifetime its entries grant
-/// `namespace`/`service_account` (the maximum `Policy::check_token` applies), `-1` where no
-/// entry matches. Each audience's entries are tried from the most generous maximum down, so
-/// the first that matches gives the maximum; a request pays for the globs once, whatever
-/// number of tokens it carries.
+/// A map from every audience of the allow-list to the lifetimes its entries grant
+/// `namespace`/`service_account`: one value per group of entries sharing a maximum and
+/// service-account globs (their namespace globs read as one list), the maximum where the group
+/// matches and `-1` where it does not. The audience is allowed when some value is `>= 0`, a
+/// lifetime when some value is at least it: the largest maximum of the matching entries, as
+/// `Policy::check_token` applies it. A request pays for the globs once, whatever number of tokens
+/// it carries; the expression is flat (no nesting grows with the entries), as the CEL parser
+/// limits nesting to 250 levels.
 pub fn grants(policy: &Policy, namespace: &str, service_account: &str) -> String {
     let entries = policy.allow_list();
     let mut audiences: Vec<&str> = entries.iter().map(|e| e.audience).collect();
@@ -74,23 +77,28 @@ pub fn grants(policy: &Policy, namespace: &str, service_account: &str) -> String
     let per_audience: Vec<String> = audiences
         .iter()
         .map(|audience| {
-            let mut own: Vec<_> = entries.iter().filter(|e| e.audience == *audience).collect();
-            own.sort_by_key(|e| std::cmp::Reverse(e.max_seconds));
-            let mut chain = String::new();
-            let mut closed = false;
+            let own: Vec<_> = entries.iter().filter(|e| e.audience == *audience).collect();
+            let mut groups: Vec<(u64, &[String], Vec<String>)> = Vec::new();
             for entry in own {
-                let test = entry_test(namespace, service_account, entry.namespaces, entry.service_accounts);
-                if test == "true" {
-                    chain.push_str(&entry.max_seconds.to_string());
-                    closed = true;
-                    break;
+                let accounts = entry.service_accounts.patterns();
+                let namespaces = entry.namespaces.patterns().to_vec();
+                match groups.iter_mut().find(|(max, sa, _)| *max == entry.max_seconds && *sa == accounts) {
+                    Some(group) => group.2.extend(namespaces),
+                    None => groups.push((entry.max_seconds, accounts, namespaces)),
                 }
-                chain.push_str(&format!("{test} ? {} : ", entry.max_seconds));
             }
-            if !closed {
-                chain.push_str("-1");
-            }
-            format!("{}: ({chain})", cel_string(audience))
+            let values: Vec<String> = groups
+                .into_iter()
+                .map(|(max, accounts, namespaces)| {
+                    let namespaces = Globs::compile(Some(&namespaces)).expect("the policy's own globs compile");
+                    let accounts = Globs::compile(Some(accounts)).expect("the policy's own globs compile");
+                    match entry_test(namespace, service_account, &namespaces, &accounts).as_str() {
+                        "true" => max.to_string(),
+                        test => format!("{test} ? {max} : -1"),
+                    }
+                })
+                .collect();
+            format!("{}: [{}]", cel_string(audience), values.join(", "))
         })
         .collect();
     format!("{{{}}}", per_audience.join(",\n  "))
@@ -98,22 +106,27 @@ pub fn grants(policy: &Policy, namespace: &str, service_account: &str) -> String
 
 /// Whether `grants` allows `audience` at all.
 pub fn granted(audience: &str) -> String {
-    format!("({audience} in variables.grants && variables.grants[{audience}] >= 0)")
+    format!("({audience} in variables.grants && variables.grants[{audience}].exists(m, m >= 0))")
 }
 
 /// Whether `effective` lies within `[minSeconds, grant]` for an audience `grants` allows (an
 /// audience it does not allow is the audience rule's to report).
 pub fn within_grant(policy: &Policy, audience: &str, effective: &str) -> String {
     format!(
-        "(!{} || ({effective} >= {} && {effective} <= variables.grants[{audience}]))",
+        "(!{} || ({effective} >= {} && variables.grants[{audience}].exists(m, m >= {effective})))",
         granted(audience),
         policy.min_seconds()
     )
 }
 
+/// The maxima `grants` gives `audience`, for messages: `7200/3600`.
+pub fn maxima(audience: &str) -> String {
+    format!("variables.grants[{audience}].filter(m, m >= 0).map(m, string(m)).join('/')")
+}
+
 /// The allowed audiences of `grants`, for messages: `"vault", "" (the API server audience)`.
 pub fn allowed_there() -> String {
-    "(variables.grants.exists(a, variables.grants[a] >= 0) ? variables.grants.filter(a, variables.grants[a] >= 0).map(a, a == '' ? '\"\" (the API server audience)' : '\"' + a + '\"').join(', ') : 'none')".to_string()
+    "(variables.grants.exists(a, variables.grants[a].exists(m, m >= 0)) ? variables.grants.filter(a, variables.grants[a].exists(m, m >= 0)).map(a, a == '' ? '\"\" (the API server audience)' : '\"' + a + '\"').join(', ') : 'none')".to_string()
 }
 
 /// The names of the pod's volumes with a projected token source, other than the automount

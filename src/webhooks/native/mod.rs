@@ -147,9 +147,10 @@ fn token_requests(policy: &Policy) -> PolicySpec {
 /// The message of a lifetime outside the bounds: asked, effective, and what is allowed.
 fn lifetime_message(policy: &Policy, audiences: &str, requested: &str, effective: &str, who: &str) -> String {
     format!(
-        "'spec.expirationSeconds: expirationSeconds ' + string({requested}) + ({effective} != {requested} ? ' is extended by the API server to ' + string({effective}) + ' s (ask for any other lifetime than 3607 s, or set spec.expiration.extendedSeconds to 3607 if the extension is off),' : ' is') + ' outside {min}..max seconds'{who} + ' (max per audience: ' + {audiences}.filter(a, {granted}).map(a, a + ': ' + string(variables.grants[a])).join(', ') + ')'",
+        "'spec.expirationSeconds: expirationSeconds ' + string({requested}) + ({effective} != {requested} ? ' is extended by the API server to ' + string({effective}) + ' s (ask for any other lifetime than 3607 s, or set spec.expiration.extendedSeconds to 3607 if the extension is off),' : ' is') + ' outside {min}..max seconds'{who} + ' (max per audience: ' + {audiences}.filter(a, {granted}).map(a, a + ': ' + {maxima}).join(', ') + ')'",
         min = policy.min_seconds(),
         granted = cel::granted("a"),
+        maxima = cel::maxima("a"),
     )
 }
 
@@ -186,9 +187,11 @@ fn pods(policy: &Policy) -> PolicySpec {
             "size(variables.deniedLifetimes) == 0".to_string(),
             "spec.volumes: a projected serviceAccountToken's lifetime is outside the bounds for the pod's service account",
             format!(
-                "'spec.volumes[' + variables.deniedLifetimes.join(', ') + '].projected.sources: a serviceAccountToken lifetime (3607 s for the API server audience counts as {} s) is outside {}..max seconds'{who} + ' (max per audience: ' + variables.grants.filter(a, variables.grants[a] >= 0).map(a, a + ': ' + string(variables.grants[a])).join(', ') + ')'",
+                "'spec.volumes[' + variables.deniedLifetimes.join(', ') + '].projected.sources: a serviceAccountToken lifetime (3607 s for the API server audience counts as {} s) is outside {}..max seconds'{who} + ' (max per audience: ' + variables.grants.filter(a, {}).map(a, a + ': ' + {}).join(', ') + ')'",
                 policy.extended_seconds(),
-                policy.min_seconds()
+                policy.min_seconds(),
+                cel::granted("a"),
+                cel::maxima("a")
             ),
         ),
     ];
