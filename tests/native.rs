@@ -20,10 +20,10 @@ use admission_cel::*;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tokengate::cluster::ObjectStore;
+use tokengate::k8s::api::{api_group, NAMED_GROUP_API_VERSION_RE2};
 use tokengate::policy::Policy;
 use tokengate::review::admission::AdmissionReviewIn;
 use tokengate::review::{decide, Subject, Webhook as Endpoint};
-use tokengate::k8s::api::{api_group, NAMED_GROUP_API_VERSION_RE2};
 use tokengate::webhooks::conditions::cel_string;
 use tokengate::webhooks::native::split::{Side, RULES};
 use tokengate::webhooks::native::{self, NativePolicy, KUBELETS_CONDITION};
@@ -101,8 +101,10 @@ fn evaluate_native(native: &NativePolicy, request: &Value) -> Result<Outcome, St
 
 /// `review`'s violations on `request` (validate endpoint), field first, and whether it allows it.
 fn decided(request: &Value, policy: &Policy, cluster: &ObjectStore) -> (Vec<String>, bool) {
-    let body = serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}))
-        .expect("encode");
+    let body = serde_json::to_vec(
+        &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}),
+    )
+    .expect("encode");
     let envelope = AdmissionReviewIn::from_slice(&body).expect("decodes");
     let admission = envelope.request.expect("request");
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
@@ -253,8 +255,8 @@ fn policy_strategy() -> impl Strategy<Value = Generated> {
         prop::collection::vec(namespace_glob(), 0..=1),
         prop::option::of(prop::collection::vec(namespace_glob(), 0..=1)),
     )
-        .prop_map(|(mode, api_audiences, (min, max, extended), entries, legacy, drivers, exempt, pod_namespaces)| {
-            Generated {
+        .prop_map(
+            |(mode, api_audiences, (min, max, extended), entries, legacy, drivers, exempt, pod_namespaces)| Generated {
                 mode,
                 api_audiences,
                 min,
@@ -265,8 +267,8 @@ fn policy_strategy() -> impl Strategy<Value = Generated> {
                 drivers,
                 exempt_namespaces: exempt,
                 pod_namespaces,
-            }
-        })
+            },
+        )
 }
 
 impl Generated {
@@ -368,13 +370,20 @@ fn token_request_strategy() -> impl Strategy<Value = Value> {
     let audiences = prop_oneof![
         Just(Value::Null),
         Just(json!([])),
-        prop::collection::vec(prop::sample::select(AUDIENCES.iter().copied().chain([OTHER_API_AUDIENCE]).collect::<Vec<_>>()), 1..3)
-            .prop_map(|a| json!(a)),
+        prop::collection::vec(
+            prop::sample::select(AUDIENCES.iter().copied().chain([OTHER_API_AUDIENCE]).collect::<Vec<_>>()),
+            1..3
+        )
+        .prop_map(|a| json!(a)),
     ];
     let bound = prop_oneof![
         Just(Value::Null),
         Just(bound_pod("Pod", Some("v1"), Some(POD_UID))),
-        prop::sample::select(vec!["apps/v1", "/v1", "a/b/c", "", "x/"]).prop_map(|v| bound_pod("Pod", Some(v), Some(POD_UID))),
+        prop::sample::select(vec!["apps/v1", "/v1", "a/b/c", "", "x/"]).prop_map(|v| bound_pod(
+            "Pod",
+            Some(v),
+            Some(POD_UID)
+        )),
         Just(bound_pod("Pod", None, Some(POD_UID))),
         Just(bound_pod("Secret", Some("v1"), Some(POD_UID))),
     ];
@@ -394,7 +403,9 @@ fn token_request_strategy() -> impl Strategy<Value = Value> {
 /// A projected token volume of one or two sources, or another volume.
 fn volume_strategy() -> impl Strategy<Value = Value> {
     let source = (
-        prop::option::of(prop::sample::select(AUDIENCES.iter().copied().chain([OTHER_API_AUDIENCE]).collect::<Vec<_>>())),
+        prop::option::of(prop::sample::select(
+            AUDIENCES.iter().copied().chain([OTHER_API_AUDIENCE]).collect::<Vec<_>>(),
+        )),
         prop::option::of(seconds()),
     )
         .prop_map(|(audience, seconds)| {
@@ -423,7 +434,10 @@ fn volume_strategy() -> impl Strategy<Value = Value> {
 }
 
 fn pod_strategy() -> impl Strategy<Value = Value> {
-    let accounts = (prop::option::of(prop::sample::select(vec!["web", "db", ""])), prop::option::of(prop::sample::select(vec!["web", "default", ""])));
+    let accounts = (
+        prop::option::of(prop::sample::select(vec!["web", "db", ""])),
+        prop::option::of(prop::sample::select(vec!["web", "default", ""])),
+    );
     (prop::sample::select(NAMESPACES.to_vec()), prop::collection::vec(volume_strategy(), 0..4), accounts, requester())
         .prop_map(|(namespace, mut volumes, (name, deprecated), user_info)| {
             let mut seen = BTreeSet::new();
@@ -443,7 +457,10 @@ fn pod_strategy() -> impl Strategy<Value = Value> {
 }
 
 fn csi_driver_strategy() -> impl Strategy<Value = Value> {
-    let request = (prop::option::of(prop::sample::select(vec!["vault", "", API_AUDIENCE, "sts.amazonaws.com"])), prop::option::of(seconds()))
+    let request = (
+        prop::option::of(prop::sample::select(vec!["vault", "", API_AUDIENCE, "sts.amazonaws.com"])),
+        prop::option::of(seconds()),
+    )
         .prop_map(|(audience, seconds)| {
             let mut request = json!({});
             if let Some(audience) = audience {
@@ -481,7 +498,13 @@ fn csi_driver_strategy() -> impl Strategy<Value = Value> {
 fn secret_strategy() -> impl Strategy<Value = Value> {
     let sa = "kubernetes.io/service-account-token";
     let account = || prop::option::of(prop::sample::select(ACCOUNTS.to_vec()));
-    (prop::sample::select(vec!["Opaque", sa, sa]), account(), prop::option::of(account()), prop::sample::select(NAMESPACES.to_vec()), requester())
+    (
+        prop::sample::select(vec!["Opaque", sa, sa]),
+        account(),
+        prop::option::of(account()),
+        prop::sample::select(NAMESPACES.to_vec()),
+        requester(),
+    )
         .prop_map(move |(type_, account, old, namespace, user_info)| {
             let mut request = match old {
                 None => secret_request(namespace, "CREATE", secret(type_, account), None),
@@ -541,7 +564,10 @@ fn generated_requests_reach_every_verdict_and_rule() {
 /// webhook rule none; every validation enforces a rule of the table.
 #[test]
 fn the_split_places_every_rule_exactly_once() {
-    let policy = Policy::parse(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/policy/policy.yaml")).expect("policy")).expect("valid");
+    let policy = Policy::parse(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/policy/policy.yaml")).expect("policy"),
+    )
+    .expect("valid");
     let native = native::native(&policy, "tokengate");
     let placed: Vec<&str> = native.split.iter().map(|p| p.rule).collect();
     let unique: BTreeSet<&str> = placed.iter().copied().collect();
@@ -557,7 +583,11 @@ fn the_split_places_every_rule_exactly_once() {
         match placement.side {
             Side::Native => {
                 assert_eq!(validations, 1, "{} is native but has {validations} validations", placement.rule);
-                assert!(validated.contains(&(placement.subject, placement.rule)), "{} in another policy", placement.rule);
+                assert!(
+                    validated.contains(&(placement.subject, placement.rule)),
+                    "{} in another policy",
+                    placement.rule
+                );
             }
             Side::Webhook => {
                 assert_eq!(validations, 0, "{} is in the webhook but validated natively", placement.rule);
@@ -615,7 +645,12 @@ fn the_command_prints_the_policies_and_bindings() {
         .collect();
     assert_eq!(kinds.len(), 8);
     assert!(kinds.chunks(2).all(|pair| pair == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]));
-    assert_eq!(run_tokengate(&["webhooks", "--native", "--policy", "examples/policy.yaml", "--name", "Not_A_Name"]).status.code(), Some(2));
+    assert_eq!(
+        run_tokengate(&["webhooks", "--native", "--policy", "examples/policy.yaml", "--name", "Not_A_Name"])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -626,7 +661,8 @@ fn the_command_prints_the_policies_and_bindings() {
 /// `namespace` when they name none, with the automount volume the API server adds.
 fn example_pods() -> Vec<Value> {
     let root = env!("CARGO_MANIFEST_DIR");
-    let paths = ["examples/manifests", "tests/fixtures/objects.yaml"].map(|p| std::path::PathBuf::from(format!("{root}/{p}")));
+    let paths =
+        ["examples/manifests", "tests/fixtures/objects.yaml"].map(|p| std::path::PathBuf::from(format!("{root}/{p}")));
     let documents = tokengate::manifest::load_paths(&paths).expect("examples load");
     let mut pods = Vec::new();
     for document in documents {
@@ -675,11 +711,20 @@ fn figures_share_of_example_pods_decided_natively() {
 /// How many of `pods` reach the pod webhooks today, and how many would with the native policy.
 fn pods_reaching_webhooks(policy: &Policy, pods: &[Value]) -> (usize, usize) {
     use tokengate::webhooks::{configurations, names, Options};
-    let drivers: Vec<&str> = std::iter::once("csi").chain(tokengate::k8s::volumes::IN_TREE_VOLUME_DRIVERS.iter().map(|(field, _)| *field)).collect();
+    let drivers: Vec<&str> = std::iter::once("csi")
+        .chain(tokengate::k8s::volumes::IN_TREE_VOLUME_DRIVERS.iter().map(|(field, _)| *field))
+        .collect();
     let endpoint = tokengate::webhooks::Endpoint::Service("tokengate-system/tokengate".parse().expect("service"));
     let configurations = configurations(policy, &Options::new(endpoint));
     let webhook = |name: &str| {
-        configurations.mutating.webhooks.iter().chain(&configurations.validating.webhooks).find(|w| w.name == name).expect("webhook").clone()
+        configurations
+            .mutating
+            .webhooks
+            .iter()
+            .chain(&configurations.validating.webhooks)
+            .find(|w| w.name == name)
+            .expect("webhook")
+            .clone()
     };
     let (mutate, validate) = (webhook(names::PODS_MUTATE), webhook(names::PODS_VALIDATE));
     let called = |w: &tokengate::webhooks::Webhook, pod: &Value| {

@@ -33,11 +33,9 @@ const SHIPPED_WEBHOOKS: &str = "manifests/webhooks/webhooks.yaml";
 /// The Service they point at.
 const SHIPPED_SERVICE: &str = "tokengate-system/tokengate";
 
-
 // ---------------------------------------------------------------------------------------------
 // Evaluating conditions
 // ---------------------------------------------------------------------------------------------
-
 
 /// Evaluates one expression with the variables matchConditions have.
 fn evaluate(expression: &str, request: &Value) -> Result<bool, String> {
@@ -101,8 +99,6 @@ fn webhooks_for<'a>(configurations: &'a Configurations, request: &Value) -> Vec<
         .collect()
 }
 
-
-
 /// Checks the property for one request: whatever a generated configuration keeps from
 /// tokengate (rules that cover nothing, the namespaceSelector, a false matchCondition) is what
 /// tokengate allows unchanged. Returns whether some webhook was skipped.
@@ -150,7 +146,6 @@ fn shipped_endpoint() -> webhooks::Endpoint {
 // ---------------------------------------------------------------------------------------------
 // Requests and objects
 // ---------------------------------------------------------------------------------------------
-
 
 /// Where each generated workload kind keeps its pod template.
 const WORKLOAD_KINDS: [(&str, &str, &str, &str); 4] = [
@@ -202,7 +197,6 @@ fn workload_request(kind: usize, namespace: &str, object: Value, old: Option<Val
         "object": object, "oldObject": old.unwrap_or(Value::Null), "dryRun": false,
     })
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Hand-written cases
@@ -485,7 +479,6 @@ fn the_checked_in_configurations_are_generated_from_the_shipped_policy() {
 // ---------------------------------------------------------------------------------------------
 // The property over generated policies and requests
 // ---------------------------------------------------------------------------------------------
-
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]

@@ -84,7 +84,13 @@ pub fn pod_request(namespace: &str, pod: Value, user_info: Value) -> Value {
     })
 }
 
-pub fn pod(name: &str, namespace: &str, labels: Option<Value>, annotations: Option<Value>, volumes: Vec<Value>) -> Value {
+pub fn pod(
+    name: &str,
+    namespace: &str,
+    labels: Option<Value>,
+    annotations: Option<Value>,
+    volumes: Vec<Value>,
+) -> Value {
     let mut metadata = json!({"name": name, "namespace": namespace});
     if let Some(labels) = labels {
         metadata["labels"] = labels;

@@ -119,7 +119,8 @@ fn lexical_tokens(expression: &str) -> u64 {
 /// parser accepts, or a fixed part that would leave fewer than 100 items within the
 /// per-expression limit.
 pub fn over_budget(spec: &PolicySpec) -> Option<String> {
-    let expressions = spec.variables.iter().map(|v| &v.expression).chain(spec.validations.iter().map(|v| &v.expression));
+    let expressions =
+        spec.variables.iter().map(|v| &v.expression).chain(spec.validations.iter().map(|v| &v.expression));
     if let Some(longest) = expressions.map(|e| e.chars().count()).max().filter(|n| *n > EXPRESSION_SIZE_LIMIT) {
         return Some(format!(
             "an expression would have {longest} characters, over the CEL parser's limit of {EXPRESSION_SIZE_LIMIT}"

@@ -53,8 +53,10 @@ fn glob_test(name: &str, globs: &Globs) -> Option<String> {
 /// Both globs of an entry on `namespace` and `service_account`, as one condition (`true` when
 /// both match every name).
 fn entry_test(namespace: &str, service_account: &str, namespaces: &Globs, service_accounts: &Globs) -> String {
-    let parts: Vec<String> =
-        [glob_test(namespace, namespaces), glob_test(service_account, service_accounts)].into_iter().flatten().collect();
+    let parts: Vec<String> = [glob_test(namespace, namespaces), glob_test(service_account, service_accounts)]
+        .into_iter()
+        .flatten()
+        .collect();
     if parts.is_empty() {
         "true".to_string()
     } else {

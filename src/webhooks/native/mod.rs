@@ -258,20 +258,19 @@ fn csi_driver_validations(policy: &Policy, republish: &[&str], in_secrets: &[&st
     let effective = cel::effective_seconds(policy, &format!("{audience} == ''"), &requested);
     let max = policy.max_seconds().min(crate::policy::API_MAX_EXPIRATION_SECONDS);
     let min = policy.min_seconds();
-    let allowed_audience =
-        format!("({audience} in variables.driverAudiences[object.metadata.name])");
+    let allowed_audience = format!("({audience} in variables.driverAudiences[object.metadata.name])");
     let driver = "'CSI driver \"' + object.metadata.name + '\"'";
     let must_be_true = |field: &str, drivers: &[&str], why: &str| {
         (
-            format!("!(object.metadata.name in {}) || (has(object.spec.{field}) && object.spec.{field} == true)", cel_list(drivers)),
+            format!(
+                "!(object.metadata.name in {}) || (has(object.spec.{field}) && object.spec.{field} == true)",
+                cel_list(drivers)
+            ),
             format!("'spec.{field}: must be true: ' + {driver} + ' declares tokenRequests, and {why}'"),
         )
     };
-    let (republish, republish_message) = must_be_true(
-        "requiresRepublish",
-        republish,
-        "without republish its tokens expire under mounted volumes",
-    );
+    let (republish, republish_message) =
+        must_be_true("requiresRepublish", republish, "without republish its tokens expire under mounted volumes");
     let (secrets, secrets_message) = must_be_true(
         "serviceAccountTokenInSecrets",
         in_secrets,
