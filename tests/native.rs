@@ -189,6 +189,44 @@ fn check(policy: &Policy, cluster: &ObjectStore, request: &Value) -> Result<Seen
     Ok(seen)
 }
 
+/// Whether `webhook` calls tokengate for `request`: a rule covers it, its namespaceSelector (only
+/// tokengate's own namespace left out) lets it through, and every condition holds.
+fn calls(webhook: &tokengate::webhooks::Webhook, request: &Value) -> bool {
+    let namespace_selected = webhook.namespace_selector.is_none() || request["namespace"] != OWN_NAMESPACE;
+    webhook.rules.iter().any(|rule| rule_covers(rule, request))
+        && namespace_selected
+        && webhook.match_conditions.iter().all(|c| run_bool(&c.expression, request, &HashMap::new()).expect("evaluates"))
+}
+
+/// The narrowed webhooks (`native::narrow::narrow`) keep from tokengate only what the native
+/// policies decide as `review` does: a request the full configuration sends to a validating
+/// webhook and the narrowed one does not gets the same verdict from the native policies.
+fn check_narrowed(policy: &Policy, cluster: &ObjectStore, request: &Value) -> Result<bool, TestCaseError> {
+    use tokengate::webhooks::{configurations, Endpoint as Service, Options};
+    let options = Options::new(Service::Service("tokengate-system/tokengate".parse().expect("service")));
+    let full = configurations(policy, &options);
+    let native = native::native(policy, "tokengate");
+    let narrowed = native::narrow::narrow(policy, full.clone(), &native);
+    let called_by = |configurations: &tokengate::webhooks::Configurations| {
+        configurations.validating.webhooks.iter().any(|webhook| calls(webhook, request))
+    };
+    if !called_by(&full) || called_by(&narrowed) {
+        return Ok(false);
+    }
+    let (violations, allowed) = decided(request, policy, cluster);
+    let mut failed = Vec::new();
+    let mut denies = false;
+    for native_policy in &native.policies {
+        if let Outcome::Evaluated(rules) = evaluate_native(native_policy, request).map_err(TestCaseError::fail)? {
+            denies |= !rules.is_empty() && native_policy.binding.spec.validation_actions.iter().any(|a| a == "Deny");
+            failed.extend(rules);
+        }
+    }
+    prop_assert_eq!(failed.is_empty(), violations.is_empty(), "narrowed away: native {:?}, review {:?}: {}", failed, violations, request);
+    prop_assert_eq!(!denies, allowed, "narrowed away: allowed differs on {}", request);
+    Ok(true)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Generated policies
 // ---------------------------------------------------------------------------------------------
@@ -525,7 +563,9 @@ proptest! {
     #[test]
     fn the_native_verdict_is_reviews_for_every_request_it_claims(generated in policy_strategy(), request in request_strategy()) {
         let Some(policy) = generated.policy() else { return Ok(()) };
-        check(&policy, &cluster(&NAMESPACES, false), &request)?;
+        let store = cluster(&NAMESPACES, false);
+        check(&policy, &store, &request)?;
+        check_narrowed(&policy, &store, &request)?;
     }
 }
 
@@ -539,12 +579,14 @@ fn generated_requests_reach_every_verdict_and_rule() {
     let mut verdicts = BTreeSet::new();
     let mut rules = BTreeSet::new();
     let mut skipped = BTreeSet::new();
+    let mut narrowed_away = 0;
     let store = cluster(&NAMESPACES, false);
     for _ in 0..1500 {
         let generated = policy_strategy().new_tree(&mut runner).expect("tree").current();
         let request = request_strategy().new_tree(&mut runner).expect("tree").current();
         let Some(policy) = generated.policy() else { continue };
         let seen = check(&policy, &store, &request).expect("property");
+        narrowed_away += usize::from(check_narrowed(&policy, &store, &request).expect("narrowed"));
         verdicts.extend(seen.evaluated);
         rules.extend(seen.failed_rules);
         skipped.extend(seen.skipped);
@@ -558,6 +600,7 @@ fn generated_requests_reach_every_verdict_and_rule() {
         assert!(never.is_some() || rules.contains(rule), "rule {rule} never failed: {rules:?}");
     }
     assert!(skipped.len() >= 4, "too few conditions skipped anything: {skipped:?}");
+    assert!(narrowed_away > 100, "the narrowed webhooks skip too little: {narrowed_away}");
 }
 
 /// Every rule is placed once; a native rule has a validation in its subject's policy and a

@@ -10,6 +10,7 @@
 pub mod cost;
 pub mod expressions;
 pub mod objects;
+pub mod narrow;
 pub mod render;
 pub mod split;
 
@@ -99,17 +100,20 @@ fn spec(
     }
 }
 
+/// Whether the requester is a kubelet as decisions recognise one (`UserInfo::node_name`):
+/// `system:node:<name>` in `system:nodes`.
+pub fn kubelet() -> String {
+    format!(
+        "has(request.userInfo.username) && request.userInfo.username.startsWith({})\n  && has(request.userInfo.groups) && {} in request.userInfo.groups",
+        cel_string(NODE_USER_PREFIX),
+        cel_string(NODES_GROUP)
+    )
+}
+
 /// TokenRequests of users and controllers: every audience allowed for `request.namespace` /
 /// `request.name`, within the lifetime bounds. Kubelets' requests stay in the webhook.
 fn token_requests(policy: &Policy) -> PolicySpec {
-    let not_kubelet = MatchCondition {
-        name: KUBELETS_CONDITION.to_string(),
-        expression: format!(
-            "!(has(request.userInfo.username) && request.userInfo.username.startsWith({})\n  && has(request.userInfo.groups) && {} in request.userInfo.groups)",
-            cel_string(NODE_USER_PREFIX),
-            cel_string(NODES_GROUP)
-        ),
-    };
+    let not_kubelet = MatchCondition { name: KUBELETS_CONDITION.to_string(), expression: format!("!({})", kubelet()) };
     let effective = cel::effective_seconds(
         policy,
         "variables.boundToPod && variables.audiences.all(a, a == '')",
