@@ -183,6 +183,10 @@ pub struct WebhooksArgs {
     /// saying which rule is decided where and why (docs/native.md). Needs no --service or --url.
     #[arg(long)]
     pub native: bool,
+    /// Print the webhook configurations narrowed to what the native policies (--native) leave to
+    /// tokengate: apply both together, the native policies first.
+    #[arg(long, conflicts_with = "native")]
+    pub narrowed: bool,
 }
 
 /// How the API server reaches tokengate (exactly one, unless --native).

@@ -186,7 +186,13 @@ fn run_webhooks(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
         (None, None) => unreachable!("clap requires --service or --url"),
     };
     let options = webhook_options(endpoint, &args.name, args.ca_bundle.as_deref(), &args.annotation)?;
-    let yaml = webhooks::render_yaml(&policy, &webhooks::configurations(&policy, &options))?;
+    let mut configurations = webhooks::configurations(&policy, &options);
+    if args.narrowed {
+        let native = webhooks::native::native(&policy, &args.name);
+        configurations = webhooks::native::narrow::narrow(&policy, configurations, &native);
+    }
+    let yaml = webhooks::render_yaml(&policy, &configurations)?;
+    let yaml = if args.narrowed { format!("{}{yaml}", webhooks::native::narrow::HEADER) } else { yaml };
     std::io::stdout().lock().write_all(yaml.as_bytes()).context("writing the configurations")?;
     Ok(ExitCode::SUCCESS)
 }

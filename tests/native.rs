@@ -195,7 +195,10 @@ fn calls(webhook: &tokengate::webhooks::Webhook, request: &Value) -> bool {
     let namespace_selected = webhook.namespace_selector.is_none() || request["namespace"] != OWN_NAMESPACE;
     webhook.rules.iter().any(|rule| rule_covers(rule, request))
         && namespace_selected
-        && webhook.match_conditions.iter().all(|c| run_bool(&c.expression, request, &HashMap::new()).expect("evaluates"))
+        && webhook
+            .match_conditions
+            .iter()
+            .all(|c| run_bool(&c.expression, request, &HashMap::new()).expect("evaluates"))
 }
 
 /// The narrowed webhooks (`native::narrow::narrow`) keep from tokengate only what the native
@@ -222,7 +225,14 @@ fn check_narrowed(policy: &Policy, cluster: &ObjectStore, request: &Value) -> Re
             failed.extend(rules);
         }
     }
-    prop_assert_eq!(failed.is_empty(), violations.is_empty(), "narrowed away: native {:?}, review {:?}: {}", failed, violations, request);
+    prop_assert_eq!(
+        failed.is_empty(),
+        violations.is_empty(),
+        "narrowed away: native {:?}, review {:?}: {}",
+        failed,
+        violations,
+        request
+    );
     prop_assert_eq!(!denies, allowed, "narrowed away: allowed differs on {}", request);
     Ok(true)
 }
@@ -694,6 +704,21 @@ fn the_command_prints_the_policies_and_bindings() {
             .code(),
         Some(2)
     );
+    let narrowed = run_tokengate(&[
+        "webhooks",
+        "--narrowed",
+        "--policy",
+        "examples/policy.yaml",
+        "--service",
+        "tokengate-system/tokengate",
+    ]);
+    assert_eq!(narrowed.status.code(), Some(0), "{}", String::from_utf8_lossy(&narrowed.stderr));
+    let text = String::from_utf8(narrowed.stdout).expect("utf-8");
+    assert!(text.starts_with("# NARROWED"));
+    assert!(
+        text.contains(tokengate::webhooks::names::PODS_VALIDATE)
+            && !text.contains(tokengate::webhooks::names::CSI_DRIVERS)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -751,40 +776,18 @@ fn figures_share_of_example_pods_decided_natively() {
     }
 }
 
-/// How many of `pods` reach the pod webhooks today, and how many would with the native policy.
+/// How many of `pods` reach the pod webhooks today, and how many the narrowed configurations
+/// (`webhooks --narrowed`) still send to tokengate.
 fn pods_reaching_webhooks(policy: &Policy, pods: &[Value]) -> (usize, usize) {
-    use tokengate::webhooks::{configurations, names, Options};
-    let drivers: Vec<&str> = std::iter::once("csi")
-        .chain(tokengate::k8s::volumes::IN_TREE_VOLUME_DRIVERS.iter().map(|(field, _)| *field))
-        .collect();
+    use tokengate::webhooks::{configurations, Configurations, Options};
     let endpoint = tokengate::webhooks::Endpoint::Service("tokengate-system/tokengate".parse().expect("service"));
-    let configurations = configurations(policy, &Options::new(endpoint));
-    let webhook = |name: &str| {
-        configurations
-            .mutating
-            .webhooks
-            .iter()
-            .chain(&configurations.validating.webhooks)
-            .find(|w| w.name == name)
-            .expect("webhook")
-            .clone()
+    let full = configurations(policy, &Options::new(endpoint));
+    let narrowed = native::narrow::narrow(policy, full.clone(), &native::native(policy, "tokengate"));
+    let reaches = |configurations: &Configurations, pod: &Value| {
+        configurations.mutating.webhooks.iter().chain(&configurations.validating.webhooks).any(|w| calls(w, pod))
     };
-    let (mutate, validate) = (webhook(names::PODS_MUTATE), webhook(names::PODS_VALIDATE));
-    let called = |w: &tokengate::webhooks::Webhook, pod: &Value| {
-        w.match_conditions.iter().all(|c| run_bool(&c.expression, pod, &HashMap::new()).expect("evaluates"))
-    };
-    let (mut today, mut after) = (0, 0);
-    for pod in pods {
-        let injected = called(&mutate, pod);
-        if !(injected || called(&validate, pod)) {
-            continue;
-        }
-        today += 1;
-        let volumes = pod["object"]["spec"]["volumes"].as_array().cloned().unwrap_or_default();
-        if injected || volumes.iter().any(|v| drivers.iter().any(|d| v.get(*d).is_some())) {
-            after += 1;
-        }
-    }
+    let today = pods.iter().filter(|pod| reaches(&full, pod)).count();
+    let after = pods.iter().filter(|pod| reaches(&narrowed, pod)).count();
     (today, after)
 }
 

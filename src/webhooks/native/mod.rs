@@ -9,8 +9,8 @@
 
 pub mod cost;
 pub mod expressions;
-pub mod objects;
 pub mod narrow;
+pub mod objects;
 pub mod render;
 pub mod split;
 

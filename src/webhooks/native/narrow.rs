@@ -8,6 +8,9 @@ use crate::review::Subject;
 use crate::webhooks::conditions::{self, names as condition, MatchCondition};
 use crate::webhooks::{names, Configurations};
 
+/// The comment that opens the narrowed configurations, before their own header.
+pub const HEADER: &str = "# NARROWED beside the native policies of `tokengate webhooks --native` (apply those first): the\n# CSIDriver and legacy token Secret webhooks are left out when their policies are native, pods.validate\n# is called only for pods with a CSI volume or that an injection may match, and tokenrequests.validate\n# only for kubelets. The header below describes the full configurations.\n";
+
 /// `configurations` narrowed to what `native` leaves to tokengate. The conditions they had stay:
 /// a request they skipped before is skipped still.
 pub fn narrow(policy: &Policy, mut configurations: Configurations, native: &Native) -> Configurations {
