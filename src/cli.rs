@@ -249,15 +249,24 @@ pub struct WebhooksArgs {
     /// cert-manager.io/inject-ca-from=tokengate-system/tokengate-serving; repeat for several.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_annotation)]
     pub annotation: Vec<(String, String)>,
+    /// Print instead the ValidatingAdmissionPolicies (and their bindings, named NAME-<kind>) that
+    /// let the API server itself decide the rules that need no lookup, with a comment header
+    /// saying which rule is decided where and why (docs/native.md). Needs no --service or --url.
+    #[arg(long)]
+    pub native: bool,
+    /// Print the webhook configurations narrowed to what the native policies (--native) leave to
+    /// tokengate: apply both together, the native policies first.
+    #[arg(long, conflicts_with = "native")]
+    pub narrowed: bool,
 }
 
-/// How the API server reaches tokengate (exactly one).
+/// How the API server reaches tokengate (exactly one, unless --native).
 #[derive(Debug, clap::Args)]
-#[group(required = true, multiple = false)]
+#[group(required = false, multiple = false)]
 pub struct EndpointArgs {
     /// The Service in front of tokengate, NAMESPACE/NAME[:PORT] (port default 443); its
     /// namespace is also left out of every webhook.
-    #[arg(long, value_name = "NAMESPACE/NAME[:PORT]")]
+    #[arg(long, value_name = "NAMESPACE/NAME[:PORT]", required_unless_present_any = ["url", "native"])]
     pub service: Option<crate::webhooks::ServiceRef>,
     /// A URL instead of a Service, e.g. https://127.0.0.1:8443 for a tokengate outside the
     /// cluster; /mutate and /validate are appended (tokengate-system is then the namespace left

@@ -183,13 +183,25 @@ fn webhook_options(
 
 fn run_webhooks(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
+    if args.native {
+        webhooks::native::check_name(&args.name)?;
+        let yaml = webhooks::native::render::render_yaml(&webhooks::native::native(&policy, &args.name))?;
+        std::io::stdout().lock().write_all(yaml.as_bytes()).context("writing the native policies")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let endpoint = match (args.endpoint.service, args.endpoint.url) {
         (Some(service), _) => Endpoint::Service(service),
         (None, Some(url)) => Endpoint::Url(url),
         (None, None) => unreachable!("clap requires --service or --url"),
     };
     let options = webhook_options(endpoint, &args.name, args.ca_bundle.as_deref(), &args.annotation)?;
-    let yaml = webhooks::render_yaml(&policy, &webhooks::configurations(&policy, &options))?;
+    let mut configurations = webhooks::configurations(&policy, &options);
+    if args.narrowed {
+        let native = webhooks::native::native(&policy, &args.name);
+        configurations = webhooks::native::narrow::narrow(&policy, configurations, &native);
+    }
+    let yaml = webhooks::render_yaml(&policy, &configurations)?;
+    let yaml = if args.narrowed { format!("{}{yaml}", webhooks::native::narrow::HEADER) } else { yaml };
     std::io::stdout().lock().write_all(yaml.as_bytes()).context("writing the configurations")?;
     Ok(ExitCode::SUCCESS)
 }

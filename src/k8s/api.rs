@@ -14,6 +14,11 @@ pub fn api_group(api_version: &str) -> &str {
     }
 }
 
+/// An RE2 expression matching exactly the `apiVersion`s whose [`api_group`] is not the core
+/// group: one `/`, with something before it. CEL's `matches()` reads it as Rust's `regex` does
+/// (tests/native.rs holds the two readings together on generated values).
+pub const NAMED_GROUP_API_VERSION_RE2: &str = "^[^/]+/[^/]*$";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,19 @@ pub struct AllowingEntry<'p> {
     pub max_seconds: u64,
 }
 
+/// One `audiences` entry as compiled (see [`Policy::allow_list`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AllowListEntry<'p> {
+    /// The audience, normalised (`""` for the API server audience).
+    pub audience: &'p str,
+    /// Its index in `spec.audiences`.
+    pub index: usize,
+    pub namespaces: &'p Globs,
+    pub service_accounts: &'p Globs,
+    /// Its `maxExpirationSeconds`, capped by `expiration.maxSeconds`.
+    pub max_seconds: u64,
+}
+
 /// One `legacyTokens` entry.
 #[derive(Debug, Clone)]
 struct LegacyTokenRule {
@@ -551,6 +564,39 @@ impl Policy {
         let mut users: Vec<&str> = self.exemptions.users.iter().map(String::as_str).collect();
         users.sort_unstable();
         users
+    }
+
+    /// Every `audiences` entry as compiled (audience normalised, maximum capped by
+    /// `expiration.maxSeconds`), by audience and then in document order.
+    pub fn allow_list(&self) -> Vec<AllowListEntry<'_>> {
+        let mut entries: Vec<AllowListEntry<'_>> = self
+            .audiences
+            .iter()
+            .flat_map(|(audience, rules)| {
+                rules.entries.iter().map(move |rule| AllowListEntry {
+                    audience,
+                    index: rule.index,
+                    namespaces: &rule.namespaces,
+                    service_accounts: &rule.service_accounts,
+                    max_seconds: rule.max_seconds,
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| (a.audience, a.index).cmp(&(b.audience, b.index)));
+        entries
+    }
+
+    /// Every `legacyTokens` entry: its namespace and service-account globs, in document order.
+    pub fn legacy_token_rules(&self) -> Vec<(&Globs, &Globs)> {
+        self.legacy_tokens.iter().map(|rule| (&rule.namespaces, &rule.service_accounts)).collect()
+    }
+
+    /// Every `csiDrivers` entry, by driver name.
+    pub fn csi_driver_rules(&self) -> Vec<(&str, &CsiDriverRule)> {
+        let mut drivers: Vec<(&str, &CsiDriverRule)> =
+            self.csi_drivers.iter().map(|(name, rule)| (name.as_str(), rule)).collect();
+        drivers.sort_by_key(|(name, _)| *name);
+        drivers
     }
 
     /// `spec.exemptions.groups`, sorted.

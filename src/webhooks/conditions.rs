@@ -54,6 +54,8 @@ pub mod names {
     pub const NO_INJECTION_MATCHES: &str = "skip-pods-no-injection-matches";
     pub const AUTOMOUNT_ONLY_PODS: &str = "skip-automount-only-pods-no-injection-matches";
     pub const KUBELET_AUTOMOUNT_TOKENS: &str = "skip-kubelet-automount-tokens";
+    pub const NATIVE_PODS: &str = "skip-pods-the-native-policy-decides";
+    pub const NATIVE_TOKEN_REQUESTS: &str = "skip-token-requests-the-native-policy-decides";
     pub const DRIVERS_WITHOUT_TOKENS: &str = "skip-csidrivers-without-token-requests";
     pub const OTHER_SECRET_TYPES: &str = "skip-other-secret-types";
     pub const SECRET_UPDATES_KEEPING_THE_ACCOUNT: &str = "skip-secret-updates-keeping-the-service-account";
@@ -155,27 +157,49 @@ pub fn pod_injection_may_match(policy: &Policy) -> MatchCondition {
 
 /// Pod validation: pods with a token or CSI volume to check, or that some injection may match.
 pub fn pod_needs_checks(policy: &Policy) -> MatchCondition {
+    MatchCondition::new(names::AUTOMOUNT_ONLY_PODS, pod_volumes_or_injections(policy, true))
+}
+
+/// Pod validation beside the native policies, which judge projected tokens: pods with a CSI
+/// volume (inline, or an in-tree type CSI migration serves), or that some injection may match.
+pub fn pod_needs_lookups(policy: &Policy) -> MatchCondition {
+    MatchCondition::new(names::NATIVE_PODS, pod_volumes_or_injections(policy, false))
+}
+
+/// Whether the pod has a CSI volume (and, with `tokens`, a projected token other than the
+/// automount volume), or some injection may match it.
+fn pod_volumes_or_injections(policy: &Policy, tokens: bool) -> String {
     let volume = |v: &str| {
         let mut kinds: Vec<String> = vec![format!("has({v}.csi)")];
         kinds.extend(IN_TREE_VOLUME_DRIVERS.iter().map(|(field, _)| format!("has({v}.{field})")));
-        format!("{}\n  || ({})", kinds.join(" || "), token_other_than_automount(v))
+        let token = if tokens { format!("\n  || ({})", token_other_than_automount(v)) } else { String::new() };
+        format!("{}{token}", kinds.join(" || "))
     };
     let volumes = format!("has(object.spec.volumes) && object.spec.volumes.exists(v,\n  {})", volume("v"));
-    let expression = match any_injection_may_match(policy) {
+    match any_injection_may_match(policy) {
         Cel::Never => volumes,
         Cel::Always => "true".to_string(),
         Cel::Expression(injections) => format!("({volumes})\n|| ({injections})"),
-    };
-    MatchCondition::new(names::AUTOMOUNT_ONLY_PODS, expression)
+    }
 }
 
-/// Whether volume `v` has a projected token source and is not the automount volume: the name
-/// prefix and exactly one token source, without audience, at path `token`, for 3607 s.
+/// Whether volume `v` has a projected token source and is not the automount volume.
 fn token_other_than_automount(v: &str) -> String {
+    let sources = format!("{v}.projected.sources");
+    format!(
+        "has({v}.projected) && has({sources}) && {sources} != null\n    && {sources}.exists(s, has(s.serviceAccountToken))\n    && !({})",
+        automount_volume(v)
+    )
+}
+
+/// Whether volume `v`, known to have projected sources, is the automount volume: the name prefix
+/// and exactly one token source, without audience, at path `token`, for 3607 s (the reading of
+/// `k8s::tokens::has_automount_shape`).
+pub fn automount_volume(v: &str) -> String {
     let sources = format!("{v}.projected.sources");
     let token = "s.serviceAccountToken";
     format!(
-        "has({v}.projected) && has({sources}) && {sources} != null\n    && {sources}.exists(s, has({token}))\n    && !({v}.name.startsWith({prefix})\n      && {sources}.exists_one(s, has({token}))\n      && {sources}.all(s, !has({token})\n        || ((!has({token}.audience) || {token}.audience == '')\n          && {token}.path == {path}\n          && has({token}.expirationSeconds) && {token}.expirationSeconds == {seconds})))",
+        "{v}.name.startsWith({prefix})\n      && {sources}.exists_one(s, has({token}))\n      && {sources}.all(s, !has({token})\n        || ((!has({token}.audience) || {token}.audience == '')\n          && {token}.path == {path}\n          && has({token}.expirationSeconds) && {token}.expirationSeconds == {seconds}))",
         prefix = cel_string(AUTOMOUNT_VOLUME_PREFIX),
         path = cel_string(AUTOMOUNT_TOKEN_PATH),
         seconds = AUTOMOUNT_EXPIRATION_SECONDS,
@@ -333,7 +357,8 @@ pub fn cel_string(text: &str) -> String {
     out
 }
 
-fn cel_list(items: &[&str]) -> String {
+/// A CEL list of string literals.
+pub fn cel_list(items: &[&str]) -> String {
     format!("[{}]", items.iter().map(|s| cel_string(s)).collect::<Vec<_>>().join(", "))
 }
 

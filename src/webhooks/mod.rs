@@ -7,6 +7,7 @@
 
 pub mod conditions;
 pub mod manage;
+pub mod native;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -17,6 +17,7 @@
 #   - the policy only in manifests/policy, in mode Warn: no other install applies it;
 #   - tests/e2e/policy.yaml valid (tokengate policy validate) and its derived variants as
 #     expected;
+#   - tokengate webhooks --native for each shipped example policy valid for Kubernetes 1.37.0;
 #   - the objects the scenarios create (scenarios.sh --render) valid for Kubernetes 1.37.0 and
 #     judged by tokengate check as the scenarios expect: admitted ones pass, each denied one fails;
 #   - tests/e2e/kind.sh --dry-run and tests/e2e/local.sh --dry-run exit 0 and print the commands
@@ -244,6 +245,17 @@ validate_scenario_objects() {
   local -a files
   mapfile -t files < <(find "$work/objects/admitted" "$work/objects/denied" -name '*.yaml' | sort)
   validate_objects "${files[@]}"
+}
+
+# The native policies (tokengate webhooks --native) of each shipped example policy.
+validate_native_policies() {
+  local policy out
+  mkdir -p "$work/native"
+  for policy in examples/policy.yaml manifests/policy/policy.yaml tests/e2e/policy.yaml; do
+    out="$work/native/$(echo "$policy" | tr / -)"
+    tokengate webhooks --native --policy "$policy" > "$out"
+  done
+  validate_objects "$work"/native/*.yaml
 }
 
 # Every object the scenarios expect to be admitted passes tokengate check.
@@ -499,6 +511,7 @@ check "the policy is created once (manifests/policy, mode Warn), never re-applie
 check "tests/e2e/policy.yaml is a valid policy" tokengate policy validate tests/e2e/policy.yaml
 check "render the scenario objects (scenarios.sh --render)" render_scenario_objects
 check "scenario objects valid for Kubernetes $K8S_VERSION" validate_scenario_objects
+check "native policies (webhooks --native) valid for Kubernetes $K8S_VERSION" validate_native_policies
 check "the policy variant allowing evil.example.com is valid" tokengate policy validate "$work/objects/policies/evil.yaml"
 check "the garbage policy is refused" expect_status 1 tokengate policy validate "$work/objects/policies/garbage.yaml"
 check "objects the scenarios expect admitted pass tokengate check" check_admitted

@@ -1,0 +1,73 @@
+//! The native policies as one YAML stream for `kubectl apply -f -`, behind a comment header
+//! saying which rule is decided where, and why.
+
+use super::split::{Placement, Side};
+use super::{cost, Native};
+use crate::review::Subject;
+use crate::webhooks::RenderError;
+
+/// The policies and bindings, each policy followed by its binding, after the header.
+pub fn render_yaml(native: &Native) -> Result<String, RenderError> {
+    let mut out = String::new();
+    for line in header(native) {
+        out.push_str(if line.is_empty() { "#" } else { "# " });
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let mut documents = Vec::new();
+    for policy in &native.policies {
+        documents.push(serde_yaml_ng::to_string(&policy.policy)?);
+        documents.push(serde_yaml_ng::to_string(&policy.binding)?);
+    }
+    out.push_str(&documents.join("---\n"));
+    Ok(out)
+}
+
+/// The subject as the header names it.
+fn label(subject: Subject) -> &'static str {
+    match subject {
+        Subject::Workload(_) => "workloads",
+        other => other.as_str(),
+    }
+}
+
+/// The comment block: what the objects are, every rule with where it is decided, and the cost
+/// bound of each policy.
+pub fn header(native: &Native) -> Vec<String> {
+    let mut lines: Vec<String> = [
+        "tokengate's native policies, computed from the policy by `tokengate webhooks --native`: do not edit.",
+        "ValidatingAdmissionPolicies (admissionregistration.k8s.io/v1, Kubernetes 1.30+) that the API server",
+        "evaluates in-process, for the rules that need no lookup; the webhook keeps deciding the others.",
+        "They skip what the webhooks skip (break-glass group, exemptions, exemptions.podNamespaces for pods).",
+        "",
+        "Where each rule is decided:",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    lines.extend(native.split.iter().map(placement_line));
+    lines.push(String::new());
+    lines.push(format!(
+        "CEL cost bound (the API server's limits: {} per expression, {} per policy and request):",
+        cost::PER_CALL_LIMIT,
+        cost::RUNTIME_CEL_COST_BUDGET
+    ));
+    for policy in &native.policies {
+        let estimate = cost::estimate(&policy.policy.spec);
+        lines.push(format!(
+            "- {}: at most {} per request plus {} per token source, audience or tokenRequests entry ({} fit)",
+            policy.policy.metadata.name,
+            estimate.fixed,
+            estimate.per_item,
+            estimate.items_within_limit()
+        ));
+    }
+    lines
+}
+
+fn placement_line(placement: &Placement) -> String {
+    match placement.side {
+        Side::Native => format!("- {} ({}): native", placement.rule, label(placement.subject)),
+        Side::Webhook => format!("- {} ({}): webhook: {}", placement.rule, label(placement.subject), placement.why),
+    }
+}
