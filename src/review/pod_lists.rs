@@ -229,8 +229,8 @@ impl<'de> Visitor<'de> for PairSeed<'_> {
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.1 {
-            PairKind::Env => "an environment variable",
-            PairKind::Mount => "a volume mount",
+            PairKind::Env => "struct EnvVar",
+            PairKind::Mount => "struct VolumeMount",
         })
     }
 
@@ -312,7 +312,7 @@ impl<'de> Visitor<'de> for PairListSeed<'_> {
     type Value = bool;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list or null")
+        f.write_str("a sequence")
     }
 
     fn visit_none<E: de::Error>(self) -> Result<bool, E> {
@@ -455,7 +455,7 @@ impl<'de> Visitor<'de> for ContainerSeed<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a container")
+        f.write_str("struct Container")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -499,7 +499,7 @@ impl<'de> Deserialize<'de> for Containers {
             type Value = Containers;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of containers")
+                f.write_str("a sequence")
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Containers, A::Error> {
@@ -627,7 +627,7 @@ impl<'de> Deserialize<'de> for Volumes {
             type Value = Volumes;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of volumes")
+                f.write_str("a sequence")
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Volumes, A::Error> {
