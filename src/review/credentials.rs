@@ -102,7 +102,7 @@ pub async fn each_pod_credential<'a, C: Cluster>(
             for (_, source) in volume.token_sources() {
                 let token = pod_token(view, policy, source.audience, source.expiration_seconds);
                 sink(Found::Token(Credential {
-                    origin: Origin::Automount { volume: &volume.name, volume_index: i },
+                    origin: Origin::Automount { volume: volume.name, volume_index: i },
                     written_audience: source.audience.map(str::to_string),
                     audience: token.audience.to_string(),
                     lifetime: token.lifetime,
@@ -124,7 +124,7 @@ pub async fn each_pod_credential<'a, C: Cluster>(
                 }
             };
             sink(Found::Token(Credential {
-                origin: Origin::Projected { volume: &volume.name, volume_index: i, source_index: j, path: source.path },
+                origin: Origin::Projected { volume: volume.name, volume_index: i, source_index: j, path: source.path },
                 written_audience: source.audience.map(str::to_string),
                 audience: token.audience.to_string(),
                 lifetime: token.lifetime,
@@ -148,7 +148,7 @@ pub async fn driver_credentials<'a, C: Cluster>(
     driver: &str,
     driver_field: &str,
 ) -> Vec<Found<'a>> {
-    let volume = view.spec.volumes().get(volume_index).map_or("", |v| v.name.as_str());
+    let volume = view.spec.volumes().get(volume_index).map_or("", |v| v.name);
     let info = match cluster.csi_driver(driver).await {
         Ok(info) => info,
         Err(err) => {

@@ -40,11 +40,12 @@ impl Slot {
         }
     }
 
-    fn container(self, spec: &PodSpec) -> &Container {
-        match self {
-            Slot::Init(i) => &spec.init_containers()[i],
-            Slot::Main(i) => &spec.containers()[i],
-        }
+    fn container(self, spec: &PodSpec) -> Container<'_> {
+        let container = match self {
+            Slot::Init(i) => spec.init_containers().get(i),
+            Slot::Main(i) => spec.containers().get(i),
+        };
+        container.expect("slots are taken from the containers of this spec")
     }
 
     fn field(self, pod_field: &str) -> String {
@@ -201,9 +202,9 @@ impl Planner<'_> {
     fn plan_volume(&self, progress: &mut Progress) -> Result<(), Violation> {
         let (field, name, wanted) = (&self.view.field, &self.injection.name, &self.injection.volume);
         let volumes = self.view.spec.volumes();
-        match volumes.iter().position(|v| v.name == wanted.name) {
-            Some(i) if is_injected_volume(&volumes[i], self.injection, self.policy) => Ok(()),
-            Some(i) => Err(Violation::new(
+        match volumes.iter().enumerate().find(|(_, v)| v.name == wanted.name) {
+            Some((_, volume)) if is_injected_volume(&volume, self.injection, self.policy) => Ok(()),
+            Some((i, _)) => Err(Violation::new(
                 format!("{field}.volumes[{i}].name"),
                 format!(
                     "volume {:?} already exists and is not the token volume injection {name:?} adds; rename or remove it",
@@ -228,22 +229,24 @@ impl Planner<'_> {
     fn plan_mount(&self, slot: Slot, progress: &mut Progress) -> Result<(), Violation> {
         let (injection, wanted) = (self.injection, &self.injection.volume);
         let slot_field = slot.field(&self.view.field);
-        let mounts = slot.container(self.view.spec).volume_mounts.as_deref().unwrap_or_default();
+        let container = slot.container(self.view.spec);
         // The runtime resolves mount paths (`/x/` is `/x`), and a mount at or beneath the
         // injected path shows another volume where the token should be.
-        let shadowing =
-            mounts.iter().position(|m| m.name != wanted.name && k8s::is_within(&m.mount_path, &injection.mount_path));
-        if let Some(j) = shadowing {
+        let shadowing = container
+            .volume_mounts()
+            .enumerate()
+            .find(|(_, m)| m.name != wanted.name && k8s::is_within(m.mount_path, &injection.mount_path));
+        if let Some((j, mount)) = shadowing {
             return Err(Violation::new(
                 format!("{slot_field}.volumeMounts[{j}].mountPath"),
                 format!(
                     "{:?} mounts volume {:?} at or beneath {:?}, where injection {:?} mounts {:?}; remove that mount",
-                    mounts[j].mount_path, mounts[j].name, injection.mount_path, injection.name, wanted.name
+                    mount.mount_path, mount.name, injection.mount_path, injection.name, wanted.name
                 ),
             ));
         }
         let clean = k8s::clean_path(&injection.mount_path);
-        if !mounts.iter().any(|m| k8s::clean_path(&m.mount_path) == clean) {
+        if !container.volume_mounts().any(|m| k8s::clean_path(m.mount_path) == clean) {
             progress
                 .additions
                 .mounts
@@ -263,16 +266,16 @@ impl Planner<'_> {
         notes: &mut Vec<String>,
     ) -> Result<(), Violation> {
         let (name, slot_field) = (&self.injection.name, slot.field(&self.view.field));
-        let env = slot.container(self.view.spec).env.as_deref().unwrap_or_default();
+        let container = slot.container(self.view.spec);
         for var in &self.injection.env {
             let Some(value) = self.env_value(var, notes) else { continue };
             // The kubelet keeps the last entry of a name (`makeEnvironmentVariables` in
             // pkg/kubelet/kubelet_pods.go builds a map in order), so that is the one to judge.
-            let existing = env.iter().rposition(|e| e.name == var.name);
+            let existing = container.env().enumerate().filter(|(_, e)| e.name == var.name).last();
             let pending = pending_env.get(&(slot, var.name.clone()));
             match (existing, pending) {
-                (Some(k), _) if env[k].value.as_deref() == Some(&value) && env[k].value_from.is_none() => {}
-                (Some(k), _) => {
+                (Some((_, found)), _) if found.value == Some(value.as_str()) && !found.value_from => {}
+                (Some((k, _)), _) => {
                     return Err(Violation::new(
                         format!("{slot_field}.env[{k}]"),
                         format!(
@@ -325,22 +328,21 @@ fn target_slots(spec: &PodSpec, injection: &Injection) -> Vec<Slot> {
         .init_containers()
         .iter()
         .enumerate()
-        .filter(|(_, c)| injection.init_containers && injection.containers.is_match(&c.name))
+        .filter(|(_, c)| injection.init_containers && injection.containers.is_match(c.name))
         .map(|(i, _)| Slot::Init(i));
     let main_slots = spec
         .containers()
         .iter()
         .enumerate()
-        .filter(|(_, c)| injection.containers.is_match(&c.name))
+        .filter(|(_, c)| injection.containers.is_match(c.name))
         .map(|(i, _)| Slot::Main(i));
     init_slots.chain(main_slots).collect()
 }
 
 /// Whether an existing volume is exactly the injection's token volume.
-fn is_injected_volume(volume: &Volume, injection: &Injection, policy: &Policy) -> bool {
-    let [source] = volume.sources() else { return false };
-    source.service_account_token.as_ref().is_some_and(|token| {
-        policy.normalize(token.audience.as_deref()) == injection.volume.audience
+fn is_injected_volume(volume: &Volume<'_>, injection: &Injection, policy: &Policy) -> bool {
+    volume.sole_token().is_some_and(|token| {
+        policy.normalize(token.audience) == injection.volume.audience
             && expiration_or_default(token.expiration_seconds) == injection.volume.expiration_seconds
             && token.path == injection.volume.path
     })
@@ -365,12 +367,12 @@ pub fn render<'a>(spec: &PodSpec, additions: impl IntoIterator<Item = &'a Additi
     add_to_array(&mut ops, &["spec", "volumes"], spec.volumes.is_some(), volumes);
     for (slot, values) in mounts {
         let index = slot.index().to_string();
-        let exists = slot.container(spec).volume_mounts.is_some();
+        let exists = slot.container(spec).has_mounts;
         add_to_array(&mut ops, &["spec", slot.array(), &index, "volumeMounts"], exists, values);
     }
     for (slot, values) in env {
         let index = slot.index().to_string();
-        let exists = slot.container(spec).env.is_some();
+        let exists = slot.container(spec).has_env;
         add_to_array(&mut ops, &["spec", slot.array(), &index, "env"], exists, values);
     }
     Patch(ops)

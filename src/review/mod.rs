@@ -10,6 +10,7 @@ mod inject;
 pub mod legacy_token;
 pub mod lookup;
 mod pod;
+mod pod_lists;
 pub mod pod_view;
 mod token_request;
 

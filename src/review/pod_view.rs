@@ -8,19 +8,20 @@
 //! read are skipped as they are read (projected sources other than tokens, annotations other
 //! than those tokengate reads); token sources and labels are kept in one block of text each, and
 //! a review takes from the labels only those its policy's selectors read; short names and paths
-//! are kept in place. No shape of body costs three times its size (`tests/review_memory.rs`).
+//! are kept in place; volumes and containers are stored flat (`pod_lists`). No shape of body
+//! found costs more than twice its size (`tests/review_memory.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::OnceLock;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::inject::SKIP_ANNOTATION;
+pub use super::pod_lists::{Container, Containers, EnvVar, TokenSource, Volume, VolumeMount, Volumes};
 use super::WorkloadKind;
 use crate::k8s::names::{service_account_named, MIRROR_ANNOTATION};
-use crate::k8s::{tokens, volumes};
 use crate::policy::globs::SelectorTerm;
 use crate::policy::Policy;
 
@@ -194,7 +195,7 @@ impl<'de> Deserialize<'de> for SkippedString {
 }
 
 /// Reads a string onto the end of another, with no allocation of its own.
-struct AppendTo<'s>(&'s mut String);
+pub(super) struct AppendTo<'s>(pub(super) &'s mut String);
 
 impl<'de> DeserializeSeed<'de> for AppendTo<'_> {
     type Value = ();
@@ -221,12 +222,15 @@ impl<'de> Visitor<'de> for AppendTo<'_> {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
-    pub volumes: Option<Box<[Volume]>>,
-    pub containers: Option<Box<[Container]>>,
-    pub init_containers: Option<Box<[Container]>>,
+    pub volumes: Option<Volumes>,
+    pub containers: Option<Containers>,
+    pub init_containers: Option<Containers>,
     pub service_account_name: Option<String>,
     pub service_account: Option<String>,
 }
+
+static NO_VOLUMES: Volumes = Volumes::EMPTY;
+static NO_CONTAINERS: Containers = Containers::EMPTY;
 
 impl PodSpec {
     /// The service account the pod runs as: `serviceAccountName`, then the deprecated
@@ -235,225 +239,17 @@ impl PodSpec {
         service_account_named(self.service_account_name.as_deref(), self.service_account.as_deref())
     }
 
-    pub fn volumes(&self) -> &[Volume] {
-        self.volumes.as_deref().unwrap_or_default()
+    pub fn volumes(&self) -> &Volumes {
+        self.volumes.as_ref().unwrap_or(&NO_VOLUMES)
     }
 
-    pub fn containers(&self) -> &[Container] {
-        self.containers.as_deref().unwrap_or_default()
+    pub fn containers(&self) -> &Containers {
+        self.containers.as_ref().unwrap_or(&NO_CONTAINERS)
     }
 
-    pub fn init_containers(&self) -> &[Container] {
-        self.init_containers.as_deref().unwrap_or_default()
+    pub fn init_containers(&self) -> &Containers {
+        self.init_containers.as_ref().unwrap_or(&NO_CONTAINERS)
     }
-}
-
-/// One entry of `spec.volumes`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Volume {
-    pub name: Text,
-    pub projected: Option<Box<ProjectedVolume>>,
-    pub csi: Option<Box<CsiVolume>>,
-    /// In-tree types that CSI migration serves through a CSI driver: only whether they are set
-    /// matters (see `k8s::volumes::IN_TREE_VOLUME_DRIVERS`, same order).
-    pub aws_elastic_block_store: Option<IgnoredAny>,
-    pub gce_persistent_disk: Option<IgnoredAny>,
-    pub azure_disk: Option<IgnoredAny>,
-    pub azure_file: Option<IgnoredAny>,
-    pub cinder: Option<IgnoredAny>,
-    pub vsphere_volume: Option<IgnoredAny>,
-    pub portworx_volume: Option<IgnoredAny>,
-}
-
-impl Volume {
-    /// The CSI driver the volume reaches inline, with the field that names it: `csi.driver`, or
-    /// an in-tree type that CSI migration serves through its driver (`azureFile`, ...).
-    pub fn csi_driver(&self) -> Option<(&'static str, &str)> {
-        if let Some(csi) = &self.csi {
-            return Some(("csi.driver", csi.driver.as_str()));
-        }
-        volumes::in_tree_driver(crate::in_tree_types_set!(self))
-    }
-
-    /// Whether this is the ServiceAccount admission plugin's volume (`k8s::tokens::has_automount_shape`).
-    pub fn is_automount(&self) -> bool {
-        let tokens = self.token_sources().map(|(_, t)| (t.audience, t.path, t.expiration_seconds));
-        tokens::has_automount_shape(&self.name, tokens)
-    }
-
-    /// The `serviceAccountToken` sources of a projected volume, with their index in `sources`.
-    pub fn token_sources(&self) -> impl Iterator<Item = (usize, TokenSource<'_>)> {
-        self.projected.iter().flat_map(|p| p.sources.iter()).flat_map(|sources| sources.tokens.iter())
-    }
-
-    /// The only source of a projected volume that lists exactly one; empty otherwise (its
-    /// tokens are read with [`Volume::token_sources`]).
-    pub fn sources(&self) -> &[VolumeProjection] {
-        let sole = self.projected.as_ref().and_then(|p| p.sources.as_ref()?.sole.as_ref());
-        sole.map(std::slice::from_ref).unwrap_or_default()
-    }
-}
-
-/// `projected` of a volume.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct ProjectedVolume {
-    #[serde(default)]
-    pub sources: Option<Sources>,
-}
-
-/// `projected.sources`, reduced as it is read: every `serviceAccountToken` source, stored
-/// compactly, and the only source when there is exactly one; other sources are skipped.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Sources {
-    sole: Option<VolumeProjection>,
-    tokens: Tokens,
-}
-
-/// One source of a projected volume, as it is read.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VolumeProjection {
-    pub service_account_token: Option<TokenProjection>,
-}
-
-impl<'de> Deserialize<'de> for Sources {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Read;
-        impl<'de> Visitor<'de> for Read {
-            type Value = Sources;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of volume projections")
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Sources, A::Error> {
-                let (mut tokens, mut first, mut count) = (Tokens::default(), None, 0u32);
-                while let Some(source) = seq.next_element::<VolumeProjection>()? {
-                    if let Some(token) = &source.service_account_token {
-                        tokens.push(count, token).map_err(de::Error::custom)?;
-                    }
-                    if count == 0 {
-                        first = Some(source);
-                    }
-                    count = count.checked_add(1).ok_or_else(|| de::Error::custom(TOO_LARGE))?;
-                }
-                tokens.shrink();
-                Ok(Sources { sole: first.filter(|_| count == 1), tokens })
-            }
-        }
-        deserializer.deserialize_seq(Read)
-    }
-}
-
-const TOO_LARGE: &str = "over 4 GiB of token sources";
-
-/// Token sources in two allocations: their audiences and paths, one after the other, and
-/// one fixed-size entry each. A minimal source (`{"serviceAccountToken":{}},`) is 27 bytes of
-/// JSON and 24 here.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Tokens {
-    text: String,
-    entries: Vec<TokenEntry>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct TokenEntry {
-    /// Where it is in the volume's `sources`.
-    index: u32,
-    /// Where its audience ends in the text, and its path after it.
-    audience_end: u32,
-    path_end: u32,
-    has_audience: bool,
-    has_expiration: bool,
-    expiration_seconds: i64,
-}
-
-/// One `serviceAccountToken` source, as read from [`Tokens`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TokenSource<'a> {
-    pub audience: Option<&'a str>,
-    pub expiration_seconds: Option<i64>,
-    pub path: &'a str,
-}
-
-impl Tokens {
-    fn push(&mut self, index: u32, token: &TokenProjection) -> Result<(), &'static str> {
-        let end = |text: &String| u32::try_from(text.len()).map_err(|_| TOO_LARGE);
-        self.text.push_str(token.audience.as_deref().unwrap_or_default());
-        let audience_end = end(&self.text)?;
-        self.text.push_str(&token.path);
-        self.entries.push(TokenEntry {
-            index,
-            audience_end,
-            path_end: end(&self.text)?,
-            has_audience: token.audience.is_some(),
-            has_expiration: token.expiration_seconds.is_some(),
-            expiration_seconds: token.expiration_seconds.unwrap_or_default(),
-        });
-        Ok(())
-    }
-
-    fn shrink(&mut self) {
-        self.text.shrink_to_fit();
-        self.entries.shrink_to_fit();
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (usize, TokenSource<'_>)> {
-        self.entries.iter().scan(0, |start, entry| {
-            let (audience_end, path_end) = (entry.audience_end as usize, entry.path_end as usize);
-            let token = TokenSource {
-                audience: entry.has_audience.then(|| &self.text[*start..audience_end]),
-                expiration_seconds: entry.has_expiration.then_some(entry.expiration_seconds),
-                path: &self.text[audience_end..path_end],
-            };
-            *start = path_end;
-            Some((entry.index as usize, token))
-        })
-    }
-}
-
-/// A `serviceAccountToken` projection.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenProjection {
-    pub audience: Option<String>,
-    pub expiration_seconds: Option<i64>,
-    #[serde(default)]
-    pub path: String,
-}
-
-/// An inline `csi` volume.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct CsiVolume {
-    pub driver: Text,
-}
-
-/// One entry of `containers` or `initContainers`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Container {
-    pub name: Text,
-    pub env: Option<Box<[EnvVar]>>,
-    pub volume_mounts: Option<Box<[VolumeMount]>>,
-}
-
-/// One entry of a container's `env`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnvVar {
-    pub name: Text,
-    pub value: Option<Box<str>>,
-    /// Only whether it is set matters.
-    pub value_from: Option<IgnoredAny>,
-}
-
-/// One entry of a container's `volumeMounts`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VolumeMount {
-    pub name: Text,
-    pub mount_path: Text,
 }
 
 /// A string read from a pod: up to 22 bytes in place, a longer one in an allocation of its own
@@ -711,18 +507,18 @@ mod tests {
             {"serviceAccountToken": {"audience": "", "path": ""}},
         ]);
         let pod = pod(json!({}), json!([{"name": "p", "projected": {"sources": sources}}]));
-        let volume = &pod.spec.as_ref().expect("spec").volumes()[0];
+        let volume = pod.spec.as_ref().expect("spec").volumes().get(0).expect("a volume");
         let tokens: Vec<_> = volume.token_sources().collect();
         let token = |audience, expiration_seconds, path| TokenSource { audience, expiration_seconds, path };
         assert_eq!(
             tokens,
             [(2, token(Some("vault"), Some(600), "v")), (4, token(None, None, "t")), (5, token(Some(""), None, ""))]
         );
-        assert!(volume.sources().is_empty(), "six sources: none is the only one");
+        assert!(volume.sole_token().is_none(), "six sources: none is the only one");
     }
 
     #[test]
-    fn the_only_source_of_a_volume_is_kept_whole() {
+    fn the_token_of_a_volume_is_sole_only_when_it_is_its_only_source() {
         let token = json!({"serviceAccountToken": {"audience": "a", "expirationSeconds": 3600, "path": "t"}});
         let volumes = json!([
             {"name": "one-token", "projected": {"sources": [token]}},
@@ -732,14 +528,63 @@ mod tests {
             {"name": "null", "projected": {"sources": null}},
         ]);
         let pod = pod(json!({}), volumes);
-        let kept: Vec<usize> = pod.spec.as_ref().expect("spec").volumes().iter().map(|v| v.sources().len()).collect();
-        assert_eq!(kept, [1, 1, 0, 0, 0]);
         let spec = pod.spec.as_ref().expect("spec");
-        let sole = spec.volumes()[0].sources()[0].service_account_token.as_ref().expect("token");
+        let sole: Vec<bool> = spec.volumes().iter().map(|v| v.sole_token().is_some()).collect();
+        assert_eq!(sole, [true, false, false, false, false]);
+        let token = spec.volumes().get(0).and_then(|v| v.sole_token()).expect("token");
+        assert_eq!((token.audience, token.expiration_seconds, token.path), (Some("a"), Some(3600), "t"));
+        let names: Vec<&str> = spec.volumes().iter().map(|v| v.name).collect();
+        assert_eq!(names, ["one-token", "one-other", "two", "none", "null"]);
+    }
+
+    #[test]
+    fn containers_keep_their_variables_and_mounts_in_order_whatever_the_order_of_fields() {
+        let containers = json!([
+            {"name": "a", "env": [{"name": "X", "value": "1"}, {"value": "2", "name": "Y"},
+                                  {"name": "Z", "valueFrom": {"fieldRef": {}}}, {"name": "N", "value": null}],
+             "volumeMounts": [{"mountPath": "/m", "name": "m"}]},
+            {"name": "b", "env": null},
+            {"image": "x", "name": "c", "env": [], "volumeMounts": [{"name": "n", "mountPath": "/n", "readOnly": true}]},
+        ]);
+        let pod: Pod = serde_json::from_value(json!({"spec": {"containers": containers}})).expect("pod");
+        let spec = pod.spec.as_ref().expect("spec");
+        let all: Vec<Container<'_>> = spec.containers().iter().collect();
         assert_eq!(
-            (sole.audience.as_deref(), sole.expiration_seconds, sole.path.as_str()),
-            (Some("a"), Some(3600), "t")
+            all.iter().map(|c| (c.name, c.has_env, c.has_mounts)).collect::<Vec<_>>(),
+            [("a", true, true), ("b", false, false), ("c", true, true)]
         );
-        assert!(spec.volumes()[1].sources()[0].service_account_token.is_none());
+        let env = |name, value, value_from| EnvVar { name, value, value_from };
+        assert_eq!(
+            all[0].env().collect::<Vec<_>>(),
+            [env("X", Some("1"), false), env("Y", Some("2"), false), env("Z", None, true), env("N", None, false)]
+        );
+        assert_eq!(all[1].env().count() + all[2].env().count(), 0);
+        let mounts: Vec<_> = all.iter().flat_map(|c| c.volume_mounts().map(|m| (m.name, m.mount_path))).collect();
+        assert_eq!(mounts, [("m", "/m"), ("n", "/n")]);
+        assert!(spec.init_containers().is_empty());
+    }
+
+    #[test]
+    fn containers_volumes_variables_and_mounts_decode_as_strictly_as_before() {
+        for spec in [
+            json!({"containers": [{"image": "x"}]}),
+            json!({"containers": [{"name": "a", "env": [{"value": "x"}]}]}),
+            json!({"containers": [{"name": "a", "env": [{"name": 1}]}]}),
+            json!({"containers": [{"name": "a", "volumeMounts": [{"name": "m"}]}]}),
+            json!({"containers": [{"name": "a", "volumeMounts": [{"mountPath": "/m"}]}]}),
+            json!({"containers": [{"name": null}]}),
+            json!({"volumes": [{"projected": {}}]}),
+            json!({"volumes": [{"name": "v", "csi": {}}]}),
+            json!({"volumes": [{"name": "v", "projected": {"sources": [{"serviceAccountToken": {"path": 1}}]}}]}),
+        ] {
+            assert!(serde_json::from_value::<Pod>(json!({ "spec": spec })).is_err(), "{spec}");
+        }
+        for text in [
+            r#"{"spec": {"containers": [{"name": "a", "name": "b"}]}}"#,
+            r#"{"spec": {"containers": [{"name": "a", "env": [{"name": "X", "name": "Y"}]}]}}"#,
+            r#"{"spec": {"containers": [{"name": "a", "volumeMounts": [{"name": "m", "mountPath": "/", "name": "n"}]}]}}"#,
+        ] {
+            assert!(serde_json::from_str::<Pod>(text).is_err(), "{text}: a field written twice");
+        }
     }
 }

@@ -146,7 +146,7 @@ fn automount_volume_is_recognised_by_shape_not_by_its_source_list() {
     let automount = |name: &str, token: Value, extra: usize| {
         let mut sources = vec![json!({"serviceAccountToken": token})];
         sources.extend((0..extra).map(|i| json!({"configMap": {"name": format!("cm-{i}")}})));
-        serde_json::from_value::<pod_view::Volume>(json!({"name": name, "projected": {"sources": sources}}))
+        serde_json::from_value::<pod_view::Volumes>(json!([{"name": name, "projected": {"sources": sources}}]))
             .expect("volume")
     };
     let standard = json!({"expirationSeconds": 3607, "path": "token"});
@@ -162,6 +162,7 @@ fn automount_volume_is_recognised_by_shape_not_by_its_source_list() {
         (automount("kube-api-access-x", json!({"expirationSeconds": 3607, "path": "other"}), 2), false),
     ];
     for (volume, expected) in cases {
+        let volume = volume.get(0).expect("one volume");
         assert_eq!(volume.is_automount(), expected, "{volume:?}");
     }
 }
