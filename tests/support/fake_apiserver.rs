@@ -43,7 +43,8 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -114,6 +115,7 @@ impl FakeApiServer {
             watch_epoch: watch::channel(0).0,
             watches_paused: watch::channel(false).0,
             compact_during_lists: Mutex::new(None),
+            snapshots: Mutex::default(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let shutdown = shared.shutdown.clone();
@@ -297,9 +299,32 @@ struct Shared {
     /// A plural whose paged lists are interrupted by a write and a compaction, and the objects
     /// still to write.
     compact_during_lists: Mutex<Option<(String, VecDeque<Value>)>>,
+    /// Snapshots of older versions that paged lists are reading, by resource and version.
+    snapshots: Mutex<HashMap<(usize, u64), Snapshot>>,
 }
 
+/// The objects of one resource at one version.
+type Snapshot = Arc<BTreeMap<ObjectKey, Value>>;
+
 impl Shared {
+    /// The objects of `resource` at `version` (`None` when compacted away), rebuilt once per
+    /// version: the pages of one list all read the snapshot its first page was taken at.
+    fn snapshot(&self, store: &Store, resource: usize, version: u64) -> Option<Snapshot> {
+        if version < store.compacted {
+            return None;
+        }
+        let mut snapshots = self.snapshots.lock().expect("snapshot lock");
+        if let Some(found) = snapshots.get(&(resource, version)) {
+            return Some(found.clone());
+        }
+        let snapshot = Arc::new(store.objects_at(resource, version)?);
+        if snapshots.len() >= 16 {
+            snapshots.clear();
+        }
+        snapshots.insert((resource, version), snapshot.clone());
+        Some(snapshot)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -846,8 +871,9 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
             }
         }
     };
-    // The current state is read in place (only the page is cloned); an older snapshot is rebuilt.
-    let snapshot = match (version < store.version).then(|| store.objects_at(route.resource, version)) {
+    // The current state is read in place (only the page is cloned); an older snapshot is rebuilt
+    // once per list and kept for its later pages.
+    let snapshot = match (version < store.version).then(|| shared.snapshot(&store, route.resource, version)) {
         Some(None) => {
             // The snapshot was compacted: upstream's etcd3 store (`handleCompactedErrorForPaging`)
             // answers 410 Expired with a token that continues from the current state.
@@ -867,19 +893,21 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
         Some(Some(objects)) => Some(objects),
         None => None,
     };
-    let objects = snapshot.as_ref().unwrap_or(&store.objects);
+    let objects = snapshot.as_deref().unwrap_or(&store.objects);
+    // Each page starts after the last item of the previous one: no page reads what came before.
+    let (namespace, name) = after.clone().unwrap_or_default();
+    let first = ObjectKey { resource: route.resource, namespace, name };
+    let start = if after.is_some() { Bound::Excluded(first) } else { Bound::Included(first) };
     let mut matching = objects
-        .range(ObjectKey { resource: route.resource, namespace: String::new(), name: String::new() }..)
+        .range((start, Bound::Unbounded))
         .take_while(|(key, _)| key.resource == route.resource)
-        .filter(|(key, object)| in_scope(route, key) && selector.matches(object))
-        .filter(|(key, _)| after.as_ref().is_none_or(|(ns, name)| (&key.namespace, &key.name) > (ns, name)));
+        .filter(|(key, object)| in_scope(route, key) && selector.matches(object));
     let page: Vec<(&ObjectKey, &Value)> = matching.by_ref().take(limit.unwrap_or(usize::MAX)).collect();
-    let remaining = matching.count();
+    let remaining = matching.next().is_some();
     let mut metadata = json!({"resourceVersion": version.to_string()});
-    if remaining > 0 {
+    if remaining {
         let (last, _) = page.last().expect("a page before the remaining items");
         metadata["continue"] = json!(format!("{version}|{}|{}", last.namespace, last.name));
-        metadata["remainingItemCount"] = json!(remaining);
     }
     let items: Vec<Value> = page
         .into_iter()
@@ -895,7 +923,7 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
         StatusCode::OK,
         &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": items}),
     );
-    if after.is_none() && remaining > 0 {
+    if after.is_none() && remaining {
         let plural = resource.plural.clone();
         let mut interrupt = shared.compact_during_lists.lock().expect("lock");
         let next =
