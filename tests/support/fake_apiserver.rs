@@ -360,7 +360,7 @@ impl ResourceType {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct ObjectKey {
     /// Index into `Store::resources`.
     resource: usize,
@@ -381,6 +381,8 @@ struct Store {
     version: u64,
     resources: Vec<ResourceType>,
     objects: BTreeMap<ObjectKey, Value>,
+    /// Each stored object as JSON, with its `resourceVersion`, for lists.
+    json: HashMap<ObjectKey, (String, Bytes)>,
     /// Every change since the last compaction, in version order.
     history: Vec<Change>,
     /// The version history was last compacted at (0: never); older versions are gone.
@@ -407,6 +409,7 @@ impl Store {
             version: 1,
             resources,
             objects: BTreeMap::new(),
+            json: HashMap::new(),
             history: Vec::new(),
             compacted: 0,
             base: BTreeMap::new(),
@@ -438,6 +441,16 @@ impl Store {
             namespaced,
         });
         self.resources.len() - 1
+    }
+
+    /// `object` (stored under `key`) as JSON: written once when stored, unless it is an older
+    /// version of it (from a snapshot).
+    fn rendered(&self, key: &ObjectKey, object: &Value) -> Bytes {
+        let version = object["metadata"]["resourceVersion"].as_str();
+        match self.json.get(key).filter(|(stored, _)| Some(stored.as_str()) == version) {
+            Some((_, json)) => json.clone(),
+            None => Bytes::from(serde_json::to_vec(object).expect("serialize")),
+        }
     }
 
     /// Forgets the history up to the current version.
@@ -484,6 +497,8 @@ impl Store {
         }
         metadata.entry("uid").or_insert(Value::String(uid));
         metadata.insert("resourceVersion".into(), Value::String(self.version.to_string()));
+        let json = Bytes::from(serde_json::to_vec(&object).expect("serialize"));
+        self.json.insert(key.clone(), (self.version.to_string(), json));
         self.objects.insert(key.clone(), object.clone());
         self.history.push(Change { version: self.version, key, old, new: Some(object.clone()) });
         object
@@ -491,6 +506,7 @@ impl Store {
 
     fn remove(&mut self, key: &ObjectKey) -> Option<Value> {
         let old = self.objects.remove(key)?;
+        self.json.remove(key);
         self.version += 1;
         self.history.push(Change { version: self.version, key: key.clone(), old: Some(old.clone()), new: None });
         Some(old)
@@ -909,20 +925,30 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
         let (last, _) = page.last().expect("a page before the remaining items");
         metadata["continue"] = json!(format!("{version}|{}|{}", last.namespace, last.name));
     }
-    let items: Vec<Value> = page
-        .into_iter()
-        .map(|(_, object)| if metadata_only { partial_metadata(object) } else { object.clone() })
-        .collect();
     let resource = &store.resources[route.resource];
     let (api_version, kind) = if metadata_only {
         ("meta.k8s.io/v1".to_string(), "PartialObjectMetadataList".to_string())
     } else {
         (resource.api_version(), format!("{}List", resource.kind))
     };
-    let response = json_response(
-        StatusCode::OK,
-        &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": items}),
-    );
+    // Written piece by piece from each object's stored JSON: large lists are served fast.
+    let head = json!({"apiVersion": api_version, "kind": kind, "metadata": metadata}).to_string();
+    let mut body = format!("{},\"items\":[", head.strip_suffix('}').expect("an object")).into_bytes();
+    for (i, (key, object)) in page.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        match metadata_only {
+            true => body.extend(serde_json::to_vec(&partial_metadata(object)).expect("serialize")),
+            false => body.extend_from_slice(&store.rendered(key, object)),
+        }
+    }
+    body.extend_from_slice(b"]}");
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("response");
     if after.is_none() && remaining {
         let plural = resource.plural.clone();
         let mut interrupt = shared.compact_during_lists.lock().expect("lock");
