@@ -866,7 +866,7 @@ async fn serve_with_ten_thousand_pods_and_service_accounts_stays_under_40_mib() 
 
 /// The same with 100 000 pods and 100 000 service accounts: the peak under 100 MiB and ready
 /// within 5 s of starting (docs/growth.md reports the figures and the cost per object).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_with_a_hundred_thousand_pods_and_service_accounts_stays_under_100_mib() {
     let Served { ready, ready_cpu, now_mib: now, peak_mib: peak } =
         serve_with_a_cluster_of(100_000, Duration::from_secs(120)).await;

@@ -887,9 +887,14 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
             }
         }
     };
-    // The current state is read in place (only the page is cloned); an older snapshot is rebuilt
-    // once per list and kept for its later pages.
-    let snapshot = match (version < store.version).then(|| shared.snapshot(&store, route.resource, version)) {
+    // The current state is read in place (also for an older version when nothing of the
+    // resource changed since); an older snapshot is rebuilt once per list and kept for its
+    // later pages.
+    let changed_since = |version: u64| {
+        let mut later = store.history.iter().rev().take_while(|change| change.version > version);
+        version < store.compacted || later.any(|change| change.key.resource == route.resource)
+    };
+    let snapshot = match changed_since(version).then(|| shared.snapshot(&store, route.resource, version)) {
         Some(None) => {
             // The snapshot was compacted: upstream's etcd3 store (`handleCompactedErrorForPaging`)
             // answers 410 Expired with a token that continues from the current state.
