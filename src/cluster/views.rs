@@ -241,7 +241,8 @@ impl From<&PodView> for PodInfo {
                 claims.push(format!("{pod_name}-{}", volume.name).into());
             }
         }
-        let service_account = service_account_named(spec.service_account_name.as_deref(), spec.service_account.as_deref());
+        let service_account =
+            service_account_named(spec.service_account_name.as_deref(), spec.service_account.as_deref());
         PodInfo {
             uid,
             node_name: spec.node_name.as_deref().filter(|n| !n.is_empty()).map(shared),
