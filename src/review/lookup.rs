@@ -178,7 +178,11 @@ impl std::fmt::Display for Uid {
 
 impl PartialEq<str> for Uid {
     fn eq(&self, other: &str) -> bool {
-        *self == Uid::from(other)
+        match self {
+            // A uid kept as text is not shaped as a UUID, nor is what equals it.
+            Uid::Text(text) => **text == *other,
+            Uid::Uuid(uuid) => matches!(Uid::from(other), Uid::Uuid(parsed) if parsed == *uuid),
+        }
     }
 }
 
@@ -192,4 +196,25 @@ pub struct ClaimInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeInfo {
     pub csi_driver: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Uid;
+
+    #[test]
+    fn uuids_are_kept_in_sixteen_bytes_and_read_back_as_written() {
+        let written = "10000000-0000-4000-8000-00000000abcd";
+        let uid = Uid::from(written);
+        assert!(matches!(uid, Uid::Uuid(_)));
+        assert_eq!(uid.to_string(), written);
+        assert!(uid == *written);
+        assert!(uid != *"10000000-0000-4000-8000-00000000ABCD", "upper case is another uid");
+        for text in ["u-1", "", "10000000-0000-4000-8000-00000000ABCD", "1000000000000-4000-8000-00000000abcd0"] {
+            let uid = Uid::from(text);
+            assert!(matches!(uid, Uid::Text(_)), "{text}");
+            assert_eq!(uid.to_string(), text);
+            assert!(uid == *text);
+        }
+    }
 }
