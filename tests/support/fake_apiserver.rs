@@ -871,21 +871,9 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
     shared.lists.fetch_add(1, Ordering::SeqCst);
     let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
     let store = shared.lock();
-    // A continue token is "<snapshot version>|<namespace>|<name of the last item sent>"; version
-    // -1 continues from the current state (the inconsistent token of a 410 answer), as upstream's
-    // etcd3 store encodes it (k8s.io/apiserver storage `EncodeContinue`, `DecodeContinue`).
-    let (version, after) = match query.get("continue") {
-        None => (store.version, None),
-        Some(token) => {
-            let mut parts = token.splitn(3, '|');
-            match (parts.next().and_then(|v| v.parse::<i64>().ok()), parts.next(), parts.next()) {
-                (Some(version), Some(namespace), Some(name)) => {
-                    let version = u64::try_from(version).unwrap_or(store.version);
-                    (version, Some((namespace.to_string(), name.to_string())))
-                }
-                _ => return bad_request(format!("invalid continue token {token:?}")),
-            }
-        }
+    let (version, after) = match continue_from(query.get("continue"), store.version) {
+        Ok(found) => found,
+        Err(response) => return response,
     };
     // The current state is read in place (also for an older version when nothing of the
     // resource changed since); an older snapshot is rebuilt once per list and kept for its
@@ -895,22 +883,7 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
         version < store.compacted || later.any(|change| change.key.resource == route.resource)
     };
     let snapshot = match changed_since(version).then(|| shared.snapshot(&store, route.resource, version)) {
-        Some(None) => {
-            // The snapshot was compacted: upstream's etcd3 store (`handleCompactedErrorForPaging`)
-            // answers 410 Expired with a token that continues from the current state.
-            let (namespace, name) = after.unwrap_or_default();
-            shared.expired.fetch_add(1, Ordering::SeqCst);
-            let response = json!({
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {"continue": format!("-1|{namespace}|{name}")},
-                "status": "Failure",
-                "message": EXPIRED_CONTINUE,
-                "reason": "Expired",
-                "code": 410,
-            });
-            return json_response(StatusCode::GONE, &response);
-        }
+        Some(None) => return expired_continue(shared, after),
         Some(Some(objects)) => Some(objects),
         None => None,
     };
@@ -930,13 +903,64 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
         let (last, _) = page.last().expect("a page before the remaining items");
         metadata["continue"] = json!(format!("{version}|{}|{}", last.namespace, last.name));
     }
-    let resource = &store.resources[route.resource];
+    let response = list_response(&store, route.resource, page, metadata, metadata_only);
+    if after.is_none() && remaining {
+        interrupt_after_first_page(shared, store, route.resource);
+    }
+    response
+}
+
+/// The snapshot version and the last key sent of a continue token (none: the current version,
+/// from the start). A continue token is "<snapshot version>|<namespace>|<name of the last item
+/// sent>"; version -1 continues from the current state (the inconsistent token of a 410 answer),
+/// as upstream's etcd3 store encodes it (k8s.io/apiserver storage `EncodeContinue`,
+/// `DecodeContinue`).
+#[allow(clippy::result_large_err)] // the error is the answer
+fn continue_from(token: Option<&str>, current: u64) -> Result<(u64, Option<(String, String)>), Response> {
+    let Some(token) = token else { return Ok((current, None)) };
+    let mut parts = token.splitn(3, '|');
+    match (parts.next().and_then(|v| v.parse::<i64>().ok()), parts.next(), parts.next()) {
+        (Some(version), Some(namespace), Some(name)) => {
+            let version = u64::try_from(version).unwrap_or(current);
+            Ok((version, Some((namespace.to_string(), name.to_string()))))
+        }
+        _ => Err(bad_request(format!("invalid continue token {token:?}"))),
+    }
+}
+
+/// The answer to a continue token whose snapshot was compacted: upstream's etcd3 store
+/// (`handleCompactedErrorForPaging`) answers 410 Expired with a token that continues from the
+/// current state.
+fn expired_continue(shared: &Shared, after: Option<(String, String)>) -> Response {
+    let (namespace, name) = after.unwrap_or_default();
+    shared.expired.fetch_add(1, Ordering::SeqCst);
+    let response = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {"continue": format!("-1|{namespace}|{name}")},
+        "status": "Failure",
+        "message": EXPIRED_CONTINUE,
+        "reason": "Expired",
+        "code": 410,
+    });
+    json_response(StatusCode::GONE, &response)
+}
+
+/// A `<Kind>List` (or `PartialObjectMetadataList`) of `page`, written piece by piece from each
+/// object's stored JSON: large lists are served fast.
+fn list_response(
+    store: &Store,
+    resource: usize,
+    page: Vec<(&ObjectKey, &Value)>,
+    metadata: Value,
+    metadata_only: bool,
+) -> Response {
+    let resource = &store.resources[resource];
     let (api_version, kind) = if metadata_only {
         ("meta.k8s.io/v1".to_string(), "PartialObjectMetadataList".to_string())
     } else {
         (resource.api_version(), format!("{}List", resource.kind))
     };
-    // Written piece by piece from each object's stored JSON: large lists are served fast.
     let head = json!({"apiVersion": api_version, "kind": kind, "metadata": metadata}).to_string();
     let mut body = format!("{},\"items\":[", head.strip_suffix('}').expect("an object")).into_bytes();
     for (i, (key, object)) in page.into_iter().enumerate() {
@@ -949,28 +973,28 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
         }
     }
     body.extend_from_slice(b"]}");
-    let response = Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
-        .expect("response");
-    if after.is_none() && remaining {
-        let plural = resource.plural.clone();
-        let mut interrupt = shared.compact_during_lists.lock().expect("lock");
-        let next =
-            interrupt.as_mut().filter(|(armed, _)| *armed == plural).and_then(|(_, objects)| objects.pop_front());
-        drop(interrupt);
-        if let Some(object) = next {
-            let api_version = object["apiVersion"].as_str().expect("an apiVersion").to_string();
-            let kind = object["kind"].as_str().expect("a kind").to_string();
-            let name = object["metadata"]["name"].as_str().expect("a name").to_string();
-            let mut store = store;
-            store.seed(&api_version, &kind, name, object);
-            store.compact();
-            shared.notify(store);
-        }
+        .expect("response")
+}
+
+/// After the first page of a paged list of `resource`: the write and compaction armed by
+/// [`FakeApiServer::compact_during_lists`], if any.
+fn interrupt_after_first_page(shared: &Shared, mut store: MutexGuard<'_, Store>, resource: usize) {
+    let plural = store.resources[resource].plural.clone();
+    let mut interrupt = shared.compact_during_lists.lock().expect("lock");
+    let next = interrupt.as_mut().filter(|(armed, _)| *armed == plural).and_then(|(_, objects)| objects.pop_front());
+    drop(interrupt);
+    if let Some(object) = next {
+        let api_version = object["apiVersion"].as_str().expect("an apiVersion").to_string();
+        let kind = object["kind"].as_str().expect("a kind").to_string();
+        let name = object["metadata"]["name"].as_str().expect("a name").to_string();
+        store.seed(&api_version, &kind, name, object);
+        store.compact();
+        shared.notify(store);
     }
-    response
 }
 
 async fn get(shared: &Shared, route: &Route, name: &str, metadata_only: bool) -> Response {
