@@ -44,7 +44,7 @@ const NOT_FOUND_TTL: Duration = Duration::from_secs(3);
 /// Objects per page of a watch's initial list (and of its re-lists). Pages are decoded one at a
 /// time into reduced views, so the peak while syncing is one page of JSON plus the caches. 500
 /// (client-go's and kube-rs's default) measured best of 250, 500 and 1 000 with 100 000 pods:
-/// 250 takes a third longer to sync, 1 000 adds 5 MiB to the peak (docs/growth.md).
+/// 250 takes about a quarter longer to sync, 1 000 adds 5 MiB to the peak (docs/growth.md).
 /// The list uses the default "most recent" semantic: a `resourceVersion=0` list is served from
 /// the API server's watch cache, which ignores `limit` on older servers and would return every
 /// pod at once. Streaming lists (`sendInitialEvents`) are not used: kube-rs's watcher does not
