@@ -2,22 +2,22 @@
 //! decisions need, with a bounded, timed-out API fallback when a cache has not seen an object
 //! yet (a pod created a moment ago).
 //!
-//! Each cache is kube's reflector store (`kube::runtime::reflector`) fed by a watcher of a
-//! reduced view ([`super::views`]) wrapped in kube's `DeserializeGuard`: every object of a list
-//! page or watch event decodes on its own, so one object that does not decode is kept as
-//! "undecodable" (its lookups fail with that reason, it is logged once and counted in
-//! `tokengate_cache_undecodable_objects`) while the rest of the cache syncs and serves.
+//! Each cache is fed by a kube-rs watcher of a reduced view ([`super::views`]) wrapped in kube's
+//! `DeserializeGuard`: every object of a list page or watch event decodes on its own, so one
+//! object that does not decode is kept as "undecodable" (its lookups fail with that reason, it
+//! is logged once and counted in `tokengate_cache_undecodable_objects`) while the rest of the
+//! cache syncs and serves. A cache keeps, per object, its name and what decisions read, under
+//! its namespace's one copy of the namespace's name (kube's reflector store would keep a key of
+//! four strings and the whole view).
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{self, Lookup as StoreLookup, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -42,16 +42,20 @@ pub struct LiveOptions {
 const NOT_FOUND_TTL: Duration = Duration::from_secs(3);
 
 /// Objects per page of a watch's initial list (and of its re-lists). Pages are decoded one at a
-/// time into reduced views, so the peak while syncing is one page of JSON plus the caches. The
-/// list uses the default "most recent" semantic: a `resourceVersion=0` list is served from the
-/// API server's watch cache, which ignores `limit` on older servers and would return every pod
-/// at once. Streaming lists (`sendInitialEvents`) are not used: an API server without the
-/// WatchList feature never sends the bookmark that ends them, and the cache would never sync.
-const PAGE_SIZE: u32 = 250;
+/// time into reduced views, so the peak while syncing is one page of JSON plus the caches. 500
+/// (client-go's and kube-rs's default) measured best of 250, 500 and 1 000 with 100 000 pods:
+/// 250 takes about a quarter longer to sync, 1 000 adds 5 MiB to the peak (docs/growth.md).
+/// The list uses the default "most recent" semantic: a `resourceVersion=0` list is served from
+/// the API server's watch cache, which ignores `limit` on older servers and would return every
+/// pod at once. Streaming lists (`sendInitialEvents`) are not used: kube-rs's watcher does not
+/// fall back to a list when the API server does not serve them (the WatchList feature off, or
+/// an API server older than 1.27, which never sends the bookmark that ends them), so the cache
+/// would never sync there.
+const PAGE_SIZE: u32 = 500;
 
 /// A reduced view a cache keeps, and the `*Info` lookups answer with.
 trait Cached: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
-    type Info: Debug + Send + Sync + 'static;
+    type Info: Debug + Default + PartialEq + Send + Sync + 'static;
     const KIND: CachedKind;
     fn info(&self) -> Self::Info;
     /// The API for a single object in `namespace` (empty for cluster-scoped kinds).
@@ -78,60 +82,26 @@ cached!(PodView, PodInfo, CachedKind::Pod, |c, ns| Api::namespaced(c, ns));
 cached!(ClaimView, ClaimInfo, CachedKind::PersistentVolumeClaim, |c, ns| Api::namespaced(c, ns));
 cached!(PersistentVolumeView, VolumeInfo, CachedKind::PersistentVolume, |c, _ns| Api::all(c));
 
-/// What a cache keeps per object: its key and what decisions read, or why it did not decode.
+/// One object of a watch event: its key and what decisions read, or why it did not decode.
 struct Entry<V: Cached> {
     namespace: Option<String>,
     name: String,
-    info: Result<Arc<V::Info>, Arc<str>>,
-}
-
-impl<V: Cached> Clone for Entry<V> {
-    fn clone(&self) -> Self {
-        Self { namespace: self.namespace.clone(), name: self.name.clone(), info: self.info.clone() }
-    }
+    info: Result<V::Info, Arc<str>>,
 }
 
 impl<V: Cached> From<DeserializeGuard<V>> for Entry<V> {
     fn from(object: DeserializeGuard<V>) -> Self {
         let (namespace, name) = (ResourceExt::namespace(&object), object.name_any());
         let info = match object.0 {
-            Ok(view) => Ok(Arc::new(view.info())),
+            Ok(view) => Ok(view.info()),
             Err(invalid) => Err(Arc::from(invalid.error)),
         };
         Self { namespace, name, info }
     }
 }
 
-/// The reflector store keys entries by kind, namespace and name; resource version and uid are
-/// not kept (no decision reads them from the key).
-impl<V: Cached> StoreLookup for Entry<V> {
-    type DynamicType = ();
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        V::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        V::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        V::version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        V::plural(&())
-    }
-    fn name(&self) -> Option<Cow<'_, str>> {
-        Some(Cow::Borrowed(&self.name))
-    }
-    fn namespace(&self) -> Option<Cow<'_, str>> {
-        self.namespace.as_deref().map(Cow::Borrowed)
-    }
-    fn resource_version(&self) -> Option<Cow<'_, str>> {
-        None
-    }
-    fn uid(&self) -> Option<Cow<'_, str>> {
-        None
-    }
-}
+/// A cache's objects by namespace (`""` for cluster-scoped kinds) and name.
+type Objects<T> = HashMap<Arc<str>, HashMap<Box<str>, Found<T>>>;
 
 /// A watch event of guarded views, as the entries the store keeps.
 fn entries<V: Cached>(event: Event<DeserializeGuard<V>>) -> Event<Entry<V>> {
@@ -146,7 +116,10 @@ fn entries<V: Cached>(event: Event<DeserializeGuard<V>>) -> Event<Entry<V>> {
 
 /// One watch cache.
 struct Cache<V: Cached> {
-    store: Store<Entry<V>>,
+    objects: RwLock<Objects<V::Info>>,
+    /// The one copy of the empty answer (a service account without annotations decisions read,
+    /// an unbound claim), shared by every object that has it.
+    empty: Arc<V::Info>,
     synced: AtomicBool,
     /// API lookups made on cache misses: in flight (shared by every request for the same
     /// object), or answered "not found" within [`NOT_FOUND_TTL`].
@@ -165,18 +138,62 @@ type Fetches<T> = Mutex<HashMap<(String, String), Fetch<T>>>;
 type Found<T> = Result<Arc<T>, Arc<str>>;
 
 impl<V: Cached> Cache<V> {
-    fn new(store: Store<Entry<V>>) -> Self {
-        Self { store, synced: AtomicBool::new(false), fetches: Mutex::default(), undecodable: Mutex::default() }
+    fn new() -> Self {
+        Self {
+            objects: RwLock::default(),
+            empty: Arc::default(),
+            synced: AtomicBool::new(false),
+            fetches: Mutex::default(),
+            undecodable: Mutex::default(),
+        }
     }
 
     fn get(&self, namespace: &str, name: &str) -> Option<Found<V::Info>> {
-        let key = ObjectRef::<Entry<V>>::new(name);
-        let key = if namespace.is_empty() { key } else { key.within(namespace) };
-        self.store.get(&key).map(|entry| entry.info.clone())
+        let objects = self.objects.read().expect("cache lock is never poisoned");
+        objects.get(namespace)?.get(name).cloned()
     }
 
     fn len(&self) -> usize {
-        self.store.len()
+        self.objects.read().expect("cache lock is never poisoned").values().map(HashMap::len).sum()
+    }
+
+    /// What an entry's lookups answer: the shared empty answer when it is that.
+    fn found(&self, info: Result<V::Info, Arc<str>>) -> Found<V::Info> {
+        info.map(|info| if info == V::Info::default() { self.empty.clone() } else { Arc::new(info) })
+    }
+
+    /// Applies one watch event; a (re-)list is gathered in `listing` and replaces the objects
+    /// when complete, so lookups keep the last complete list until then.
+    fn apply(&self, event: Event<Entry<V>>, listing: &mut Option<Objects<V::Info>>, metrics: &Metrics) {
+        match event {
+            Event::Init => *listing = Some(Objects::default()),
+            Event::InitApply(entry) => {
+                let found = self.found(entry.info);
+                insert(listing.get_or_insert_with(Objects::default), entry.namespace, entry.name, found);
+            }
+            Event::InitDone => {
+                *self.objects.write().expect("cache lock is never poisoned") = listing.take().unwrap_or_default();
+                self.prune(metrics);
+                if !self.synced.swap(true, Ordering::SeqCst) {
+                    tracing::info!(kind = V::KIND.as_str(), objects = self.len(), "cache synced");
+                }
+            }
+            Event::Apply(entry) => {
+                let found = self.found(entry.info);
+                let mut objects = self.objects.write().expect("cache lock is never poisoned");
+                insert(&mut objects, entry.namespace, entry.name, found);
+            }
+            Event::Delete(entry) => {
+                let mut objects = self.objects.write().expect("cache lock is never poisoned");
+                let namespace = entry.namespace.unwrap_or_default();
+                if let Some(names) = objects.get_mut(namespace.as_str()) {
+                    names.remove(entry.name.as_str());
+                    if names.is_empty() {
+                        objects.remove(namespace.as_str());
+                    }
+                }
+            }
+        }
     }
 
     /// Logs and counts an object the first time it is seen not to decode, and forgets it when it
@@ -217,36 +234,39 @@ impl<V: Cached> Cache<V> {
         metrics.cache_undecodable(V::KIND, undecodable.len());
     }
 
-    /// Feeds the store from its watch, retrying with backoff for as long as the process runs.
-    async fn follow(
-        &self,
-        writer: reflector::store::Writer<Entry<V>>,
-        api: Api<DeserializeGuard<V>>,
-        metrics: &Metrics,
-    ) {
+    /// Feeds the cache from its watch, retrying with backoff for as long as the process runs.
+    async fn follow(&self, api: Api<DeserializeGuard<V>>, metrics: &Metrics) {
         let config = watcher::Config::default().page_size(PAGE_SIZE);
-        let events = watcher::watcher(api, config)
-            .default_backoff()
-            .map_ok(entries::<V>)
-            .inspect_ok(|event| self.note(event, metrics));
-        let mut events = std::pin::pin!(reflector::reflector(writer, events));
+        let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+        let mut listing = None;
         while let Some(event) = events.next().await {
             match event {
-                Ok(Event::InitDone) => {
-                    self.prune(metrics);
-                    if !self.synced.swap(true, Ordering::SeqCst) {
-                        tracing::info!(kind = V::KIND.as_str(), objects = self.len(), "cache synced");
-                    }
+                Ok(event) => {
+                    let event = entries::<V>(event);
+                    self.note(&event, metrics);
+                    self.apply(event, &mut listing, metrics);
                 }
-                Ok(_) => {}
                 // The API server compacted its history past the watch's version (a watch that was
-                // down for a while): routine, kube's watcher lists again and the store keeps
+                // down for a while): routine, kube's watcher lists again and the cache keeps
                 // answering from the last list until the new one is complete.
                 Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                     tracing::info!(kind = V::KIND.as_str(), "watch expired (410); listing again")
                 }
                 Err(err) => tracing::warn!(kind = V::KIND.as_str(), error = %err, "watch failed; retrying"),
             }
+        }
+    }
+}
+
+/// Adds an object to `objects`, under its namespace's one copy of the namespace's name.
+fn insert<T>(objects: &mut Objects<T>, namespace: Option<String>, name: String, found: Found<T>) {
+    let namespace = namespace.unwrap_or_default();
+    match objects.get_mut(namespace.as_str()) {
+        Some(names) => {
+            names.insert(name.into(), found);
+        }
+        None => {
+            objects.insert(namespace.into(), HashMap::from([(name.into(), found)]));
         }
     }
 }
@@ -274,26 +294,21 @@ impl LiveCluster {
     /// ([`Cluster::is_ready`]) and from the API before that. Objects that do not decode are
     /// counted in `metrics`.
     pub fn start(client: Client, options: LiveOptions, metrics: Arc<Metrics>) -> Arc<Self> {
-        let (accounts, accounts_writer) = reflector::store();
-        let (drivers, drivers_writer) = reflector::store();
-        let (pods, pods_writer) = reflector::store();
-        let (claims, claims_writer) = reflector::store();
-        let (volumes, volumes_writer) = reflector::store();
         let cluster = Arc::new(Self {
             client: client.clone(),
             options,
             fallbacks: Semaphore::new(options.fallback_concurrency),
-            service_accounts: Cache::new(accounts),
-            csi_drivers: Cache::new(drivers),
-            pods: Cache::new(pods),
-            claims: Cache::new(claims),
-            volumes: Cache::new(volumes),
+            service_accounts: Cache::new(),
+            csi_drivers: Cache::new(),
+            pods: Cache::new(),
+            claims: Cache::new(),
+            volumes: Cache::new(),
         });
-        spawn_follow(&cluster, |c| &c.service_accounts, accounts_writer, &metrics);
-        spawn_follow(&cluster, |c| &c.csi_drivers, drivers_writer, &metrics);
-        spawn_follow(&cluster, |c| &c.pods, pods_writer, &metrics);
-        spawn_follow(&cluster, |c| &c.claims, claims_writer, &metrics);
-        spawn_follow(&cluster, |c| &c.volumes, volumes_writer, &metrics);
+        spawn_follow(&cluster, |c| &c.service_accounts, &metrics);
+        spawn_follow(&cluster, |c| &c.csi_drivers, &metrics);
+        spawn_follow(&cluster, |c| &c.pods, &metrics);
+        spawn_follow(&cluster, |c| &c.claims, &metrics);
+        spawn_follow(&cluster, |c| &c.volumes, &metrics);
         cluster
     }
 
@@ -331,7 +346,7 @@ impl LiveCluster {
                 match tokio::time::timeout(self.options.fallback_timeout, call).await {
                     Ok(Ok(None)) => Ok(None),
                     Ok(Ok(Some(object))) => match Entry::from(object).info {
-                        Ok(found) => Ok(Some(found)),
+                        Ok(found) => Ok(Some(Arc::new(found))),
                         Err(error) => Err(undecodable(&error)),
                     },
                     Ok(Err(err)) => Err(err),
@@ -356,16 +371,11 @@ impl LiveCluster {
 }
 
 /// Feeds one cache of `cluster` from a watch of every namespace.
-fn spawn_follow<V: Cached>(
-    cluster: &Arc<LiveCluster>,
-    cache: fn(&LiveCluster) -> &Cache<V>,
-    writer: reflector::store::Writer<Entry<V>>,
-    metrics: &Arc<Metrics>,
-) {
+fn spawn_follow<V: Cached>(cluster: &Arc<LiveCluster>, cache: fn(&LiveCluster) -> &Cache<V>, metrics: &Arc<Metrics>) {
     let (cluster, metrics) = (cluster.clone(), metrics.clone());
     tokio::spawn(async move {
         let api = Api::<DeserializeGuard<V>>::all_with(cluster.client.clone(), &());
-        cache(&cluster).follow(writer, api, &metrics).await;
+        cache(&cluster).follow(api, &metrics).await;
     });
 }
 

@@ -15,5 +15,5 @@ pub use objects::{ObjectStore, ObjectsError};
 
 pub use crate::k8s::names::service_account_named;
 pub use crate::review::lookup::{
-    Annotations, ClaimInfo, Cluster, CsiDriverInfo, Lookup, LookupError, PodInfo, ServiceAccountInfo, VolumeInfo,
+    Annotations, ClaimInfo, Cluster, CsiDriverInfo, Lookup, LookupError, PodInfo, ServiceAccountInfo, Uid, VolumeInfo,
 };

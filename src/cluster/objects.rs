@@ -142,12 +142,12 @@ mod tests {
             .insert(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}))
             .expect("ignored"));
         let info = block(store.pod("ns", "p")).expect("no error").expect("found");
-        assert_eq!(info.uid, "u1");
+        assert_eq!(info.uid.to_string(), "u1");
         assert_eq!(info.node_name.as_deref(), Some("node-1"));
-        assert_eq!(info.service_account, "sa");
-        assert_eq!(info.token_audiences, vec!["vault".to_string(), String::new()]);
-        assert_eq!(info.csi_drivers, vec!["d.example.com".to_string()]);
-        assert_eq!(info.claim_names, vec!["claim".to_string(), "p-scratch".to_string()]);
+        assert_eq!(&*info.service_account, "sa");
+        assert_eq!(info.token_audiences, [Arc::from("vault"), Arc::from("")].into());
+        assert_eq!(info.csi_drivers, [Arc::from("d.example.com")].into());
+        assert_eq!(info.claim_names, [Box::from("claim"), Box::from("p-scratch")].into());
         assert!(block(store.pod("ns", "other")).expect("no error").is_none());
     }
 

@@ -7,13 +7,15 @@
 //! watches and gets it. The one conversion to the `*Info` types lives here.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 
-use super::{service_account_named, ClaimInfo, CsiDriverInfo, PodInfo, ServiceAccountInfo, VolumeInfo};
+use super::{service_account_named, ClaimInfo, CsiDriverInfo, PodInfo, ServiceAccountInfo, Uid, VolumeInfo};
 use crate::k8s::{tokens, volumes};
 
 /// `kube::Resource` for a view, with the API coordinates of the k8s-openapi type it reduces.
@@ -217,35 +219,59 @@ pub struct ClaimSourceView {
 impl From<&PodView> for PodInfo {
     fn from(pod: &PodView) -> Self {
         let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
-        let mut info = PodInfo { uid: pod.metadata.uid.clone().unwrap_or_default(), ..Default::default() };
-        let Some(spec) = &pod.spec else { return info };
-        info.node_name = spec.node_name.clone().filter(|n| !n.is_empty());
-        info.service_account =
-            service_account_named(spec.service_account_name.as_deref(), spec.service_account.as_deref()).to_string();
+        let uid = Uid::from(pod.metadata.uid.as_deref().unwrap_or_default());
+        let Some(spec) = &pod.spec else { return PodInfo { uid, ..Default::default() } };
+        let (mut audiences, mut drivers, mut claims) = (Vec::new(), Vec::new(), Vec::new());
+        let mut has_automount_volume = false;
         for volume in spec.volumes.iter().flatten() {
             let sources = volume.projected.iter().flat_map(|p| p.sources.iter().flatten());
             let tokens: Vec<_> = sources.filter_map(|s| s.service_account_token.as_ref()).collect();
             let shape = tokens.iter().map(|t| (t.audience.as_deref(), t.path.as_str(), t.expiration_seconds));
-            info.has_automount_volume |= tokens::has_automount_shape(&volume.name, shape);
-            info.token_audiences.extend(tokens.iter().map(|t| t.audience.clone().unwrap_or_default()));
+            has_automount_volume |= tokens::has_automount_shape(&volume.name, shape);
+            audiences.extend(tokens.iter().map(|t| shared(t.audience.as_deref().unwrap_or_default())));
             match (&volume.csi, volume.in_tree.driver()) {
-                (Some(csi), _) => info.csi_drivers.push(csi.driver.clone()),
-                (None, Some(driver)) => info.csi_drivers.push(driver.to_string()),
+                (Some(csi), _) => drivers.push(shared(&csi.driver)),
+                (None, Some(driver)) => drivers.push(shared(driver)),
                 (None, None) => {}
             }
             if let Some(claim) = &volume.persistent_volume_claim {
-                info.claim_names.push(claim.claim_name.clone());
+                claims.push(claim.claim_name.as_str().into());
             }
             if volume.ephemeral.is_some() {
-                info.claim_names.push(format!("{pod_name}-{}", volume.name));
+                claims.push(format!("{pod_name}-{}", volume.name).into());
             }
         }
-        // Cached for the pod's lifetime: no spare capacity.
-        info.token_audiences.shrink_to_fit();
-        info.csi_drivers.shrink_to_fit();
-        info.claim_names.shrink_to_fit();
-        info
+        let service_account =
+            service_account_named(spec.service_account_name.as_deref(), spec.service_account.as_deref());
+        PodInfo {
+            uid,
+            node_name: spec.node_name.as_deref().filter(|n| !n.is_empty()).map(shared),
+            service_account: shared(service_account),
+            has_automount_volume,
+            token_audiences: audiences.into(),
+            csi_drivers: drivers.into(),
+            claim_names: claims.into(),
+        }
     }
+}
+
+/// The one shared copy of a name many cached objects carry (a node, a service account, an
+/// audience, a driver): each pod holds a pointer to it, not its own copy. Copies no object
+/// holds any more are dropped whenever the table has doubled since it was last swept.
+pub fn shared(name: &str) -> Arc<str> {
+    static NAMES: LazyLock<Mutex<(HashSet<Arc<str>>, usize)>> = LazyLock::new(Mutex::default);
+    let mut names = NAMES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (table, swept) = &mut *names;
+    if let Some(found) = table.get(name) {
+        return found.clone();
+    }
+    if table.len() >= 2 * (*swept).max(1024) {
+        table.retain(|name| Arc::strong_count(name) > 1);
+        *swept = table.len();
+    }
+    let name: Arc<str> = Arc::from(name);
+    table.insert(name.clone());
+    name
 }
 
 /// A PersistentVolumeClaim: `spec.volumeName`.
@@ -321,9 +347,9 @@ mod tests {
         let info = PodInfo::from(&pod);
         assert!(info.has_automount_volume);
         assert_eq!(info.node_name.as_deref(), Some("n"));
-        assert_eq!(info.service_account, "default");
-        assert_eq!(info.csi_drivers, vec!["ebs.csi.aws.com".to_string()]);
-        assert_eq!(info.claim_names, vec!["p-scratch".to_string()]);
+        assert_eq!(&*info.service_account, "default");
+        assert_eq!(info.csi_drivers, [Arc::from("ebs.csi.aws.com")].into());
+        assert_eq!(info.claim_names, [Box::from("p-scratch")].into());
     }
 
     #[test]

@@ -116,21 +116,74 @@ pub struct CsiDriverInfo {
     pub token_requests: Vec<(String, Option<i64>)>,
 }
 
-/// A pod, as far as the node-audience restriction cares.
+/// A pod, as far as the node-audience restriction cares. A watch cache holds one per pod, so
+/// it is compact: the uid in 16 bytes, names shared between the pods that use them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodInfo {
-    pub uid: String,
-    pub node_name: Option<String>,
-    pub service_account: String,
+    pub uid: Uid,
+    pub node_name: Option<Arc<str>>,
+    pub service_account: Arc<str>,
     /// Whether it has the automount volume (`kube-api-access-*`).
     pub has_automount_volume: bool,
     /// Audiences of its projected token volumes (`""` where none is set).
-    pub token_audiences: Vec<String>,
+    pub token_audiences: Box<[Arc<str>]>,
     /// Drivers of its inline CSI volumes, and of in-tree volumes CSI migration serves.
-    pub csi_drivers: Vec<String>,
+    pub csi_drivers: Box<[Arc<str>]>,
     /// Claims it mounts: `persistentVolumeClaim` volumes and `<pod>-<volume>` for generic
     /// ephemeral volumes.
-    pub claim_names: Vec<String>,
+    pub claim_names: Box<[Box<str>]>,
+}
+
+/// An object's uid: 16 bytes when it is a UUID as the API server writes them (lower-case,
+/// hyphenated), else the text as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uid {
+    Uuid(u128),
+    Text(Box<str>),
+}
+
+impl Default for Uid {
+    fn default() -> Self {
+        Uid::Text(Box::default())
+    }
+}
+
+impl From<&str> for Uid {
+    fn from(text: &str) -> Self {
+        let bytes = text.as_bytes();
+        let shaped = bytes.len() == 36
+            && bytes.iter().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => *b == b'-',
+                _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
+            });
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
+        match u128::from_str_radix(&hex, 16) {
+            Ok(uuid) if shaped => Uid::Uuid(uuid),
+            _ => Uid::Text(text.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Uid::Text(text) => f.write_str(text),
+            Uid::Uuid(uuid) => {
+                let hex = format!("{uuid:032x}");
+                write!(f, "{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+            }
+        }
+    }
+}
+
+impl PartialEq<str> for Uid {
+    fn eq(&self, other: &str) -> bool {
+        match self {
+            // A uid kept as text is not shaped as a UUID, nor is what equals it.
+            Uid::Text(text) => **text == *other,
+            Uid::Uuid(uuid) => matches!(Uid::from(other), Uid::Uuid(parsed) if parsed == *uuid),
+        }
+    }
 }
 
 /// A PersistentVolumeClaim: the volume it is bound to.
@@ -143,4 +196,25 @@ pub struct ClaimInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeInfo {
     pub csi_driver: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Uid;
+
+    #[test]
+    fn uuids_are_kept_in_sixteen_bytes_and_read_back_as_written() {
+        let written = "10000000-0000-4000-8000-00000000abcd";
+        let uid = Uid::from(written);
+        assert!(matches!(uid, Uid::Uuid(_)));
+        assert_eq!(uid.to_string(), written);
+        assert!(uid == *written);
+        assert!(uid != *"10000000-0000-4000-8000-00000000ABCD", "upper case is another uid");
+        for text in ["u-1", "", "10000000-0000-4000-8000-00000000ABCD", "1000000000000-4000-8000-00000000abcd0"] {
+            let uid = Uid::from(text);
+            assert!(matches!(uid, Uid::Text(_)), "{text}");
+            assert_eq!(uid.to_string(), text);
+            assert!(uid == *text);
+        }
+    }
 }

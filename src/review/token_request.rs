@@ -266,7 +266,7 @@ impl<C: Cluster> NodeCheck<'_, C> {
     fn check_bound_pod(&self, pod: &PodInfo, pod_ref: &str, violations: &mut Vec<Violation>) {
         let (node, request) = (self.node, self.request);
         let bound_uid = self.pod_binding().and_then(|b| b.uid.as_deref()).unwrap_or_default();
-        if bound_uid != pod.uid {
+        if pod.uid != *bound_uid {
             violations.push(Violation::new(
                 "spec.boundObjectRef.uid",
                 format!("pod {pod_ref} has uid {}, not {bound_uid}", pod.uid),
@@ -282,7 +282,7 @@ impl<C: Cluster> NodeCheck<'_, C> {
                 format!("pod {pod_ref} {runs_on}, not on node {node}"),
             ));
         }
-        if pod.service_account != request.service_account {
+        if *pod.service_account != *request.service_account {
             violations.push(Violation::new(
                 "spec.boundObjectRef.name",
                 format!(
@@ -301,7 +301,7 @@ impl<C: Cluster> NodeCheck<'_, C> {
         Self: 'r,
     {
         let referenced =
-            |audience: &str| pod.token_audiences.iter().any(|a| self.policy.normalize(Some(a)) == audience);
+            |audience: &str| pod.token_audiences.iter().any(|a| self.policy.normalize(Some(a.as_ref())) == audience);
         let mut unknown: Vec<&str> = self
             .request
             .distinct_audiences()
@@ -351,7 +351,7 @@ impl<C: Cluster> NodeCheck<'_, C> {
 
     /// Referenced by a projected token volume, or granted by `nodeRestriction.extraAudiences`.
     fn references_directly(&self, pod: &PodInfo, audience: &str) -> bool {
-        pod.token_audiences.iter().any(|a| self.policy.normalize(Some(a)) == audience)
+        pod.token_audiences.iter().any(|a| self.policy.normalize(Some(a.as_ref())) == audience)
             || self.policy.node_restriction().is_extra_audience(audience, self.request.namespace)
     }
 
@@ -361,7 +361,7 @@ impl<C: Cluster> NodeCheck<'_, C> {
     async fn csi_audiences(&self, pod: &PodInfo) -> Reached {
         let namespace = self.request.namespace;
         let mut reached = Reached::default();
-        let mut drivers: BTreeSet<String> = pod.csi_drivers.iter().cloned().collect();
+        let mut drivers: BTreeSet<String> = pod.csi_drivers.iter().map(|d| d.to_string()).collect();
         for claim_name in &pod.claim_names {
             let claim_ref = format!("PVC {namespace}/{claim_name}");
             let claim = match self.cluster.persistent_volume_claim(namespace, claim_name).await {

@@ -43,9 +43,10 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -114,6 +115,7 @@ impl FakeApiServer {
             watch_epoch: watch::channel(0).0,
             watches_paused: watch::channel(false).0,
             compact_during_lists: Mutex::new(None),
+            snapshots: Mutex::default(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let shutdown = shared.shutdown.clone();
@@ -297,9 +299,32 @@ struct Shared {
     /// A plural whose paged lists are interrupted by a write and a compaction, and the objects
     /// still to write.
     compact_during_lists: Mutex<Option<(String, VecDeque<Value>)>>,
+    /// Snapshots of older versions that paged lists are reading, by resource and version.
+    snapshots: Mutex<HashMap<(usize, u64), Snapshot>>,
 }
 
+/// The objects of one resource at one version.
+type Snapshot = Arc<BTreeMap<ObjectKey, Value>>;
+
 impl Shared {
+    /// The objects of `resource` at `version` (`None` when compacted away), rebuilt once per
+    /// version: the pages of one list all read the snapshot its first page was taken at.
+    fn snapshot(&self, store: &Store, resource: usize, version: u64) -> Option<Snapshot> {
+        if version < store.compacted {
+            return None;
+        }
+        let mut snapshots = self.snapshots.lock().expect("snapshot lock");
+        if let Some(found) = snapshots.get(&(resource, version)) {
+            return Some(found.clone());
+        }
+        let snapshot = Arc::new(store.objects_at(resource, version)?);
+        if snapshots.len() >= 16 {
+            snapshots.clear();
+        }
+        snapshots.insert((resource, version), snapshot.clone());
+        Some(snapshot)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -335,7 +360,7 @@ impl ResourceType {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct ObjectKey {
     /// Index into `Store::resources`.
     resource: usize,
@@ -356,6 +381,8 @@ struct Store {
     version: u64,
     resources: Vec<ResourceType>,
     objects: BTreeMap<ObjectKey, Value>,
+    /// Each stored object as JSON, with its `resourceVersion`, for lists.
+    json: HashMap<ObjectKey, (String, Bytes)>,
     /// Every change since the last compaction, in version order.
     history: Vec<Change>,
     /// The version history was last compacted at (0: never); older versions are gone.
@@ -382,6 +409,7 @@ impl Store {
             version: 1,
             resources,
             objects: BTreeMap::new(),
+            json: HashMap::new(),
             history: Vec::new(),
             compacted: 0,
             base: BTreeMap::new(),
@@ -413,6 +441,16 @@ impl Store {
             namespaced,
         });
         self.resources.len() - 1
+    }
+
+    /// `object` (stored under `key`) as JSON: written once when stored, unless it is an older
+    /// version of it (from a snapshot).
+    fn rendered(&self, key: &ObjectKey, object: &Value) -> Bytes {
+        let version = object["metadata"]["resourceVersion"].as_str();
+        match self.json.get(key).filter(|(stored, _)| Some(stored.as_str()) == version) {
+            Some((_, json)) => json.clone(),
+            None => Bytes::from(serde_json::to_vec(object).expect("serialize")),
+        }
     }
 
     /// Forgets the history up to the current version.
@@ -459,6 +497,8 @@ impl Store {
         }
         metadata.entry("uid").or_insert(Value::String(uid));
         metadata.insert("resourceVersion".into(), Value::String(self.version.to_string()));
+        let json = Bytes::from(serde_json::to_vec(&object).expect("serialize"));
+        self.json.insert(key.clone(), (self.version.to_string(), json));
         self.objects.insert(key.clone(), object.clone());
         self.history.push(Change { version: self.version, key, old, new: Some(object.clone()) });
         object
@@ -466,6 +506,7 @@ impl Store {
 
     fn remove(&mut self, key: &ObjectKey) -> Option<Value> {
         let old = self.objects.remove(key)?;
+        self.json.remove(key);
         self.version += 1;
         self.history.push(Change { version: self.version, key: key.clone(), old: Some(old.clone()), new: None });
         Some(old)
@@ -830,88 +871,130 @@ fn list(shared: &Shared, route: &Route, query: &Query, metadata_only: bool) -> R
     shared.lists.fetch_add(1, Ordering::SeqCst);
     let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
     let store = shared.lock();
-    // A continue token is "<snapshot version>|<namespace>|<name of the last item sent>"; version
-    // -1 continues from the current state (the inconsistent token of a 410 answer), as upstream's
-    // etcd3 store encodes it (k8s.io/apiserver storage `EncodeContinue`, `DecodeContinue`).
-    let (version, after) = match query.get("continue") {
-        None => (store.version, None),
-        Some(token) => {
-            let mut parts = token.splitn(3, '|');
-            match (parts.next().and_then(|v| v.parse::<i64>().ok()), parts.next(), parts.next()) {
-                (Some(version), Some(namespace), Some(name)) => {
-                    let version = u64::try_from(version).unwrap_or(store.version);
-                    (version, Some((namespace.to_string(), name.to_string())))
-                }
-                _ => return bad_request(format!("invalid continue token {token:?}")),
-            }
-        }
+    let (version, after) = match continue_from(query.get("continue"), store.version) {
+        Ok(found) => found,
+        Err(response) => return response,
     };
-    // The current state is read in place (only the page is cloned); an older snapshot is rebuilt.
-    let snapshot = match (version < store.version).then(|| store.objects_at(route.resource, version)) {
-        Some(None) => {
-            // The snapshot was compacted: upstream's etcd3 store (`handleCompactedErrorForPaging`)
-            // answers 410 Expired with a token that continues from the current state.
-            let (namespace, name) = after.unwrap_or_default();
-            shared.expired.fetch_add(1, Ordering::SeqCst);
-            let response = json!({
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {"continue": format!("-1|{namespace}|{name}")},
-                "status": "Failure",
-                "message": EXPIRED_CONTINUE,
-                "reason": "Expired",
-                "code": 410,
-            });
-            return json_response(StatusCode::GONE, &response);
-        }
+    // The current state is read in place (also for an older version when nothing of the
+    // resource changed since); an older snapshot is rebuilt once per list and kept for its
+    // later pages.
+    let changed_since = |version: u64| {
+        let mut later = store.history.iter().rev().take_while(|change| change.version > version);
+        version < store.compacted || later.any(|change| change.key.resource == route.resource)
+    };
+    let snapshot = match changed_since(version).then(|| shared.snapshot(&store, route.resource, version)) {
+        Some(None) => return expired_continue(shared, after),
         Some(Some(objects)) => Some(objects),
         None => None,
     };
-    let objects = snapshot.as_ref().unwrap_or(&store.objects);
+    let objects = snapshot.as_deref().unwrap_or(&store.objects);
+    // Each page starts after the last item of the previous one: no page reads what came before.
+    let (namespace, name) = after.clone().unwrap_or_default();
+    let first = ObjectKey { resource: route.resource, namespace, name };
+    let start = if after.is_some() { Bound::Excluded(first) } else { Bound::Included(first) };
     let mut matching = objects
-        .range(ObjectKey { resource: route.resource, namespace: String::new(), name: String::new() }..)
+        .range((start, Bound::Unbounded))
         .take_while(|(key, _)| key.resource == route.resource)
-        .filter(|(key, object)| in_scope(route, key) && selector.matches(object))
-        .filter(|(key, _)| after.as_ref().is_none_or(|(ns, name)| (&key.namespace, &key.name) > (ns, name)));
+        .filter(|(key, object)| in_scope(route, key) && selector.matches(object));
     let page: Vec<(&ObjectKey, &Value)> = matching.by_ref().take(limit.unwrap_or(usize::MAX)).collect();
-    let remaining = matching.count();
+    let remaining = matching.next().is_some();
     let mut metadata = json!({"resourceVersion": version.to_string()});
-    if remaining > 0 {
+    if remaining {
         let (last, _) = page.last().expect("a page before the remaining items");
         metadata["continue"] = json!(format!("{version}|{}|{}", last.namespace, last.name));
-        metadata["remainingItemCount"] = json!(remaining);
     }
-    let items: Vec<Value> = page
-        .into_iter()
-        .map(|(_, object)| if metadata_only { partial_metadata(object) } else { object.clone() })
-        .collect();
-    let resource = &store.resources[route.resource];
+    let response = list_response(&store, route.resource, page, metadata, metadata_only);
+    if after.is_none() && remaining {
+        interrupt_after_first_page(shared, store, route.resource);
+    }
+    response
+}
+
+/// The snapshot version and the last key sent of a continue token (none: the current version,
+/// from the start). A continue token is "<snapshot version>|<namespace>|<name of the last item
+/// sent>"; version -1 continues from the current state (the inconsistent token of a 410 answer),
+/// as upstream's etcd3 store encodes it (k8s.io/apiserver storage `EncodeContinue`,
+/// `DecodeContinue`).
+#[allow(clippy::result_large_err)] // the error is the answer
+fn continue_from(token: Option<&str>, current: u64) -> Result<(u64, Option<(String, String)>), Response> {
+    let Some(token) = token else { return Ok((current, None)) };
+    let mut parts = token.splitn(3, '|');
+    match (parts.next().and_then(|v| v.parse::<i64>().ok()), parts.next(), parts.next()) {
+        (Some(version), Some(namespace), Some(name)) => {
+            let version = u64::try_from(version).unwrap_or(current);
+            Ok((version, Some((namespace.to_string(), name.to_string()))))
+        }
+        _ => Err(bad_request(format!("invalid continue token {token:?}"))),
+    }
+}
+
+/// The answer to a continue token whose snapshot was compacted: upstream's etcd3 store
+/// (`handleCompactedErrorForPaging`) answers 410 Expired with a token that continues from the
+/// current state.
+fn expired_continue(shared: &Shared, after: Option<(String, String)>) -> Response {
+    let (namespace, name) = after.unwrap_or_default();
+    shared.expired.fetch_add(1, Ordering::SeqCst);
+    let response = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {"continue": format!("-1|{namespace}|{name}")},
+        "status": "Failure",
+        "message": EXPIRED_CONTINUE,
+        "reason": "Expired",
+        "code": 410,
+    });
+    json_response(StatusCode::GONE, &response)
+}
+
+/// A `<Kind>List` (or `PartialObjectMetadataList`) of `page`, written piece by piece from each
+/// object's stored JSON: large lists are served fast.
+fn list_response(
+    store: &Store,
+    resource: usize,
+    page: Vec<(&ObjectKey, &Value)>,
+    metadata: Value,
+    metadata_only: bool,
+) -> Response {
+    let resource = &store.resources[resource];
     let (api_version, kind) = if metadata_only {
         ("meta.k8s.io/v1".to_string(), "PartialObjectMetadataList".to_string())
     } else {
         (resource.api_version(), format!("{}List", resource.kind))
     };
-    let response = json_response(
-        StatusCode::OK,
-        &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": items}),
-    );
-    if after.is_none() && remaining > 0 {
-        let plural = resource.plural.clone();
-        let mut interrupt = shared.compact_during_lists.lock().expect("lock");
-        let next =
-            interrupt.as_mut().filter(|(armed, _)| *armed == plural).and_then(|(_, objects)| objects.pop_front());
-        drop(interrupt);
-        if let Some(object) = next {
-            let api_version = object["apiVersion"].as_str().expect("an apiVersion").to_string();
-            let kind = object["kind"].as_str().expect("a kind").to_string();
-            let name = object["metadata"]["name"].as_str().expect("a name").to_string();
-            let mut store = store;
-            store.seed(&api_version, &kind, name, object);
-            store.compact();
-            shared.notify(store);
+    let head = json!({"apiVersion": api_version, "kind": kind, "metadata": metadata}).to_string();
+    let mut body = format!("{},\"items\":[", head.strip_suffix('}').expect("an object")).into_bytes();
+    for (i, (key, object)) in page.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        match metadata_only {
+            true => body.extend(serde_json::to_vec(&partial_metadata(object)).expect("serialize")),
+            false => body.extend_from_slice(&store.rendered(key, object)),
         }
     }
-    response
+    body.extend_from_slice(b"]}");
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("response")
+}
+
+/// After the first page of a paged list of `resource`: the write and compaction armed by
+/// [`FakeApiServer::compact_during_lists`], if any.
+fn interrupt_after_first_page(shared: &Shared, mut store: MutexGuard<'_, Store>, resource: usize) {
+    let plural = store.resources[resource].plural.clone();
+    let mut interrupt = shared.compact_during_lists.lock().expect("lock");
+    let next = interrupt.as_mut().filter(|(armed, _)| *armed == plural).and_then(|(_, objects)| objects.pop_front());
+    drop(interrupt);
+    if let Some(object) = next {
+        let api_version = object["apiVersion"].as_str().expect("an apiVersion").to_string();
+        let kind = object["kind"].as_str().expect("a kind").to_string();
+        let name = object["metadata"]["name"].as_str().expect("a name").to_string();
+        store.seed(&api_version, &kind, name, object);
+        store.compact();
+        shared.notify(store);
+    }
 }
 
 async fn get(shared: &Shared, route: &Route, name: &str, metadata_only: bool) -> Response {

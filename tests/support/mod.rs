@@ -280,6 +280,16 @@ pub fn memory_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// The processor time a process has used so far (user and system), from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // The fields after the command (which may hold spaces) in parentheses; utime and stime are
+    // the 14th and 15th of the line, in clock ticks of 1/100 s on Linux.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("a command in parentheses").1.split_whitespace().collect();
+    let ticks: u64 = fields[11..13].iter().map(|f| f.parse::<u64>().expect("ticks")).sum();
+    Duration::from_millis(ticks * 10)
+}
+
 /// The server's configuration with every default of `serve`'s flags, for `certificates`.
 pub fn server_defaults(certificates: CertificateFiles) -> ServerConfig {
     tokengate::cli::ServeArgs::defaults(&certificates).server_config()
