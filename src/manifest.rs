@@ -155,8 +155,11 @@ pub fn load_inputs(paths: &[PathBuf], reading: Reading<'_>) -> Loaded {
 
 /// Reads the objects of standard input, reported under `name`.
 fn read_stdin(name: &Path) -> Result<Vec<Document>, ManifestError> {
-    let text = std::io::read_to_string(std::io::stdin())
-        .map_err(|e| ManifestError { path: name.to_path_buf(), line: None, message: format!("reading standard input: {e}") })?;
+    let text = std::io::read_to_string(std::io::stdin()).map_err(|e| ManifestError {
+        path: name.to_path_buf(),
+        line: None,
+        message: format!("reading standard input: {e}"),
+    })?;
     parse(&text, name)
 }
 
@@ -166,8 +169,11 @@ pub fn load_file(path: &Path) -> Result<Vec<Document>, ManifestError> {
     if path.as_os_str() == STDIN {
         return read_stdin(path);
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ManifestError { path: path.to_path_buf(), line: None, message: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        path: path.to_path_buf(),
+        line: None,
+        message: e.to_string(),
+    })?;
     parse(&text, path)
 }
 

@@ -36,7 +36,7 @@ pub fn read(paths: &[PathBuf], exclude: &GlobSet) -> Result<FilesRead, FilesErro
     let mut read = FilesRead::default();
     for path in paths {
         check_path(path)?;
-        let loaded = manifest::load_inputs(std::slice::from_ref(path), exclude);
+        let loaded = manifest::load_inputs(std::slice::from_ref(path), manifest::Reading { exclude, stdin_name: None });
         if loaded.documents.is_empty() {
             let hint = match (path.as_os_str() == STDIN, exclude.is_empty()) {
                 (true, _) => "standard input holds no object",
