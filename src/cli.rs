@@ -251,8 +251,9 @@ pub struct WebhooksArgs {
     pub annotation: Vec<(String, String)>,
     /// Print instead the ValidatingAdmissionPolicies (and their bindings, named NAME-<kind>) that
     /// let the API server itself decide the rules that need no lookup, with a comment header
-    /// saying which rule is decided where and why (docs/native.md). Needs no --service or --url.
-    #[arg(long)]
+    /// saying which rule is decided where and why (docs/native.md). Takes the place of --service
+    /// or --url.
+    #[arg(long, group = "endpoint")]
     pub native: bool,
     /// Print the webhook configurations narrowed to what the native policies (--native) leave to
     /// tokengate: apply both together, the native policies first.
@@ -260,13 +261,14 @@ pub struct WebhooksArgs {
     pub narrowed: bool,
 }
 
-/// How the API server reaches tokengate (exactly one, unless --native).
+/// How the API server reaches tokengate: exactly one of --service and --url, or --native instead
+/// (the group `endpoint` holds the three).
 #[derive(Debug, clap::Args)]
-#[group(required = false, multiple = false)]
+#[group(id = "endpoint", required = true, multiple = false)]
 pub struct EndpointArgs {
     /// The Service in front of tokengate, NAMESPACE/NAME[:PORT] (port default 443); its
     /// namespace is also left out of every webhook.
-    #[arg(long, value_name = "NAMESPACE/NAME[:PORT]", required_unless_present_any = ["url", "native"])]
+    #[arg(long, value_name = "NAMESPACE/NAME[:PORT]")]
     pub service: Option<crate::webhooks::ServiceRef>,
     /// A URL instead of a Service, e.g. https://127.0.0.1:8443 for a tokengate outside the
     /// cluster; /mutate and /validate are appended (tokengate-system is then the namespace left

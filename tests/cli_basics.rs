@@ -213,7 +213,7 @@ fn a_missing_argument_is_named_as_it_must_be_given() {
         (&["init"], "  <--from-cluster|--from-files <PATH>...>\n"),
         (&["review"], "  --policy <FILE>\n"),
         (&["check", "--policy", "p.yaml"], "  <PATH>...\n"),
-        (&["webhooks", "--policy", "p.yaml"], "  <--service <NAMESPACE/NAME[:PORT]>|--url <URL>>\n"),
+        (&["webhooks", "--policy", "p.yaml"], "  <--service <NAMESPACE/NAME[:PORT]>|--url <URL>|--native>\n"),
     ];
     for (args, named) in cases {
         let (code, stdout, stderr) = run(args, "");
