@@ -577,8 +577,8 @@ fn the_deployment_reserves_what_it_may_use_and_probes_the_webhook_listener() {
     let (request, limit) = (&resources["requests"]["memory"], &resources["limits"]["memory"]);
     assert_eq!(request, limit, "memory request = limit: the scheduler reserves what the process may use");
     assert!(
-        deployment_memory_limit_mib() <= 144,
-        "a replica watching 10 000 pods fits in 144 MiB whatever bodies it is sent (docs/performance.md, Memory ceiling)"
+        deployment_memory_limit_mib() <= 128,
+        "a replica watching 10 000 pods fits in 128 MiB whatever bodies it is sent (docs/performance.md, Memory ceiling)"
     );
     // The limit itself is held against a measured peak: the hostile-bodies test below.
     let args: Vec<&str> = container["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
