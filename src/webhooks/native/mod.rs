@@ -39,12 +39,49 @@ pub struct Native {
     pub split: Vec<Placement>,
 }
 
+/// Why every rule stays in the webhook on an API server without ValidatingAdmissionPolicy v1.
+pub const NOT_SERVED: &str = "the API server does not serve ValidatingAdmissionPolicy v1 (Kubernetes 1.30+)";
+
+/// Which admission-policy APIs the API server serves (`admissionregistration.k8s.io/v1`):
+/// ValidatingAdmissionPolicy from Kubernetes 1.30, MutatingAdmissionPolicy from 1.36.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServedApis {
+    pub validating: bool,
+    pub mutating: bool,
+}
+
+impl ServedApis {
+    /// Both kinds: what a current API server serves.
+    pub const ALL: ServedApis = ServedApis { validating: true, mutating: true };
+}
+
+impl Native {
+    /// Every object to apply, as JSON with its apiVersion and kind: each policy followed by its
+    /// binding.
+    pub fn objects(&self) -> Vec<serde_json::Value> {
+        self.policies
+            .iter()
+            .flat_map(|p| [serde_json::to_value(&p.policy), serde_json::to_value(&p.binding)])
+            .map(|object| object.expect("the native objects serialise to JSON"))
+            .collect()
+    }
+}
+
 /// The name of the matchCondition that leaves kubelets' TokenRequests to the webhook.
 pub const KUBELETS_CONDITION: &str = "skip-kubelets";
 
 /// The native policies for `policy`, named `<name>-<subject>`; a subject whose CEL is over the
 /// API server's cost limits is left out, its rules placed in the webhook.
 pub fn native(policy: &Policy, name: &str) -> Native {
+    native_for(policy, name, ServedApis::ALL)
+}
+
+/// The native policies for `policy` that an API server serving `served` accepts; what it does
+/// not serve stays in the webhook.
+pub fn native_for(policy: &Policy, name: &str, served: ServedApis) -> Native {
+    if !served.validating {
+        return Native { policies: Vec::new(), split: split::split(|_| Some(NOT_SERVED.to_string())) };
+    }
     let candidates = [
         (Subject::TokenRequest, "tokenrequests", token_requests(policy)),
         (Subject::Pod, "pods", pods(policy)),
