@@ -312,6 +312,17 @@ pub struct ManageWebhooksArgs {
     /// (comma-separated in the environment variable).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_annotation, env = "TOKENGATE_WEBHOOK_ANNOTATION", value_delimiter = ',')]
     pub webhook_annotation: Vec<(String, String)>,
+    /// With --manage-webhooks, let the API server itself decide the rules that need no lookup:
+    /// at every apply (policy change, resync) ask it by API discovery which admission policies
+    /// it serves, apply the ValidatingAdmissionPolicies of `tokengate webhooks --native` (named
+    /// NAME-<kind>, labelled app.kubernetes.io/managed-by=tokengate), and only once they are
+    /// accepted narrow the webhooks (`webhooks --narrowed`). Going back (flag off, the API no
+    /// longer served, a rule over the CEL cost limits) puts the full webhooks back before the
+    /// native policies are deleted; a refused native policy leaves the full webhooks. Without
+    /// the flag, native policies an earlier run applied are removed. Needs RBAC on
+    /// validatingadmissionpolicies and their bindings (docs/native.md).
+    #[arg(long, env = "TOKENGATE_NATIVE_POLICIES", requires = "manage_webhooks")]
+    pub native_policies: bool,
 }
 
 /// Why a flag's value was refused; clap prints it after the flag's name.

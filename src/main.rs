@@ -151,7 +151,7 @@ fn manage_options(args: &ServeArgs, client: &kube::Client) -> anyhow::Result<Man
         }),
         (None, Err(_)) => None,
     };
-    Ok(ManageOptions { event_target, ..ManageOptions::new(webhooks) })
+    Ok(ManageOptions { event_target, native_policies: args.webhooks.native_policies, ..ManageOptions::new(webhooks) })
 }
 
 /// The options shared by `webhooks` and `serve --manage-webhooks`; reads the CA bundle file.

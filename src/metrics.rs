@@ -131,6 +131,8 @@ pub struct Metrics {
     certificate_reloads: Family<ResultLabels, Counter>,
     webhooks_applied_generation: Gauge,
     webhooks_applies: Family<ResultLabels, Counter>,
+    native_policies: Gauge,
+    native_policy_applies: Family<ResultLabels, Counter>,
     api_server_audiences: Family<AudienceLabels, Gauge>,
     cache_decode_failures: Family<KindLabels, Counter>,
     cache_undecodable: Family<KindLabels, Gauge>,
@@ -160,6 +162,8 @@ impl Metrics {
             certificate_reloads: Family::default(),
             webhooks_applied_generation: Gauge::default(),
             webhooks_applies: Family::default(),
+            native_policies: Gauge::default(),
+            native_policy_applies: Family::default(),
             api_server_audiences: Family::default(),
             cache_decode_failures: Family::default(),
             cache_undecodable: Family::default(),
@@ -227,6 +231,16 @@ impl Metrics {
             "webhook_configuration_applies",
             "Server-side applies of the webhook configurations, by result (success, error)",
             self.webhooks_applies.clone(),
+        );
+        self.registry.register(
+            "native_policies",
+            "Admission policies tokengate keeps in force inside the API server (serve --native-policies)",
+            self.native_policies.clone(),
+        );
+        self.registry.register(
+            "native_policy_applies",
+            "Rounds applying and removing the native policies (serve --native-policies), by result (success, error)",
+            self.native_policy_applies.clone(),
         );
     }
 
@@ -324,6 +338,18 @@ impl Metrics {
     /// Records a refused or failed apply of the webhook configurations (it is retried).
     pub fn webhooks_apply_failed(&self) {
         self.webhooks_applies.get_or_create(&ResultLabels { result: "error" }).inc();
+    }
+
+    /// Records that `count` native policies are in force, applied with the configurations.
+    pub fn native_policies_applied(&self, count: usize) {
+        self.native_policies.set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.native_policy_applies.get_or_create(&ResultLabels { result: "success" }).inc();
+    }
+
+    /// Records a failed discovery, apply or removal of native policies (it is retried; the full
+    /// webhook configurations stay or are put back).
+    pub fn native_policies_apply_failed(&self) {
+        self.native_policy_applies.get_or_create(&ResultLabels { result: "error" }).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -34,8 +34,15 @@
 //!   field management. A write that changes nothing (an apply of what is already there) is not
 //!   stored: no new `resourceVersion`, no watch event, as upstream. Writes to `events`
 //!   (`events.k8s.io/v1` or core `v1`) are also recorded for [`FakeApiServer::events`];
+//! - `DELETE` of a single object: the object as it was, or a `404 NotFound` `Status`;
+//! - API discovery of a group version (`GET /apis/{group}/{version}`): an `APIResourceList` of
+//!   every resource known in it, as `Client::list_api_group_resources` reads it;
 //! - a resource made forbidden with [`FakeApiServer::forbid`]: `403 Forbidden` for every request;
+//! - a resource no longer served ([`FakeApiServer::stop_serving`], an older API server): left out
+//!   of discovery and `404 NotFound` for every request;
 //! - anything else: a `404 NotFound` `Status`.
+//!
+//! Every write through the API but Events is logged for [`FakeApiServer::writes`], in order.
 //!
 //! Resource versions are one global counter, as in etcd. Objects are stored as JSON; `apply`
 //! accepts any kind (unknown kinds get a plural by the usual English rules and are namespaced when
@@ -80,6 +87,16 @@ const KNOWN_RESOURCES: &[(&str, &str, &str, &str, bool)] = &[
     ("storage.k8s.io", "v1", "CSIDriver", "csidrivers", false),
     ("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", false),
     ("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", false),
+    ("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies", false),
+    (
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+        false,
+    ),
+    ("admissionregistration.k8s.io", "v1", "MutatingAdmissionPolicy", "mutatingadmissionpolicies", false),
+    ("admissionregistration.k8s.io", "v1", "MutatingAdmissionPolicyBinding", "mutatingadmissionpolicybindings", false),
     ("apps", "v1", "Deployment", "deployments", true),
     ("apps", "v1", "StatefulSet", "statefulsets", true),
     ("apps", "v1", "DaemonSet", "daemonsets", true),
@@ -110,6 +127,9 @@ impl FakeApiServer {
             patches: AtomicUsize::new(0),
             refuse_patches: AtomicUsize::new(0),
             forbidden: Mutex::new(Vec::new()),
+            unserved: Mutex::new(Vec::new()),
+            refused_writes: Mutex::new(Vec::new()),
+            writes: Mutex::new(Vec::new()),
             expired: AtomicUsize::new(0),
             lists: AtomicUsize::new(0),
             watch_epoch: watch::channel(0).0,
@@ -219,6 +239,35 @@ impl FakeApiServer {
         self.shared.forbidden.lock().expect("forbidden lock").push(plural.to_string());
     }
 
+    /// Stops serving a resource (by plural), as an API server of a version without it: discovery
+    /// leaves it out and every request for it is answered `404 NotFound`.
+    pub fn stop_serving(&self, plural: &str) {
+        self.shared.unserved.lock().expect("unserved lock").push(plural.to_string());
+    }
+
+    /// Serves again every resource [`stop_serving`](Self::stop_serving) took away (an upgrade).
+    pub fn serve_all(&self) {
+        self.shared.unserved.lock().expect("unserved lock").clear();
+    }
+
+    /// Refuses every write (PATCH, POST, PUT, DELETE) to a resource (by plural) with a 500
+    /// `Status` until [`accept_writes`](Self::accept_writes); reads are answered.
+    pub fn refuse_writes(&self, plural: &str) {
+        self.shared.refused_writes.lock().expect("refused lock").push(plural.to_string());
+    }
+
+    /// Accepts writes to every resource again.
+    pub fn accept_writes(&self) {
+        self.shared.refused_writes.lock().expect("refused lock").clear();
+    }
+
+    /// Every write through the API but Events so far, in arrival order, as `VERB plural/name`
+    /// (`PATCH validatingwebhookconfigurations/tokengate`, `DELETE validatingadmissionpolicies/x`);
+    /// refused writes included.
+    pub fn writes(&self) -> Vec<String> {
+        self.shared.writes.lock().expect("writes lock").clone()
+    }
+
     /// Forgets the history up to the current resource version, as etcd's compaction does: a watch
     /// from an older version gets a `410 Expired` `ERROR` event, a `continue` token of an older
     /// list snapshot a `410 Expired` answer. Returns the compacted version.
@@ -277,6 +326,12 @@ impl Drop for FakeApiServer {
 struct Shared {
     /// Resources (plurals) every request for is refused with `403 Forbidden`.
     forbidden: Mutex<Vec<String>>,
+    /// Resources (plurals) not served: absent from discovery, `404` for every request.
+    unserved: Mutex<Vec<String>>,
+    /// Resources (plurals) every write to is refused with 500.
+    refused_writes: Mutex<Vec<String>>,
+    /// `VERB plural/name` of every write but Events, in arrival order.
+    writes: Mutex<Vec<String>>,
     store: Mutex<Store>,
     /// The latest resource version, to wake watches.
     changed: watch::Sender<u64>,
@@ -802,7 +857,16 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Some(manager) => manager.to_string(),
         None => user_agent.split('/').next().unwrap_or_default().chars().take(128).collect(),
     };
+    if parts.method == Method::GET {
+        if let Some(list) = discovery(&shared, parts.uri.path()) {
+            return list;
+        }
+    }
     let found = route(&shared.lock(), parts.uri.path());
+    let found = found.filter(|route| {
+        let plural = shared.lock().resources[route.resource].plural.clone();
+        !shared.unserved.lock().expect("unserved lock").contains(&plural)
+    });
     let Some(route) = found else {
         return status(
             StatusCode::NOT_FOUND,
@@ -824,12 +888,16 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Ok(body) => body,
         Err(error) => return bad_request(format!("reading the body: {error}")),
     };
+    if let Some(refused) = log_write(&shared, &parts.method, &plural, route.name.as_deref()) {
+        return refused;
+    }
     match (&parts.method, &route.name) {
         (&Method::GET, None) if query.flag("watch") => watch(&shared, &route, &query, metadata_only).await,
         (&Method::GET, None) => list(&shared, &route, &query, metadata_only),
         (&Method::GET, Some(name)) => get(&shared, &route, name, metadata_only).await,
         (&Method::POST, None) => create(&shared, &route, &query, &body, &manager),
         (&Method::PUT, Some(name)) => replace(&shared, &route, name, &query, &body, &manager),
+        (&Method::DELETE, Some(name)) => delete(&shared, &route, name),
         (&Method::PATCH, Some(name)) => {
             if !shared.lock().resources[route.resource].is_events() {
                 shared.patches.fetch_add(1, Ordering::SeqCst);
@@ -852,6 +920,66 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             format!("the server could not find the requested resource ({} {})", parts.method, parts.uri.path()),
             None,
         ),
+    }
+}
+
+/// The `APIResourceList` of `/apis/{group}/{version}` when the path names a group version the
+/// server knows a served resource of.
+fn discovery(shared: &Shared, path: &str) -> Option<Response> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["apis", group, version] = segments.as_slice() else { return None };
+    let unserved = shared.unserved.lock().expect("unserved lock").clone();
+    let store = shared.lock();
+    let resources: Vec<Value> = store
+        .resources
+        .iter()
+        .filter(|r| r.group == *group && r.version == *version && !unserved.contains(&r.plural))
+        .map(|r| {
+            json!({
+                "name": r.plural,
+                "singularName": r.kind.to_ascii_lowercase(),
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            })
+        })
+        .collect();
+    if resources.is_empty() {
+        return None;
+    }
+    let list = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group}/{version}"), "resources": resources});
+    Some(json_response(StatusCode::OK, &list))
+}
+
+/// Logs a write (not to Events) for [`FakeApiServer::writes`]; the refusal when writes to the
+/// resource are refused.
+fn log_write(shared: &Shared, method: &Method, plural: &str, name: Option<&str>) -> Option<Response> {
+    let writes = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
+    if !writes.contains(method) || plural == "events" {
+        return None;
+    }
+    let entry = format!("{method} {plural}/{}", name.unwrap_or(""));
+    shared.writes.lock().expect("writes lock").push(entry);
+    if !shared.refused_writes.lock().expect("refused lock").iter().any(|p| p == plural) {
+        return None;
+    }
+    Some(status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "refused for the test".into(), None))
+}
+
+/// `DELETE` of a single object: answered with the object as it was (no finalizers here).
+fn delete(shared: &Shared, route: &Route, name: &str) -> Response {
+    let mut store = shared.lock();
+    let key = ObjectKey {
+        resource: route.resource,
+        namespace: route.namespace.clone().unwrap_or_default(),
+        name: name.to_string(),
+    };
+    match store.remove(&key) {
+        Some(old) => {
+            shared.notify(store);
+            json_response(StatusCode::OK, &old)
+        }
+        None => not_found_object(&store.resources[route.resource], name),
     }
 }
 

@@ -11,6 +11,11 @@
 //! by `test` operations. Two things are kept: a `caBundle` set by cert-manager's cainjector (or
 //! anyone else) when no bundle is configured, and values the API server itself defaults. A
 //! failed write is logged, counted and retried with backoff; it never touches readiness.
+//!
+//! With `--native-policies` ([`native`]) each round first applies the native policies the API
+//! server serves, then the webhook configurations narrowed beside them, and only then removes
+//! native policies the policy no longer needs: a rule is always enforced by one side or the
+//! other. When the native policies cannot be applied, the full configurations are applied.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +26,9 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::{json, Value};
 
+pub mod native;
+
+use super::native::{narrow, native_for, ServedApis};
 use super::{configurations, Configurations, Options, WebhookConfiguration};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -44,6 +52,10 @@ pub struct ManageOptions {
     pub resync: Duration,
     /// Where the Events recording each apply go (the policy ConfigMap or tokengate's Pod).
     pub event_target: Option<ObjectReference>,
+    /// `--native-policies`: apply the native policies the API server serves and narrow the
+    /// webhooks beside them. Off, native policies an earlier run applied are removed (after the
+    /// full configurations are in place).
+    pub native_policies: bool,
 }
 
 impl ManageOptions {
@@ -56,6 +68,7 @@ impl ManageOptions {
             readiness_poll: Duration::from_secs(1),
             resync: Duration::from_secs(600),
             event_target: None,
+            native_policies: false,
         }
     }
 }
@@ -74,6 +87,28 @@ pub enum ApplyError {
     /// The configuration or the patch removing fields added by hand did not serialise (a bug).
     #[error("encoding the webhook configuration: {0}")]
     Encode(#[from] serde_json::Error),
+    /// Discovering, applying or removing native policies failed.
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
+}
+
+/// What one round puts in place: the native objects (none without `--native-policies`, or on an
+/// API server that serves no admission policies), the webhook configurations narrowed beside
+/// them, and the full configurations to fall back on.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    /// What the API server serves; `None` without `--native-policies` (not asked).
+    served: Option<ServedApis>,
+    native: Vec<Value>,
+    narrowed: Configurations,
+    full: Configurations,
+}
+
+impl Plan {
+    /// How many admission policies (not bindings) the plan applies.
+    fn native_policies(&self) -> usize {
+        self.native.iter().filter(|object| object["kind"].as_str().is_some_and(|k| k.ends_with("Policy"))).count()
+    }
 }
 
 /// Runs until every policy sender is gone: waits for `ready()`, then applies the configurations
@@ -87,7 +122,7 @@ pub async fn run<R>(
 ) where
     R: Fn() -> bool + Send,
 {
-    let mut applied: Option<Configurations> = None;
+    let mut applied: Option<Plan> = None;
     let mut backoff = options.initial_backoff;
     // When to apply again although nothing changed: one period after the last successful apply,
     // however many policy changes (that leave the configurations alone) come in between.
@@ -102,31 +137,45 @@ pub async fn run<R>(
             continue;
         };
         let generation = metrics.policy_generation();
-        let wanted = configurations(&current, &options.webhooks);
-        if applied.as_ref() != Some(&wanted) {
-            match apply(&client, &wanted).await {
-                Ok(()) => {
-                    metrics.webhooks_applied(generation);
-                    tracing::info!(
-                        name = %options.webhooks.name,
-                        policy_generation = generation,
-                        "webhook configurations applied"
-                    );
-                    record_event(&client, &options, generation).await;
-                    applied = Some(wanted);
-                    backoff = options.initial_backoff;
-                    resync_at = tokio::time::Instant::now() + options.resync;
+        // Asked again every round: an upgrade of the API server may serve more.
+        let outcome = match plan(&client, &current, &options).await {
+            Ok(wanted) if applied.as_ref() == Some(&wanted) => Ok(None),
+            Ok(wanted) => put_in_place(&client, &wanted, &options).await.map(|()| Some(wanted)),
+            Err(err) => Err(err),
+        };
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(wanted)) => {
+                metrics.webhooks_applied(generation);
+                if options.native_policies {
+                    metrics.native_policies_applied(wanted.native_policies());
                 }
-                Err(err) => {
-                    metrics.webhooks_apply_failed();
-                    tracing::warn!(error = %err, retry_in = ?backoff, "could not apply the webhook configurations");
-                    tokio::select! {
-                        changed = policy.changed() => if changed.is_err() { return },
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(options.max_backoff);
-                    continue;
+                tracing::info!(
+                    name = %options.webhooks.name,
+                    policy_generation = generation,
+                    native_policies = wanted.native_policies(),
+                    served = ?wanted.served,
+                    "webhook configurations applied"
+                );
+                record_event(&client, &options, generation, wanted.native_policies()).await;
+                applied = Some(wanted);
+                backoff = options.initial_backoff;
+                resync_at = tokio::time::Instant::now() + options.resync;
+            }
+            Err(err) => {
+                match err {
+                    ApplyError::Native(_) => metrics.native_policies_apply_failed(),
+                    _ => metrics.webhooks_apply_failed(),
                 }
+                tracing::warn!(error = %err, retry_in = ?backoff, "could not apply the webhook configurations");
+                // What is in place is no longer known: the next round writes everything.
+                applied = None;
+                tokio::select! {
+                    changed = policy.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(options.max_backoff);
+                continue;
             }
         }
         tokio::select! {
@@ -134,6 +183,45 @@ pub async fn run<R>(
             () = tokio::time::sleep_until(resync_at) => applied = None,
         }
     }
+}
+
+/// What `policy` needs in place: with `--native-policies`, the native policies of what the API
+/// server serves and the configurations narrowed beside them; otherwise the full configurations.
+async fn plan(client: &kube::Client, policy: &Policy, options: &ManageOptions) -> Result<Plan, ApplyError> {
+    let full = configurations(policy, &options.webhooks);
+    if !options.native_policies {
+        return Ok(Plan { served: None, native: Vec::new(), narrowed: full.clone(), full });
+    }
+    let served = native::served_apis(client).await?;
+    let name = &options.webhooks.name;
+    let policies = native_for(policy, name, served);
+    let objects = policies.objects().into_iter().map(|object| native::labelled(object, name)).collect();
+    let narrowed = narrow::narrow(policy, full.clone(), &policies);
+    Ok(Plan { served: Some(served), native: objects, narrowed, full })
+}
+
+/// Puts `plan` in place in the order that never leaves a rule to neither side: the native
+/// objects first (each applied is accepted: the API server validated and stored it), then the
+/// configurations narrowed beside them, and only then the removal of native objects the plan no
+/// longer holds (their rules are back in the configurations just applied). When a native object
+/// is refused, the full configurations are applied instead and the error returned.
+async fn put_in_place(client: &kube::Client, plan: &Plan, options: &ManageOptions) -> Result<(), ApplyError> {
+    if let Err(err) = native::apply_all(client, &plan.native).await {
+        if let Err(fallback) = apply(client, &plan.full).await {
+            tracing::warn!(error = %fallback, "could not apply the full webhook configurations after a native policy was refused");
+        }
+        return Err(err.into());
+    }
+    apply(client, &plan.narrowed).await?;
+    let name = &options.webhooks.name;
+    let removed = native::remove_unwanted(client, name, &plan.native, !options.native_policies).await?;
+    if !removed.is_empty() {
+        tracing::info!(
+            ?removed,
+            "removed native policies the policy no longer needs (their rules are back in the webhooks)"
+        );
+    }
+    Ok(())
 }
 
 /// Server-side applies both configurations (creating them when missing).
@@ -274,13 +362,17 @@ fn static_kind(kind: &str) -> &'static str {
     }
 }
 
-async fn record_event(client: &kube::Client, options: &ManageOptions, generation: i64) {
+async fn record_event(client: &kube::Client, options: &ManageOptions, generation: i64, native_policies: usize) {
     let Some(target) = &options.event_target else { return };
+    let beside = match native_policies {
+        0 => String::new(),
+        n => format!(" (narrowed beside {n} native policies)"),
+    };
     let event = Event {
         type_: EventType::Normal,
         reason: "WebhooksApplied".to_string(),
         note: Some(format!(
-            "tokengate applied the webhook configurations {} for policy generation {generation}",
+            "tokengate applied the webhook configurations {}{beside} for policy generation {generation}",
             options.webhooks.name
         )),
         action: "ApplyWebhookConfigurations".to_string(),
