@@ -2,7 +2,10 @@
 //! ownership as upstream does: the configurations are applied once the replica is ready, once
 //! more per policy change and once per resync period; a refused write is retried and counted; an
 //! Event records each apply; edits by hand (changed, added or deleted) are undone at the next
-//! apply, while a `caBundle` another manager set is kept unless a bundle is configured.
+//! apply, while a `caBundle` another manager set is kept unless a bundle is configured. With
+//! `--native-policies` the native policies go in before the webhooks are narrowed and out only
+//! after the full webhooks are back (the order of writes is asserted), only where the API server
+//! serves them, and a refused native policy leaves the full webhooks.
 
 mod support;
 
@@ -14,6 +17,8 @@ use serde_json::{json, Value};
 use support::fake_apiserver::FakeApiServer;
 use tokengate::metrics::Metrics;
 use tokengate::source::{Offer, PolicyPublisher};
+use tokengate::webhooks::conditions::names as condition;
+use tokengate::webhooks::manage::native::{CONFIGURATION_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
 use tokengate::webhooks::manage::{self, ManageOptions};
 use tokengate::webhooks::{names, Endpoint, Options};
 
@@ -439,4 +444,263 @@ async fn policy_changes_that_leave_the_configurations_alone_do_not_put_the_resyn
         tokio::time::sleep(resync / 3).await;
     }
     println!("two resyncs of {resync:?} took {:?} with {} policy changes", started.elapsed(), generation - 1);
+}
+
+/// Starts the manager with `--native-policies` (or without), ready at once, on `text`.
+fn start_native_manager(
+    server: &FakeApiServer,
+    text: &str,
+    native_policies: bool,
+    resync: Duration,
+) -> (PolicyPublisher, Arc<Metrics>, tokio::task::JoinHandle<()>) {
+    let metrics = Arc::new(Metrics::new());
+    let (mut publisher, policy) = PolicyPublisher::new(metrics.clone());
+    assert!(matches!(publisher.offer("test", text), Offer::Loaded { generation: 1 }));
+    let mut options = options();
+    options.resync = resync;
+    options.native_policies = native_policies;
+    let task = tokio::spawn(manage::run(server.client(), policy, || true, options, metrics.clone()));
+    (publisher, metrics, task)
+}
+
+/// The native objects of every admission-policy kind in the server, as `Kind/name`, sorted.
+fn native_objects(server: &FakeApiServer) -> Vec<String> {
+    let kinds = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"];
+    let subjects = ["tokenrequests", "pods", "csidrivers", "legacy-token-secrets", "other"];
+    let mut found = Vec::new();
+    for kind in kinds {
+        for subject in subjects {
+            let name = format!("tokengate-{subject}");
+            if server.object("admissionregistration.k8s.io/v1", kind, None, &name).is_some() {
+                found.push(format!("{kind}/{name}"));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The native objects the shipped-style [`POLICY`] gets: a policy and a binding per subject.
+fn every_native_object() -> Vec<String> {
+    let mut all: Vec<String> = ["tokenrequests", "pods", "csidrivers", "legacy-token-secrets"]
+        .iter()
+        .flat_map(|s| {
+            [
+                format!("ValidatingAdmissionPolicy/tokengate-{s}"),
+                format!("ValidatingAdmissionPolicyBinding/tokengate-{s}"),
+            ]
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// The names of the validating webhooks in the server.
+fn validating_webhooks(server: &FakeApiServer) -> Vec<String> {
+    let object = stored(server, "ValidatingWebhookConfiguration");
+    let webhooks = object["webhooks"].as_array().cloned().unwrap_or_default();
+    webhooks.iter().filter_map(|w| w["name"].as_str().map(str::to_string)).collect()
+}
+
+fn has_condition(webhook: &Value, name: &str) -> bool {
+    webhook["matchConditions"].as_array().is_some_and(|c| c.iter().any(|c| c["name"] == name))
+}
+
+/// Narrowed beside the native policies: no CSIDriver or Secret webhook, pods and TokenRequests
+/// only for what the native side leaves.
+fn is_narrowed(server: &FakeApiServer) -> bool {
+    let webhooks = validating_webhooks(server);
+    let validating = "ValidatingWebhookConfiguration";
+    !webhooks.is_empty()
+        && !webhooks.iter().any(|w| w == names::CSI_DRIVERS || w == names::SECRETS)
+        && has_condition(&stored_webhook(server, validating, names::PODS_VALIDATE), condition::NATIVE_PODS)
+        && has_condition(&stored_webhook(server, validating, names::TOKEN_REQUESTS), condition::NATIVE_TOKEN_REQUESTS)
+}
+
+/// The full configurations: every validating webhook, none narrowed.
+fn is_full(server: &FakeApiServer) -> bool {
+    let webhooks = validating_webhooks(server);
+    let validating = "ValidatingWebhookConfiguration";
+    [names::PODS_VALIDATE, names::TOKEN_REQUESTS, names::CSI_DRIVERS, names::SECRETS]
+        .iter()
+        .all(|name| webhooks.iter().any(|w| w == name))
+        && !has_condition(&stored_webhook(server, validating, names::PODS_VALIDATE), condition::NATIVE_PODS)
+        && !has_condition(&stored_webhook(server, validating, names::TOKEN_REQUESTS), condition::NATIVE_TOKEN_REQUESTS)
+}
+
+/// Where `entry` first appears in `writes`, failing when it does not.
+fn position(writes: &[String], entry: &str) -> usize {
+    writes.iter().position(|w| w == entry).unwrap_or_else(|| panic!("{entry} in {writes:#?}"))
+}
+
+/// A policy whose pod and TokenRequest rules are over the CEL limits (1 000 allow-list entries,
+/// each with its own maximum): those stay in the webhooks; CSIDrivers and Secrets stay native.
+fn policy_over_budget() -> String {
+    let mut text = String::from("apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  audiences:\n");
+    for i in 0..1000 {
+        text.push_str(&format!(
+            "    - {{audience: aud-{i}.example.com, namespaces: [\"team-{i}\", \"team-{i}-*\"], serviceAccounts: [web, \"app-*\"], maxExpirationSeconds: {}}}\n",
+            3600 + i
+        ));
+    }
+    text
+}
+
+fn metric(metrics: &Metrics, line_start: &str) -> Option<u64> {
+    let text = metrics.encode();
+    let line = text.lines().find(|l| l.starts_with(line_start))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn native_policies_are_applied_and_accepted_before_the_webhooks_are_narrowed() {
+    let server = FakeApiServer::start().await;
+    let (_publisher, metrics, _task) = start_native_manager(&server, POLICY, true, Duration::from_secs(600));
+    eventually("the narrowed webhooks", || is_narrowed(&server)).await;
+    assert_eq!(native_objects(&server), every_native_object());
+    let policy = server
+        .object("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy", None, "tokengate-pods")
+        .expect("applied");
+    assert_eq!(policy["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
+    assert_eq!(policy["metadata"]["annotations"][CONFIGURATION_ANNOTATION], "tokengate");
+    assert!(managers(&policy).contains(&"tokengate-webhooks/Apply".to_string()), "{:?}", managers(&policy));
+    let binding = server
+        .object("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding", None, "tokengate-pods")
+        .expect("applied");
+    assert_eq!(binding["spec"]["policyName"], "tokengate-pods");
+
+    // Every native object went in before the first write of the validating webhooks.
+    let writes = server.writes();
+    let webhooks = position(&writes, "PATCH validatingwebhookconfigurations/tokengate");
+    for object in every_native_object() {
+        let (kind, name) = object.split_once('/').expect("Kind/name");
+        let plural =
+            if kind.ends_with("Binding") { "validatingadmissionpolicybindings" } else { "validatingadmissionpolicies" };
+        assert!(
+            position(&writes, &format!("PATCH {plural}/{name}")) < webhooks,
+            "{object} before the webhooks: {writes:#?}"
+        );
+    }
+    assert!(!writes.iter().any(|w| w.starts_with("DELETE")), "nothing removed: {writes:#?}");
+    eventually("the metrics", || metric(&metrics, "tokengate_native_policies ") == Some(4)).await;
+    assert_eq!(metric(&metrics, r#"tokengate_native_policy_applies_total{result="success"}"#), Some(1));
+    let events = server.events();
+    assert!(
+        events.iter().any(|e| e["note"].as_str().is_some_and(|n| n.contains("narrowed beside 4 native policies"))),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_subject_pushed_over_the_cost_budget_gets_its_full_webhook_back_before_its_native_policy_goes() {
+    let server = FakeApiServer::start().await;
+    let (mut publisher, metrics, _task) = start_native_manager(&server, POLICY, true, Duration::from_secs(600));
+    eventually("the narrowed webhooks", || is_narrowed(&server)).await;
+    let before = server.writes().len();
+
+    assert!(matches!(publisher.offer("test", &policy_over_budget()), Offer::Loaded { generation: 2 }));
+    let remaining = [
+        "ValidatingAdmissionPolicy/tokengate-csidrivers",
+        "ValidatingAdmissionPolicy/tokengate-legacy-token-secrets",
+        "ValidatingAdmissionPolicyBinding/tokengate-csidrivers",
+        "ValidatingAdmissionPolicyBinding/tokengate-legacy-token-secrets",
+    ];
+    eventually("the pod and TokenRequest policies removed", || native_objects(&server) == remaining).await;
+    let validating = "ValidatingWebhookConfiguration";
+    let pods = stored_webhook(&server, validating, names::PODS_VALIDATE);
+    let token_requests = stored_webhook(&server, validating, names::TOKEN_REQUESTS);
+    assert!(!has_condition(&pods, condition::NATIVE_PODS), "pods back in full: {pods}");
+    assert!(!has_condition(&token_requests, condition::NATIVE_TOKEN_REQUESTS), "{token_requests}");
+    let webhooks = validating_webhooks(&server);
+    assert!(!webhooks.iter().any(|w| w == names::CSI_DRIVERS || w == names::SECRETS), "still native: {webhooks:?}");
+
+    // The order of the writes of that round: the webhooks, then the bindings, then the policies.
+    let writes = server.writes()[before..].to_vec();
+    let restored = position(&writes, "PATCH validatingwebhookconfigurations/tokengate");
+    let binding_gone = position(&writes, "DELETE validatingadmissionpolicybindings/tokengate-pods");
+    let policy_gone = position(&writes, "DELETE validatingadmissionpolicies/tokengate-pods");
+    assert!(restored < binding_gone && binding_gone < policy_gone, "{writes:#?}");
+    assert!(restored < position(&writes, "DELETE validatingadmissionpolicies/tokengate-tokenrequests"), "{writes:#?}");
+    assert_eq!(writes.iter().filter(|w| w.starts_with("DELETE")).count(), 4, "only what left: {writes:#?}");
+    eventually("the gauge", || metric(&metrics, "tokengate_native_policies ") == Some(2)).await;
+}
+
+#[tokio::test]
+async fn an_api_server_without_admission_policies_gets_the_full_webhooks_until_an_upgrade_serves_them() {
+    let server = FakeApiServer::start().await;
+    for plural in ["validatingadmissionpolicies", "validatingadmissionpolicybindings"] {
+        server.stop_serving(plural);
+    }
+    let (_publisher, metrics, _task) = start_native_manager(&server, POLICY, true, Duration::from_millis(300));
+    eventually("the first apply", || metrics.encode().contains("tokengate_webhook_configurations_policy_generation 1"))
+        .await;
+    assert!(is_full(&server), "{:?}", validating_webhooks(&server));
+    assert!(native_objects(&server).is_empty());
+    let writes = server.writes();
+    assert!(writes.iter().all(|w| w.contains("webhookconfigurations/")), "nothing native: {writes:#?}");
+    assert_eq!(metric(&metrics, r#"tokengate_native_policy_applies_total{result="error"}"#), None, "not an error");
+
+    // The API server is upgraded: the next resync finds the kinds served.
+    server.serve_all();
+    eventually("the native policies after the upgrade", || {
+        native_objects(&server) == every_native_object() && is_narrowed(&server)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_the_flag_native_policies_applied_earlier_are_removed_after_the_full_webhooks_are_back() {
+    let server = FakeApiServer::start().await;
+    // Labelled objects of another installation (another name) and an unlabelled one: never removed.
+    let others = [
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+               "metadata": {"name": "tokengate-other", "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+                            "annotations": {CONFIGURATION_ANNOTATION: "tokengate-staging"}}}),
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": "tokengate-other"}}),
+    ];
+    for object in others {
+        server.apply(object);
+    }
+    let (_publisher, _metrics, task) = start_native_manager(&server, POLICY, true, Duration::from_secs(600));
+    eventually("the narrowed webhooks", || is_narrowed(&server)).await;
+    task.abort();
+    let _ = task.await;
+    let before = server.writes().len();
+
+    let (_publisher, _metrics, _task) = start_native_manager(&server, POLICY, false, Duration::from_secs(600));
+    let left = ["ValidatingAdmissionPolicy/tokengate-other", "ValidatingAdmissionPolicyBinding/tokengate-other"];
+    eventually("the native policies removed", || native_objects(&server) == left).await;
+    assert!(is_full(&server), "{:?}", validating_webhooks(&server));
+    let writes = server.writes()[before..].to_vec();
+    let restored = position(&writes, "PATCH validatingwebhookconfigurations/tokengate");
+    let first_delete = writes.iter().position(|w| w.starts_with("DELETE")).expect("deletions");
+    assert!(restored < first_delete, "the full webhooks before any deletion: {writes:#?}");
+    assert_eq!(writes.iter().filter(|w| w.starts_with("DELETE")).count(), 8, "{writes:#?}");
+}
+
+#[tokio::test]
+async fn a_refused_native_policy_leaves_the_full_webhooks() {
+    let server = FakeApiServer::start().await;
+    server.refuse_writes("validatingadmissionpolicies");
+    let (mut publisher, metrics, _task) = start_native_manager(&server, POLICY, true, Duration::from_secs(600));
+    eventually("a refused native apply counted", || {
+        metric(&metrics, r#"tokengate_native_policy_applies_total{result="error"}"#).is_some_and(|n| n >= 2)
+    })
+    .await;
+    assert!(is_full(&server), "the full webhooks: {:?}", validating_webhooks(&server));
+    assert!(native_objects(&server).is_empty());
+    assert_eq!(metric(&metrics, r#"tokengate_webhook_configuration_applies_total{result="success"}"#), None);
+
+    // Accepted again: narrowed on the next retry.
+    server.accept_writes();
+    eventually("the narrowed webhooks", || is_narrowed(&server)).await;
+    assert_eq!(native_objects(&server), every_native_object());
+
+    // Narrowed, then a policy change whose native policies are refused: the full webhooks are put
+    // back (the native policies in place stay: the webhooks decide everything anyway).
+    server.refuse_writes("validatingadmissionpolicies");
+    assert!(matches!(publisher.offer("test", POLICY_WITH_INJECTION), Offer::Loaded { generation: 2 }));
+    eventually("the full webhooks back", || is_full(&server)).await;
+    assert_eq!(native_objects(&server), every_native_object(), "nothing deleted while refused");
 }
