@@ -176,15 +176,72 @@ fn rbac_is_read_only_except_events() {
             let resources = strings(&rule["resources"]);
             if resources == ["events"] {
                 assert_eq!(verbs, ["create", "patch"], "events record why a policy was refused");
-            } else if rule["apiGroups"][0] == "admissionregistration.k8s.io" {
+            } else if resources.iter().any(|r| r.ends_with("webhookconfigurations")) {
                 // serve --manage-webhooks: server-side apply of its own two objects only.
                 assert_eq!(verbs, ["get", "create", "patch"], "{resources:?}");
                 assert_eq!(strings(&rule["resourceNames"]), ["tokengate"], "only its own configurations");
+            } else if rule["apiGroups"][0] == "admissionregistration.k8s.io" {
+                // serve --native-policies: its own native policies by name; list to find leftovers.
+                if verbs == ["list"] {
+                    assert!(rule.get("resourceNames").is_none(), "list cannot be restricted by name");
+                } else {
+                    assert_eq!(verbs, ["get", "create", "patch", "delete"], "{resources:?}");
+                    assert!(!strings(&rule["resourceNames"]).is_empty(), "only its own native policies");
+                }
             } else {
                 assert_eq!(verbs, ["get", "list", "watch"], "{resources:?} are only read");
             }
             assert!(!resources.iter().any(|r| r.contains("token") || r == "secrets" || r == "*"), "{resources:?}");
         }
+    }
+}
+
+/// Every native object `serve --native-policies` applies for the shipped policy (every subject
+/// native) may be applied and deleted by name, and every admission-policy kind it may have
+/// applied may be listed: the RBAC grants exactly what the manage task needs.
+#[test]
+fn rbac_grants_the_native_policies_by_name() {
+    let text = std::fs::read_to_string(root().join(SHIPPED_POLICY)).expect("policy");
+    let policy = tokengate::policy::Policy::parse(&text).expect("valid");
+    let native = tokengate::webhooks::native::native(&policy, tokengate::webhooks::DEFAULT_CONFIGURATION_NAME);
+    let rules: Vec<Value> = objects("manifests/base/rbac.yaml")
+        .into_iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let grants = |verb: &str, plural: &str, name: Option<&str>| {
+        rules.iter().any(|rule| {
+            strings(&rule["verbs"]).iter().any(|v| v == verb)
+                && strings(&rule["resources"]).iter().any(|r| r == plural)
+                && match (name, rule.get("resourceNames")) {
+                    (_, None) => true,
+                    (Some(name), Some(names)) => strings(names).iter().any(|n| n == name),
+                    (None, Some(_)) => false,
+                }
+        })
+    };
+    let plural = |kind: &str| {
+        let lower = kind.to_ascii_lowercase();
+        match lower.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{lower}s"),
+        }
+    };
+    let objects = native.objects();
+    assert_eq!(objects.len(), 8, "every subject native in the shipped policy");
+    for object in objects {
+        let (kind, name) = (object["kind"].as_str().expect("kind"), object["metadata"]["name"].as_str().expect("name"));
+        for verb in ["get", "create", "patch", "delete"] {
+            assert!(grants(verb, &plural(kind), Some(name)), "{verb} {kind} {name}");
+        }
+    }
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
+    ] {
+        assert!(grants("list", &plural(kind), None), "list {kind}");
     }
 }
 
