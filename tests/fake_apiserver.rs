@@ -641,3 +641,44 @@ async fn an_apply_that_changes_nothing_writes_nothing() {
     let third = server_side_apply(&api, "gate-manager", false, &changed).await.expect("applied");
     assert_ne!(third.metadata.resource_version, first.metadata.resource_version);
 }
+
+#[tokio::test]
+async fn discovery_lists_served_resources_and_delete_removes_objects() {
+    let server = FakeApiServer::start().await;
+    let client = server.client();
+    let served = |list: &k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList| -> Vec<String> {
+        list.resources.iter().map(|r| r.name.clone()).collect()
+    };
+    let list = client.list_api_group_resources("admissionregistration.k8s.io/v1").await.expect("discovery");
+    assert_eq!(list.group_version, "admissionregistration.k8s.io/v1");
+    assert!(served(&list).contains(&"validatingadmissionpolicies".to_string()), "{:?}", served(&list));
+
+    // An older API server: the resource is neither discovered nor served.
+    server.stop_serving("validatingadmissionpolicies");
+    let list = client.list_api_group_resources("admissionregistration.k8s.io/v1").await.expect("discovery");
+    assert!(!served(&list).contains(&"validatingadmissionpolicies".to_string()));
+    assert!(served(&list).contains(&"validatingwebhookconfigurations".to_string()));
+    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy");
+    let policies: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk));
+    let err = policies.list(&ListParams::default()).await.expect_err("not served");
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 404), "{err:?}");
+    server.serve_all();
+
+    let body = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+                      "metadata": {"name": "p", "labels": {"app.kubernetes.io/managed-by": "tokengate"}}});
+    policies.patch("p", &PatchParams::apply("gate-manager"), &Patch::Apply(&body)).await.expect("applied");
+    let labelled = policies.list(&ListParams::default().labels("app.kubernetes.io/managed-by=tokengate")).await;
+    assert_eq!(names(&labelled.expect("list").items), ["p"]);
+    policies.delete("p", &Default::default()).await.expect("deleted");
+    assert!(policies.get_opt("p").await.expect("get").is_none());
+    let err = policies.delete("p", &Default::default()).await.expect_err("gone");
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 404), "{err:?}");
+    assert_eq!(
+        server.writes(),
+        [
+            "PATCH validatingadmissionpolicies/p",
+            "DELETE validatingadmissionpolicies/p",
+            "DELETE validatingadmissionpolicies/p"
+        ]
+    );
+}
