@@ -167,7 +167,11 @@ pub async fn run<R>(
                     ApplyError::Native(_) => metrics.native_policies_apply_failed(),
                     _ => metrics.webhooks_apply_failed(),
                 }
-                tracing::warn!(error = %err, retry_in = ?backoff, "could not apply the webhook configurations");
+                tracing::warn!(
+                    error = %err,
+                    retry_in = ?backoff,
+                    "could not put the webhook configurations (and native policies) in place"
+                );
                 // What is in place is no longer known: the next round writes everything.
                 applied = None;
                 tokio::select! {
