@@ -520,7 +520,7 @@ pub enum OutputFormat {
     Text,
     /// stdout: one JSON document: `{mode, files, checked, skipped: {KIND: N}, violations: [{file,
     /// line, kind, namespace, name, field, message, decidedBy: native|webhook, rules,
-    /// nativePolicy | webhookReason}], notes: [{file, line, kind, namespace,
+    /// nativePolicy|webhookReason}], notes: [{file, line, kind, namespace,
     /// name, message}], errors: [{file, line, reason, message}], warnings}` (`rendered: {stream,
     /// line}` where a line is a Helm template's); stderr as for text.
     Json,
