@@ -526,6 +526,9 @@ check "tests/e2e/kind.sh --dry-run" dry_run_prints tests/e2e/kind.sh \
   "kubectl rollout status deployment/tokengate" \
   "kubectl create --dry-run=server" \
   "MODE=cluster" \
+  "webhooks --policy - --native" \
+  "webhooks --policy - --narrowed --service tokengate-system/tokengate" \
+  "tests/e2e/scenarios.sh --native" \
   "kind delete cluster --name tokengate-e2e"
 check "tests/e2e/local.sh --dry-run" dry_run_prints tests/e2e/local.sh \
   "certs/generate.sh" \
