@@ -258,9 +258,8 @@ fn each_credential_says_whether_the_api_server_or_the_webhook_decides_it() {
         "{ledger}"
     );
     // JSON: the same, as fields of each row; the native policy named after --native-name.
-    let json = tokengate(&[
-        "explain", "--policy", POLICY, "--objects", OBJECTS, "--native-name", "tg", "--output", "json", MANIFESTS,
-    ]);
+    let args = ["--policy", POLICY, "--objects", OBJECTS, "--native-name", "tg", "--output", "json", MANIFESTS];
+    let json = tokengate(&[&["explain"][..], &args[..]].concat());
     let report: Value = serde_json::from_slice(&json.stdout).expect("JSON report");
     let ledger = rows_of(&report, "ledger");
     let projected = ledger.iter().find(|r| r["source"] == "projected").expect("projected row");
