@@ -356,6 +356,7 @@ impl Auditor<'_> {
             object: ObjectRef { file: None, line: None, rendered: None, kind: kind.to_string(), namespace, name },
             field: "object".to_string(),
             message: format!("does not decode, so it could not be judged: {error}"),
+            decided: None,
         });
     }
 

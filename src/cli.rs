@@ -177,6 +177,10 @@ pub struct ExplainArgs {
     /// The namespace of objects whose manifests name none (as `kubectl apply -n` would).
     #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// The `--name` given to `tokengate webhooks --native`: names the ValidatingAdmissionPolicy
+    /// said to decide a credential when the native policies are applied.
+    #[arg(long, value_name = "NAME", default_value = "tokengate")]
+    pub native_name: String,
     /// Manifest files or directories to explain (directories recursively: files ending in .yaml,
     /// .yml or .json); `-` reads standard input.
     #[arg(value_name = "PATH")]
@@ -598,6 +602,10 @@ pub struct CheckArgs {
     /// annotations of it carry their line in the message (they can point at no file).
     #[arg(long, value_name = "NAME")]
     pub stdin_filename: Option<PathBuf>,
+    /// The `--name` given to `tokengate webhooks --native`: names the ValidatingAdmissionPolicy
+    /// said to decide a credential when the native policies are applied.
+    #[arg(long, value_name = "NAME", default_value = "tokengate")]
+    pub native_name: String,
     /// Manifest files or directories to check; `-` reads standard input
     /// (`helm template . | tokengate check --policy p.yaml -`).
     #[arg(value_name = "PATH", required = true)]

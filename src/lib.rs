@@ -16,3 +16,4 @@ pub mod server;
 pub mod simulate;
 pub mod source;
 pub mod webhooks;
+pub mod who_decides;

@@ -28,6 +28,7 @@ use tokengate::simulate::{self, Extras};
 use tokengate::source::{self, PolicyPublisher, PolicyReceiver};
 use tokengate::webhooks::manage::{self, ManageOptions};
 use tokengate::webhooks::{self, Endpoint};
+use tokengate::who_decides::WhoDecides;
 
 /// Exit status for input that cannot be read (unreadable files, invalid policy, no cluster).
 const EXIT_UNREADABLE: u8 = 2;
@@ -286,6 +287,7 @@ async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         assume_present: &args.assume_present,
     };
     let mut report = simulate::judge(&policy, &loaded.documents, &cluster, &extras, options).await;
+    WhoDecides::new(&policy, &args.native_name).annotate_findings(&mut report);
     report.files = Some(loaded.files);
     let unreadable = loaded.errors.into_iter().map(|e| {
         let place = manifest::Place { file: Some(e.path), ..manifest::Place::default() };
@@ -437,7 +439,7 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
         _ => unreachable!("clap requires --policy or --policy-configmap, and a client for the ConfigMap"),
     };
-    let report = match (&args.pod, client) {
+    let mut report = match (&args.pod, client) {
         (Some(pod), Some(client)) => {
             let live = explain::live::fetch_pod(client, &pod.namespace, &pod.name).await?;
             let options =
@@ -452,6 +454,7 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             explain::explain(&policy, &documents, &cluster, &extras, options).await
         }
     };
+    WhoDecides::new(&policy, &args.native_name).annotate_explained(&mut report);
     match args.output {
         ExplainFormat::Text => {
             print!("{}", report.to_text());

@@ -438,6 +438,7 @@ pub async fn judge<C: Cluster>(
             object: reference.clone(),
             field: v.field,
             message: v.message,
+            decided: None,
         }));
     }
     report

@@ -234,3 +234,83 @@ async fn explains_a_live_pod_of_the_current_kubeconfig() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("pod team-a/nope not found"));
 }
+
+/// The rows of the object `name` in an `explain --output json` report.
+fn rows_of(report: &Value, name: &str) -> Vec<Value> {
+    let objects = report["objects"].as_array().expect("objects");
+    let object = objects.iter().find(|o| o["name"] == name).expect("object explained");
+    object["credentials"].as_array().expect("rows").clone()
+}
+
+#[test]
+fn each_credential_says_whether_the_api_server_or_the_webhook_decides_it() {
+    // Text: a plain projected token is decided by the pods' native policy once applied; a CSI
+    // volume's token by the webhook, with why.
+    let text = tokengate(&["explain", "--policy", POLICY, "--objects", OBJECTS, MANIFESTS]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    let ledger = text.split("\n\n").find(|block| block.starts_with("Pod payments/ledger")).expect("ledger's block");
+    assert!(
+        ledger.contains("\n    decided by the API server (ValidatingAdmissionPolicy tokengate-pods, rules pod-token-audiences, pod-token-lifetimes) when the native policies are applied (tokengate webhooks --native); the webhook otherwise\n"),
+        "{ledger}"
+    );
+    assert!(
+        ledger.contains("\n    decided by the webhook, even beside the native policies (rule pod-csi-drivers): the tokens a CSI driver mints for the pod are listed in the CSIDriver object, which CEL cannot look up"),
+        "{ledger}"
+    );
+    // JSON: the same, as fields of each row; the native policy named after --native-name.
+    let args = ["--policy", POLICY, "--objects", OBJECTS, "--native-name", "tg", "--output", "json", MANIFESTS];
+    let json = tokengate(&[&["explain"][..], &args[..]].concat());
+    let report: Value = serde_json::from_slice(&json.stdout).expect("JSON report");
+    let ledger = rows_of(&report, "ledger");
+    let projected = ledger.iter().find(|r| r["source"] == "projected").expect("projected row");
+    assert_eq!(projected["decidedBy"], "native");
+    assert_eq!(projected["nativePolicy"], "tg-pods");
+    assert_eq!(projected["rules"], json!(["pod-token-audiences", "pod-token-lifetimes"]));
+    assert!(projected.get("webhookReason").is_none());
+    let csi = ledger.iter().find(|r| r["source"] == "csiDriver").expect("CSI row");
+    assert_eq!(csi["decidedBy"], "webhook");
+    assert_eq!(csi["rules"], json!(["pod-csi-drivers"]));
+    assert!(csi["webhookReason"].as_str().is_some_and(|why| why.contains("CEL cannot look up")), "{csi}");
+    assert!(csi.get("nativePolicy").is_none());
+    // A token an injection adds needs the webhook; a CSI driver reached through a claim is the
+    // kubelet's TokenRequest, which the webhook decides; a legacy token Secret is native.
+    let uploader = rows_of(&report, "uploader");
+    let injected = uploader.iter().find(|r| r["injection"]["name"] == "aws-web-identity").expect("injected row");
+    assert_eq!((&injected["decidedBy"], &injected["rules"]), (&json!("webhook"), &json!(["pod-injections"])));
+    let reports = rows_of(&report, "reports");
+    let claimed = reports.iter().find(|r| r["source"] == "csiDriver").expect("CSI row");
+    assert_eq!(claimed["rules"], json!(["tokenrequest-kubelets"]));
+    let legacy = reports.iter().find(|r| r["source"] == "legacySecret").expect("legacy row");
+    assert_eq!((&legacy["decidedBy"], &legacy["nativePolicy"]), (&json!("native"), &json!("tg-legacy-token-secrets")));
+}
+
+#[test]
+fn check_says_who_decides_each_violation_in_json_sarif_and_its_summary() {
+    let json = tokengate(&["check", "--policy", POLICY, "--objects", OBJECTS, "--output", "json", MANIFESTS]);
+    let report: Value = serde_json::from_slice(&json.stdout).expect("check JSON");
+    let violations = report["violations"].as_array().expect("violations");
+    let at = |field: &str| violations.iter().find(|v| v["field"] == field).expect("the violation").clone();
+    let audience = at("spec.volumes[0].projected.sources[0].serviceAccountToken.audience");
+    assert_eq!(
+        (&audience["decidedBy"], &audience["rules"], &audience["nativePolicy"]),
+        (&json!("native"), &json!(["pod-token-audiences"]), &json!("tokengate-pods"))
+    );
+    let csi = at("spec.volumes[1].csi.driver");
+    assert_eq!((&csi["decidedBy"], &csi["rules"]), (&json!("webhook"), &json!(["pod-csi-drivers"])));
+    assert!(csi["webhookReason"].as_str().is_some_and(|why| why.contains("CSIDriver object")), "{csi}");
+    // The default text output stays one line per violation; the summary counts the native share.
+    let summary = String::from_utf8_lossy(&json.stderr).to_string();
+    assert!(
+        summary.contains("; 1 of 2 violation(s) can be decided inside the API server (tokengate webhooks --native)"),
+        "{summary}"
+    );
+    let text = tokengate(&["check", "--policy", POLICY, "--objects", OBJECTS, MANIFESTS]);
+    assert!(!String::from_utf8_lossy(&text.stdout).contains("decided"));
+    // SARIF: a property bag per violation.
+    let sarif = tokengate(&["check", "--policy", POLICY, "--objects", OBJECTS, "--output", "sarif", MANIFESTS]);
+    let log: Value = serde_json::from_slice(&sarif.stdout).expect("SARIF");
+    let results = log["runs"][0]["results"].as_array().expect("results");
+    let deciders: Vec<&Value> =
+        results.iter().filter(|r| r["ruleId"] == "violation").map(|r| &r["properties"]["decidedBy"]).collect();
+    assert_eq!(deciders, [&json!("native"), &json!("webhook")]);
+}

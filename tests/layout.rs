@@ -19,7 +19,7 @@ const LAYERS: [&[&str]; 5] = [
     // port's implementations, the policy source, metrics.
     &["simulate", "cluster", "source", "metrics"],
     // Commands and serving.
-    &["webhooks", "server", "explain", "init", "audit", "cli"],
+    &["webhooks", "server", "explain", "init", "audit", "cli", "who_decides"],
 ];
 
 /// Commands: none of them imports another.

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::manifest::Document;
 use crate::policy::{describe_audience, Lifetime, Mode, Policy, Token};
+use crate::report::DecidedBy;
 use crate::review::credentials::{self, Credential, Found, Origin, Outcome};
 use crate::review::legacy_token::{self, SERVICE_ACCOUNT_NAME_ANNOTATION};
 use crate::review::lookup::Cluster;
@@ -89,6 +90,9 @@ pub struct InjectionRow {
     pub added_by_webhook: bool,
     pub env: Vec<Env>,
 }
+
+/// `reachedThrough` of a CSI driver the pod mounts inline.
+pub const INLINE: &str = "inline";
 
 /// The CSI driver a token comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -164,6 +168,10 @@ pub struct Row {
     /// The service account the token is for, `namespace/name`.
     pub service_account: String,
     pub verdict: RowVerdict,
+    /// Who decides it at admission (set by the caller from the native split, see
+    /// `who_decides`).
+    #[serde(flatten)]
+    pub decided: Option<DecidedBy>,
 }
 
 /// Everything explained about one Pod or workload.
@@ -188,6 +196,10 @@ pub struct Explained {
     pub unresolved: Vec<String>,
     /// How many violations the object has: those `check` reports.
     pub violation_count: usize,
+    /// For a CSIDriver or a legacy token Secret (whose credentials have no rows): who decides
+    /// the object at admission.
+    #[serde(flatten)]
+    pub decided: Option<DecidedBy>,
 }
 
 impl Explained {
@@ -277,6 +289,7 @@ async fn explain_object<C: Cluster>(
         notes: created.notes,
         unresolved: Vec::new(),
         violation_count: 0,
+        decided: None,
     };
     if let Some(pod) = &created.pod {
         add_rows(&mut explained, pod, target, policy, cluster, extras).await;
@@ -340,6 +353,7 @@ fn token_row(
         secret: None,
         service_account: format!("{}/{}", view.namespace, view.service_account),
         verdict,
+        decided: None,
     }
 }
 
@@ -372,7 +386,7 @@ fn locate_token(
 /// The CSI driver `name`, reached inline or through the claim `via`, with the flags its
 /// CSIDriver object sets when that object is known.
 fn driver_row(name: String, via: Option<String>, extras: &Extras) -> DriverRow {
-    let reached_through = via.unwrap_or_else(|| "inline".to_string());
+    let reached_through = via.unwrap_or_else(|| INLINE.to_string());
     let flags = extras.drivers.get(&name).copied();
     let (requires_republish, token_in_secrets) = (flags.map(|f| f.0), flags.map(|f| f.1));
     DriverRow { name, reached_through, requires_republish, token_in_secrets }
@@ -472,6 +486,7 @@ fn legacy_rows(view: &PodView<'_>, pod: &Value, policy: &Policy, extras: &Extras
             secret: Some(secret_name.to_string()),
             service_account: format!("{}/{service_account}", view.namespace),
             verdict,
+            decided: None,
         });
     }
     rows
@@ -539,6 +554,9 @@ fn write_object(out: &mut String, object: &Explained, mode: &str) {
     for violation in &object.other_violations {
         let _ = writeln!(out, "  {denied} {violation}");
     }
+    if let Some(decided) = &object.decided {
+        let _ = writeln!(out, "  decided by {}", decided.describe());
+    }
     for note in &object.notes {
         let _ = writeln!(out, "  note: {note}");
     }
@@ -561,6 +579,9 @@ fn write_row(out: &mut String, row: &Row, denied: &str) {
         write_injected_env(out, injection);
     }
     let _ = writeln!(out, "    {}", describe_verdict(&row.verdict, denied));
+    if let Some(decided) = &row.decided {
+        let _ = writeln!(out, "    decided by {}", decided.describe());
+    }
 }
 
 /// The volume a credential comes from, and the injection, driver or Secret behind it.

@@ -85,6 +85,58 @@ pub struct Finding {
     pub object: ObjectRef,
     pub field: String,
     pub message: String,
+    /// Who decides it at admission (`check` sets it; `audit` does not).
+    #[serde(flatten)]
+    pub decided: Option<DecidedBy>,
+}
+
+/// Where a credential is decided at admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Decider {
+    /// Inside the API server, by a ValidatingAdmissionPolicy of `tokengate webhooks --native`,
+    /// once those are applied (the webhook decides it otherwise).
+    Native,
+    /// By tokengate's webhook, whatever is applied.
+    Webhook,
+}
+
+/// Who decides a credential, by the rules that judge it (named as `tokengate webhooks --native`
+/// names them), placed for the policy by `webhooks::native::split`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecidedBy {
+    pub decided_by: Decider,
+    /// The rules that judge the credential; for the webhook, those the native side cannot take.
+    pub rules: Vec<String>,
+    /// The ValidatingAdmissionPolicy that decides it, when native.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_policy: Option<String>,
+    /// Why the webhook decides it, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_reason: Option<String>,
+}
+
+impl DecidedBy {
+    /// One sentence for people, e.g. `the API server (ValidatingAdmissionPolicy tokengate-pods,
+    /// rules pod-token-audiences, pod-token-lifetimes) when the native policies are applied
+    /// (tokengate webhooks --native); the webhook otherwise`.
+    pub fn describe(&self) -> String {
+        let rules = match self.rules.as_slice() {
+            [one] => format!("rule {one}"),
+            many => format!("rules {}", many.join(", ")),
+        };
+        match (self.decided_by, &self.native_policy, &self.webhook_reason) {
+            (Decider::Native, Some(policy), _) => format!(
+                "the API server (ValidatingAdmissionPolicy {policy}, {rules}) when the native policies are applied (tokengate webhooks --native); the webhook otherwise"
+            ),
+            (Decider::Native, None, _) => format!(
+                "the API server ({rules}) when the native policies are applied (tokengate webhooks --native); the webhook otherwise"
+            ),
+            (Decider::Webhook, _, Some(why)) => format!("the webhook, even beside the native policies ({rules}): {why}"),
+            (Decider::Webhook, _, None) => format!("the webhook, even beside the native policies ({rules})"),
+        }
+    }
 }
 
 /// Something a check could not verify, e.g. a lookup that found nothing among the objects.
@@ -285,6 +337,8 @@ pub struct Entry<'a> {
     pub object: Option<&'a ObjectRef>,
     pub place: Place,
     pub message: String,
+    /// Who decides a violation at admission, when known.
+    pub decided: Option<&'a DecidedBy>,
 }
 
 impl Entry<'_> {
@@ -336,6 +390,7 @@ impl Report {
             object: Some(&f.object),
             place: f.object.place(),
             message: format!("{}: {}", f.field, f.message),
+            decided: f.decided.as_ref(),
         }));
         entries.extend(self.notes.iter().map(|n| Entry {
             rule: Rule::Unverified,
@@ -343,6 +398,7 @@ impl Report {
             object: Some(&n.object),
             place: n.object.place(),
             message: n.message.clone(),
+            decided: None,
         }));
         entries.extend(self.errors.iter().map(|e| Entry {
             rule: Rule::of(e.reason),
@@ -350,6 +406,7 @@ impl Report {
             object: None,
             place: e.place(),
             message: e.message.clone(),
+            decided: None,
         }));
         let unread = self.unread.iter().map(|u| (Rule::Incomplete, format!("could not list {}: {}", u.kind, u.reason)));
         let warnings = self.warnings.iter().map(|w| (Rule::Invocation, w.clone()));
@@ -359,6 +416,7 @@ impl Report {
             object: None,
             place: Place::default(),
             message,
+            decided: None,
         }));
         entries
     }
@@ -393,6 +451,7 @@ impl Report {
         if !self.errors.is_empty() {
             let _ = write!(summary, ", {} error(s)", self.errors.len());
         }
+        summary.push_str(&self.native_share());
         if !self.skipped.is_empty() {
             let skipped: Vec<String> = self.skipped.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
             let _ = write!(summary, "; not governed, skipped: {}", skipped.join(", "));
@@ -404,6 +463,20 @@ impl Report {
             summary.push_str(&self.strict_failures());
         }
         summary
+    }
+
+    /// `; N of M violation(s) can be decided inside the API server (tokengate webhooks --native)`,
+    /// when the violations say who decides them.
+    fn native_share(&self) -> String {
+        let decided: Vec<&DecidedBy> = self.violations.iter().filter_map(|f| f.decided.as_ref()).collect();
+        if decided.is_empty() {
+            return String::new();
+        }
+        let native = decided.iter().filter(|d| d.decided_by == Decider::Native).count();
+        format!(
+            "; {native} of {} violation(s) can be decided inside the API server (tokengate webhooks --native)",
+            decided.len()
+        )
     }
 
     /// What `--strict` fails on: each object with notes (the first few), and an empty run.
@@ -446,7 +519,8 @@ pub enum OutputFormat {
     /// summary.
     Text,
     /// stdout: one JSON document: `{mode, files, checked, skipped: {KIND: N}, violations: [{file,
-    /// line, kind, namespace, name, field, message}], notes: [{file, line, kind, namespace,
+    /// line, kind, namespace, name, field, message, decidedBy: native|webhook, rules,
+    /// nativePolicy|webhookReason}], notes: [{file, line, kind, namespace,
     /// name, message}], errors: [{file, line, reason, message}], warnings}` (`rendered: {stream,
     /// line}` where a line is a Helm template's); stderr as for text.
     Json,
@@ -462,7 +536,8 @@ pub enum OutputFormat {
     Github,
     /// stdout: SARIF 2.1.0 for GitHub code scanning: a rule per kind of entry, a result per
     /// violation, note, file error and warning (level error, warning or note) with its file and
-    /// line, the summary as the invocation's notification; stderr as for text.
+    /// line (a violation's properties say who decides it: decidedBy, rules, nativePolicy or
+    /// webhookReason), the summary as the invocation's notification; stderr as for text.
     Sarif,
 }
 

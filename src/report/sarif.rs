@@ -59,6 +59,9 @@ fn result(entry: &Entry<'_>) -> Value {
         }
         result["locations"] = json!([{"physicalLocation": physical}]);
     }
+    if let Some(decided) = entry.decided {
+        result["properties"] = serde_json::to_value(decided).expect("who decides serialises");
+    }
     if let Some(object) = entry.object {
         let logical = json!([{"fullyQualifiedName": object.describe(), "kind": "object"}]);
         match result.get_mut("locations").and_then(|l| l.get_mut(0)) {

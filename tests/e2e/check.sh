@@ -514,6 +514,8 @@ check "scenario objects valid for Kubernetes $K8S_VERSION" validate_scenario_obj
 check "native policies (webhooks --native) valid for Kubernetes $K8S_VERSION" validate_native_policies
 check "the policy variant allowing evil.example.com is valid" tokengate policy validate "$work/objects/policies/evil.yaml"
 check "the garbage policy is refused" expect_status 1 tokengate policy validate "$work/objects/policies/garbage.yaml"
+check "the native phase's policy (the test policy without injections) is valid" \
+  tokengate policy validate "$work/objects/policies/native.yaml"
 check "objects the scenarios expect admitted pass tokengate check" check_admitted
 check "objects the scenarios expect denied fail tokengate check" check_denied
 check "tests/e2e/kind.sh --dry-run" dry_run_prints tests/e2e/kind.sh \
@@ -526,6 +528,9 @@ check "tests/e2e/kind.sh --dry-run" dry_run_prints tests/e2e/kind.sh \
   "kubectl rollout status deployment/tokengate" \
   "kubectl create --dry-run=server" \
   "MODE=cluster" \
+  "webhooks --policy - --native" \
+  "webhooks --policy - --narrowed --service tokengate-system/tokengate" \
+  "tests/e2e/scenarios.sh --native" \
   "kind delete cluster --name tokengate-e2e"
 check "tests/e2e/local.sh --dry-run" dry_run_prints tests/e2e/local.sh \
   "certs/generate.sh" \

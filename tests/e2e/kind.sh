@@ -169,3 +169,60 @@ run_to "$work/node.pem" docker exec "$NODE" cat /var/lib/kubelet/pki/kubelet-cli
 say "running the scenarios"
 run env MODE=cluster NODE_CERT="$work/node.pem" NODE_KEY="$work/node.pem" NODE_NAME="$NODE" \
   tests/e2e/scenarios.sh
+
+# The native phase needs this Kubernetes minor version or newer: ValidatingAdmissionPolicy v1 is
+# served from 1.30, and the phase is held to the newest version the workflow pins (1.36), where
+# the native policies' denials were checked on a real API server.
+readonly NATIVE_MIN_MINOR=36
+
+# server_minor: the API server's minor version ("36" of "1.36", "36+" read as 36).
+server_minor() {
+  kubectl get --raw /version | sed -n 's/^ *"minor": *"\([0-9]*\).*/\1/p'
+}
+
+# native_preview: under --dry-run, what the native phase would apply, printed by a local tokengate
+# binary ($TOKENGATE_BIN, or tokengate on PATH) when there is one.
+native_preview() {
+  local bin=${TOKENGATE_BIN:-$(command -v tokengate || true)} preview
+  if [[ -z $bin || ! -x $bin ]]; then
+    echo "# (set TOKENGATE_BIN to a tokengate binary to see the objects the native phase applies)"
+    return 0
+  fi
+  preview=$(mktemp -d)
+  tests/e2e/scenarios.sh --render "$preview" >/dev/null
+  echo "# the native phase would apply ($bin webhooks --native):"
+  "$bin" webhooks --native --policy "$preview/policies/native.yaml" |
+    awk '/^kind:/ { kind = $2 } /^  name:/ && kind { print "#   " kind " " $2; kind = "" }'
+  echo "# and would replace the webhook configurations with these webhooks ($bin webhooks --narrowed):"
+  "$bin" webhooks --narrowed --policy "$preview/policies/native.yaml" --service "$SYSTEM_NAMESPACE/tokengate" |
+    awk '/^kind:/ { kind = $2 } /^- name:/ { print "#   " kind " " $3 }'
+  echo "# then: wait for status.typeChecking at status.observedGeneration, kubectl scale deployment/tokengate --replicas=0,"
+  echo "# kubectl replace -f the narrowed configurations, the native scenarios, scale tokengate back up (it registers"
+  echo "# its full webhook configurations) and kubectl delete -f the native policies (tests/e2e/scenarios.sh --native)"
+  rm -rf "$preview"
+}
+
+say "native phase: the API server decides alone (tokengate webhooks --native, tokengate scaled to zero)"
+native_minor=
+if ((!dry_run)); then native_minor=$(server_minor); fi
+if ((!dry_run)) && [[ -z $native_minor || $native_minor -lt $NATIVE_MIN_MINOR ]]; then
+  echo "native phase not run: the API server is Kubernetes 1.${native_minor:-?}, the phase needs 1.$NATIVE_MIN_MINOR or newer (KIND_NODE_IMAGE)"
+else
+  # The image's binary prints both from the test policy without its injections
+  # (scenarios.sh --render wrote it): the native policies, and the webhook configurations
+  # narrowed beside them.
+  native_policy_file=$work/objects/policies/native.yaml
+  native_print=(docker run --rm -i "$IMAGE" webhooks --policy -)
+  if ((dry_run)); then
+    run_to "$work/native-policies.yaml" "${native_print[@]}" --native
+    run_to "$work/narrowed-webhooks.yaml" "${native_print[@]}" --narrowed --service "$SYSTEM_NAMESPACE/tokengate"
+    echo "# (both with stdin from $native_policy_file; only on Kubernetes 1.$NATIVE_MIN_MINOR or newer)"
+    native_preview
+  else
+    run_to "$work/native-policies.yaml" "${native_print[@]}" --native < "$native_policy_file"
+    run_to "$work/narrowed-webhooks.yaml" "${native_print[@]}" --narrowed \
+      --service "$SYSTEM_NAMESPACE/tokengate" < "$native_policy_file"
+  fi
+  run env MODE=cluster NATIVE_POLICIES="$work/native-policies.yaml" NARROWED_WEBHOOKS="$work/narrowed-webhooks.yaml" \
+    tests/e2e/scenarios.sh --native
+fi

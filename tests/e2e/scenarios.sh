@@ -7,6 +7,17 @@
 #   tests/e2e/scenarios.sh --render DIR        write the objects the scenarios create into DIR and
 #                                              exit, without a cluster (tests/e2e/check.sh judges
 #                                              them offline)
+#   MODE=cluster tests/e2e/scenarios.sh --native
+#                                              the native phase instead of the scenarios: applies
+#                                              NATIVE_POLICIES, waits for the API server to have
+#                                              type-checked them, scales tokengate's Deployment to
+#                                              zero, replaces its webhook configurations with
+#                                              NARROWED_WEBHOOKS, runs the scenarios the native
+#                                              policies decide, then scales tokengate back up (it
+#                                              registers its full webhook configurations again) and
+#                                              deletes the native policies (kind.sh prints both
+#                                              files with tokengate webhooks --native / --narrowed
+#                                              from the policy --render writes to policies/native.yaml)
 #
 # Assumes tokengate is installed, its webhooks are registered and it reads its policy from the
 # ConfigMap tokengate-system/tokengate-policy (key policy.yaml). While the scenarios run, that
@@ -26,6 +37,9 @@
 #   POLICY_WAIT_SECONDS  how long to wait for a policy change to be in force (default 30)
 #   TRAFFIC_SECONDS      length of the traffic run while a tokengate pod is deleted (default 20)
 #   TRAFFIC_WORKERS      parallel request loops during that run (default 3)
+#   NATIVE_POLICIES      --native: the output of tokengate webhooks --native for policies/native.yaml
+#   NARROWED_WEBHOOKS    --native: the output of tokengate webhooks --narrowed for the same policy
+#   NATIVE_NAME          --native: the --name those were printed with (default tokengate)
 #
 # Prints PASS/FAIL/SKIP per scenario and, last, exactly "N passed, M failed"; exits 1 when
 # anything failed. Talks only to the API server of the current KUBECONFIG.
@@ -36,8 +50,10 @@ usage() {
 }
 
 render_dir=
+phase=scenarios
 case "${1:-}" in
   "") ;;
+  --native) phase=native ;;
   --render)
     [[ -n ${2:-} ]] || { usage >&2; exit 2; }
     mkdir -p "$2"
@@ -53,6 +69,9 @@ absolute() {
 }
 NODE_CERT=$(absolute "${NODE_CERT:-}")
 NODE_KEY=$(absolute "${NODE_KEY:-}")
+NATIVE_POLICIES=$(absolute "${NATIVE_POLICIES:-}")
+NARROWED_WEBHOOKS=$(absolute "${NARROWED_WEBHOOKS:-}")
+NATIVE_NAME=${NATIVE_NAME:-tokengate}
 
 cd "$(dirname "$0")/../.."
 
@@ -264,6 +283,32 @@ evil_policy() {
   ' tests/e2e/policy.yaml
 }
 
+# The test policy without its injections, for the native phase: an injection that may match any
+# pod (here: by a service-account annotation, in every namespace) sends every pod to the webhook,
+# which is scaled to zero then (docs/native.md, "What the native side takes from the webhook").
+native_policy() {
+  awk '
+    $0 == "  injections:" { skip = 1; found = 1; next }
+    skip && /^  [a-zA-Z]/ { skip = 0 }
+    !skip { print }
+    END { if (!found) { print "tests/e2e/policy.yaml has no line \"  injections:\"" > "/dev/stderr"; exit 1 } }
+  ' tests/e2e/policy.yaml
+}
+
+# $1 name: a legacy token Secret for $APP_SA, which tests/e2e/policy.yaml lists in no legacyTokens.
+legacy_token_secret_manifest() {
+  cat <<EOF
+apiVersion: v1
+kind: Secret
+metadata:
+  name: $1
+  namespace: $NAMESPACE
+  labels: {app.kubernetes.io/part-of: tokengate-e2e}
+  annotations: {kubernetes.io/service-account.name: $APP_SA}
+type: kubernetes.io/service-account-token
+EOF
+}
+
 # Not a policy at all (and different on every run, so tokengate judges it anew).
 garbage_policy() {
   printf 'this is not a policy [%s: {unclosed\n' "$run_id"
@@ -288,6 +333,7 @@ if [[ -n $render_dir ]]; then
   deployment_manifest forbidden "$EVIL_AUDIENCE" > "$render_dir/denied/deployment-forbidden-audience.yaml"
   evil_policy > "$render_dir/policies/evil.yaml"
   garbage_policy > "$render_dir/policies/garbage.yaml"
+  native_policy > "$render_dir/policies/native.yaml"
   echo "wrote $render_dir/{admitted,denied,policies}"
   exit 0
 fi
@@ -715,6 +761,170 @@ skip() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The native phase (--native): the API server decides alone, with tokengate scaled to zero.
+
+# How a native policy's denial reads in kubectl's error: "... ValidatingAdmissionPolicy
+# 'tokengate-pods' with binding 'tokengate-pods' denied request: tokengate: ... (rule ...)".
+native_denial() { printf "ValidatingAdmissionPolicy '%s-%s' with binding" "$NATIVE_NAME" "$1"; }
+readonly NATIVE_MESSAGE='denied request: tokengate:'
+
+tokengate_replicas=
+native_applied=0
+
+# The ValidatingAdmissionPolicies of $NATIVE_POLICIES, as kind/name.
+native_policy_names() {
+  k get -f "$NATIVE_POLICIES" -o name | grep '^validatingadmissionpolicy\.'
+}
+
+# wait_for_native_policies: until the API server has type-checked every native policy at its
+# current generation (status.observedGeneration, status.typeChecking); a type-checking warning
+# fails the phase, with the warning.
+wait_for_native_policies() {
+  local name generation observed checked warnings deadline=$((SECONDS + 60))
+  for name in $(native_policy_names); do
+    while true; do
+      IFS='|' read -r generation observed checked warnings < <(
+        k get "$name" -o jsonpath='{.metadata.generation}|{.status.observedGeneration}|{.status.typeChecking}|{.status.typeChecking.expressionWarnings}{"\n"}'
+      ) || true
+      if [[ -n $generation && $observed == "$generation" && -n $checked ]]; then break; fi
+      if ((SECONDS >= deadline)); then
+        note "$name: not type-checked after 60 s (generation ${generation:-?}, observedGeneration ${observed:-none})"
+        return 1
+      fi
+      sleep 1
+    done
+    if [[ -n $warnings ]]; then
+      note "$name: the API server's type checking warns:" "$warnings"
+      return 1
+    fi
+    note "$name: type-checked at generation $generation"
+  done
+}
+
+# The ValidatingAdmissionPolicy objects are in force once a forbidden dry-run pod is denied by
+# the pods policy (the API server loads new policies asynchronously).
+wait_for_native_denial() {
+  local out deadline=$((SECONDS + POLICY_WAIT_SECONDS))
+  while ((SECONDS < deadline)); do
+    out=$(pod_manifest "native-probe-$run_id" "$NAMESPACE" "$APP_SA" "$EVIL_AUDIENCE" 3600 |
+      k create --dry-run=server -f - 2>&1) || true
+    if [[ $out == *"$(native_denial pods)"* ]]; then
+      note "the native policies answer: $(first_line "$out")"
+      return 0
+    fi
+    sleep 1
+  done
+  note "no denial from $(native_denial pods) after ${POLICY_WAIT_SECONDS}s; last answer: $(first_line "$out")"
+  return 1
+}
+
+# Scales tokengate to zero (remembering its replicas) and waits for its pods to be gone.
+scale_tokengate_to_zero() {
+  tokengate_replicas=$(k get deployment tokengate -n "$SYSTEM_NAMESPACE" -o jsonpath='{.spec.replicas}') || return 1
+  ok "scaling deployment/tokengate to 0" k scale deployment/tokengate -n "$SYSTEM_NAMESPACE" --replicas=0 || return 1
+  ok "waiting for tokengate's pods to be gone" \
+    k wait --for=delete pod -n "$SYSTEM_NAMESPACE" -l app.kubernetes.io/name=tokengate --timeout=120s || return 1
+  note "tokengate scaled from $tokengate_replicas replica(s) to 0"
+}
+
+# Replaces the webhook configurations tokengate registered with the narrowed ones: tokengate is
+# then called only for what the native policies cannot decide (which fails, as nothing answers).
+narrow_webhooks() {
+  ok "replacing the webhook configurations with $NARROWED_WEBHOOKS" k replace -f "$NARROWED_WEBHOOKS" || return 1
+  note "validating webhooks now: $(k get validatingwebhookconfiguration tokengate -o jsonpath='{.webhooks[*].name}')"
+}
+
+native_setup() {
+  [[ $MODE == cluster ]] || { note "--native needs MODE=cluster (a Deployment to scale to zero)"; return 1; }
+  [[ -r $NATIVE_POLICIES && -r $NARROWED_WEBHOOKS ]] ||
+    { note "--native needs NATIVE_POLICIES and NARROWED_WEBHOOKS (readable files)"; return 1; }
+  native_applied=1
+  ok "applying $NATIVE_POLICIES" k apply -f "$NATIVE_POLICIES" || return 1
+  wait_for_native_policies || return 1
+  scale_tokengate_to_zero || return 1
+  narrow_webhooks || return 1
+  wait_for_native_denial
+}
+
+# Scales tokengate back up (it registers its full webhook configurations again, serve
+# --manage-webhooks), waits until it answers, and deletes the native policies.
+native_restore() {
+  local names deadline=$((SECONDS + 180))
+  ((native_applied)) || return 0
+  echo "--- native phase: restoring tokengate and its full webhook configurations"
+  if [[ -n $tokengate_replicas ]]; then
+    ok "scaling deployment/tokengate back to $tokengate_replicas" \
+      k scale deployment/tokengate -n "$SYSTEM_NAMESPACE" --replicas="$tokengate_replicas" || return 1
+  fi
+  ok "waiting for tokengate" k rollout status deployment/tokengate -n "$SYSTEM_NAMESPACE" --timeout=300s || return 1
+  while true; do
+    names=$(k get validatingwebhookconfiguration tokengate -o jsonpath='{.webhooks[*].name}' 2>/dev/null) || true
+    if [[ $names == *csidrivers.validate.tokengate.dev* && $names == *secrets.validate.tokengate.dev* ]]; then break; fi
+    if ((SECONDS >= deadline)); then
+      note "tokengate did not register its full webhook configurations again; validating webhooks: ${names:-none}"
+      return 1
+    fi
+    sleep 2
+  done
+  ok "deleting the native policies" k delete -f "$NATIVE_POLICIES" --ignore-not-found || return 1
+  native_applied=0
+  wait_for_policy "$EVIL_AUDIENCE=denied" && note "tokengate answers again, with its full webhook configurations"
+}
+
+native_scenario_forbidden_audience() {
+  pod_manifest "native-forbidden-$run_id" "$NAMESPACE" "$APP_SA" "$EVIL_AUDIENCE" 3600 |
+    denied "a pod with audience $EVIL_AUDIENCE" "$(native_denial pods)" "$NATIVE_MESSAGE" \
+      "spec.volumes[0].projected.sources" "(rule pod-token-audiences)" -- k create -f -
+}
+
+native_scenario_compliant_pod() {
+  local name=native-compliant-$run_id
+  pod_manifest "$name" "$NAMESPACE" "$APP_SA" vault 3600 | ok "creating pod $name" k create -f - || return 1
+  ok "reading pod $name back" k get pod "$name" -n "$NAMESPACE" -o name
+}
+
+native_scenario_lifetime_denial() {
+  pod_manifest "native-too-long-$run_id" "$NAMESPACE" "$APP_SA" vault 10800 |
+    denied "a vault pod with a 10800 s token" "$(native_denial pods)" "$NATIVE_MESSAGE" \
+      "(rule pod-token-lifetimes)" -- k create -f -
+}
+
+native_scenario_token_request() {
+  ok "kubectl create token $APP_SA --audience vault --duration 1h" \
+    k create token "$APP_SA" -n "$NAMESPACE" --audience vault --duration 1h || return 1
+  denied "kubectl create token $APP_SA --audience $EVIL_AUDIENCE" "$(native_denial tokenrequests)" \
+    "$NATIVE_MESSAGE" "$EVIL_AUDIENCE" "(rule tokenrequest-audiences)" -- \
+    k create token "$APP_SA" -n "$NAMESPACE" --audience "$EVIL_AUDIENCE" --duration 1h
+}
+
+native_scenario_csidriver() {
+  csidriver_manifest "$EVIL_AUDIENCE" true |
+    denied "CSIDriver $SECRETS_STORE_DRIVER with audience $EVIL_AUDIENCE" "$(native_denial csidrivers)" \
+      "$NATIVE_MESSAGE" "$EVIL_AUDIENCE" "(rule csidriver-audiences)" -- k create --dry-run=server -f -
+}
+
+native_scenario_legacy_token_secret() {
+  legacy_token_secret_manifest "native-legacy-$run_id" |
+    denied "a legacy token Secret for $APP_SA" "$(native_denial legacy-token-secrets)" "$NATIVE_MESSAGE" \
+      "$NAMESPACE/$APP_SA" "(rule legacy-token-secrets)" -- k create --dry-run=server -f -
+}
+
+run_native_phase() {
+  if ! native_setup; then
+    echo "FAIL: native phase: setup"
+    failed=$((failed + 1))
+    return
+  fi
+  run_scenario "native: pod with a forbidden audience is denied by the API server" native_scenario_forbidden_audience
+  run_scenario "native: compliant pod is admitted without tokengate" native_scenario_compliant_pod
+  run_scenario "native: token lifetime above the audience's maximum is denied" native_scenario_lifetime_denial
+  run_scenario "native: kubectl create token follows the allow-list" native_scenario_token_request
+  run_scenario "native: CSIDriver with a forbidden audience is denied" native_scenario_csidriver
+  run_scenario "native: legacy token Secret is denied" native_scenario_legacy_token_secret
+  run_scenario "native: tokengate scaled back up registers its full webhooks" native_restore
+}
+
+# ---------------------------------------------------------------------------------------------
 # Set-up and clean-up.
 
 restore_policy_file=manifests/policy/policy.yaml
@@ -757,6 +967,10 @@ finish() {
   trap - EXIT
   if ((status != 0 && failed == 0)); then
     echo "FAIL: the suite stopped early (exit status $status)"
+    failed=$((failed + 1))
+  fi
+  if [[ $phase == native ]] && ! native_restore; then
+    echo "FAIL: native phase: restoring tokengate"
     failed=$((failed + 1))
   fi
   cleanup || true
@@ -820,6 +1034,11 @@ wait_for_namespaces_gone
 namespaces_manifest | ok "creating namespaces $NAMESPACE and $OUTSIDE_NAMESPACE" k apply -f - || fatal "cannot create the namespaces"
 install_test_policy || fatal "tests/e2e/policy.yaml is not in force; does tokengate read ConfigMap $SYSTEM_NAMESPACE/$POLICY_CONFIGMAP?"
 note "tests/e2e/policy.yaml is in force"
+
+if [[ $phase == native ]]; then
+  run_native_phase
+  exit 0
+fi
 
 run_scenario "compliant pod is admitted" scenario_compliant_pod
 run_scenario "pod with a forbidden audience is denied" scenario_forbidden_audience
