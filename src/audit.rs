@@ -31,7 +31,7 @@ use crate::manifest::Document;
 use crate::policy::{EnvSource, Policy};
 use crate::report::{Finding, ObjectRef, Report};
 use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
-use crate::review::WorkloadKind;
+use crate::review::{rules, WorkloadKind};
 use crate::simulate::{self, Extras};
 
 /// Objects listed per API call: one page is decoded, judged and dropped before the next.
@@ -354,6 +354,7 @@ impl Auditor<'_> {
         self.audit.report.checked += 1;
         self.audit.report.violations.push(Finding {
             object: ObjectRef { file: None, line: None, rendered: None, kind: kind.to_string(), namespace, name },
+            rule: rules::READABLE_REQUEST,
             field: "object".to_string(),
             message: format!("does not decode, so it could not be judged: {error}"),
             decided: None,

@@ -19,7 +19,7 @@ use crate::review::credentials::{self, Found};
 use crate::review::legacy_token::{SERVICE_ACCOUNT_NAME_ANNOTATION, SERVICE_ACCOUNT_TOKEN_TYPE};
 use crate::review::lookup::{ClaimInfo, Cluster, CsiDriverInfo, Lookup, PodInfo, ServiceAccountInfo, VolumeInfo};
 use crate::review::pod_view::PodView;
-use crate::review::{decide, Subject, Violation, Webhook, WorkloadKind};
+use crate::review::{decide, rules, Subject, Violation, Webhook, WorkloadKind};
 
 /// How objects are read.
 #[derive(Debug, Clone, Copy)]
@@ -312,7 +312,11 @@ async fn admit_pod<C: Cluster>(
     notes.extend(mutated.notes);
     let mut after_mutation = before_mutation.clone();
     if let Err(err) = json_patch::patch(&mut after_mutation, &mutated.patch) {
-        violations.push(Violation::new("object", format!("could not apply the injection patch: {err}")));
+        violations.push(Violation::new(
+            rules::POD_INJECTIONS,
+            "object",
+            format!("could not apply the injection patch: {err}"),
+        ));
     }
     AdmittedPod { before_mutation, after_mutation, spec_field }
 }
@@ -436,6 +440,7 @@ pub async fn judge<C: Cluster>(
         report.notes.extend(created.notes.into_iter().map(|message| Note { object: reference.clone(), message }));
         report.violations.extend(created.violations.into_iter().map(|v| Finding {
             object: reference.clone(),
+            rule: v.rule,
             field: v.field,
             message: v.message,
             decided: None,

@@ -7,7 +7,7 @@
 
 use crate::explain::{self, Row, Source};
 use crate::policy::Policy;
-use crate::report::{self, DecidedBy, Decider, Finding};
+use crate::report::{self, DecidedBy, Decider};
 use crate::webhooks::native::split::{rules, Side};
 use crate::webhooks::native::{self, Native};
 
@@ -37,6 +37,15 @@ impl WhoDecides {
     pub fn decide(&self, judged_by: &[&str]) -> DecidedBy {
         let placed: Vec<_> = self.native.split.iter().filter(|p| judged_by.contains(&p.rule)).collect();
         let webhook: Vec<_> = placed.iter().filter(|p| p.side == Side::Webhook).collect();
+        if placed.is_empty() {
+            // Not a placed rule (`rules::READABLE_REQUEST`): only the webhook answers it.
+            return DecidedBy {
+                decided_by: Decider::Webhook,
+                rules: judged_by.iter().map(|rule| rule.to_string()).collect(),
+                native_policy: None,
+                webhook_reason: Some("the object could not be read, so no rule could judge it".to_string()),
+            };
+        }
         if webhook.is_empty() {
             let subject = placed.first().map(|p| p.subject);
             let native_policy = self
@@ -79,7 +88,7 @@ impl WhoDecides {
     /// Sets who decides every violation `check` found.
     pub fn annotate_findings(&self, report: &mut report::Report) {
         for finding in &mut report.violations {
-            finding.decided = Some(self.decide(finding_rules(finding)));
+            finding.decided = Some(self.decide(&[finding.rule]));
         }
     }
 }
@@ -108,49 +117,9 @@ fn object_rules(kind: &str) -> Option<&'static [&'static str]> {
     }
 }
 
-/// The rule that judges a violation, by its object's kind and the field it is at (as the
-/// decisions name fields: `review::credentials`, `review::csi_driver`, `review::inject`).
-fn finding_rules(finding: &Finding) -> &'static [&'static str] {
-    let field = finding.field.as_str();
-    match finding.object.kind.as_str() {
-        "CSIDriver" if field == "spec.requiresRepublish" => &[rules::CSI_DRIVER_REPUBLISH],
-        "CSIDriver" if field == "spec.serviceAccountTokenInSecrets" => &[rules::CSI_DRIVER_TOKEN_IN_SECRETS],
-        "CSIDriver" if field == "spec.tokenRequests" => &[rules::CSI_DRIVER_LISTED],
-        "CSIDriver" if field.ends_with(".audience") => &[rules::CSI_DRIVER_AUDIENCES],
-        "CSIDriver" if field.ends_with(".expirationSeconds") => &[rules::CSI_DRIVER_LIFETIMES],
-        "CSIDriver" => CSI_DRIVER_ENTRY,
-        "Secret" => &[rules::LEGACY_TOKENS],
-        // Pods and workload templates (whose pods are judged as pods).
-        _ if field.ends_with(".serviceAccountToken.audience") => &[rules::POD_TOKEN_AUDIENCES],
-        _ if field.ends_with(".serviceAccountToken.expirationSeconds") => &[rules::POD_TOKEN_LIFETIMES],
-        _ if is_volume_source(field) => &[rules::POD_CSI_DRIVERS],
-        // A required injection missing, a collision with one, its ServiceAccount not found.
-        _ => &[rules::POD_INJECTIONS],
-    }
-}
-
-/// Whether `field` names the CSI driver of a volume (`spec.volumes[2].csi.driver`, or an in-tree
-/// type CSI migration serves, `...volumes[0].awsElasticBlockStore`: `Volume::csi_driver`),
-/// where a CSI driver's tokens are refused, rather than a volume's name (an injection's
-/// collision).
-fn is_volume_source(field: &str) -> bool {
-    let Some((_, after)) = field.rsplit_once("volumes[") else { return false };
-    let Some((_, leaf)) = after.split_once("].") else { return false };
-    leaf == "csi.driver" || (!leaf.contains('.') && leaf != "name")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_volume_source_is_told_from_a_volume_name_and_a_token_field() {
-        assert!(is_volume_source("spec.volumes[1].csi.driver"));
-        assert!(is_volume_source("spec.template.spec.volumes[0].awsElasticBlockStore"));
-        assert!(!is_volume_source("spec.volumes[1].name"));
-        assert!(!is_volume_source("spec.volumes[0].projected.sources[0].serviceAccountToken.audience"));
-        assert!(!is_volume_source("spec.containers[0].env[1]"));
-    }
 
     #[test]
     fn every_rule_keyed_here_is_placed_by_the_split() {

@@ -23,7 +23,7 @@ use tokengate::cluster::ObjectStore;
 use tokengate::k8s::api::{api_group, NAMED_GROUP_API_VERSION_RE2};
 use tokengate::policy::Policy;
 use tokengate::review::admission::AdmissionReviewIn;
-use tokengate::review::{decide, Subject, Webhook as Endpoint};
+use tokengate::review::{decide, Subject, Violation, Webhook as Endpoint};
 use tokengate::webhooks::conditions::cel_string;
 use tokengate::webhooks::native::split::{Side, RULES};
 use tokengate::webhooks::native::{self, NativePolicy, KUBELETS_CONDITION};
@@ -99,8 +99,8 @@ fn evaluate_native(native: &NativePolicy, request: &Value) -> Result<Outcome, St
     Ok(Outcome::Evaluated(failed))
 }
 
-/// `review`'s violations on `request` (validate endpoint), field first, and whether it allows it.
-fn decided(request: &Value, policy: &Policy, cluster: &ObjectStore) -> (Vec<String>, bool) {
+/// `review`'s violations on `request` (validate endpoint), and whether it allows it.
+fn decided(request: &Value, policy: &Policy, cluster: &ObjectStore) -> (Vec<Violation>, bool) {
     let body = serde_json::to_vec(
         &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}),
     )
@@ -109,17 +109,13 @@ fn decided(request: &Value, policy: &Policy, cluster: &ObjectStore) -> (Vec<Stri
     let admission = envelope.request.expect("request");
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let verdict = runtime.block_on(decide(&admission, Endpoint::Validate, policy, cluster));
-    (verdict.violations.iter().map(|v| v.field.clone()).collect(), verdict.allowed())
+    let allowed = verdict.allowed();
+    (verdict.violations, allowed)
 }
 
-/// Whether a violation at `field` of a request about `subject` is one a native rule claims: of a
-/// pod, those of its projected tokens (CSI volumes and injections stay in the webhook); of
-/// every other subject a native policy judges, all.
-fn claimed(subject: Subject, field: &str) -> bool {
-    match subject {
-        Subject::Pod => field.contains(".projected.sources["),
-        _ => true,
-    }
+/// Whether `violation` breaks a rule the split places in a native policy.
+fn claimed(native: &native::Native, violation: &Violation) -> bool {
+    native.split.iter().any(|p| p.rule == violation.rule && p.side == Side::Native)
 }
 
 /// A kubelet, as decisions recognise one (`UserInfo::node_name`).
@@ -150,8 +146,13 @@ fn check(policy: &Policy, cluster: &ObjectStore, request: &Value) -> Result<Seen
     for native_policy in &native.policies {
         let outcome = evaluate_native(native_policy, request).map_err(TestCaseError::fail)?;
         let (violations, allowed) = decided(request, policy, cluster);
-        let subject = native_policy.subject;
-        let claimed_violations: Vec<&String> = violations.iter().filter(|field| claimed(subject, field)).collect();
+        for violation in &violations {
+            prop_assert!(
+                RULES.iter().any(|(rule, _, _)| *rule == violation.rule),
+                "{violation:?} names no placed rule"
+            );
+        }
+        let claimed_violations: Vec<&Violation> = violations.iter().filter(|v| claimed(&native, v)).collect();
         match outcome {
             Outcome::NotCovered => {}
             Outcome::Skipped(name) if name == tokengate::webhooks::conditions::names::BREAKGLASS => {}

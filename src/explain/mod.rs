@@ -125,7 +125,13 @@ pub enum RowVerdict {
     LegacyTokenListed,
     /// The violation, as the webhook words it: the object is refused for it.
     #[serde(rename_all = "camelCase")]
-    Violation { field: String, message: String },
+    Violation {
+        /// The rule it breaks (`review::rules`).
+        #[serde(skip)]
+        rule: &'static str,
+        field: String,
+        message: String,
+    },
     /// A token of a CSI driver reached through a claim that the policy refuses: the pod is
     /// admitted (the Pod decision does not follow claims), and the kubelet's TokenRequest for
     /// the token is what gets refused, so the volume never mounts.
@@ -219,7 +225,7 @@ impl Explained {
     /// The violations the rows carry, of tokens the object itself is refused for.
     fn row_violations(&self) -> impl Iterator<Item = Violation> + '_ {
         self.credentials.iter().filter_map(|row| match &row.verdict {
-            RowVerdict::Violation { field, message } => Some(Violation::new(field, message)),
+            RowVerdict::Violation { rule, field, message } => Some(Violation::new(rule, field, message)),
             _ => None,
         })
     }
@@ -411,9 +417,11 @@ fn token_verdict(outcome: &Outcome, token: &Token<'_>, reached_through_claim: bo
         Outcome::Denied(violation) if reached_through_claim => {
             RowVerdict::RefusedAtTokenRequest { field: violation.field.clone(), message: violation.message.clone() }
         }
-        Outcome::Denied(violation) => {
-            RowVerdict::Violation { field: violation.field.clone(), message: violation.message.clone() }
-        }
+        Outcome::Denied(violation) => RowVerdict::Violation {
+            rule: violation.rule,
+            field: violation.field.clone(),
+            message: violation.message.clone(),
+        },
     }
 }
 
@@ -670,7 +678,7 @@ fn describe_verdict(verdict: &RowVerdict, denied: &str) -> String {
             "allowed by spec.audiences[{entry}] (namespaces {namespaces:?}, serviceAccounts {service_accounts:?}, up to {max_expiration_seconds} s)"
         ),
         RowVerdict::LegacyTokenListed => "allowed: spec.legacyTokens lists the service account".to_string(),
-        RowVerdict::Violation { field, message } => format!("{denied} {field}: {message}"),
+        RowVerdict::Violation { field, message, .. } => format!("{denied} {field}: {message}"),
         RowVerdict::RefusedAtTokenRequest { field, message } => format!(
             "{denied} when the kubelet requests it (the pod itself is admitted; the volume will not mount): {field}: {message}"
         ),

@@ -83,6 +83,9 @@ fn is_unnamed_stdin(place: &Place) -> bool {
 pub struct Finding {
     #[serde(flatten)]
     pub object: ObjectRef,
+    /// The rule it breaks (`review::rules`).
+    #[serde(skip)]
+    pub rule: &'static str,
     pub field: String,
     pub message: String,
     /// Who decides it at admission (`check` sets it; `audit` does not).

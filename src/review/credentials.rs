@@ -6,7 +6,7 @@
 
 use super::lookup::Cluster;
 use super::pod_view::PodView;
-use super::Violation;
+use super::{rules, Violation};
 use crate::policy::{expiration_or_default, Lifetime, Policy, Token};
 
 /// Where a token of the pod comes from.
@@ -116,8 +116,13 @@ pub async fn each_pod_credential<'a, C: Cluster>(
             let outcome = match policy.check_token(&token) {
                 Ok(()) => Outcome::Allowed,
                 Err(denial) => {
-                    let leaf = if denial.is_about_expiration() { "expirationSeconds" } else { "audience" };
+                    let (rule, leaf) = if denial.is_about_expiration() {
+                        (rules::POD_TOKEN_LIFETIMES, "expirationSeconds")
+                    } else {
+                        (rules::POD_TOKEN_AUDIENCES, "audience")
+                    };
                     Outcome::Denied(Violation::new(
+                        rule,
                         format!("{field}.volumes[{i}].projected.sources[{j}].serviceAccountToken.{leaf}"),
                         denial.explain(&token),
                     ))
@@ -152,7 +157,11 @@ pub async fn driver_credentials<'a, C: Cluster>(
     let info = match cluster.csi_driver(driver).await {
         Ok(info) => info,
         Err(err) => {
-            let violation = Violation::new(driver_field, format!("could not look up CSIDriver {driver:?}: {err}"));
+            let violation = Violation::new(
+                rules::POD_CSI_DRIVERS,
+                driver_field,
+                format!("could not look up CSIDriver {driver:?}: {err}"),
+            );
             return vec![Found::LookupFailed { volume_index, driver: driver.to_string(), violation }];
         }
     };
@@ -165,6 +174,7 @@ pub async fn driver_credentials<'a, C: Cluster>(
             let outcome = match policy.check_token(&token) {
                 Ok(()) => Outcome::Allowed,
                 Err(denial) => Outcome::Denied(Violation::new(
+                    rules::POD_CSI_DRIVERS,
                     driver_field,
                     format!("CSI driver {driver:?} mints a token for this pod: {}", denial.explain(&token)),
                 )),

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{decode_object, Findings, Violation};
+use super::{decode_object, rules, Findings, Violation};
 use crate::policy::{describe_audience, expiration_or_default, Policy, API_MAX_EXPIRATION_SECONDS};
 
 /// The fields of a CSIDriver that decisions read, decoded leniently: fields of older or newer
@@ -58,6 +58,7 @@ pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
     }
     let Some(rule) = policy.csi_driver(name) else {
         findings.violations.push(Violation::new(
+            rules::CSI_DRIVER_LISTED,
             "spec.tokenRequests",
             format!("CSI driver {name:?} is not listed in the policy's csiDrivers, so it may not declare tokenRequests; ask a cluster admin to add it or remove tokenRequests"),
         ));
@@ -71,6 +72,7 @@ pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
             allowed.sort();
             let allowed = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
             findings.violations.push(Violation::new(
+                rules::CSI_DRIVER_AUDIENCES,
                 format!("spec.tokenRequests[{i}].audience"),
                 format!(
                     "audience {} is not allowed for CSI driver {name:?} (allowed: {allowed})",
@@ -83,6 +85,7 @@ pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
         let lifetime = policy.lifetime(seconds, true, audience.is_empty());
         if let Err(denial) = policy.check_lifetime(lifetime, max) {
             findings.violations.push(Violation::new(
+                rules::CSI_DRIVER_LIFETIMES,
                 format!("spec.tokenRequests[{i}].expirationSeconds"),
                 format!("{} (allowed: {}..{max} seconds)", denial.explain_lifetime(lifetime), policy.min_seconds()),
             ));
@@ -90,12 +93,14 @@ pub fn validate(object: &RawValue, policy: &Policy) -> Findings {
     }
     if rule.require_republish && driver.spec.requires_republish != Some(true) {
         findings.violations.push(Violation::new(
+            rules::CSI_DRIVER_REPUBLISH,
             "spec.requiresRepublish",
             format!("must be true: CSI driver {name:?} declares tokenRequests, and without republish its tokens expire under mounted volumes"),
         ));
     }
     if rule.require_token_in_secrets && driver.spec.service_account_token_in_secrets != Some(true) {
         findings.violations.push(Violation::new(
+            rules::CSI_DRIVER_TOKEN_IN_SECRETS,
             "spec.serviceAccountTokenInSecrets",
             format!("must be true: CSI driver {name:?} declares tokenRequests, and the policy requires its tokens to travel in the NodePublishVolume secrets field rather than the volume context, which drivers have leaked into logs"),
         ));

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::lookup::ServiceAccountInfo;
 use super::pod_view::{Container, PodSpec, PodView, Volume};
-use super::Violation;
+use super::{rules, Violation};
 use crate::k8s;
 use crate::policy::{expiration_or_default, EnvSource, InjectedEnv, Injection, Policy};
 
@@ -205,6 +205,7 @@ impl Planner<'_> {
         match volumes.iter().enumerate().find(|(_, v)| v.name == wanted.name) {
             Some((_, volume)) if is_injected_volume(&volume, self.injection, self.policy) => Ok(()),
             Some((i, _)) => Err(Violation::new(
+                rules::POD_INJECTIONS,
                 format!("{field}.volumes[{i}].name"),
                 format!(
                     "volume {:?} already exists and is not the token volume injection {name:?} adds; rename or remove it",
@@ -238,6 +239,7 @@ impl Planner<'_> {
             .find(|(_, m)| m.name != wanted.name && k8s::is_within(m.mount_path, &injection.mount_path));
         if let Some((j, mount)) = shadowing {
             return Err(Violation::new(
+                rules::POD_INJECTIONS,
                 format!("{slot_field}.volumeMounts[{j}].mountPath"),
                 format!(
                     "{:?} mounts volume {:?} at or beneath {:?}, where injection {:?} mounts {:?}; remove that mount",
@@ -277,6 +279,7 @@ impl Planner<'_> {
                 (Some((_, found)), _) if found.value == Some(value.as_str()) && !found.value_from => {}
                 (Some((k, _)), _) => {
                     return Err(Violation::new(
+                        rules::POD_INJECTIONS,
                         format!("{slot_field}.env[{k}]"),
                         format!(
                             "{} is already set to something else; injection {name:?} sets it, remove it from the pod",
@@ -287,6 +290,7 @@ impl Planner<'_> {
                 (None, Some(other)) if *other == value => {}
                 (None, Some(_)) => {
                     return Err(Violation::new(
+                        rules::POD_INJECTIONS,
                         format!("{slot_field}.env"),
                         format!("{} is set differently by two injections that match this pod", var.name),
                     ))

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{decode_object, Findings, Violation};
+use super::{decode_object, rules, Findings, Violation};
 use crate::policy::Policy;
 
 /// The annotation naming the service account whose token the Secret receives.
@@ -57,6 +57,7 @@ pub fn validate(object: &RawValue, old_object: Option<&RawValue>, namespace: &st
     let mut findings = Findings::default();
     if !policy.allows_legacy_token(namespace, service_account) {
         findings.violations.push(Violation::new(
+            rules::LEGACY_TOKENS,
             format!("metadata.annotations[{SERVICE_ACCOUNT_NAME_ANNOTATION:?}]"),
             format!(
                 "a Secret of type {SERVICE_ACCOUNT_TOKEN_TYPE} receives a token for service account {namespace}/{service_account} that never expires, and spec.legacyTokens does not list it; use `kubectl create token` or a projected token volume instead, or ask a cluster admin to list it in spec.legacyTokens"

@@ -12,6 +12,7 @@ pub mod lookup;
 mod pod;
 mod pod_lists;
 pub mod pod_view;
+pub mod rules;
 mod token_request;
 
 use std::fmt;
@@ -148,16 +149,19 @@ impl Decision {
     }
 }
 
-/// One broken rule: where, and what is wrong (and what would be allowed).
+/// One broken rule: which (named in [`rules`]), where, and what is wrong (and what would be
+/// allowed).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Violation {
+    #[serde(skip)]
+    pub rule: &'static str,
     pub field: String,
     pub message: String,
 }
 
 impl Violation {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+    pub fn new(rule: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { rule, field: field.into(), message: message.into() }
     }
 }
 
@@ -208,7 +212,11 @@ fn decode_object<T: DeserializeOwned>(object: &RawValue, kind: &str) -> Result<T
             Err(err) => err.into_inner().to_string(),
             Ok(_) => "it decodes only on a second attempt".to_string(),
         };
-        Findings::undecodable(Violation::new("object", format!("could not decode the {kind}: {error}")))
+        Findings::undecodable(Violation::new(
+            rules::READABLE_REQUEST,
+            "object",
+            format!("could not decode the {kind}: {error}"),
+        ))
     })
 }
 
@@ -385,7 +393,11 @@ async fn decide_keeping<C: Cluster>(
         return (Verdict::without_checks(subject, Decision::Exempt), 0);
     }
     let Some(object) = &request.object else {
-        let findings = Findings::undecodable(Violation::new("request.object", "missing: there is nothing to check"));
+        let findings = Findings::undecodable(Violation::new(
+            rules::READABLE_REQUEST,
+            "request.object",
+            "missing: there is nothing to check",
+        ));
         return (Verdict::from_findings(subject, policy.mode(), findings), 0);
     };
     let namespace = request.namespace.as_deref().unwrap_or_default();
@@ -394,9 +406,11 @@ async fn decide_keeping<C: Cluster>(
         (Subject::Pod, _, _) => pod::review_pod(object, webhook, namespace, policy, cluster, keep).await,
         (Subject::Other, _, _) => Findings::default(),
         // Only a request whose kind is Pod, which cannot change once read, carries a decoded Pod.
-        (_, _, RequestObject::Pod(_)) => {
-            Findings::undecodable(Violation::new("request.kind", "a Pod object in a request that is not about a Pod"))
-        }
+        (_, _, RequestObject::Pod(_)) => Findings::undecodable(Violation::new(
+            rules::READABLE_REQUEST,
+            "request.kind",
+            "a Pod object in a request that is not about a Pod",
+        )),
         (Subject::Workload(kind), _, RequestObject::Raw(raw)) => {
             pod::validate_workload(raw, old_object, kind, namespace, policy, cluster, keep).await
         }
@@ -481,7 +495,7 @@ fn undecodable(body: &[u8], message: String) -> Reply {
 /// A response refusing a review that could not be decided.
 fn invalid(uid: String, message: String) -> Reply {
     let mut verdict = Verdict::without_checks(Subject::Other, Decision::Invalid);
-    verdict.violations.push(Violation::new("request", message));
+    verdict.violations.push(Violation::new(rules::READABLE_REQUEST, "request", message));
     let body = verdict.response(&uid).into_review_json();
     let summary = Summary {
         uid,

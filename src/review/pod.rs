@@ -11,7 +11,7 @@ use super::credentials::{self, Credential, Found, Outcome};
 use super::inject::{self, State};
 use super::lookup::{Cluster, ServiceAccountInfo};
 use super::pod_view::{Pod, PodView, Workload};
-use super::{decode_object, Findings, Violation, Webhook, WorkloadKind};
+use super::{decode_object, rules, Findings, Violation, Webhook, WorkloadKind};
 use crate::k8s::names::MIRROR_ANNOTATION;
 use crate::policy::Policy;
 
@@ -48,6 +48,7 @@ async fn validate_pod<C: Cluster>(view: &PodView<'_>, policy: &Policy, cluster: 
             match planned.state {
                 State::Collision(violation) => findings.add_violation(violation, keep),
                 State::Missing { field, .. } if planned.injection.required => findings.add_violation(Violation::new(
+                    rules::POD_INJECTIONS,
                     field,
                     format!(
                         "injection {:?} is required for this pod but missing (volume {:?}, its mounts or env); the tokengate mutating webhook adds it: check that it is installed and reached this pod",
@@ -212,6 +213,7 @@ async fn service_account_for<C: Cluster>(
         Err(err) => {
             findings.add_violation(
                 Violation::new(
+                    rules::POD_INJECTIONS,
                     format!("{}.serviceAccountName", view.field),
                     format!("could not look up service account {}/{}: {err}", view.namespace, view.service_account),
                 ),

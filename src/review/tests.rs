@@ -447,7 +447,10 @@ fn verdict_response_carries_status_warnings_and_annotations() {
     let denied = Verdict {
         subject: Subject::Pod,
         decision: Decision::Denied,
-        violations: vec![Violation::new("spec.volumes[0]", "bad"), Violation::new("spec.volumes[1]", "worse")],
+        violations: vec![
+            Violation::new(rules::POD_TOKEN_AUDIENCES, "spec.volumes[0]", "bad"),
+            Violation::new(rules::POD_TOKEN_AUDIENCES, "spec.volumes[1]", "worse"),
+        ],
         notes: vec![],
         patch: json_patch::Patch(vec![]),
     };

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::admission::AdmissionRequest;
 use super::lookup::{Cluster, PodInfo};
-use super::{decode_object, Findings, Violation};
+use super::{decode_object, rules, Findings, Violation};
 use crate::k8s;
 use crate::k8s::tokens::AUTOMOUNT_EXPIRATION_SECONDS;
 use crate::policy::{describe_audience, expiration_or_default, Lifetime, Policy, Token};
@@ -116,6 +116,7 @@ pub async fn validate<C: Cluster>(
     };
 
     let mut findings = Findings::default();
+    let kubelet = admission.user_info.node_name().is_some();
     let automount_token = match admission.user_info.node_name() {
         Some(node) => NodeCheck { node, request: &request, policy, cluster }.run(&mut findings).await,
         None => false,
@@ -126,12 +127,15 @@ pub async fn validate<C: Cluster>(
     for audience in request.distinct_audiences() {
         let token = request.token(audience);
         if let Err(denial) = policy.check_token(&token) {
-            let field = if denial.is_about_expiration() {
-                "spec.expirationSeconds"
+            let (rule, field) = if denial.is_about_expiration() {
+                (rules::TOKEN_REQUEST_LIFETIMES, "spec.expirationSeconds")
             } else {
-                request.audiences.iter().find(|(_, a)| *a == audience).map_or("spec.audiences", |(f, _)| f)
+                let field = request.audiences.iter().find(|(_, a)| *a == audience).map_or("spec.audiences", |(f, _)| f);
+                (rules::TOKEN_REQUEST_AUDIENCES, field)
             };
-            findings.violations.push(Violation::new(field, denial.explain(&token)));
+            // A kubelet's request is judged whole by the webhook, its allow-list too.
+            let rule = if kubelet { rules::TOKEN_REQUEST_KUBELETS } else { rule };
+            findings.violations.push(Violation::new(rule, field, denial.explain(&token)));
         }
     }
     findings
@@ -177,6 +181,7 @@ impl<C: Cluster> NodeCheck<'_, C> {
         if self.node.is_empty() {
             if enforce {
                 violations.push(Violation::new(
+                    rules::TOKEN_REQUEST_KUBELETS,
                     "userInfo.username",
                     "the user system:node: names no node, so it may not request tokens for pods",
                 ));
@@ -220,7 +225,7 @@ impl<C: Cluster> NodeCheck<'_, C> {
             Err(err) => format!("could not look up pod {pod_ref}: {err}"),
         };
         if enforce {
-            violations.push(Violation::new("spec.boundObjectRef.name", message));
+            violations.push(Violation::new(rules::TOKEN_REQUEST_KUBELETS, "spec.boundObjectRef.name", message));
         }
         None
     }
@@ -255,6 +260,7 @@ impl<C: Cluster> NodeCheck<'_, C> {
         let count = if automount_token { 1 } else { self.request.node_audience_count };
         if count > 1 {
             violations.push(Violation::new(
+                rules::TOKEN_REQUEST_KUBELETS,
                 "spec.audiences",
                 format!("node {} may request one audience per token, not {count}", self.node),
             ));
@@ -268,6 +274,7 @@ impl<C: Cluster> NodeCheck<'_, C> {
         let bound_uid = self.pod_binding().and_then(|b| b.uid.as_deref()).unwrap_or_default();
         if pod.uid != *bound_uid {
             violations.push(Violation::new(
+                rules::TOKEN_REQUEST_KUBELETS,
                 "spec.boundObjectRef.uid",
                 format!("pod {pod_ref} has uid {}, not {bound_uid}", pod.uid),
             ));
@@ -278,12 +285,14 @@ impl<C: Cluster> NodeCheck<'_, C> {
                 .as_deref()
                 .map_or("is not scheduled to a node".to_string(), |n| format!("runs on node {n}"));
             violations.push(Violation::new(
+                rules::TOKEN_REQUEST_KUBELETS,
                 "spec.boundObjectRef.name",
                 format!("pod {pod_ref} {runs_on}, not on node {node}"),
             ));
         }
         if *pod.service_account != *request.service_account {
             violations.push(Violation::new(
+                rules::TOKEN_REQUEST_KUBELETS,
                 "spec.boundObjectRef.name",
                 format!(
                     "pod {pod_ref} runs as service account {}, not {}",
@@ -345,7 +354,7 @@ impl<C: Cluster> NodeCheck<'_, C> {
                     )
                 }
             };
-            violations.push(Violation::new(field.as_str(), message));
+            violations.push(Violation::new(rules::TOKEN_REQUEST_KUBELETS, field.as_str(), message));
         }
     }
 
@@ -416,6 +425,7 @@ impl Reached {
 fn bound_pod_problem(bound: Option<&BoundObjectRef>, node: &str) -> Option<Violation> {
     let Some(bound) = bound else {
         return Some(Violation::new(
+            rules::TOKEN_REQUEST_KUBELETS,
             "spec.boundObjectRef",
             format!("node {node} may only request tokens bound to a pod it runs, not to nothing"),
         ));
@@ -445,5 +455,5 @@ fn bound_pod_problem(bound: Option<&BoundObjectRef>, node: &str) -> Option<Viola
     } else {
         return None;
     };
-    Some(Violation::new(problem.0, problem.1))
+    Some(Violation::new(rules::TOKEN_REQUEST_KUBELETS, problem.0, problem.1))
 }
