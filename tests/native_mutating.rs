@@ -72,8 +72,8 @@ fn without_typed_objects(expression: &str) -> String {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
-            let typed = (word == "JSONPatch" || word == "Object" || word.starts_with("Object."))
-                && chars.get(i) == Some(&'{');
+            let typed =
+                (word == "JSONPatch" || word == "Object" || word.starts_with("Object.")) && chars.get(i) == Some(&'{');
             if typed {
                 continue; // the `{` that follows opens a typed object
             }
@@ -86,7 +86,12 @@ fn without_typed_objects(expression: &str) -> String {
         }
         if c == '{' {
             let typed = out.ends_with(|p: char| p.is_ascii_alphanumeric() || p == '_')
-                || chars[..i].iter().rev().take_while(|p| p.is_ascii_alphanumeric() || **p == '_' || **p == '.').count() > 0;
+                || chars[..i]
+                    .iter()
+                    .rev()
+                    .take_while(|p| p.is_ascii_alphanumeric() || **p == '_' || **p == '.')
+                    .count()
+                    > 0;
             braces.push(typed);
         } else if c == '}' {
             braces.pop();
@@ -303,7 +308,10 @@ fn container_strategy(name: &'static str) -> impl Strategy<Value = Value> {
     })
 }
 
-fn containers_strategy(names: Vec<&'static str>, range: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<Value>> {
+fn containers_strategy(
+    names: Vec<&'static str>,
+    range: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = Vec<Value>> {
     prop::sample::subsequence(names, range)
         .prop_flat_map(|names| names.into_iter().map(container_strategy).collect::<Vec<_>>())
 }
@@ -476,7 +484,13 @@ fn generated_pods_reach_every_outcome() {
 fn injections_needing_the_webhook_say_why() {
     let generated = Generated {
         mode: "Enforce",
-        injections: vec![(0, "['*']", false), (1, "['team-*']", true), (2, "['*']", true), (4, "['*']", true), (5, "['*']", true)],
+        injections: vec![
+            (0, "['*']", false),
+            (1, "['team-*']", true),
+            (2, "['*']", true),
+            (4, "['*']", true),
+            (5, "['*']", true),
+        ],
         exempt_namespaces: Vec::new(),
     };
     let native = native_for(&generated.policy(), "tg", ServedApis::ALL);

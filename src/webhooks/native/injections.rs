@@ -76,8 +76,9 @@ fn needs_lookup(injection: &Injection) -> Option<String> {
 /// Why the CEL cannot compare `injection`'s mount path as written, if it cannot.
 fn unclean_mount_path(injection: &Injection) -> Option<String> {
     let path = &injection.mount_path;
-    (k8s::clean_path(path) != *path || !path.starts_with('/'))
-        .then(|| format!("its mountPath {path:?} is not an absolute path in clean form, which the CEL compares as written"))
+    (k8s::clean_path(path) != *path || !path.starts_with('/')).then(|| {
+        format!("its mountPath {path:?} is not an absolute path in clean form, which the CEL compares as written")
+    })
 }
 
 /// Which other lookup-free injection shares a volume name, a variable or a mount path (one at or
@@ -113,12 +114,24 @@ pub fn partition(policy: &Policy) -> (Vec<&Injection>, Vec<&Injection>) {
     })
 }
 
-/// The MutatingAdmissionPolicy adding `native` (none when empty): the webhook's exemption
-/// conditions, then the pods it leaves to the webhook, then one mutation for each injection's
-/// volume and mounts and one for each of its variables.
-pub fn policy(policy: &Policy, name: &str, native: &[&Injection], webhook: &[&Injection]) -> Option<MutatingAdmissionPolicy> {
+/// The MutatingAdmissionPolicy adding `native`: the webhook's exemption conditions, then the
+/// pods it leaves to the webhook, then one mutation for each injection's volume and mounts and one
+/// for each of its variables. `Err` says why there is none: no native injection, or one that
+/// needs the webhook may match every pod (the policy would never apply).
+pub fn policy(
+    policy: &Policy,
+    name: &str,
+    native: &[&Injection],
+    webhook: &[&Injection],
+) -> Result<MutatingAdmissionPolicy, String> {
     if native.is_empty() {
-        return None;
+        return Err(super::NO_NATIVE_INJECTION.to_string());
+    }
+    if let Some(everywhere) = webhook.iter().find(|i| conditions::injection_matches(i) == "true") {
+        return Err(format!(
+            "injection {:?}, which the webhook adds, may match every pod, and the webhook plans every pod it may match",
+            everywhere.name
+        ));
     }
     let mut match_conditions = conditions::common(policy, true);
     match_conditions.extend(conditions::not_exempt_pod_namespace(policy));
@@ -158,7 +171,7 @@ pub fn policy(policy: &Policy, name: &str, native: &[&Injection], webhook: &[&In
         variables: vec![Variable::new(INDEXES, format!("[{}]", indexes.join(", ")))],
         mutations,
     };
-    Some(MutatingAdmissionPolicy::new(name, spec))
+    Ok(MutatingAdmissionPolicy::new(name, spec))
 }
 
 /// The variable listing the container indexes the mutations patch.
@@ -252,7 +265,10 @@ fn has_env(c: &str, name: &str) -> String {
 
 /// Whether container `c` has a mount at `injection`'s path.
 fn mounted(injection: &Injection, c: &str) -> String {
-    format!("(has({c}.volumeMounts) && {c}.volumeMounts.exists(m, m.mountPath == {}))", cel_string(&injection.mount_path))
+    format!(
+        "(has({c}.volumeMounts) && {c}.volumeMounts.exists(m, m.mountPath == {}))",
+        cel_string(&injection.mount_path)
+    )
 }
 
 /// Whether container `c` keeps `injection` from being planned in CEL: a mount path not in clean
@@ -305,7 +321,8 @@ fn is_injected_volume(policy: &Policy, injection: &Injection, v: &str) -> String
 /// Whether `injection` collides with the pod, or the CEL cannot plan it: its volume name taken
 /// by another volume, or a container it mounts into that [`container_collides`].
 fn collides(policy: &Policy, injection: &Injection) -> String {
-    let volume = format!("({} && !{})", has_volume(injection), is_injected_volume(policy, injection, &first_volume(injection)));
+    let volume =
+        format!("({} && !{})", has_volume(injection), is_injected_volume(policy, injection, &first_volume(injection)));
     let containers = arrays(injection)
         .into_iter()
         .map(|array| format!("{}.exists(c,\n  {})", targeted(injection, array), container_collides(injection, "c")));
@@ -333,7 +350,8 @@ pub fn left_to_the_webhook(policy: &Policy, native: &[&Injection]) -> String {
 pub fn not_all_there(policy: &Policy, native: &[&Injection]) -> String {
     let missing = native.iter().map(|injection| {
         let containers = arrays(injection).into_iter().map(|array| {
-            let variables: Vec<String> = injection.env.iter().map(|var| format!("!{}", has_env("c", &var.name))).collect();
+            let variables: Vec<String> =
+                injection.env.iter().map(|var| format!("!{}", has_env("c", &var.name))).collect();
             let missing = std::iter::once(format!("!{}", mounted(injection, "c"))).chain(variables).collect::<Vec<_>>();
             format!("{}.exists(c, {})", targeted(injection, array), missing.join(" || "))
         });
@@ -347,7 +365,11 @@ pub fn not_all_there(policy: &Policy, native: &[&Injection]) -> String {
 /// every container it mounts into that has none at its path: `inject::render`'s operations for it.
 fn volume_and_mounts(injection: &Injection) -> String {
     let wanted = &injection.volume;
-    let audience = if wanted.audience.is_empty() { String::new() } else { format!("audience: {}, ", cel_string(&wanted.audience)) };
+    let audience = if wanted.audience.is_empty() {
+        String::new()
+    } else {
+        format!("audience: {}, ", cel_string(&wanted.audience))
+    };
     let volume = format!(
         "Object.spec.volumes{{name: {}, projected: Object.spec.volumes.projected{{sources: [Object.spec.volumes.projected.sources{{serviceAccountToken: Object.spec.volumes.projected.sources.serviceAccountToken{{{audience}expirationSeconds: {}, path: {}}}}}]}}}}",
         cel_string(&wanted.name),
@@ -364,7 +386,13 @@ fn volume_and_mounts(injection: &Injection) -> String {
             cel_string(&wanted.name),
             cel_string(&injection.mount_path)
         );
-        append_per_container(injection, array, "volumeMounts", &mounted(injection, &format!("object.spec.{array}[j]")), &mount)
+        append_per_container(
+            injection,
+            array,
+            "volumeMounts",
+            &mounted(injection, &format!("object.spec.{array}[j]")),
+            &mount,
+        )
     });
     let ops = std::iter::once(volume_ops).chain(mount_ops).collect::<Vec<_>>().join("\n+ ");
     format!("!({}) ? [] :\n{ops}", applies(injection))

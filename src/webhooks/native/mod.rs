@@ -56,8 +56,7 @@ pub struct Native {
 pub const NOT_SERVED: &str = "the API server does not serve ValidatingAdmissionPolicy v1 (Kubernetes 1.30+)";
 
 /// Why the injections stay in the webhook on an API server without MutatingAdmissionPolicy v1.
-pub const MUTATING_NOT_SERVED: &str =
-    "the API server does not serve MutatingAdmissionPolicy v1 (Kubernetes 1.36+)";
+pub const MUTATING_NOT_SERVED: &str = "the API server does not serve MutatingAdmissionPolicy v1 (Kubernetes 1.36+)";
 
 /// Why the native-injection rule is in the webhook when no injection can be native.
 pub const NO_NATIVE_INJECTION: &str =
@@ -86,8 +85,10 @@ impl Native {
     /// Every object to apply, as JSON with its apiVersion and kind: each policy followed by its
     /// binding, the ValidatingAdmissionPolicies first, then the MutatingAdmissionPolicies.
     pub fn objects(&self) -> Vec<serde_json::Value> {
-        let validating = self.policies.iter().flat_map(|p| [serde_json::to_value(&p.policy), serde_json::to_value(&p.binding)]);
-        let mutating = self.mutating.iter().flat_map(|m| [serde_json::to_value(&m.policy), serde_json::to_value(&m.binding)]);
+        let validating =
+            self.policies.iter().flat_map(|p| [serde_json::to_value(&p.policy), serde_json::to_value(&p.binding)]);
+        let mutating =
+            self.mutating.iter().flat_map(|m| [serde_json::to_value(&m.policy), serde_json::to_value(&m.binding)]);
         validating.chain(mutating).map(|object| object.expect("the native objects serialise to JSON")).collect()
     }
 }
@@ -132,9 +133,10 @@ pub fn native_for(policy: &Policy, name: &str, served: ServedApis) -> Native {
     }
     let (mutating, injections_why) = if served.mutating {
         let (native, webhook) = injections::partition(policy);
-        let object = injections::policy(policy, &format!("{name}-pod-injections"), &native, &webhook);
-        let why = object.is_none().then(|| NO_NATIVE_INJECTION.to_string());
-        (object.map(|policy| NativeMutation { binding: policy.binding(), policy }).into_iter().collect(), why)
+        match injections::policy(policy, &format!("{name}-pod-injections"), &native, &webhook) {
+            Ok(policy) => (vec![NativeMutation { binding: policy.binding(), policy }], None),
+            Err(why) => (Vec::new(), Some(why)),
+        }
     } else {
         (Vec::new(), Some(MUTATING_NOT_SERVED.to_string()))
     };

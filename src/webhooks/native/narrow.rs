@@ -34,9 +34,9 @@ pub fn narrow(policy: &Policy, mut configurations: Configurations, native: &Nati
         match webhook.name.as_str() {
             names::PODS_VALIDATE if decides(Subject::Pod) && injects => {
                 let not_all_there = injections::not_all_there(policy, &native_injections);
-                webhook.match_conditions.push(conditions::pod_needs_lookups_or(&format!(
-                    "({webhook_may_match})\n|| ({not_all_there})"
-                )));
+                webhook
+                    .match_conditions
+                    .push(conditions::pod_needs_lookups_or(&format!("({webhook_may_match})\n|| ({not_all_there})")));
             }
             names::PODS_VALIDATE if decides(Subject::Pod) => {
                 webhook.match_conditions.push(conditions::pod_needs_lookups(policy));

@@ -58,10 +58,12 @@ pub fn header(native: &Native) -> Vec<String> {
         lines.push(String::new());
         lines.push("Where each injection is added:".to_string());
         let native_side = native.mutating.first().map(|m| m.policy.metadata.name.as_str());
+        let not_built =
+            native.split.iter().find(|p| p.rule == super::split::rules::POD_NATIVE_INJECTIONS).map(|p| p.why.as_str());
         for injection in &native.injections {
             lines.push(match (&injection.webhook_because, native_side) {
                 (None, Some(policy)) => format!("- {}: native ({policy})", injection.name),
-                (None, None) => format!("- {}: webhook: {}", injection.name, super::MUTATING_NOT_SERVED),
+                (None, None) => format!("- {}: webhook: {}", injection.name, not_built.unwrap_or_default()),
                 (Some(why), _) => format!("- {}: webhook: {why}", injection.name),
             });
         }
