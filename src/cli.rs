@@ -250,9 +250,10 @@ pub struct WebhooksArgs {
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_annotation)]
     pub annotation: Vec<(String, String)>,
     /// Print instead the ValidatingAdmissionPolicies (and their bindings, named NAME-<kind>) that
-    /// let the API server itself decide the rules that need no lookup, with a comment header
-    /// saying which rule is decided where and why (docs/native.md). Takes the place of --service
-    /// or --url.
+    /// let the API server itself decide the rules that need no lookup, and the
+    /// MutatingAdmissionPolicy (NAME-pod-injections) that adds the injections matched by
+    /// namespaces and pod labels alone, with a comment header saying which rule and injection is
+    /// decided where and why (docs/native.md). Takes the place of --service or --url.
     #[arg(long, group = "endpoint")]
     pub native: bool,
     /// Print the webhook configurations narrowed to what the native policies (--native) leave to
