@@ -231,7 +231,7 @@ fn injection(which: u8, namespaces: &str, required: bool) -> String {
     match which {
         0 => format!("- {{name: azure, {required}, match: {{podSelector: {{matchLabels: {{azure.workload.identity/use: 'true'}}}}}},\n    volume: {{name: azure-identity-token, audience: 'api://AzureADTokenExchange', expirationSeconds: 3600, path: azure-identity-token}},\n    mount: {{mountPath: /var/run/secrets/azure/tokens}},\n    env: [{{name: AZURE_FEDERATED_TOKEN_FILE, value: /var/run/secrets/azure/tokens/azure-identity-token}}]}}"),
         1 => format!("- {{name: vault, {required}, match: {{namespaces: {namespaces}}},\n    volume: {{name: vault-token, audience: vault, expirationSeconds: 3600, path: token}},\n    mount: {{mountPath: /var/run/secrets/vault, containers: [app, 'side*'], initContainers: true}},\n    env: [{{name: VAULT_TOKEN_FILE, value: /var/run/secrets/vault/token}}, {{name: VAULT_ADDR, value: 'https://vault:8200'}}]}}"),
-        2 => format!("- {{name: aws, {required}, match: {{serviceAccountAnnotation: {ROLE_ANNOTATION}}},\n    volume: {{name: aws-iam-token, audience: sts.amazonaws.com, expirationSeconds: 86400, path: token}},\n    mount: {{mountPath: /var/run/secrets/eks.amazonaws.com/serviceaccount, initContainers: true}},\n    env: [{{name: AWS_ROLE_ARN, valueFromServiceAccountAnnotation: {ROLE_ANNOTATION}}}]}}"),
+        2 => format!("- {{name: aws, {required}, match: {{namespaces: {namespaces}, serviceAccountAnnotation: {ROLE_ANNOTATION}}},\n    volume: {{name: aws-iam-token, audience: sts.amazonaws.com, expirationSeconds: 86400, path: token}},\n    mount: {{mountPath: /var/run/secrets/eks.amazonaws.com/serviceaccount, initContainers: true}},\n    env: [{{name: AWS_ROLE_ARN, valueFromServiceAccountAnnotation: {ROLE_ANNOTATION}}}]}}"),
         3 => format!("- {{name: spire, {required}, match: {{namespaces: {namespaces}, podSelector: {{matchExpressions: [{{key: tier, operator: In, values: [web, api]}}]}}}},\n    volume: {{name: spire-token, audience: spire-server, expirationSeconds: 600, path: token}},\n    mount: {{mountPath: /run/spire, containers: ['*']}}}}"),
         4 => format!("- {{name: vault-other, {required}, match: {{namespaces: {namespaces}}},\n    volume: {{name: vault-other-token, audience: vault, expirationSeconds: 3600, path: token}},\n    mount: {{mountPath: /var/run/secrets/vault-other}},\n    env: [{{name: VAULT_ADDR, value: 'https://other:8200'}}]}}"),
         _ => format!("- {{name: unclean, {required}, match: {{namespaces: {namespaces}}},\n    volume: {{name: unclean-token, audience: vault, expirationSeconds: 3600, path: token}},\n    mount: {{mountPath: /var/run/unclean/}}}}"),
@@ -488,9 +488,9 @@ fn injections_needing_the_webhook_say_why() {
         injections: vec![
             (0, "['*']", false),
             (1, "['team-*']", true),
-            (2, "['*']", true),
-            (4, "['*']", true),
-            (5, "['*']", true),
+            (2, "['team-*']", true),
+            (4, "[ci]", true),
+            (5, "[ci]", true),
         ],
         exempt_namespaces: Vec::new(),
     };
@@ -508,4 +508,9 @@ fn injections_needing_the_webhook_say_why() {
     assert!(older.mutating.is_empty());
     let placed = older.split.iter().find(|p| p.rule == native::split::rules::POD_NATIVE_INJECTIONS).expect("placed");
     assert_eq!(placed.why, native::MUTATING_NOT_SERVED);
+    let everywhere = Generated { injections: vec![(0, "['*']", false), (2, "['*']", true)], ..generated };
+    let native = native_for(&everywhere.policy(), "tg", ServedApis::ALL);
+    assert!(native.mutating.is_empty());
+    let placed = native.split.iter().find(|p| p.rule == native::split::rules::POD_NATIVE_INJECTIONS).expect("placed");
+    assert!(placed.why.contains("may match every pod"), "{placed:?}");
 }
