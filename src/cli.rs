@@ -254,15 +254,34 @@ pub struct WebhooksArgs {
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_annotation)]
     pub annotation: Vec<(String, String)>,
     /// Print instead the ValidatingAdmissionPolicies (and their bindings, named NAME-<kind>) that
-    /// let the API server itself decide the rules that need no lookup, with a comment header
-    /// saying which rule is decided where and why (docs/native.md). Takes the place of --service
-    /// or --url.
+    /// let the API server itself decide the rules that need no lookup, and the
+    /// MutatingAdmissionPolicy (NAME-pod-injections) that adds the injections matched by
+    /// namespaces and pod labels alone, with a comment header saying which rule and injection is
+    /// decided where and why (docs/native.md). Takes the place of --service or --url.
     #[arg(long, group = "endpoint")]
     pub native: bool,
     /// Print the webhook configurations narrowed to what the native policies (--native) leave to
     /// tokengate: apply both together, the native policies first.
     #[arg(long, conflicts_with = "native")]
     pub narrowed: bool,
+    /// With --native or --narrowed: the Kubernetes version of the API server (MAJOR.MINOR, e.g.
+    /// 1.35), to print only what it serves. 1.30 to 1.35 serve ValidatingAdmissionPolicy v1 but
+    /// not MutatingAdmissionPolicy v1, so the injections stay in the webhook; below 1.30 is an
+    /// error (nothing native: keep the full webhook configurations). Default: the newest (both).
+    #[arg(long, value_name = "VERSION", value_parser = parse_kubernetes_version)]
+    pub kubernetes_version: Option<(u32, u32)>,
+}
+
+/// `--kubernetes-version`: `MAJOR.MINOR`, optionally with a leading `v` and a patch version.
+fn parse_kubernetes_version(text: &str) -> Result<(u32, u32), String> {
+    let invalid = || format!("{text:?} is not a Kubernetes version such as 1.35");
+    let mut parts = text.strip_prefix('v').unwrap_or(text).split('.');
+    let major = parts.next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
+    let minor = parts.next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
+    if parts.next().is_some_and(|patch| patch.parse::<u32>().is_err()) || parts.next().is_some() {
+        return Err(invalid());
+    }
+    Ok((major, minor))
 }
 
 /// How the API server reaches tokengate: exactly one of --service and --url, or --native instead

@@ -184,9 +184,19 @@ fn webhook_options(
 
 fn run_webhooks(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
+    if args.kubernetes_version.is_some() && !args.native && !args.narrowed {
+        anyhow::bail!("--kubernetes-version applies to --native and --narrowed only");
+    }
+    let served = match args.kubernetes_version {
+        None => webhooks::native::ServedApis::ALL,
+        Some((major, minor)) => webhooks::native::ServedApis::of_version(major, minor).ok_or_else(|| {
+            anyhow::anyhow!("--kubernetes-version {major}.{minor}: the API server serves no ValidatingAdmissionPolicy v1 (Kubernetes 1.30+), so nothing can be native: apply the full webhook configurations")
+        })?,
+    };
     if args.native {
         webhooks::native::check_name(&args.name)?;
-        let yaml = webhooks::native::render::render_yaml(&webhooks::native::native(&policy, &args.name))?;
+        let native = webhooks::native::native_for(&policy, &args.name, served);
+        let yaml = webhooks::native::render::render_yaml(&native)?;
         std::io::stdout().lock().write_all(yaml.as_bytes()).context("writing the native policies")?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -198,7 +208,7 @@ fn run_webhooks(args: WebhooksArgs) -> anyhow::Result<ExitCode> {
     let options = webhook_options(endpoint, &args.name, args.ca_bundle.as_deref(), &args.annotation)?;
     let mut configurations = webhooks::configurations(&policy, &options);
     if args.narrowed {
-        let native = webhooks::native::native(&policy, &args.name);
+        let native = webhooks::native::native_for(&policy, &args.name, served);
         configurations = webhooks::native::narrow::narrow(&policy, configurations, &native);
     }
     let yaml = webhooks::render_yaml(&policy, &configurations)?;

@@ -197,11 +197,16 @@ fn rbac_is_read_only_except_events() {
 }
 
 /// Every native object `serve --native-policies` applies for the shipped policy (every subject
-/// native) may be applied and deleted by name, and every admission-policy kind it may have
+/// native, and the Azure injection as a MutatingAdmissionPolicy) may be applied and deleted by name, and every admission-policy kind it may have
 /// applied may be listed: the RBAC grants exactly what the manage task needs.
 #[test]
 fn rbac_grants_the_native_policies_by_name() {
     let text = std::fs::read_to_string(root().join(SHIPPED_POLICY)).expect("policy");
+    // With the IRSA injection narrowed to some namespaces, Azure's is added by a
+    // MutatingAdmissionPolicy too: every kind tokengate writes.
+    let annotation_match = "        serviceAccountAnnotation: eks.amazonaws.com/role-arn\n";
+    assert!(text.contains(annotation_match), "the shipped IRSA injection matches by annotation");
+    let text = text.replace(annotation_match, &format!("{annotation_match}        namespaces: [\"aws-*\"]\n"));
     let policy = tokengate::policy::Policy::parse(&text).expect("valid");
     let native = tokengate::webhooks::native::native(&policy, tokengate::webhooks::DEFAULT_CONFIGURATION_NAME);
     let rules: Vec<Value> = objects("manifests/base/rbac.yaml")
@@ -228,7 +233,7 @@ fn rbac_grants_the_native_policies_by_name() {
         }
     };
     let objects = native.objects();
-    assert_eq!(objects.len(), 8, "every subject native in the shipped policy");
+    assert_eq!(objects.len(), 10, "every subject native, and a mutating policy");
     for object in objects {
         let (kind, name) = (object["kind"].as_str().expect("kind"), object["metadata"]["name"].as_str().expect("name"));
         for verb in ["get", "create", "patch", "delete"] {

@@ -7,6 +7,9 @@ pub const TOKEN_REQUEST_KUBELETS: &str = "tokenrequest-kubelets";
 pub const POD_TOKEN_AUDIENCES: &str = "pod-token-audiences";
 pub const POD_TOKEN_LIFETIMES: &str = "pod-token-lifetimes";
 pub const POD_CSI_DRIVERS: &str = "pod-csi-drivers";
+/// Injections matched by namespace and pod labels only, added by a MutatingAdmissionPolicy
+/// where the API server serves one; no violation names it (a mutation refuses nothing).
+pub const POD_NATIVE_INJECTIONS: &str = "pod-injections-by-namespace-and-labels";
 pub const POD_INJECTIONS: &str = "pod-injections";
 pub const CSI_DRIVER_LISTED: &str = "csidriver-listed";
 pub const CSI_DRIVER_AUDIENCES: &str = "csidriver-audiences";

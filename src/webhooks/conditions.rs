@@ -56,6 +56,7 @@ pub mod names {
     pub const KUBELET_AUTOMOUNT_TOKENS: &str = "skip-kubelet-automount-tokens";
     pub const NATIVE_PODS: &str = "skip-pods-the-native-policy-decides";
     pub const NATIVE_TOKEN_REQUESTS: &str = "skip-token-requests-the-native-policy-decides";
+    pub const NATIVE_INJECTIONS: &str = "skip-pods-the-native-injections-cover";
     pub const DRIVERS_WITHOUT_TOKENS: &str = "skip-csidrivers-without-token-requests";
     pub const OTHER_SECRET_TYPES: &str = "skip-other-secret-types";
     pub const SECRET_UPDATES_KEEPING_THE_ACCOUNT: &str = "skip-secret-updates-keeping-the-service-account";
@@ -166,21 +167,33 @@ pub fn pod_needs_lookups(policy: &Policy) -> MatchCondition {
     MatchCondition::new(names::NATIVE_PODS, pod_volumes_or_injections(policy, false))
 }
 
+/// Pod validation beside the native policies and the native injections: pods with a CSI volume,
+/// or for which `injections` (what the native injections leave to tokengate) holds.
+pub fn pod_needs_lookups_or(injections: &str) -> MatchCondition {
+    MatchCondition::new(names::NATIVE_PODS, format!("({})\n|| ({injections})", pod_volumes(false)))
+}
+
 /// Whether the pod has a CSI volume (and, with `tokens`, a projected token other than the
 /// automount volume), or some injection may match it.
 fn pod_volumes_or_injections(policy: &Policy, tokens: bool) -> String {
+    let volumes = pod_volumes(tokens);
+    match any_injection_may_match(policy) {
+        Cel::Never => volumes,
+        Cel::Always => "true".to_string(),
+        Cel::Expression(injections) => format!("({volumes})\n|| ({injections})"),
+    }
+}
+
+/// Whether the pod has a CSI volume (inline, or an in-tree type CSI migration serves) and, with
+/// `tokens`, a projected token other than the automount volume.
+fn pod_volumes(tokens: bool) -> String {
     let volume = |v: &str| {
         let mut kinds: Vec<String> = vec![format!("has({v}.csi)")];
         kinds.extend(IN_TREE_VOLUME_DRIVERS.iter().map(|(field, _)| format!("has({v}.{field})")));
         let token = if tokens { format!("\n  || ({})", token_other_than_automount(v)) } else { String::new() };
         format!("{}{token}", kinds.join(" || "))
     };
-    let volumes = format!("has(object.spec.volumes) && object.spec.volumes.exists(v,\n  {})", volume("v"));
-    match any_injection_may_match(policy) {
-        Cel::Never => volumes,
-        Cel::Always => "true".to_string(),
-        Cel::Expression(injections) => format!("({volumes})\n|| ({injections})"),
-    }
+    format!("has(object.spec.volumes) && object.spec.volumes.exists(v,\n  {})", volume("v"))
 }
 
 /// Whether volume `v` has a projected token source and is not the automount volume.
@@ -209,6 +222,18 @@ pub fn automount_volume(v: &str) -> String {
 /// Whether some injection may match the pod: one disjunct per injection.
 fn any_injection_may_match(policy: &Policy) -> Cel {
     Cel::any(policy.injections().iter().map(injection_may_match))
+}
+
+/// Whether one of `injections` may match the pod (a service-account annotation counts as a
+/// match): `true`, `false` or an expression.
+pub fn any_of_may_match<'a>(injections: impl IntoIterator<Item = &'a Injection>) -> String {
+    Cel::any(injections.into_iter().map(injection_may_match)).render()
+}
+
+/// Whether `injection` may match the pod by its namespaces and pod selector (exactly, for one
+/// without a service-account annotation): `true`, `false` or an expression.
+pub fn injection_matches(injection: &Injection) -> String {
+    injection_may_match(injection).render()
 }
 
 fn injection_may_match(injection: &Injection) -> Cel {

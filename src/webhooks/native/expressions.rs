@@ -43,7 +43,7 @@ pub fn effective_seconds(policy: &Policy, api_server_only: &str, requested: &str
 
 /// `name.matches(...)` for `globs`; `None` when the globs match every name, `Some("false")`
 /// when they match none.
-fn glob_test(name: &str, globs: &Globs) -> Option<String> {
+pub fn glob_test(name: &str, globs: &Globs) -> Option<String> {
     if globs.matches_all() {
         return None;
     }

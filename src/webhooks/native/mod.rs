@@ -1,5 +1,6 @@
-//! `tokengate webhooks --native`: the policy's lookup-free rules as ValidatingAdmissionPolicies
-//! that the API server evaluates in-process, and which rule stays in the webhook, and why. Pure.
+//! `tokengate webhooks --native`: the policy's lookup-free rules as ValidatingAdmissionPolicies,
+//! and its lookup-free injections as a MutatingAdmissionPolicy, that the API server evaluates
+//! in-process, and which rule stays in the webhook, and why. Pure.
 //!
 //! Built from the same compiled policy, glob reading and CEL helpers as the webhooks' match
 //! conditions; the exemptions are the webhooks' own conditions. Upstream:
@@ -9,6 +10,7 @@
 
 pub mod cost;
 pub mod expressions;
+pub mod injections;
 pub mod narrow;
 pub mod objects;
 pub mod render;
@@ -32,15 +34,33 @@ pub struct NativePolicy {
     pub binding: objects::ValidatingAdmissionPolicyBinding,
 }
 
-/// The native policies of one tokengate policy, and where every rule went.
+/// The native injections: the MutatingAdmissionPolicy adding them and its binding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeMutation {
+    pub policy: objects::MutatingAdmissionPolicy,
+    pub binding: objects::MutatingAdmissionPolicyBinding,
+}
+
+/// The native policies of one tokengate policy, and where every rule and injection went.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Native {
     pub policies: Vec<NativePolicy>,
+    /// The MutatingAdmissionPolicies (at most one: the injections that need no lookup).
+    pub mutating: Vec<NativeMutation>,
     pub split: Vec<Placement>,
+    /// Every injection, and why the webhook adds it when the MutatingAdmissionPolicy does not.
+    pub injections: Vec<injections::InjectionPlacement>,
 }
 
 /// Why every rule stays in the webhook on an API server without ValidatingAdmissionPolicy v1.
 pub const NOT_SERVED: &str = "the API server does not serve ValidatingAdmissionPolicy v1 (Kubernetes 1.30+)";
+
+/// Why the injections stay in the webhook on an API server without MutatingAdmissionPolicy v1.
+pub const MUTATING_NOT_SERVED: &str = "the API server does not serve MutatingAdmissionPolicy v1 (Kubernetes 1.36+)";
+
+/// Why the native-injection rule is in the webhook when no injection can be native.
+pub const NO_NATIVE_INJECTION: &str =
+    "no injection of the policy is matched by namespaces and pod labels alone with fixed values (see the injections below)";
 
 /// Which admission-policy APIs the API server serves (`admissionregistration.k8s.io/v1`):
 /// ValidatingAdmissionPolicy from Kubernetes 1.30, MutatingAdmissionPolicy from 1.36.
@@ -53,17 +73,23 @@ pub struct ServedApis {
 impl ServedApis {
     /// Both kinds: what a current API server serves.
     pub const ALL: ServedApis = ServedApis { validating: true, mutating: true };
+
+    /// What Kubernetes `major.minor` serves; `None` below 1.30, which serves neither.
+    pub fn of_version(major: u32, minor: u32) -> Option<ServedApis> {
+        let at_least = |wanted: u32| major > 1 || (major == 1 && minor >= wanted);
+        at_least(30).then(|| ServedApis { validating: true, mutating: at_least(36) })
+    }
 }
 
 impl Native {
     /// Every object to apply, as JSON with its apiVersion and kind: each policy followed by its
-    /// binding.
+    /// binding, the ValidatingAdmissionPolicies first, then the MutatingAdmissionPolicies.
     pub fn objects(&self) -> Vec<serde_json::Value> {
-        self.policies
-            .iter()
-            .flat_map(|p| [serde_json::to_value(&p.policy), serde_json::to_value(&p.binding)])
-            .map(|object| object.expect("the native objects serialise to JSON"))
-            .collect()
+        let validating =
+            self.policies.iter().flat_map(|p| [serde_json::to_value(&p.policy), serde_json::to_value(&p.binding)]);
+        let mutating =
+            self.mutating.iter().flat_map(|m| [serde_json::to_value(&m.policy), serde_json::to_value(&m.binding)]);
+        validating.chain(mutating).map(|object| object.expect("the native objects serialise to JSON")).collect()
     }
 }
 
@@ -79,8 +105,14 @@ pub fn native(policy: &Policy, name: &str) -> Native {
 /// The native policies for `policy` that an API server serving `served` accepts; what it does
 /// not serve stays in the webhook.
 pub fn native_for(policy: &Policy, name: &str, served: ServedApis) -> Native {
+    let injection_placements = injections::placements(policy);
     if !served.validating {
-        return Native { policies: Vec::new(), split: split::split(|_| Some(NOT_SERVED.to_string())) };
+        return Native {
+            policies: Vec::new(),
+            mutating: Vec::new(),
+            split: split::split(|_, _| Some(NOT_SERVED.to_string())),
+            injections: injection_placements,
+        };
     }
     let candidates = [
         (Subject::TokenRequest, "tokenrequests", token_requests(policy)),
@@ -99,8 +131,22 @@ pub fn native_for(policy: &Policy, name: &str, served: ServedApis) -> Native {
         let binding = object.binding(policy.mode());
         policies.push(NativePolicy { subject, policy: object, binding });
     }
-    let split = split::split(|subject| over_budget.iter().find(|(s, _)| *s == subject).map(|(_, why)| why.clone()));
-    Native { policies, split }
+    let (mutating, injections_why) = if served.mutating {
+        let (native, webhook) = injections::partition(policy);
+        match injections::policy(policy, &format!("{name}-pod-injections"), &native, &webhook) {
+            Ok(policy) => (vec![NativeMutation { binding: policy.binding(), policy }], None),
+            Err(why) => (Vec::new(), Some(why)),
+        }
+    } else {
+        (Vec::new(), Some(MUTATING_NOT_SERVED.to_string()))
+    };
+    let split = split::split(|rule, subject| {
+        if rule == split::rules::POD_NATIVE_INJECTIONS {
+            return injections_why.clone();
+        }
+        over_budget.iter().find(|(s, _)| *s == subject).map(|(_, why)| why.clone())
+    });
+    Native { policies, mutating, split, injections: injection_placements }
 }
 
 /// Whether `name` can prefix the objects' names: a DNS subdomain, as for the webhook

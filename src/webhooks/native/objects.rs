@@ -1,5 +1,8 @@
-//! ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding (admissionregistration.k8s.io/v1)
-//! with the fields tokengate sets, in a readable order.
+//! ValidatingAdmissionPolicy, MutatingAdmissionPolicy and their bindings
+//! (admissionregistration.k8s.io/v1) with the fields tokengate sets, in a readable order.
+//!
+//! Upstream: `k8s.io/api/admissionregistration/v1` `types.go` (`MutatingAdmissionPolicySpec`,
+//! `Mutation`, `JSONPatch`, `PatchType`, `MutatingAdmissionPolicyBindingSpec`).
 
 use serde::{Deserialize, Serialize};
 
@@ -7,7 +10,8 @@ use crate::policy::Mode;
 use crate::webhooks::conditions::MatchCondition;
 use crate::webhooks::{FailurePolicy, Metadata, Rule};
 
-/// The API version of both kinds (GA since Kubernetes 1.30).
+/// The API version of every kind here (ValidatingAdmissionPolicy GA since Kubernetes 1.30,
+/// MutatingAdmissionPolicy since 1.36).
 pub const API_VERSION: &str = "admissionregistration.k8s.io/v1";
 
 /// A ValidatingAdmissionPolicy.
@@ -126,6 +130,89 @@ impl Validation {
             message: format!("tokengate: {message} (rule {rule})"),
             message_expression: format!("'tokengate: ' + {message_expression} + ' (rule {rule})'"),
             reason: "Forbidden".to_string(),
+        }
+    }
+}
+
+/// A MutatingAdmissionPolicy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MutatingAdmissionPolicy {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: MutatingPolicySpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MutatingPolicySpec {
+    pub failure_policy: FailurePolicy,
+    /// `IfNeeded`: called again when a later plugin changed the pod (the mutations are
+    /// idempotent), as the mutating webhook is. Required in v1.
+    pub reinvocation_policy: String,
+    pub match_constraints: MatchResources,
+    pub match_conditions: Vec<MatchCondition>,
+    pub variables: Vec<Variable>,
+    /// Applied in order, each to the object the ones before it patched.
+    pub mutations: Vec<Mutation>,
+}
+
+/// One entry of `mutations`: a JSON patch built by a CEL expression (`patchType: JSONPatch`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mutation {
+    pub patch_type: String,
+    pub json_patch: JsonPatch,
+}
+
+/// `jsonPatch`: `expression` evaluates to a list of `JSONPatch{op, path, value}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonPatch {
+    pub expression: String,
+}
+
+impl Mutation {
+    /// A `JSONPatch` mutation whose patch `expression` builds.
+    pub fn json_patch(expression: String) -> Self {
+        Mutation { patch_type: "JSONPatch".to_string(), json_patch: JsonPatch { expression } }
+    }
+}
+
+/// A MutatingAdmissionPolicyBinding: applies one policy cluster-wide (it has no actions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MutatingAdmissionPolicyBinding {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: MutatingBindingSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MutatingBindingSpec {
+    pub policy_name: String,
+}
+
+impl MutatingAdmissionPolicy {
+    /// The policy `name` with `spec`.
+    pub fn new(name: &str, spec: MutatingPolicySpec) -> Self {
+        MutatingAdmissionPolicy {
+            api_version: API_VERSION.to_string(),
+            kind: "MutatingAdmissionPolicy".to_string(),
+            metadata: Metadata { name: name.to_string(), annotations: Default::default() },
+            spec,
+        }
+    }
+
+    /// Its binding, named as the policy.
+    pub fn binding(&self) -> MutatingAdmissionPolicyBinding {
+        MutatingAdmissionPolicyBinding {
+            api_version: API_VERSION.to_string(),
+            kind: "MutatingAdmissionPolicyBinding".to_string(),
+            metadata: Metadata { name: self.metadata.name.clone(), annotations: Default::default() },
+            spec: MutatingBindingSpec { policy_name: self.metadata.name.clone() },
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The native policies as one YAML stream for `kubectl apply -f -`, behind a comment header
-//! saying which rule is decided where, and why.
+//! The native policies as one YAML stream for `kubectl apply -f -` (the ValidatingAdmissionPolicies,
+//! then the MutatingAdmissionPolicy, each followed by its binding), behind a comment header saying
+//! which rule and which injection is decided where, and why.
 
 use super::split::{Placement, Side};
 use super::{cost, Native};
@@ -18,6 +19,10 @@ pub fn render_yaml(native: &Native) -> Result<String, RenderError> {
     for policy in &native.policies {
         documents.push(serde_yaml_ng::to_string(&policy.policy)?);
         documents.push(serde_yaml_ng::to_string(&policy.binding)?);
+    }
+    for mutating in &native.mutating {
+        documents.push(serde_yaml_ng::to_string(&mutating.policy)?);
+        documents.push(serde_yaml_ng::to_string(&mutating.binding)?);
     }
     out.push_str(&documents.join("---\n"));
     Ok(out)
@@ -38,6 +43,9 @@ pub fn header(native: &Native) -> Vec<String> {
         "tokengate's native policies, computed from the policy by `tokengate webhooks --native`: do not edit.",
         "ValidatingAdmissionPolicies (admissionregistration.k8s.io/v1, Kubernetes 1.30+) that the API server",
         "evaluates in-process, for the rules that need no lookup; the webhook keeps deciding the others.",
+        "A MutatingAdmissionPolicy (admissionregistration.k8s.io/v1, Kubernetes 1.36+) adds the injections",
+        "that need no lookup, with JSON patches equal to the webhook's; it leaves to the webhook a pod that",
+        "another injection may match or on which an injection collides.",
         "They skip what the webhooks skip (break-glass group, exemptions, exemptions.podNamespaces for pods).",
         "",
         "Where each rule is decided:",
@@ -46,6 +54,20 @@ pub fn header(native: &Native) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     lines.extend(native.split.iter().map(placement_line));
+    if !native.injections.is_empty() {
+        lines.push(String::new());
+        lines.push("Where each injection is added:".to_string());
+        let native_side = native.mutating.first().map(|m| m.policy.metadata.name.as_str());
+        let not_built =
+            native.split.iter().find(|p| p.rule == super::split::rules::POD_NATIVE_INJECTIONS).map(|p| p.why.as_str());
+        for injection in &native.injections {
+            lines.push(match (&injection.webhook_because, native_side) {
+                (None, Some(policy)) => format!("- {}: native ({policy})", injection.name),
+                (None, None) => format!("- {}: webhook: {}", injection.name, not_built.unwrap_or_default()),
+                (Some(why), _) => format!("- {}: webhook: {why}", injection.name),
+            });
+        }
+    }
     lines.push(String::new());
     lines.push(format!(
         "CEL cost bound (the API server's limits: {} per expression, {} per policy and request):",

@@ -1,31 +1,18 @@
 //! Which rule of tokengate's decisions is decided where: inside the API server by the native
-//! policies, or by the webhook (lookups, comparisons CEL cannot make, expressions over the cost
-//! budget). Every rule is in [`RULES`] once; [`split`] places each for one policy.
+//! policies (validations, and the injections a MutatingAdmissionPolicy adds), or by the webhook
+//! (lookups, comparisons CEL cannot make, refusals a mutation cannot make, expressions over the
+//! cost budget). Every rule is in [`RULES`] once; [`split`] places each for one policy.
 
 use crate::review::Subject;
 
-/// The rules, named as the native policies' messages name them.
-pub mod rules {
-    pub const TOKEN_REQUEST_AUDIENCES: &str = "tokenrequest-audiences";
-    pub const TOKEN_REQUEST_LIFETIMES: &str = "tokenrequest-lifetimes";
-    pub const TOKEN_REQUEST_KUBELETS: &str = "tokenrequest-kubelets";
-    pub const POD_TOKEN_AUDIENCES: &str = "pod-token-audiences";
-    pub const POD_TOKEN_LIFETIMES: &str = "pod-token-lifetimes";
-    pub const POD_CSI_DRIVERS: &str = "pod-csi-drivers";
-    pub const POD_INJECTIONS: &str = "pod-injections";
-    pub const CSI_DRIVER_LISTED: &str = "csidriver-listed";
-    pub const CSI_DRIVER_AUDIENCES: &str = "csidriver-audiences";
-    pub const CSI_DRIVER_LIFETIMES: &str = "csidriver-lifetimes";
-    pub const CSI_DRIVER_REPUBLISH: &str = "csidriver-republish";
-    pub const CSI_DRIVER_TOKEN_IN_SECRETS: &str = "csidriver-token-in-secrets";
-    pub const LEGACY_TOKENS: &str = "legacy-token-secrets";
-    pub const WORKLOAD_TEMPLATES: &str = "workload-templates";
-}
+/// The rules, named as violations and the native policies' messages name them.
+pub use crate::review::rules;
 
 /// Where a rule is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// A ValidatingAdmissionPolicy, inside the API server.
+    /// A ValidatingAdmissionPolicy (or, for injections, a MutatingAdmissionPolicy), inside the
+    /// API server.
     Native,
     /// tokengate's webhook.
     Webhook,
@@ -35,18 +22,19 @@ pub enum Side {
 const KUBELETS: &str = "a kubelet's request is checked against the pod it is bound to (the pod, its volumes and the CSIDrivers it reaches are lookups), and its automount token is recognised by that pod";
 const CSI: &str =
     "the tokens a CSI driver mints for the pod are listed in the CSIDriver object, which CEL cannot look up";
-const INJECTIONS: &str = "a required injection must be present without collisions (volume, mounts, env), an injection matched by a service-account annotation needs the ServiceAccount (a lookup), and adding it is a mutation";
+const INJECTIONS: &str = "an injection matched by a service-account annotation (or setting a variable from one) needs the ServiceAccount (a lookup); a collision (volume, mounts, env) is refused or warned about, which a mutation cannot do; and a pod on which a native injection collides, or that another injection may match, is planned by the webhook whole";
 const TEMPLATES: &str = "on UPDATE only violations the old template lacked count, and the pod checks on a template include the lookups above (an early warning, failurePolicy Ignore)";
 
 /// Every rule: its subject, and why it stays in the webhook whatever the policy (`None`: native
 /// unless its CEL is over the cost budget).
-pub const RULES: [(&str, Subject, Option<&str>); 14] = [
+pub const RULES: [(&str, Subject, Option<&str>); 15] = [
     (rules::TOKEN_REQUEST_AUDIENCES, Subject::TokenRequest, None),
     (rules::TOKEN_REQUEST_LIFETIMES, Subject::TokenRequest, None),
     (rules::TOKEN_REQUEST_KUBELETS, Subject::TokenRequest, Some(KUBELETS)),
     (rules::POD_TOKEN_AUDIENCES, Subject::Pod, None),
     (rules::POD_TOKEN_LIFETIMES, Subject::Pod, None),
     (rules::POD_CSI_DRIVERS, Subject::Pod, Some(CSI)),
+    (rules::POD_NATIVE_INJECTIONS, Subject::Pod, None),
     (rules::POD_INJECTIONS, Subject::Pod, Some(INJECTIONS)),
     (rules::CSI_DRIVER_LISTED, Subject::CsiDriver, None),
     (rules::CSI_DRIVER_AUDIENCES, Subject::CsiDriver, None),
@@ -67,13 +55,13 @@ pub struct Placement {
     pub why: String,
 }
 
-/// Every rule of [`RULES`], placed: native when its subject's policy was built (`over_budget`
-/// says why a subject's was not), the webhook otherwise.
-pub fn split(over_budget: impl Fn(Subject) -> Option<String>) -> Vec<Placement> {
+/// Every rule of [`RULES`], placed: native when its policy was built (`not_built` says why a
+/// rule's policy was not), the webhook otherwise.
+pub fn split(not_built: impl Fn(&'static str, Subject) -> Option<String>) -> Vec<Placement> {
     RULES
         .iter()
         .map(|&(rule, subject, never)| {
-            let why = never.map(str::to_string).or_else(|| over_budget(subject));
+            let why = never.map(str::to_string).or_else(|| not_built(rule, subject));
             let side = if why.is_some() { Side::Webhook } else { Side::Native };
             Placement { rule, subject, side, why: why.unwrap_or_default() }
         })
