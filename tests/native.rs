@@ -14,7 +14,6 @@
 mod admission_cel;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use admission_cel::*;
 use proptest::prelude::*;
@@ -41,32 +40,6 @@ enum Outcome {
     Skipped(String),
     /// Evaluated: the rule of every failed validation, with its message.
     Evaluated(Vec<(&'static str, String)>),
-}
-
-/// A CEL context with the strings extension (`join`), which the API server's CEL has.
-fn context(request: &Value, variables: &HashMap<String, cel::Value>) -> cel::Context<'static, 'static> {
-    let mut env = cel::Env::stdlib();
-    cel::extensions::strings(&mut env).expect("strings extension");
-    let mut context = cel::Context::with_env(Arc::new(env));
-    context.add_variable_from_value("request", to_cel(request));
-    context.add_variable_from_value("object", to_cel(&request["object"]));
-    context.add_variable_from_value("oldObject", to_cel(&request["oldObject"]));
-    context.add_variable_from_value("params", cel::Value::Null);
-    context.add_variable_from_value("namespaceObject", cel::Value::Null);
-    context.add_variable_from_value("variables", cel::Value::from(variables.clone()));
-    context
-}
-
-fn run(expression: &str, request: &Value, variables: &HashMap<String, cel::Value>) -> Result<cel::Value, String> {
-    let program = cel::Program::compile(expression).map_err(|e| format!("does not compile: {e:?}\n{expression}"))?;
-    program.execute(&context(request, variables)).map_err(|e| format!("fails: {e:?}\n{expression}\nrequest: {request}"))
-}
-
-fn run_bool(expression: &str, request: &Value, variables: &HashMap<String, cel::Value>) -> Result<bool, String> {
-    match run(expression, request, variables)? {
-        cel::Value::Bool(b) => Ok(b),
-        other => Err(format!("{expression} is {other:?}, not a bool")),
-    }
 }
 
 /// Evaluates `native` on `request` as the API server does (`validator.go` `Validate`).

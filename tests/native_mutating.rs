@@ -16,7 +16,6 @@
 mod admission_cel;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use admission_cel::*;
 use base64::Engine;
@@ -100,25 +99,6 @@ fn without_typed_objects(expression: &str) -> String {
         i += 1;
     }
     out
-}
-
-/// A CEL context with the strings extension, as the API server's CEL has it.
-fn context(request: &Value, variables: &HashMap<String, cel::Value>) -> cel::Context<'static, 'static> {
-    let mut env = cel::Env::stdlib();
-    cel::extensions::strings(&mut env).expect("strings extension");
-    let mut context = cel::Context::with_env(Arc::new(env));
-    context.add_variable_from_value("request", to_cel(request));
-    context.add_variable_from_value("object", to_cel(&request["object"]));
-    context.add_variable_from_value("oldObject", to_cel(&request["oldObject"]));
-    context.add_variable_from_value("params", cel::Value::Null);
-    context.add_variable_from_value("namespaceObject", cel::Value::Null);
-    context.add_variable_from_value("variables", cel::Value::from(variables.clone()));
-    context
-}
-
-fn run(expression: &str, request: &Value, variables: &HashMap<String, cel::Value>) -> Result<cel::Value, String> {
-    let program = cel::Program::compile(expression).map_err(|e| format!("does not compile: {e:?}\n{expression}"))?;
-    program.execute(&context(request, variables)).map_err(|e| format!("fails: {e:?}\n{expression}\nrequest: {request}"))
 }
 
 /// A CEL value as JSON (what a JSONPatch value becomes).

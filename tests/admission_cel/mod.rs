@@ -298,3 +298,33 @@ pub fn rule_covers(rule: &tokengate::webhooks::Rule, request: &Value) -> bool {
         && has(&rule.operations, request["operation"].as_str().unwrap_or_default())
         && scope_ok
 }
+
+/// A CEL context as the API server's admission policies have it: the request, object and
+/// oldObject, no params or namespace object, the variables so far, and the strings extension
+/// (`join`).
+pub fn context(request: &Value, variables: &HashMap<String, cel::Value>) -> cel::Context<'static, 'static> {
+    let mut env = cel::Env::stdlib();
+    cel::extensions::strings(&mut env).expect("strings extension");
+    let mut context = cel::Context::with_env(Arc::new(env));
+    context.add_variable_from_value("request", to_cel(request));
+    context.add_variable_from_value("object", to_cel(&request["object"]));
+    context.add_variable_from_value("oldObject", to_cel(&request["oldObject"]));
+    context.add_variable_from_value("params", cel::Value::Null);
+    context.add_variable_from_value("namespaceObject", cel::Value::Null);
+    context.add_variable_from_value("variables", cel::Value::from(variables.clone()));
+    context
+}
+
+/// Compiles and runs `expression` in [`context`].
+pub fn run(expression: &str, request: &Value, variables: &HashMap<String, cel::Value>) -> Result<cel::Value, String> {
+    let program = cel::Program::compile(expression).map_err(|e| format!("does not compile: {e:?}\n{expression}"))?;
+    program.execute(&context(request, variables)).map_err(|e| format!("fails: {e:?}\n{expression}\nrequest: {request}"))
+}
+
+/// Runs `expression`, which must be a boolean (a match condition or a validation).
+pub fn run_bool(expression: &str, request: &Value, variables: &HashMap<String, cel::Value>) -> Result<bool, String> {
+    match run(expression, request, variables)? {
+        cel::Value::Bool(b) => Ok(b),
+        other => Err(format!("{expression} is {other:?}, not a bool")),
+    }
+}
