@@ -1,4 +1,4 @@
-//! Well-known annotations, labels and Secret types.
+//! Well-known annotations, labels and Secret types, Kubernetes' and tokengate's own.
 
 /// The annotation the kubelet puts on mirror pods of static pods.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -6,6 +6,9 @@ pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 pub const SERVICE_ACCOUNT_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
 /// The Secret type the token controller fills with a token that never expires.
 pub const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+/// The pod annotation listing injections (comma-separated) that the pod opts out of; honoured
+/// only for injections with `required: false`.
+pub const SKIP_ANNOTATION: &str = "tokengate.dev/skip-injection";
 /// The label the control plane sets on every namespace to its name (it cannot be spoofed).
 pub const METADATA_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 

@@ -15,9 +15,7 @@ use super::{rules, Violation};
 use crate::k8s;
 use crate::policy::{expiration_or_default, EnvSource, InjectedEnv, Injection, Policy};
 
-/// Pod annotation listing injections (comma-separated) that the pod opts out of; honoured
-/// only for injections with `required: false`.
-pub const SKIP_ANNOTATION: &str = "tokengate.dev/skip-injection";
+pub use crate::k8s::names::SKIP_ANNOTATION;
 
 /// A container of the pod: `containers[i]` or `initContainers[i]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -13,6 +13,7 @@ mod pod;
 mod pod_lists;
 pub mod pod_view;
 pub mod rules;
+mod text;
 mod token_request;
 
 use std::fmt;

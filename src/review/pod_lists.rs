@@ -11,7 +11,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::pod_view::{AppendTo, Text};
+use super::text::{AppendTo, Text};
 use crate::k8s::{tokens, volumes};
 
 const TOO_LARGE: &str = "over 4 GiB in one list of a pod";

@@ -15,13 +15,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::OnceLock;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::inject::SKIP_ANNOTATION;
 pub use super::pod_lists::{Container, Containers, EnvVar, TokenSource, Volume, VolumeMount, Volumes};
+use super::text::AppendTo;
+pub use super::text::Text;
 use super::WorkloadKind;
-use crate::k8s::names::{service_account_named, MIRROR_ANNOTATION};
+use crate::k8s::names::{service_account_named, MIRROR_ANNOTATION, SKIP_ANNOTATION};
 use crate::policy::globs::SelectorTerm;
 use crate::policy::Policy;
 
@@ -194,30 +195,6 @@ impl<'de> Deserialize<'de> for SkippedString {
     }
 }
 
-/// Reads a string onto the end of another, with no allocation of its own.
-pub(super) struct AppendTo<'s>(pub(super) &'s mut String);
-
-impl<'de> DeserializeSeed<'de> for AppendTo<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for AppendTo<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_str<E: de::Error>(self, value: &str) -> Result<(), E> {
-        self.0.push_str(value);
-        Ok(())
-    }
-}
-
 /// `spec` of a Pod.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -249,82 +226,6 @@ impl PodSpec {
 
     pub fn init_containers(&self) -> &Containers {
         self.init_containers.as_ref().unwrap_or(&NO_CONTAINERS)
-    }
-}
-
-/// A string read from a pod: up to 22 bytes in place, a longer one in an allocation of its own
-/// length. Names and paths are short; a `String` would add an allocation to each, and a pod
-/// can list hundreds of thousands of them.
-#[derive(Clone)]
-pub enum Text {
-    Inline(u8, [u8; INLINE_BYTES]),
-    Heap(Box<str>),
-}
-
-/// The longest [`Text`] kept in place.
-const INLINE_BYTES: usize = 22;
-
-impl Text {
-    pub fn as_str(&self) -> &str {
-        match self {
-            Text::Inline(len, bytes) => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).expect("only whole strings are kept in place")
-            }
-            Text::Heap(text) => text,
-        }
-    }
-}
-
-impl From<&str> for Text {
-    fn from(text: &str) -> Self {
-        match u8::try_from(text.len()) {
-            Ok(len) if text.len() <= INLINE_BYTES => {
-                let mut bytes = [0; INLINE_BYTES];
-                bytes[..text.len()].copy_from_slice(text.as_bytes());
-                Text::Inline(len, bytes)
-            }
-            _ => Text::Heap(text.into()),
-        }
-    }
-}
-
-impl Default for Text {
-    fn default() -> Self {
-        Text::from("")
-    }
-}
-
-impl std::ops::Deref for Text {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl PartialEq for Text {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for Text {}
-
-impl PartialEq<String> for Text {
-    fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<str> for Text {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl fmt::Debug for Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
