@@ -1024,8 +1024,8 @@ native_restore() {
   done
   ok "deleting the native policies" k delete -f "$NATIVE_POLICIES" --ignore-not-found || return 1
   # Every object of the file, the MutatingAdmissionPolicy and its binding included, must be gone.
-  if ! names=$(k get -f "$NATIVE_POLICIES" --ignore-not-found -o name 2>&1) || [[ -n $names ]]; then
-    note "native policies still there after kubectl delete:" "$names"
+  if ! names=$(k get -f "$NATIVE_POLICIES" --ignore-not-found -o name 2>"$work/native-left.err") || [[ -n $names ]]; then
+    note "native policies still there after kubectl delete (or kubectl get failed):" "$names" "$(cat "$work/native-left.err")"
     return 1
   fi
   native_applied=0
