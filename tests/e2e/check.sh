@@ -17,11 +17,16 @@
 #   - the policy only in manifests/policy, in mode Warn: no other install applies it;
 #   - tests/e2e/policy.yaml valid (tokengate policy validate) and its derived variants as
 #     expected;
-#   - tokengate webhooks --native for each shipped example policy valid for Kubernetes 1.37.0;
+#   - tokengate webhooks --native for each shipped example policy and for the native phase's policy
+#     (scenarios.sh --render: policies/native.yaml) valid for Kubernetes 1.37.0; for the latter,
+#     the MutatingAdmissionPolicy tokengate-pod-injections and its binding printed, and the
+#     narrowed webhook configurations keeping pods.mutate only for what the policy leaves to it;
 #   - the objects the scenarios create (scenarios.sh --render) valid for Kubernetes 1.37.0 and
-#     judged by tokengate check as the scenarios expect: admitted ones pass, each denied one fails;
-#   - tests/e2e/kind.sh --dry-run and tests/e2e/local.sh --dry-run exit 0 and print the commands
-#     they are meant to run;
+#     judged by tokengate check as the scenarios expect: admitted ones pass, each denied one fails,
+#     of the injection pods only the one with a colliding volume fails;
+#   - tests/e2e/kind.sh --dry-run (with the work tree's tokengate as TOKENGATE_BIN, so that it
+#     lists the native objects, the MutatingAdmissionPolicy among them) and tests/e2e/local.sh
+#     --dry-run exit 0 and print the commands they are meant to run;
 #   - the Helm chart (charts/tokengate): helm lint --strict and helm template with its defaults and
 #     each values file under charts/tokengate/ci/, every render valid for Kubernetes 1.37.0, each
 #     holding the same objects as its kustomize counterpart (tests/e2e/chart_matches_kustomize.py:
@@ -243,11 +248,12 @@ render_scenario_objects() {
 
 validate_scenario_objects() {
   local -a files
-  mapfile -t files < <(find "$work/objects/admitted" "$work/objects/denied" -name '*.yaml' | sort)
+  mapfile -t files < <(find "$work/objects/admitted" "$work/objects/denied" "$work/objects/injections" -name '*.yaml' | sort)
   validate_objects "${files[@]}"
 }
 
-# The native policies (tokengate webhooks --native) of each shipped example policy.
+# The native policies (tokengate webhooks --native) of each shipped example policy and of the
+# native phase's policy (as kind.sh prints them for Kubernetes 1.36).
 validate_native_policies() {
   local policy out
   mkdir -p "$work/native"
@@ -255,7 +261,40 @@ validate_native_policies() {
     out="$work/native/$(echo "$policy" | tr / -)"
     tokengate webhooks --native --policy "$policy" > "$out"
   done
+  tokengate webhooks --native --kubernetes-version 1.36 --policy "$work/objects/policies/native.yaml" \
+    > "$work/native/native-phase.yaml"
   validate_objects "$work"/native/*.yaml
+}
+
+# What the native phase applies: the MutatingAdmissionPolicy adding azure-workload-identity
+# (aws-web-identity, narrowed to aws-*, stays in the webhook), and narrowed webhook configurations
+# in which pods.mutate is called only for what the policy leaves to it.
+check_native_phase_objects() {
+  local native=$work/native/native-phase.yaml narrowed=$work/native-phase-narrowed.yaml kind want result=0
+  for kind in MutatingAdmissionPolicy MutatingAdmissionPolicyBinding; do
+    grep -A2 -x "kind: $kind" "$native" | grep -qx '  name: tokengate-pod-injections' ||
+      { echo "webhooks --native prints no $kind tokengate-pod-injections for the native phase's policy"; result=1; }
+  done
+  for want in '# - azure-workload-identity: native (tokengate-pod-injections)' '# - aws-web-identity: webhook: '; do
+    grep -qF -- "$want" "$native" || { echo "the native header lacks: $want"; result=1; }
+  done
+  tokengate webhooks --narrowed --kubernetes-version 1.36 --policy "$work/objects/policies/native.yaml" \
+    --service tokengate-system/tokengate > "$narrowed"
+  for want in '- name: pods.mutate.tokengate.dev' '  - name: skip-pods-the-native-injections-cover' \
+    '- name: pods.validate.tokengate.dev' '- name: tokenrequests.validate.tokengate.dev'; do
+    grep -qxF -- "$want" "$narrowed" || { echo "the narrowed configurations lack: $want"; result=1; }
+  done
+  for want in '- name: csidrivers.validate.tokengate.dev' '- name: secrets.validate.tokengate.dev'; do
+    if grep -qxF -- "$want" "$narrowed"; then echo "the narrowed configurations still hold: $want"; result=1; fi
+  done
+  # Without the MutatingAdmissionPolicy (1.35), pods.mutate receives every pod an injection may match.
+  tokengate webhooks --narrowed --kubernetes-version 1.35 --policy "$work/objects/policies/native.yaml" \
+    --service tokengate-system/tokengate > "$narrowed.35"
+  if grep -qF 'skip-pods-the-native-injections-cover' "$narrowed.35"; then
+    echo "narrowed for 1.35, pods.mutate still counts on a MutatingAdmissionPolicy"; result=1
+  fi
+  validate_objects "$narrowed"
+  return "$result"
 }
 
 # Every object the scenarios expect to be admitted passes tokengate check.
@@ -270,6 +309,16 @@ check_denied() {
     expect_status 1 tokengate check --policy tests/e2e/policy.yaml --objects "$work/objects/admitted/namespaces.yaml" "$file" ||
       result=1
   done
+  # The injection pods: only the one whose own volume has the injection's volume name is refused.
+  for file in "$work"/objects/injections/*.yaml; do
+    if [[ $file == *colliding* ]]; then
+      expect_status 1 tokengate check --policy tests/e2e/policy.yaml --objects "$work/objects/admitted/namespaces.yaml" "$file" ||
+        result=1
+    else
+      expect_status 0 tokengate check --policy tests/e2e/policy.yaml --objects "$work/objects/admitted/namespaces.yaml" "$file" ||
+        result=1
+    fi
+  done
   # The readiness probes of kind.sh and local.sh run before the test policy is installed: the
   # shipped policy (mode Warn: exit 0) must report them, so that tokengate answers with a warning.
   local report
@@ -278,6 +327,13 @@ check_denied() {
     [[ -n $report ]] || { echo "the shipped policy reports nothing on $file"; result=1; }
   done
   return "$result"
+}
+
+# kind.sh --dry-run with this work tree's tokengate (built here) as TOKENGATE_BIN, so that it lists
+# the objects of the native phase.
+kind_dry_run_prints() {
+  cargo build --quiet
+  TOKENGATE_BIN=${CARGO_TARGET_DIR:-target}/debug/tokengate dry_run_prints tests/e2e/kind.sh "$@"
 }
 
 # A dry run must succeed and print the commands that matter.
@@ -512,13 +568,14 @@ check "tests/e2e/policy.yaml is a valid policy" tokengate policy validate tests/
 check "render the scenario objects (scenarios.sh --render)" render_scenario_objects
 check "scenario objects valid for Kubernetes $K8S_VERSION" validate_scenario_objects
 check "native policies (webhooks --native) valid for Kubernetes $K8S_VERSION" validate_native_policies
+check "the native phase's objects: the MutatingAdmissionPolicy, pods.mutate narrowed beside it" check_native_phase_objects
 check "the policy variant allowing evil.example.com is valid" tokengate policy validate "$work/objects/policies/evil.yaml"
 check "the garbage policy is refused" expect_status 1 tokengate policy validate "$work/objects/policies/garbage.yaml"
-check "the native phase's policy (the test policy without injections) is valid" \
+check "the native phase's policy (the test policy, IRSA narrowed to aws-*) is valid" \
   tokengate policy validate "$work/objects/policies/native.yaml"
 check "objects the scenarios expect admitted pass tokengate check" check_admitted
 check "objects the scenarios expect denied fail tokengate check" check_denied
-check "tests/e2e/kind.sh --dry-run" dry_run_prints tests/e2e/kind.sh \
+check "tests/e2e/kind.sh --dry-run" kind_dry_run_prints \
   "kind create cluster --name tokengate-e2e --config tests/e2e/kind-config.yaml" \
   "docker build -t tokengate:dev" \
   "kubectl create --save-config -k manifests/policy" \
@@ -530,6 +587,11 @@ check "tests/e2e/kind.sh --dry-run" dry_run_prints tests/e2e/kind.sh \
   "MODE=cluster" \
   "webhooks --policy - --native" \
   "webhooks --policy - --narrowed --service tokengate-system/tokengate" \
+  "--kubernetes-version 1.36" \
+  "#   ValidatingAdmissionPolicy tokengate-pods" \
+  "#   MutatingAdmissionPolicy tokengate-pod-injections" \
+  "#   MutatingAdmissionPolicyBinding tokengate-pod-injections" \
+  "#   MutatingWebhookConfiguration pods.mutate.tokengate.dev" \
   "tests/e2e/scenarios.sh --native" \
   "kind delete cluster --name tokengate-e2e"
 check "tests/e2e/local.sh --dry-run" dry_run_prints tests/e2e/local.sh \

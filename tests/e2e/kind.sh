@@ -180,8 +180,9 @@ server_minor() {
   kubectl get --raw /version | sed -n 's/^ *"minor": *"\([0-9]*\).*/\1/p'
 }
 
-# native_preview: under --dry-run, what the native phase would apply, printed by a local tokengate
-# binary ($TOKENGATE_BIN, or tokengate on PATH) when there is one.
+# native_preview: under --dry-run, what the native phase would apply on Kubernetes
+# 1.$NATIVE_MIN_MINOR, printed by a local tokengate binary ($TOKENGATE_BIN, or tokengate on PATH)
+# when there is one.
 native_preview() {
   local bin=${TOKENGATE_BIN:-$(command -v tokengate || true)} preview
   if [[ -z $bin || ! -x $bin ]]; then
@@ -190,15 +191,19 @@ native_preview() {
   fi
   preview=$(mktemp -d)
   tests/e2e/scenarios.sh --render "$preview" >/dev/null
-  echo "# the native phase would apply ($bin webhooks --native):"
-  "$bin" webhooks --native --policy "$preview/policies/native.yaml" |
+  echo "# the native phase would apply ($bin webhooks --native --kubernetes-version 1.$NATIVE_MIN_MINOR):"
+  "$bin" webhooks --native --kubernetes-version "1.$NATIVE_MIN_MINOR" --policy "$preview/policies/native.yaml" |
     awk '/^kind:/ { kind = $2 } /^  name:/ && kind { print "#   " kind " " $2; kind = "" }'
   echo "# and would replace the webhook configurations with these webhooks ($bin webhooks --narrowed):"
-  "$bin" webhooks --narrowed --policy "$preview/policies/native.yaml" --service "$SYSTEM_NAMESPACE/tokengate" |
+  "$bin" webhooks --narrowed --kubernetes-version "1.$NATIVE_MIN_MINOR" --policy "$preview/policies/native.yaml" \
+    --service "$SYSTEM_NAMESPACE/tokengate" |
     awk '/^kind:/ { kind = $2 } /^- name:/ { print "#   " kind " " $3 }'
-  echo "# then: wait for status.typeChecking at status.observedGeneration, kubectl scale deployment/tokengate --replicas=0,"
-  echo "# kubectl replace -f the narrowed configurations, the native scenarios, scale tokengate back up (it registers"
-  echo "# its full webhook configurations) and kubectl delete -f the native policies (tests/e2e/scenarios.sh --native)"
+  echo "# then: wait for the ValidatingAdmissionPolicies' status.typeChecking at status.observedGeneration,"
+  echo "# kubectl scale deployment/tokengate --replicas=0, kubectl replace -f the narrowed configurations, wait for a"
+  echo "# dry-run pod denied by the pods policy and for a dry-run pod injected by the MutatingAdmissionPolicy (it has"
+  echo "# no status), the native scenarios, scale tokengate back up (it registers its full webhook configurations)"
+  echo "# and kubectl delete -f the native policies, the MutatingAdmissionPolicy and its binding included"
+  echo "# (tests/e2e/scenarios.sh --native)"
   rm -rf "$preview"
 }
 
@@ -208,20 +213,27 @@ if ((!dry_run)); then native_minor=$(server_minor); fi
 if ((!dry_run)) && [[ -z $native_minor || $native_minor -lt $NATIVE_MIN_MINOR ]]; then
   echo "native phase not run: the API server is Kubernetes 1.${native_minor:-?}, the phase needs 1.$NATIVE_MIN_MINOR or newer (KIND_NODE_IMAGE)"
 else
-  # The image's binary prints both from the test policy without its injections
-  # (scenarios.sh --render wrote it): the native policies, and the webhook configurations
-  # narrowed beside them.
+  # The image's binary prints both from the test policy with its IRSA injection narrowed to
+  # namespaces aws-* (scenarios.sh --render wrote it), for the API server's version: the native
+  # policies (the ValidatingAdmissionPolicies and the MutatingAdmissionPolicy adding the pod-label
+  # injection), and the webhook configurations narrowed beside them.
   native_policy_file=$work/objects/policies/native.yaml
   native_print=(docker run --rm -i "$IMAGE" webhooks --policy -)
   if ((dry_run)); then
-    run_to "$work/native-policies.yaml" "${native_print[@]}" --native
-    run_to "$work/narrowed-webhooks.yaml" "${native_print[@]}" --narrowed --service "$SYSTEM_NAMESPACE/tokengate"
+    # The version the API server reports; 1.$NATIVE_MIN_MINOR shown here.
+    native_minor=$NATIVE_MIN_MINOR
+  fi
+  native_version=(--kubernetes-version "1.$native_minor")
+  if ((dry_run)); then
+    run_to "$work/native-policies.yaml" "${native_print[@]}" --native "${native_version[@]}"
+    run_to "$work/narrowed-webhooks.yaml" "${native_print[@]}" --narrowed --service "$SYSTEM_NAMESPACE/tokengate" \
+      "${native_version[@]}"
     echo "# (both with stdin from $native_policy_file; only on Kubernetes 1.$NATIVE_MIN_MINOR or newer)"
     native_preview
   else
-    run_to "$work/native-policies.yaml" "${native_print[@]}" --native < "$native_policy_file"
+    run_to "$work/native-policies.yaml" "${native_print[@]}" --native "${native_version[@]}" < "$native_policy_file"
     run_to "$work/narrowed-webhooks.yaml" "${native_print[@]}" --narrowed \
-      --service "$SYSTEM_NAMESPACE/tokengate" < "$native_policy_file"
+      --service "$SYSTEM_NAMESPACE/tokengate" "${native_version[@]}" < "$native_policy_file"
   fi
   run env MODE=cluster NATIVE_POLICIES="$work/native-policies.yaml" NARROWED_WEBHOOKS="$work/narrowed-webhooks.yaml" \
     tests/e2e/scenarios.sh --native

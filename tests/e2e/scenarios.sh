@@ -97,6 +97,18 @@ readonly PART_OF=app.kubernetes.io/part-of=tokengate-e2e
 readonly IRSA_VOLUME=aws-iam-token
 readonly IRSA_MOUNT_PATH=/var/run/secrets/eks.amazonaws.com/serviceaccount
 readonly IRSA_TOKEN_FILE=$IRSA_MOUNT_PATH/token
+# What the policy's azure-workload-identity injection adds (tests/e2e/policy.yaml): optional,
+# matched by the pod label below in namespaces e2e-*, fixed values only, so on Kubernetes 1.36+
+# the MutatingAdmissionPolicy of tokengate webhooks --native adds it (docs/native.md).
+readonly AZURE_INJECTION=azure-workload-identity
+readonly AZURE_LABEL=azure.workload.identity/use
+readonly AZURE_VOLUME=azure-identity-token
+readonly AZURE_AUDIENCE=api://AzureADTokenExchange
+readonly AZURE_SECONDS=3600
+readonly AZURE_MOUNT_PATH=/var/run/secrets/azure/tokens
+readonly AZURE_TOKEN_FILE=$AZURE_MOUNT_PATH/azure-identity-token
+readonly AZURE_AUTHORITY_HOST=https://login.microsoftonline.com/
+readonly SKIP_ANNOTATION=tokengate.dev/skip-injection
 # How a tokengate denial reads in kubectl's error (a webhook that cannot be reached also names
 # tokengate, as "failed calling webhook ...tokengate.dev", but never says this).
 readonly DENIAL='denied the request: tokengate:'
@@ -189,7 +201,6 @@ EOF
 # A pod of the IRSA service account with an init container and two containers, none of which
 # mentions the token: the mutating webhook adds it.
 irsa_pod_manifest() {
-  local container
   cat <<EOF
 apiVersion: v1
 kind: Pod
@@ -205,6 +216,13 @@ spec:
     runAsUser: 65532
     seccompProfile: {type: RuntimeDefault}
 EOF
+  three_containers
+}
+
+# The containers of the injection pods: an init container "init", then "app" and "sidecar", none
+# of which mentions a token.
+three_containers() {
+  local container
   for container in initContainers:init containers:app containers:sidecar; do
     if [[ $container == initContainers:* ]]; then echo "  initContainers:"; fi
     if [[ $container == containers:app ]]; then echo "  containers:"; fi
@@ -217,6 +235,45 @@ EOF
         capabilities: {drop: [ALL]}
 EOF
   done
+}
+
+# A pod of $APP_SA with three_containers for the azure-workload-identity injection. $1 name,
+# $2 namespace, then any of: "label" (the pod label the injection matches), "opt-out" (the
+# annotation tokengate.dev/skip-injection naming it), "colliding" (an emptyDir volume with the
+# injection's volume name, which only the webhook may judge).
+azure_pod_manifest() {
+  local name=$1 namespace=$2 label=0 opt_out=0 colliding=0 flag
+  shift 2
+  for flag in "$@"; do
+    case $flag in
+      label) label=1 ;;
+      opt-out) opt_out=1 ;;
+      colliding) colliding=1 ;;
+      *) echo "azure_pod_manifest: unknown flag $flag" >&2; return 1 ;;
+    esac
+  done
+  cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $name
+  namespace: $namespace
+  labels:
+    app.kubernetes.io/part-of: tokengate-e2e
+EOF
+  if ((label)); then echo "    $AZURE_LABEL: \"true\""; fi
+  if ((opt_out)); then printf '  annotations:\n    %s: %s\n' "$SKIP_ANNOTATION" "$AZURE_INJECTION"; fi
+  cat <<EOF
+spec:
+  serviceAccountName: $APP_SA
+  terminationGracePeriodSeconds: 1
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 65532
+    seccompProfile: {type: RuntimeDefault}
+EOF
+  if ((colliding)); then printf '  volumes:\n    - name: %s\n      emptyDir: {}\n' "$AZURE_VOLUME"; fi
+  three_containers
 }
 
 # $1 audience, $2 requiresRepublish
@@ -283,15 +340,21 @@ evil_policy() {
   ' tests/e2e/policy.yaml
 }
 
-# The test policy without its injections, for the native phase: an injection that may match any
-# pod (here: by a service-account annotation, in every namespace) sends every pod to the webhook,
-# which is scaled to zero then (docs/native.md, "What the native side takes from the webhook").
+# The test policy for the native phase: its IRSA injection, matched by a service-account
+# annotation in every namespace, narrowed to namespaces aws-* (which the phase does not use).
+# As it is, every pod may need it and only the webhook can tell, so every pod would go to the
+# webhook, which is scaled to zero then (docs/native.md, "What the native side takes from the
+# webhook"); narrowed, the pods of e2e-tokengate and outside-e2e need no webhook, and the
+# azure-workload-identity injection is added by the MutatingAdmissionPolicy.
 native_policy() {
   awk '
-    $0 == "  injections:" { skip = 1; found = 1; next }
-    skip && /^  [a-zA-Z]/ { skip = 0 }
-    !skip { print }
-    END { if (!found) { print "tests/e2e/policy.yaml has no line \"  injections:\"" > "/dev/stderr"; exit 1 } }
+    $0 == "    - name: aws-web-identity" { irsa = 1 }
+    /^    - name: / && $0 != "    - name: aws-web-identity" { irsa = 0 }
+    irsa && $0 == "        namespaces: [\"*\"]" { print "        namespaces: [\"aws-*\"]"; found = 1; next }
+    { print }
+    END {
+      if (!found) { print "tests/e2e/policy.yaml: no line \"        namespaces: [\"*\"]\" in injection aws-web-identity" > "/dev/stderr"; exit 1 }
+    }
   ' tests/e2e/policy.yaml
 }
 
@@ -331,10 +394,17 @@ if [[ -n $render_dir ]]; then
   # kind.sh's readiness probe: denied by any policy that does not allow this audience.
   pod_manifest probe default default probe.tokengate-e2e.invalid 3600 > "$render_dir/denied/pod-probe.yaml"
   deployment_manifest forbidden "$EVIL_AUDIENCE" > "$render_dir/denied/deployment-forbidden-audience.yaml"
+  # The pods of the injection scenarios (the webhook's, and the native phase's).
+  mkdir -p "$render_dir/injections"
+  azure_pod_manifest azure "$NAMESPACE" label > "$render_dir/injections/pod-azure.yaml"
+  azure_pod_manifest azure-opted-out "$NAMESPACE" label opt-out > "$render_dir/injections/pod-azure-opted-out.yaml"
+  azure_pod_manifest azure-unlabelled "$NAMESPACE" > "$render_dir/injections/pod-azure-unlabelled.yaml"
+  azure_pod_manifest azure-outside "$OUTSIDE_NAMESPACE" label > "$render_dir/injections/pod-azure-outside.yaml"
+  azure_pod_manifest azure-colliding "$NAMESPACE" label colliding > "$render_dir/injections/pod-azure-colliding.yaml"
   evil_policy > "$render_dir/policies/evil.yaml"
   garbage_policy > "$render_dir/policies/garbage.yaml"
   native_policy > "$render_dir/policies/native.yaml"
-  echo "wrote $render_dir/{admitted,denied,policies}"
+  echo "wrote $render_dir/{admitted,denied,injections,policies}"
   exit 0
 fi
 
@@ -450,6 +520,59 @@ invalid_policy_events() {
     -o jsonpath='{range .items[?(@.reason=="InvalidPolicy")]}{.metadata.uid}/{.metadata.resourceVersion}{"\n"}{end}'
 }
 
+# What a pod carries of the azure-workload-identity injection, as kubectl's jsonpath prints it:
+# a line "volume|audience|expirationSeconds|path" per volume of its name, then a line
+# "array|container|mountPath|AZURE_FEDERATED_TOKEN_FILE|AZURE_AUTHORITY_HOST" per container.
+AZURE_REPORT="{range .spec.volumes[?(@.name==\"$AZURE_VOLUME\")]}volume|{.projected.sources[0].serviceAccountToken.audience}|{.projected.sources[0].serviceAccountToken.expirationSeconds}|{.projected.sources[0].serviceAccountToken.path}{\"\\n\"}{end}"
+for array in initContainers containers; do
+  AZURE_REPORT+="{range .spec.${array}[*]}${array}|{.name}|{.volumeMounts[?(@.name==\"$AZURE_VOLUME\")].mountPath}|{.env[?(@.name==\"AZURE_FEDERATED_TOKEN_FILE\")].value}|{.env[?(@.name==\"AZURE_AUTHORITY_HOST\")].value}{\"\\n\"}{end}"
+done
+readonly AZURE_REPORT
+
+# azure_expected injected|nothing: the report of an azure pod (three_containers) that carries the
+# injection (its token volume; mount and variables in app and sidecar, not in the init container,
+# as the injection leaves out init containers) or nothing of it.
+azure_expected() {
+  local container
+  if [[ $1 == injected ]]; then
+    echo "volume|$AZURE_AUDIENCE|$AZURE_SECONDS|$AZURE_VOLUME"
+  fi
+  echo "initContainers|init|||"
+  for container in app sidecar; do
+    if [[ $1 == injected ]]; then
+      echo "containers|$container|$AZURE_MOUNT_PATH|$AZURE_TOKEN_FILE|$AZURE_AUTHORITY_HOST"
+    else
+      echo "containers|$container|||"
+    fi
+  done
+}
+
+# azure_admitted DESCRIPTION injected|nothing NAME NAMESPACE FLAGS...: a server-side dry run of
+# azure_pod_manifest NAME NAMESPACE FLAGS... must be admitted, and the pod the API server returns
+# (after every mutation) carry the injection, or nothing of it.
+azure_admitted() {
+  local what=$1 expected=$2 name=$3 namespace=$4 got want
+  shift 4
+  want=$(azure_expected "$expected")
+  if ! got=$(azure_pod_manifest "$name" "$namespace" "$@" |
+    k create --dry-run=server -o "jsonpath=$AZURE_REPORT" -f - 2>&1); then
+    note "$what was refused; expected it admitted:" "$got"
+    return 1
+  fi
+  if [[ $got != "$want" ]]; then
+    note "$what: expected (volume|audience|seconds|path, array|container|mountPath|AZURE_FEDERATED_TOKEN_FILE|AZURE_AUTHORITY_HOST):" \
+      "$want" "got:" "$got"
+    note "the pod as the API server returned it:" \
+      "$(azure_pod_manifest "$name" "$namespace" "$@" | k create --dry-run=server -o yaml -f - 2>&1)"
+    return 1
+  fi
+  if [[ $expected == injected ]]; then
+    note "$what: volume $AZURE_VOLUME ($AZURE_AUDIENCE, $AZURE_SECONDS s), mount $AZURE_MOUNT_PATH and both variables in app and sidecar, none in init"
+  else
+    note "$what: nothing of $AZURE_INJECTION added"
+  fi
+}
+
 # ---------------------------------------------------------------------------------------------
 # Scenarios. Each returns non-zero on failure and says why.
 
@@ -508,6 +631,17 @@ scenario_injection() {
     return 1
   fi
   note "volume $IRSA_VOLUME, mount $IRSA_MOUNT_PATH and AWS_* env in all $checked containers"
+}
+
+# The webhook adds the pod-label injection, leaves a pod that opts out alone, and refuses a pod
+# whose own volume has the injection's name.
+scenario_label_injection() {
+  azure_admitted "a pod labelled $AZURE_LABEL (dry run)" injected "azure-$run_id" "$NAMESPACE" label || return 1
+  azure_admitted "a labelled pod with $SKIP_ANNOTATION: $AZURE_INJECTION (dry run)" nothing \
+    "azure-opted-out-$run_id" "$NAMESPACE" label opt-out || return 1
+  azure_pod_manifest "azure-colliding-$run_id" "$NAMESPACE" label colliding |
+    denied "a labelled pod with its own volume $AZURE_VOLUME" "$DENIAL" "\"$AZURE_VOLUME\" already exists" -- \
+      k create --dry-run=server -f -
 }
 
 scenario_csidriver_forbidden() {
@@ -834,16 +968,38 @@ narrow_webhooks() {
   note "validating webhooks now: $(k get validatingwebhookconfiguration tokengate -o jsonpath='{.webhooks[*].name}')"
 }
 
+# The MutatingAdmissionPolicy has no status in admissionregistration.k8s.io/v1 (no typeChecking,
+# no observedGeneration): it is in force once a dry-run pod the injection matches comes back with
+# it. Only after the webhooks are narrowed and tokengate is gone can nothing else have added it.
+wait_for_native_injection() {
+  local out want deadline=$((SECONDS + POLICY_WAIT_SECONDS))
+  want=$(azure_expected injected)
+  while ((SECONDS < deadline)); do
+    out=$(azure_pod_manifest "native-injection-probe-$run_id" "$NAMESPACE" label |
+      k create --dry-run=server -o "jsonpath=$AZURE_REPORT" -f - 2>&1) || true
+    if [[ $out == "$want" ]]; then
+      note "MutatingAdmissionPolicy $NATIVE_NAME-pod-injections adds $AZURE_INJECTION"
+      return 0
+    fi
+    sleep 1
+  done
+  note "no $AZURE_INJECTION injection by MutatingAdmissionPolicy $NATIVE_NAME-pod-injections after ${POLICY_WAIT_SECONDS}s; last answer:" "$out"
+  return 1
+}
+
 native_setup() {
   [[ $MODE == cluster ]] || { note "--native needs MODE=cluster (a Deployment to scale to zero)"; return 1; }
   [[ -r $NATIVE_POLICIES && -r $NARROWED_WEBHOOKS ]] ||
     { note "--native needs NATIVE_POLICIES and NARROWED_WEBHOOKS (readable files)"; return 1; }
+  grep -qx 'kind: MutatingAdmissionPolicy' "$NATIVE_POLICIES" ||
+    { note "$NATIVE_POLICIES has no MutatingAdmissionPolicy (printed for a Kubernetes older than 1.36?)"; return 1; }
   native_applied=1
   ok "applying $NATIVE_POLICIES" k apply -f "$NATIVE_POLICIES" || return 1
   wait_for_native_policies || return 1
   scale_tokengate_to_zero || return 1
   narrow_webhooks || return 1
-  wait_for_native_denial
+  wait_for_native_denial || return 1
+  wait_for_native_injection
 }
 
 # Scales tokengate back up (it registers its full webhook configurations again, serve
@@ -867,6 +1023,11 @@ native_restore() {
     sleep 2
   done
   ok "deleting the native policies" k delete -f "$NATIVE_POLICIES" --ignore-not-found || return 1
+  # Every object of the file, the MutatingAdmissionPolicy and its binding included, must be gone.
+  if ! names=$(k get -f "$NATIVE_POLICIES" --ignore-not-found -o name 2>"$work/native-left.err") || [[ -n $names ]]; then
+    note "native policies still there after kubectl delete (or kubectl get failed):" "$names" "$(cat "$work/native-left.err")"
+    return 1
+  fi
   native_applied=0
   wait_for_policy "$EVIL_AUDIENCE=denied" && note "tokengate answers again, with its full webhook configurations"
 }
@@ -909,6 +1070,31 @@ native_scenario_legacy_token_secret() {
       "$NAMESPACE/$APP_SA" "(rule legacy-token-secrets)" -- k create --dry-run=server -f -
 }
 
+native_scenario_injection() {
+  azure_admitted "a pod labelled $AZURE_LABEL (dry run)" injected "native-azure-$run_id" "$NAMESPACE" label
+}
+
+native_scenario_injection_opted_out() {
+  azure_admitted "a labelled pod with $SKIP_ANNOTATION: $AZURE_INJECTION (dry run)" nothing \
+    "native-azure-opted-out-$run_id" "$NAMESPACE" label opt-out
+}
+
+native_scenario_injection_not_matching() {
+  azure_admitted "an unlabelled pod in $NAMESPACE (dry run)" nothing "native-azure-unlabelled-$run_id" "$NAMESPACE" || return 1
+  azure_admitted "a labelled pod in $OUTSIDE_NAMESPACE (dry run)" nothing \
+    "native-azure-outside-$run_id" "$OUTSIDE_NAMESPACE" label
+}
+
+# A pod with its own volume named as the injection's is left to the webhook (the policy's
+# skip-pods-the-webhook-must-plan; the narrowed pods.mutate is still called for it): with tokengate
+# at zero that call fails, and the webhook's failurePolicy Fail refuses the pod rather than admit
+# it unjudged. (tokengate itself would refuse it too: the volume collides.)
+native_scenario_injection_colliding() {
+  azure_pod_manifest "native-azure-colliding-$run_id" "$NAMESPACE" label colliding |
+    denied "a labelled pod with its own volume $AZURE_VOLUME" 'failed calling webhook "pods.mutate.tokengate.dev"' -- \
+      k create --dry-run=server -f -
+}
+
 run_native_phase() {
   if ! native_setup; then
     echo "FAIL: native phase: setup"
@@ -921,6 +1107,11 @@ run_native_phase() {
   run_scenario "native: kubectl create token follows the allow-list" native_scenario_token_request
   run_scenario "native: CSIDriver with a forbidden audience is denied" native_scenario_csidriver
   run_scenario "native: legacy token Secret is denied" native_scenario_legacy_token_secret
+  run_scenario "native: pod-label injection is added by the MutatingAdmissionPolicy" native_scenario_injection
+  run_scenario "native: a pod opting out of the injection gets nothing" native_scenario_injection_opted_out
+  run_scenario "native: pods the injection does not match get nothing" native_scenario_injection_not_matching
+  run_scenario "native: a pod with a colliding volume is refused (left to the unreachable webhook)" \
+    native_scenario_injection_colliding
   run_scenario "native: tokengate scaled back up registers its full webhooks" native_restore
 }
 
@@ -1045,6 +1236,7 @@ run_scenario "pod with a forbidden audience is denied" scenario_forbidden_audien
 run_scenario "vault outside e2e-* namespaces is denied" scenario_namespace_denial
 run_scenario "token lifetime above the audience's maximum is denied" scenario_lifetime_denial
 run_scenario "IRSA injection adds volume, mounts and env" scenario_injection
+run_scenario "pod-label injection: added, opted out, refused on a colliding volume" scenario_label_injection
 run_scenario "CSIDriver with a forbidden audience or without republish is denied" scenario_csidriver_forbidden
 run_scenario "CSIDriver secrets-store with republish is admitted" scenario_csidriver_allowed
 run_scenario "kubectl create token follows the allow-list" scenario_token_request
