@@ -1,6 +1,8 @@
 //! Who decides each credential that `explain` and `check` report: the API server (a native
-//! ValidatingAdmissionPolicy of `tokengate webhooks --native`) or the webhook, and why, read from
-//! `webhooks::native::split` for the policy by the rules that judge that credential.
+//! ValidatingAdmissionPolicy of `tokengate webhooks --native`, and for an injection the
+//! MutatingAdmissionPolicy that adds it) or the webhook, and why, read from
+//! `webhooks::native::split` and `Native::injections` for the policy by the rules that judge that
+//! credential.
 //!
 //! Placement lives in one place (`split`); this module only says which rules judge which
 //! credential, and annotates the rows of `explain` and the findings of `check` with the result.
@@ -44,6 +46,7 @@ impl WhoDecides {
                 rules: judged_by.iter().map(|rule| rule.to_string()).collect(),
                 native_policy: None,
                 webhook_reason: Some("the object could not be read, so no rule could judge it".to_string()),
+                mutating_policy: None,
             };
         }
         if webhook.is_empty() {
@@ -59,6 +62,7 @@ impl WhoDecides {
                 rules: placed.iter().map(|p| p.rule.to_string()).collect(),
                 native_policy,
                 webhook_reason: None,
+                mutating_policy: None,
             };
         }
         let mut reasons: Vec<&str> = Vec::new();
@@ -72,14 +76,34 @@ impl WhoDecides {
             rules: webhook.iter().map(|p| p.rule.to_string()).collect(),
             native_policy: None,
             webhook_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+            mutating_policy: None,
         }
+    }
+
+    /// Who decides the token of injection `name`: when the MutatingAdmissionPolicy adds it
+    /// (`Native::injections` places it there and the policy was built), that policy, with the
+    /// pod's token rules for its audience and lifetime; the webhook's injection rules otherwise.
+    fn decide_injected(&self, name: &str) -> DecidedBy {
+        let native_injection = self.native.injections.iter().any(|i| i.name == name && i.webhook_because.is_none());
+        let Some(mutating) = self.native.mutating.first().filter(|_| native_injection) else {
+            return self.decide(INJECTED_TOKEN);
+        };
+        let mut decided = self.decide(POD_TOKEN);
+        if decided.decided_by == Decider::Native {
+            decided.rules.insert(0, rules::POD_NATIVE_INJECTIONS.to_string());
+        }
+        decided.mutating_policy = Some(mutating.policy.metadata.name.clone());
+        decided
     }
 
     /// Sets who decides every credential row, and every CSIDriver and legacy token Secret.
     pub fn annotate_explained(&self, report: &mut explain::Report) {
         for object in &mut report.objects {
             for row in &mut object.credentials {
-                row.decided = Some(self.decide(row_rules(row)));
+                row.decided = Some(match (row.source, &row.injection) {
+                    (Source::Projected, Some(injection)) => self.decide_injected(&injection.name),
+                    _ => self.decide(row_rules(row)),
+                });
             }
             object.decided = object_rules(&object.kind).map(|judged_by| self.decide(judged_by));
         }

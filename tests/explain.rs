@@ -314,3 +314,43 @@ fn check_says_who_decides_each_violation_in_json_sarif_and_its_summary() {
         results.iter().filter(|r| r["ruleId"] == "violation").map(|r| &r["properties"]["decidedBy"]).collect();
     assert_eq!(deciders, [&json!("native"), &json!("webhook")]);
 }
+
+/// An injection matched by namespace is added by the MutatingAdmissionPolicy: its token row names
+/// it, and the pods' ValidatingAdmissionPolicy that judges the token. The shipped policy's
+/// annotation-matched `aws-web-identity` stays with the webhook (above).
+#[test]
+fn a_token_the_native_injections_add_names_the_mutating_admission_policy() {
+    let dir = std::env::temp_dir().join(format!("tokengate-explain-map-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  audiences:\n  - {audience: vault, namespaces: ['team-*']}\n  injections:\n  - {name: vault, match: {namespaces: ['team-*']}, volume: {name: vault-token, audience: vault, expirationSeconds: 3600, path: token}, mount: {mountPath: /var/run/secrets/vault}, env: [{name: VAULT_ADDR, value: 'https://vault:8200'}]}\n",
+    )
+    .expect("policy written");
+    let pod = dir.join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: team-a}\nspec:\n  automountServiceAccountToken: false\n  containers: [{name: app, image: app}]\n",
+    )
+    .expect("pod written");
+    let (policy, pod) = (policy.to_str().expect("UTF-8"), pod.to_str().expect("UTF-8"));
+    let json = tokengate(&["explain", "--policy", policy, "--native-name", "tg", "--output", "json", pod]);
+    let report: Value = serde_json::from_slice(&json.stdout).expect("JSON report");
+    let rows = rows_of(&report, "web");
+    let injected = rows.iter().find(|r| r["injection"]["name"] == "vault").expect("injected row");
+    assert_eq!(injected["decidedBy"], "native", "{injected}");
+    assert_eq!(injected["mutatingPolicy"], "tg-pod-injections");
+    assert_eq!(injected["nativePolicy"], "tg-pods");
+    assert_eq!(
+        injected["rules"],
+        json!(["pod-injections-by-namespace-and-labels", "pod-token-audiences", "pod-token-lifetimes"])
+    );
+    let text = tokengate(&["explain", "--policy", policy, "--native-name", "tg", pod]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("decided by the API server (added by MutatingAdmissionPolicy tg-pod-injections, rule pod-injections-by-namespace-and-labels; judged by ValidatingAdmissionPolicy tg-pods, rules pod-token-audiences, pod-token-lifetimes) when the native policies are applied (tokengate webhooks --native); the webhook otherwise"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).expect("temporary directory removed");
+}

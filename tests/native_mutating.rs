@@ -494,3 +494,72 @@ fn injections_needing_the_webhook_say_why() {
     let placed = native.split.iter().find(|p| p.rule == native::split::rules::POD_NATIVE_INJECTIONS).expect("placed");
     assert!(placed.why.contains("may match every pod"), "{placed:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Figures (docs/native.md "Cost"): `cargo test --test native_mutating figures -- --nocapture`
+// ---------------------------------------------------------------------------------------------
+
+/// A policy with `count` lookup-free injections sharing nothing, optional, each into every
+/// container and init container with two variables, in `team-*` namespaces or by a pod label.
+fn lookup_free_injections(count: usize) -> Policy {
+    let injections: Vec<String> = (0..count)
+        .map(|i| {
+            let matched = if i % 2 == 0 { "namespaces: ['team-*']".to_string() } else { format!("podSelector: {{matchLabels: {{use-{i}: 'true'}}}}") };
+            format!("  - {{name: inject-{i}, match: {{{matched}}}, volume: {{name: token-{i}, audience: aud-{i}, expirationSeconds: 3600, path: token}}, mount: {{mountPath: /var/run/secrets/inject-{i}, initContainers: true}}, env: [{{name: TOKEN_FILE_{i}, value: /var/run/secrets/inject-{i}/token}}, {{name: ADDR_{i}, value: 'https://service-{i}:8200'}}]}}")
+        })
+        .collect();
+    let audiences: Vec<String> = (0..count).map(|i| format!("  - {{audience: aud-{i}}}")).collect();
+    let text = format!(
+        "apiVersion: tokengate.dev/v1alpha1\nkind: TokenPolicy\nspec:\n  audiences:\n{}\n  injections:\n{}\n",
+        audiences.join("\n"),
+        injections.join("\n")
+    );
+    Policy::parse(&text).unwrap_or_else(|e| panic!("invalid: {e}\n{text}"))
+}
+
+/// The MutatingAdmissionPolicy's cost bound and size for 1, 5 and 20 lookup-free injections, and
+/// where the injections go past its limits.
+#[test]
+fn figures_cost_of_native_injections() {
+    use tokengate::webhooks::native::cost::{estimate_mutating, MUTATING_MIN_ITEMS};
+    for count in [1usize, 5, 20, 40] {
+        let native = native_for(&lookup_free_injections(count), "tokengate", ServedApis::ALL);
+        let Some(mutating) = native.mutating.first() else {
+            let placed =
+                native.split.iter().find(|p| p.rule == native::split::rules::POD_NATIVE_INJECTIONS).expect("placed");
+            println!("{count} injections: left to the webhook: {}", placed.why);
+            assert!(count > 5, "{count} injections: {}", placed.why);
+            continue;
+        };
+        let bytes = serde_yaml_ng::to_string(&mutating.policy).expect("YAML").len();
+        let bound = estimate_mutating(&mutating.policy.spec);
+        println!(
+            "{count} injections: {bytes} bytes, cost <= {} + {} per list entry ({} entries within the limits)",
+            bound.total.fixed, bound.total.per_item, bound.items_within_limits
+        );
+        assert!(bound.items_within_limits >= MUTATING_MIN_ITEMS);
+    }
+}
+
+/// Past the cost limits there is no MutatingAdmissionPolicy: the webhook adds the injections and
+/// the header says why; within them the header prints the policy's bound.
+#[test]
+fn injections_over_the_cost_limits_stay_in_the_webhook() {
+    let native = native_for(&lookup_free_injections(20), "tg", ServedApis::ALL);
+    assert!(native.mutating.is_empty());
+    let placed = native.split.iter().find(|p| p.rule == native::split::rules::POD_NATIVE_INJECTIONS).expect("placed");
+    assert_eq!(placed.side, native::split::Side::Webhook);
+    assert!(placed.why.contains("fewer than") && placed.why.contains("per mutation"), "{placed:?}");
+    let header = native::render::header(&native).join("\n");
+    assert!(header.contains(&format!("- inject-0: webhook: {}", placed.why)), "{header}");
+
+    let native = native_for(&lookup_free_injections(1), "tg", ServedApis::ALL);
+    let header = native::render::header(&native).join("\n");
+    let bound = native::cost::estimate_mutating(&native.mutating[0].policy.spec);
+    let line = format!(
+        "- tg-pod-injections: at most {} per request plus {} per container",
+        bound.total.fixed, bound.total.per_item
+    );
+    assert!(header.contains(&line), "{header}");
+    assert!(header.contains(&format!("({} fit;", bound.items_within_limits)), "{header}");
+}

@@ -118,6 +118,9 @@ pub struct DecidedBy {
     /// Why the webhook decides it, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_reason: Option<String>,
+    /// The MutatingAdmissionPolicy that adds it, for a credential a native injection adds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mutating_policy: Option<String>,
 }
 
 impl DecidedBy {
@@ -125,19 +128,36 @@ impl DecidedBy {
     /// rules pod-token-audiences, pod-token-lifetimes) when the native policies are applied
     /// (tokengate webhooks --native); the webhook otherwise`.
     pub fn describe(&self) -> String {
-        let rules = match self.rules.as_slice() {
+        // The rule of the native injections is named with the MutatingAdmissionPolicy.
+        let judging: Vec<&str> = self
+            .rules
+            .iter()
+            .map(String::as_str)
+            .filter(|r| *r != crate::review::rules::POD_NATIVE_INJECTIONS)
+            .collect();
+        let rules = match judging.as_slice() {
             [one] => format!("rule {one}"),
             many => format!("rules {}", many.join(", ")),
         };
-        match (self.decided_by, &self.native_policy, &self.webhook_reason) {
-            (Decider::Native, Some(policy), _) => format!(
+        let added = self.mutating_policy.as_ref().map(|policy| {
+            format!("MutatingAdmissionPolicy {policy}, rule {}", crate::review::rules::POD_NATIVE_INJECTIONS)
+        });
+        match (self.decided_by, &self.native_policy, &self.webhook_reason, &added) {
+            (Decider::Native, Some(policy), _, Some(added)) => format!(
+                "the API server (added by {added}; judged by ValidatingAdmissionPolicy {policy}, {rules}) when the native policies are applied (tokengate webhooks --native); the webhook otherwise"
+            ),
+            (Decider::Native, Some(policy), _, None) => format!(
                 "the API server (ValidatingAdmissionPolicy {policy}, {rules}) when the native policies are applied (tokengate webhooks --native); the webhook otherwise"
             ),
-            (Decider::Native, None, _) => format!(
+            (Decider::Native, None, _, _) => format!(
                 "the API server ({rules}) when the native policies are applied (tokengate webhooks --native); the webhook otherwise"
             ),
-            (Decider::Webhook, _, Some(why)) => format!("the webhook, even beside the native policies ({rules}): {why}"),
-            (Decider::Webhook, _, None) => format!("the webhook, even beside the native policies ({rules})"),
+            (Decider::Webhook, _, why, Some(added)) => format!(
+                "added in the API server by {added} when the native policies are applied (tokengate webhooks --native); its token judged by the webhook, even beside the native policies ({rules}){}",
+                why.as_ref().map(|why| format!(": {why}")).unwrap_or_default()
+            ),
+            (Decider::Webhook, _, Some(why), None) => format!("the webhook, even beside the native policies ({rules}): {why}"),
+            (Decider::Webhook, _, None, None) => format!("the webhook, even beside the native policies ({rules})"),
         }
     }
 }

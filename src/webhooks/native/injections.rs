@@ -27,8 +27,17 @@ use crate::webhooks::conditions::{self, cel_string, MatchCondition};
 use crate::webhooks::{FailurePolicy, Rule};
 
 /// The containers per array (`containers`, `initContainers`) the policy patches by index; a pod
-/// with more goes to the webhook.
-pub const INDEXED_CONTAINERS: usize = 64;
+/// with more goes to the webhook. Its CEL iterates containers only up to this count (the check
+/// comes first and short-circuits), so a pod at it is what `cost::mutating_over_budget` requires
+/// to fit. Chosen from the cost bound (`cargo test --test native_mutating figures`): at 64, five
+/// injections already cost more per container than the limits allow for a pod that full; 16
+/// containers per array is more than pods have, and a pod with more is planned by the webhook.
+pub const INDEXED_CONTAINERS: usize = 16;
+
+/// The longest skip annotation the policy reads: `matches()` costs the length of the string it
+/// reads (the API server allows 256 KiB of annotations, which one test would spend half the
+/// per-expression limit on), so a pod with a longer one goes to the webhook.
+pub const READ_SKIP_ANNOTATION: usize = 1024;
 
 /// The conditions' names.
 pub mod names {
@@ -175,7 +184,7 @@ pub fn policy(
 }
 
 /// The variable listing the container indexes the mutations patch.
-const INDEXES: &str = "containerIndexes";
+pub const INDEXES: &str = "containerIndexes";
 
 /// Whether some of `terms` holds (`false` for none).
 fn any(terms: impl IntoIterator<Item = String>) -> String {
@@ -200,9 +209,15 @@ pub fn applies(injection: &Injection) -> String {
     let regex = format!("(^|,){space}{}{space}(,|$)", re2_literal(&injection.name));
     let key = cel_string(SKIP_ANNOTATION);
     format!(
-        "({matches}) && !(has(object.metadata.annotations) && {key} in object.metadata.annotations && object.metadata.annotations[{key}].matches({}))",
+        "({matches}) && !(has(object.metadata.annotations) && {key} in object.metadata.annotations && size(object.metadata.annotations[{key}]) <= {READ_SKIP_ANNOTATION} && object.metadata.annotations[{key}].matches({}))",
         cel_string(&regex)
     )
+}
+
+/// Whether the pod's skip annotation is longer than [`applies`] reads.
+fn long_skip_annotation() -> String {
+    let key = cel_string(SKIP_ANNOTATION);
+    format!("(has(object.metadata.annotations) && {key} in object.metadata.annotations && size(object.metadata.annotations[{key}]) > {READ_SKIP_ANNOTATION})")
 }
 
 /// `text` as an RE2 literal: ASCII punctuation escaped.
@@ -337,12 +352,15 @@ fn too_many_containers() -> String {
 }
 
 /// Whether the MutatingAdmissionPolicy leaves the pod to the webhook although a native injection
-/// applies: one collides (or cannot be planned in CEL), or the pod has more containers than the
-/// mutations index. Nothing a native injection adds makes it true (they share no name or path).
+/// applies: the pod has more containers than the mutations index or a skip annotation longer than
+/// they read, or one collides (or cannot be planned in CEL). Nothing a native injection adds makes
+/// it true (they share no name or path). The counts come first: `||` stops there, so the
+/// collision tests never iterate more containers than the cost bound counts.
 pub fn left_to_the_webhook(policy: &Policy, native: &[&Injection]) -> String {
     let applying = any(native.iter().map(|i| applies(i)));
+    let too_big = format!("({applying}) && ({} || {})", too_many_containers(), long_skip_annotation());
     let colliding = native.iter().map(|i| format!("({}) && ({})", applies(i), collides(policy, i)));
-    any(colliding.chain([format!("({applying}) && ({})", too_many_containers())]))
+    any(std::iter::once(too_big).chain(colliding))
 }
 
 /// Whether some native injection that applies is not all there (or collides): what the

@@ -133,7 +133,9 @@ pub fn native_for(policy: &Policy, name: &str, served: ServedApis) -> Native {
     }
     let (mutating, injections_why) = if served.mutating {
         let (native, webhook) = injections::partition(policy);
-        match injections::policy(policy, &format!("{name}-pod-injections"), &native, &webhook) {
+        let built = injections::policy(policy, &format!("{name}-pod-injections"), &native, &webhook)
+            .and_then(|policy| cost::mutating_over_budget(&policy.spec).map_or(Ok(policy), Err));
+        match built {
             Ok(policy) => (vec![NativeMutation { binding: policy.binding(), policy }], None),
             Err(why) => (Vec::new(), Some(why)),
         }

@@ -84,6 +84,17 @@ pub fn header(native: &Native) -> Vec<String> {
             estimate.items_within_limit()
         ));
     }
+    for mutating in &native.mutating {
+        let bound = cost::estimate_mutating(&mutating.policy.spec);
+        lines.push(format!(
+            "- {}: at most {} per request plus {} per container, init container, volume, volume mount, env entry or requester group ({} fit; pods with more than {} containers in one array go to the webhook)",
+            mutating.policy.metadata.name,
+            bound.total.fixed,
+            bound.total.per_item,
+            bound.items_within_limits,
+            super::injections::INDEXED_CONTAINERS
+        ));
+    }
     lines
 }
 
