@@ -163,16 +163,9 @@ fn check(policy: &Policy, cluster: &ObjectStore, request: &Value) -> Result<Seen
     Ok(seen)
 }
 
-/// Whether `webhook` calls tokengate for `request`: a rule covers it, its namespaceSelector (only
-/// tokengate's own namespace left out) lets it through, and every condition holds.
+/// Whether `webhook` calls tokengate for `request`; every condition must evaluate.
 fn calls(webhook: &tokengate::webhooks::Webhook, request: &Value) -> bool {
-    let namespace_selected = webhook.namespace_selector.is_none() || request["namespace"] != OWN_NAMESPACE;
-    webhook.rules.iter().any(|rule| rule_covers(rule, request))
-        && namespace_selected
-        && webhook
-            .match_conditions
-            .iter()
-            .all(|c| run_bool(&c.expression, request, &HashMap::new()).expect("evaluates"))
+    webhook_calls(webhook, request).expect("evaluates")
 }
 
 /// The narrowed webhooks (`native::narrow::narrow`) keep from tokengate only what the native

@@ -176,16 +176,10 @@ fn webhook_mutation(request: &Value, policy: &Policy, cluster: &ObjectStore) -> 
     (response["allowed"].as_bool().expect("allowed"), pod, violations)
 }
 
-/// Whether `webhook` calls tokengate for `request` (rules, namespaceSelector, conditions); a
-/// condition that fails to evaluate counts as calling it (`failurePolicy: Fail` refuses the pod).
+/// Whether `webhook` calls tokengate for `request`; a condition that fails to evaluate counts
+/// as calling it (`failurePolicy: Fail` refuses the pod).
 fn calls(webhook: &tokengate::webhooks::Webhook, request: &Value) -> bool {
-    let namespace_selected = webhook.namespace_selector.is_none() || request["namespace"] != OWN_NAMESPACE;
-    webhook.rules.iter().any(|rule| rule_covers(rule, request))
-        && namespace_selected
-        && webhook
-            .match_conditions
-            .iter()
-            .all(|c| !matches!(run(&c.expression, request, &HashMap::new()), Ok(cel::Value::Bool(false))))
+    webhook_calls(webhook, request).unwrap_or(true)
 }
 
 /// The full webhook configurations and the narrowed ones.

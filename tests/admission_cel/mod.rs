@@ -299,6 +299,22 @@ pub fn rule_covers(rule: &tokengate::webhooks::Rule, request: &Value) -> bool {
         && scope_ok
 }
 
+/// Whether `webhook` calls tokengate for `request`: a rule covers it, its namespaceSelector (only
+/// tokengate's own namespace left out) lets it through, and no match condition is false. `Err`
+/// names a condition that fails to evaluate (with `failurePolicy: Fail` the request is refused).
+pub fn webhook_calls(webhook: &tokengate::webhooks::Webhook, request: &Value) -> Result<bool, String> {
+    let namespace_selected = webhook.namespace_selector.is_none() || request["namespace"] != OWN_NAMESPACE;
+    if !namespace_selected || !webhook.rules.iter().any(|rule| rule_covers(rule, request)) {
+        return Ok(false);
+    }
+    for condition in &webhook.match_conditions {
+        if !run_bool(&condition.expression, request, &HashMap::new()).map_err(|e| format!("{}: {e}", condition.name))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A CEL context as the API server's admission policies have it: the request, object and
 /// oldObject, no params or namespace object, the variables so far, and the strings extension
 /// (`join`).
