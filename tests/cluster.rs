@@ -882,26 +882,9 @@ fn audited_objects(api: &FakeApiServer, count: usize) {
     for i in 0..count {
         let namespace = format!("team-{}", i % 100);
         let audience = if i % 10 == 0 { "gcp.example.svc.id.goog" } else { "vault" };
-        api.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": format!("sa-{i}"), "namespace": namespace, "uid": format!("00000000-0000-4000-8000-{i:012}"),
-                         "annotations": {"example.com/owner": format!("team-{}", i % 100)}}}));
-        api.apply(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("web-{i}-7d9f8b6c5d-x2x4q"), "namespace": namespace, "uid": format!("10000000-0000-4000-8000-{i:012}"),
-                         "labels": {"app": "web", "pod-template-hash": "7d9f8b6c5d"},
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8b6c5d", "uid": "r1", "controller": true}]},
-            "spec": {"nodeName": format!("node-{}", i % 50), "serviceAccountName": format!("sa-{i}"),
-                     "containers": [{"name": "app", "image": "registry.example.com/web:1.4.2",
-                                     "env": [{"name": "LOG_LEVEL", "value": "info"}],
-                                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-                                     "volumeMounts": [{"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true},
-                                                      {"name": "vault-token", "mountPath": "/var/run/secrets/vault"}]}],
-                     "volumes": [
-                        {"name": "vault-token", "projected": {"sources": [{"serviceAccountToken": {"audience": audience, "expirationSeconds": 3600, "path": "token"}}]}},
-                        {"name": "kube-api-access-abcde", "projected": {"sources": [
-                            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}));
+        for object in support::deployed_pod(i, &namespace, audience, json!({"example.com/owner": namespace})) {
+            api.apply(object);
+        }
     }
 }
 

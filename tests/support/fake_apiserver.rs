@@ -410,6 +410,15 @@ impl ResourceType {
         }
     }
 
+    /// `plural.group` (the core group: `plural`), as the API server names a resource in errors.
+    fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
     fn is_events(&self) -> bool {
         self.plural == "events" && (self.group.is_empty() || self.group == "events.k8s.io")
     }
@@ -827,11 +836,7 @@ fn status(code: StatusCode, reason: &str, message: String, details: Option<Value
 }
 
 fn not_found_object(resource: &ResourceType, name: &str) -> Response {
-    let qualified = if resource.group.is_empty() {
-        resource.plural.clone()
-    } else {
-        format!("{}.{}", resource.plural, resource.group)
-    };
+    let qualified = resource.qualified();
     status(
         StatusCode::NOT_FOUND,
         "NotFound",
@@ -1182,11 +1187,7 @@ fn create(shared: &Shared, route: &Route, query: &Query, body: &[u8], manager: &
     };
     let key = ObjectKey { resource: route.resource, namespace, name: name.clone() };
     if store.objects.contains_key(&key) {
-        let qualified = if resource.group.is_empty() {
-            resource.plural.clone()
-        } else {
-            format!("{}.{}", resource.plural, resource.group)
-        };
+        let qualified = resource.qualified();
         return status(
             StatusCode::CONFLICT,
             "AlreadyExists",
@@ -1371,11 +1372,7 @@ fn replace(shared: &Shared, route: &Route, name: &str, query: &Query, body: &[u8
     }
     let given = object["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty());
     if given.is_some_and(|given| Some(given) != live["metadata"]["resourceVersion"].as_str()) {
-        let qualified = if resource.group.is_empty() {
-            resource.plural.clone()
-        } else {
-            format!("{}.{}", resource.plural, resource.group)
-        };
+        let qualified = resource.qualified();
         return status(
             StatusCode::CONFLICT,
             "Conflict",

@@ -307,11 +307,27 @@ pub fn live_defaults() -> tokengate::cluster::LiveOptions {
 #[allow(dead_code)]
 pub fn cluster_of(api: &fake_apiserver::FakeApiServer, count: usize) {
     for i in 0..count {
-        let namespace = format!("ns-{}", i % 100);
-        api.apply(serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        let role = serde_json::json!({"eks.amazonaws.com/role-arn": format!("arn:aws:iam::111122223333:role/sa-{i}")});
+        for object in deployed_pod(i, &format!("ns-{}", i % 100), "vault", role) {
+            api.apply(object);
+        }
+    }
+}
+
+/// Pod `i` of a Deployment in `namespace`, running, with an automount volume and a projected
+/// token for `audience`, and its own service account `sa-{i}` annotated with
+/// `account_annotations`: the service account, then the pod.
+#[allow(dead_code)]
+pub fn deployed_pod(
+    i: usize,
+    namespace: &str,
+    audience: &str,
+    account_annotations: serde_json::Value,
+) -> [serde_json::Value; 2] {
+    let account = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": format!("sa-{i}"), "namespace": namespace, "uid": format!("00000000-0000-4000-8000-{i:012}"),
-                         "annotations": {"eks.amazonaws.com/role-arn": format!("arn:aws:iam::111122223333:role/sa-{i}")}}}));
-        api.apply(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                         "annotations": account_annotations}});
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("web-{i}-7d9f8b6c5d-x2x4q"), "namespace": namespace, "uid": format!("10000000-0000-4000-8000-{i:012}"),
                          "labels": {"app": "web", "pod-template-hash": "7d9f8b6c5d"},
                          "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-01T10:00:00Z"},
@@ -323,11 +339,11 @@ pub fn cluster_of(api: &fake_apiserver::FakeApiServer, count: usize) {
                                      "volumeMounts": [{"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true},
                                                       {"name": "vault-token", "mountPath": "/var/run/secrets/vault"}]}],
                      "volumes": [
-                        {"name": "vault-token", "projected": {"sources": [{"serviceAccountToken": {"audience": "vault", "expirationSeconds": 3600, "path": "token"}}]}},
+                        {"name": "vault-token", "projected": {"sources": [{"serviceAccountToken": {"audience": audience, "expirationSeconds": 3600, "path": "token"}}]}},
                         {"name": "kube-api-access-abcde", "projected": {"sources": [
                             {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
                             {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
                             {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}));
-    }
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}});
+    [account, pod]
 }
