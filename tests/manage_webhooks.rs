@@ -591,6 +591,46 @@ async fn native_policies_are_applied_and_accepted_before_the_webhooks_are_narrow
     );
 }
 
+/// A match condition added by hand to a native policy, or a `matchResources` narrowing its
+/// binding, would switch enforcement off inside the API server: the next round removes both, as
+/// it removes additions to the webhook configurations.
+#[tokio::test]
+async fn fields_added_by_hand_to_a_native_policy_or_its_binding_are_removed_at_the_next_resync() {
+    let server = FakeApiServer::start().await;
+    let (_publisher, _metrics, _task) = start_native_manager(&server, POLICY, true, Duration::from_millis(200));
+    eventually("the narrowed webhooks", || is_narrowed(&server)).await;
+    let stored_native =
+        |kind: &str| server.object("admissionregistration.k8s.io/v1", kind, None, "tokengate-pods").expect("applied");
+    let (policy_before, binding_before) =
+        (stored_native("ValidatingAdmissionPolicy"), stored_native("ValidatingAdmissionPolicyBinding"));
+    let edit = |kind: &str, operations: Value| {
+        let gvk = kube::api::GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::all_with(server.client(), &kube::api::ApiResource::from_gvk(&gvk));
+        let patch: json_patch::Patch = serde_json::from_value(operations).expect("a JSON patch");
+        let params = kube::api::PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() };
+        async move { api.patch("tokengate-pods", &params, &kube::api::Patch::<()>::Json(patch)).await.expect("edited") }
+    };
+    edit(
+        "ValidatingAdmissionPolicy",
+        json!([{"op": "add", "path": "/spec/matchConditions/-", "value": {"name": "escape", "expression": "false"}}]),
+    )
+    .await;
+    edit(
+        "ValidatingAdmissionPolicyBinding",
+        json!([{"op": "add", "path": "/spec/matchResources", "value": {"objectSelector": {"matchLabels": {"escape": "yes"}}}}]),
+    )
+    .await;
+    assert!(has_condition(&stored_native("ValidatingAdmissionPolicy")["spec"], "escape"));
+    eventually("the additions removed", || {
+        !has_condition(&stored_native("ValidatingAdmissionPolicy")["spec"], "escape")
+            && stored_native("ValidatingAdmissionPolicyBinding")["spec"].get("matchResources").is_none()
+    })
+    .await;
+    assert_eq!(stored_native("ValidatingAdmissionPolicy")["spec"], policy_before["spec"], "exactly as applied");
+    assert_eq!(stored_native("ValidatingAdmissionPolicyBinding")["spec"], binding_before["spec"], "exactly as applied");
+}
+
 #[tokio::test]
 async fn a_subject_pushed_over_the_cost_budget_gets_its_full_webhook_back_before_its_native_policy_goes() {
     let server = FakeApiServer::start().await;

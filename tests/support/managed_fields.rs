@@ -8,7 +8,8 @@
 //! `k:<key as JSON>` for an item of a list with merge keys, exactly as `fieldsV1` spells them.
 //! The schema is reduced to what matters for the objects tokengate applies: in both webhook
 //! configuration kinds `webhooks` and `webhooks[].matchConditions` are lists keyed by `name`
-//! (`+listType=map`, `+listMapKey=name` in k8s.io/api/admissionregistration/v1), and in every
+//! (`+listType=map`, `+listMapKey=name` in k8s.io/api/admissionregistration/v1), so are
+//! `spec.matchConditions` and `spec.variables` of both admission-policy kinds, and in every
 //! kind `metadata.ownerReferences` is keyed by `uid`; every other list is atomic (as
 //! structured-merge-diff's deduced schema treats lists it knows nothing about).
 
@@ -64,8 +65,10 @@ pub struct Conflict {
 fn list_keys(kind: &str, fields: &[String]) -> Option<&'static [&'static str]> {
     let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
     let webhook_configuration = matches!(kind, "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration");
+    let admission_policy = matches!(kind, "ValidatingAdmissionPolicy" | "MutatingAdmissionPolicy");
     match fields.as_slice() {
         ["webhooks"] | ["webhooks", "matchConditions"] if webhook_configuration => Some(&["name"]),
+        ["spec", "matchConditions"] | ["spec", "variables"] if admission_policy => Some(&["name"]),
         ["metadata", "ownerReferences"] => Some(&["uid"]),
         _ => None,
     }

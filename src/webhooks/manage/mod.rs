@@ -263,12 +263,16 @@ where
     Ok(())
 }
 
-/// Values the API server defaults in a webhook (k8s.io/kubernetes
-/// `pkg/apis/admissionregistration/v1/defaults.go`) that tokengate may leave out: not additions.
+/// Values the API server defaults in a webhook or an admission policy (k8s.io/kubernetes
+/// `pkg/apis/admissionregistration/v1/defaults.go`: `SetDefaults_ValidatingWebhook`,
+/// `SetDefaults_MutatingWebhook`, `SetDefaults_ValidatingAdmissionPolicySpec`,
+/// `SetDefaults_MatchResources`) that tokengate may leave out: not additions.
 fn is_server_default(field: &str, value: &Value) -> bool {
     match field {
         "objectSelector" | "namespaceSelector" => value.as_object().is_some_and(|selector| selector.is_empty()),
         "reinvocationPolicy" => value == "Never",
+        "matchPolicy" => value == "Equivalent",
+        "failurePolicy" => value == "Fail",
         _ => false,
     }
 }
