@@ -5,7 +5,8 @@
 //!
 //! The property: for every generated policy and request that a native policy claims (its rules
 //! cover it, its conditions hold), all validations are true exactly when `review` finds no
-//! violation of the rules the native side claims; with the binding's action (Deny / Warn /
+//! violation of the rules the native side claims, and the rules of the failing validations are
+//! the rules of those violations (a denial names what `review` names); with the binding's action (Deny / Warn /
 //! Audit from the mode) the request is allowed exactly when `review` allows it; nothing fails
 //! to evaluate. A request a native policy skips is one `review` exempts, or one it leaves to
 //! the webhook (a kubelet's TokenRequest), or the break-glass group's. And every rule is placed
@@ -145,6 +146,17 @@ fn check(policy: &Policy, cluster: &ObjectStore, request: &Value) -> Result<Seen
                     failed.is_empty(),
                     claimed_violations.is_empty(),
                     "{}: native failed {:?}, review found {:?}: {}",
+                    native_policy.policy.metadata.name,
+                    failed,
+                    violations,
+                    request
+                );
+                let failed_rules: BTreeSet<&str> = failed.iter().map(|(rule, _)| *rule).collect();
+                let violated_rules: BTreeSet<&str> = claimed_violations.iter().map(|v| v.rule).collect();
+                prop_assert_eq!(
+                    &failed_rules,
+                    &violated_rules,
+                    "{}: the native denial names other rules than review's: {:?} vs {:?}: {}",
                     native_policy.policy.metadata.name,
                     failed,
                     violations,

@@ -111,13 +111,21 @@ pub fn granted(audience: &str) -> String {
     format!("({audience} in variables.grants && variables.grants[{audience}].exists(m, m >= 0))")
 }
 
-/// Whether `effective` lies within `[minSeconds, grant]` for an audience `grants` allows (an
-/// audience it does not allow is the audience rule's to report).
+/// Whether the audience rule passes a token of `audience` and `effective` lifetime: `grants`
+/// allows the audience, or the token is below `minSeconds`, which is the lifetime rule's to
+/// report (`Policy::check_token` checks the floor before the audience).
+pub fn audience_passes(policy: &Policy, audience: &str, effective: &str) -> String {
+    format!("({effective} < {} || {})", policy.min_seconds(), granted(audience))
+}
+
+/// Whether the lifetime rule passes: `effective` is at least `minSeconds` and, for an audience
+/// `grants` allows, at most one of its maxima (an audience it does not allow is the audience
+/// rule's to report), in `Policy::check_token`'s order.
 pub fn within_grant(policy: &Policy, audience: &str, effective: &str) -> String {
     format!(
-        "(!{} || ({effective} >= {} && variables.grants[{audience}].exists(m, m >= {effective})))",
+        "({effective} >= {} && (!{} || variables.grants[{audience}].exists(m, m >= {effective})))",
+        policy.min_seconds(),
         granted(audience),
-        policy.min_seconds()
     )
 }
 

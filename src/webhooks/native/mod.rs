@@ -215,7 +215,7 @@ fn token_requests(policy: &Policy) -> PolicySpec {
     let validations = vec![
         Validation::new(
             rules::TOKEN_REQUEST_AUDIENCES,
-            format!("variables.audiences.all(a, {})", cel::granted("a")),
+            format!("variables.audiences.all(a, {})", cel::audience_passes(policy, "a", "variables.effective")),
             "spec.audiences: an audience is not allowed for this service account",
             format!(
                 "'spec.audiences: audience \"' + variables.audiences.filter(a, !{}).join('\", \"') + '\" is not allowed'{who} + ' (allowed there: ' + {} + ')'",
@@ -254,7 +254,10 @@ fn pods(policy: &Policy) -> PolicySpec {
     let variables = vec![
         Variable::new("serviceAccount", cel::pod_service_account()),
         Variable::new("grants", cel::grants(policy, "request.namespace", "variables.serviceAccount")),
-        Variable::new("deniedAudiences", cel::pod_volumes_failing(&format!("!{}", cel::granted(&audience)))),
+        Variable::new(
+            "deniedAudiences",
+            cel::pod_volumes_failing(&format!("!{}", cel::audience_passes(policy, &audience, &effective))),
+        ),
         Variable::new(
             "deniedLifetimes",
             cel::pod_volumes_failing(&format!("!{}", cel::within_grant(policy, &audience, &effective))),
@@ -380,7 +383,7 @@ fn csi_driver_validations(policy: &Policy, republish: &[&str], in_secrets: &[&st
         ),
         Validation::new(
             rules::CSI_DRIVER_LIFETIMES,
-            format!("object.spec.tokenRequests.all({token}, {effective} >= {min} && {effective} <= {max})"),
+            format!("!variables.listed || object.spec.tokenRequests.all({token}, {effective} >= {min} && {effective} <= {max})"),
             "spec.tokenRequests: a token's lifetime is outside the policy's bounds",
             format!("'spec.tokenRequests: expirationSeconds ' + object.spec.tokenRequests.filter({token}, !({effective} >= {min} && {effective} <= {max})).map({token}, string({requested})).join(', ') + ' (3607 s for the API server audience counts as {} s) outside {min}..{max} seconds for ' + {driver}", policy.extended_seconds()),
         ),
