@@ -24,8 +24,9 @@ use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+mod additions;
 pub mod native;
 
 use super::native::{narrow, native_for, ServedApis};
@@ -247,119 +248,16 @@ where
     // force: take back fields an edit by hand (or an earlier `kubectl apply`) came to own.
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let live = api.patch(name, &params, &Patch::Apply(&body)).await.map_err(failed)?;
-    let (operations, removed) = removals(&live.data, &body);
-    if operations.is_empty() {
-        return Ok(());
+    let removed = additions::remove(&api, name, &live.data, &body, "webhooks").await.map_err(failed)?;
+    if !removed.is_empty() {
+        tracing::warn!(
+            kind = static_kind(&configuration.kind),
+            name = %name,
+            removed = ?removed,
+            "removed fields that tokengate does not set from its webhook configuration (added by hand?)"
+        );
     }
-    let patch: json_patch::Patch = serde_json::from_value(Value::Array(operations))?;
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
-    api.patch(name, &params, &Patch::Json::<()>(patch)).await.map_err(failed)?;
-    tracing::warn!(
-        kind = static_kind(&configuration.kind),
-        name = %name,
-        removed = ?removed,
-        "removed fields that tokengate does not set from its webhook configuration (added by hand?)"
-    );
     Ok(())
-}
-
-/// Values the API server defaults in a webhook or an admission policy (k8s.io/kubernetes
-/// `pkg/apis/admissionregistration/v1/defaults.go`: `SetDefaults_ValidatingWebhook`,
-/// `SetDefaults_MutatingWebhook`, `SetDefaults_ValidatingAdmissionPolicySpec`,
-/// `SetDefaults_MatchResources`) that tokengate may leave out: not additions.
-fn is_server_default(field: &str, value: &Value) -> bool {
-    match field {
-        "objectSelector" | "namespaceSelector" => value.as_object().is_some_and(|selector| selector.is_empty()),
-        "reinvocationPolicy" => value == "Never",
-        "matchPolicy" => value == "Equivalent",
-        "failurePolicy" => value == "Fail",
-        _ => false,
-    }
-}
-
-/// What the live configuration's webhooks hold beyond the applied configuration `wanted`: JSON
-/// patch operations removing it (each guarded by a `test` of the webhook's name and of the value
-/// removed, so a concurrent change makes the patch fail rather than remove something else), and
-/// the paths removed. Webhooks and match conditions are matched by name, as the API server's
-/// merge keys them; `clientConfig.caBundle` is kept when `wanted` sets none.
-fn removals(live: &Value, wanted: &Value) -> (Vec<Value>, Vec<String>) {
-    let (mut operations, mut removed) = (Vec::new(), Vec::new());
-    let Some(webhooks) = live["webhooks"].as_array() else { return (operations, removed) };
-    // From the last webhook back, so that removing one leaves the indices before it valid.
-    for (i, webhook) in webhooks.iter().enumerate().rev() {
-        let index = i.to_string();
-        let name_test = json!({"op": "test", "path": pointer(&["webhooks", &index, "name"]), "value": webhook["name"]});
-        let Some(applied) = by_name(&wanted["webhooks"], &webhook["name"]) else {
-            let path = pointer(&["webhooks", &index]);
-            operations.push(name_test);
-            operations.push(json!({"op": "test", "path": path, "value": webhook}));
-            operations.push(json!({"op": "remove", "path": path}));
-            removed.push(format!("webhooks[name={}]", webhook["name"]));
-            continue;
-        };
-        let extra = extra_fields(webhook, &applied, &mut removed);
-        if extra.is_empty() {
-            continue;
-        }
-        operations.push(name_test);
-        for path in extra {
-            let mut tokens = vec!["webhooks", index.as_str()];
-            tokens.extend(path.iter().map(String::as_str));
-            let value = path.iter().try_fold(webhook, |node, token| match node {
-                Value::Array(items) => items.get(token.parse::<usize>().ok()?),
-                _ => node.get(token),
-            });
-            let path_text = pointer(&tokens);
-            operations.push(json!({"op": "test", "path": path_text, "value": value}));
-            operations.push(json!({"op": "remove", "path": path_text}));
-            if path.first().is_none_or(|field| field != "matchConditions") {
-                removed.push(format!("webhooks[name={}].{}", webhook["name"], path.join(".")));
-            }
-        }
-    }
-    (operations, removed)
-}
-
-/// The item of `list` named `name`.
-fn by_name(list: &Value, name: &Value) -> Option<Value> {
-    list.as_array().and_then(|items| items.iter().find(|item| item["name"] == *name).cloned())
-}
-
-/// The paths (within one live webhook) of what `applied` does not set: fields other than the
-/// API server's defaults, `clientConfig` keys but `caBundle`, and match conditions by name (those
-/// are named in `removed` here, last first).
-fn extra_fields(webhook: &Value, applied: &Value, removed: &mut Vec<String>) -> Vec<Vec<String>> {
-    let mut extra = Vec::new();
-    for (field, value) in webhook.as_object().into_iter().flatten() {
-        match (field.as_str(), applied.get(field)) {
-            (_, None) if is_server_default(field, value) => {}
-            (_, None) => extra.push(vec![field.clone()]),
-            ("clientConfig", Some(client_config)) => {
-                for key in value.as_object().into_iter().flatten().map(|(key, _)| key) {
-                    let kept = key == "caBundle" || client_config.get(key).is_some();
-                    if !kept {
-                        extra.push(vec![field.clone(), key.clone()]);
-                    }
-                }
-            }
-            ("matchConditions", Some(conditions)) => {
-                let items = value.as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate().rev();
-                for (j, condition) in items.filter(|(_, c)| by_name(conditions, &c["name"]).is_none()) {
-                    extra.push(vec![field.clone(), j.to_string()]);
-                    removed.push(format!(
-                        "webhooks[name={}].matchConditions[name={}]",
-                        webhook["name"], condition["name"]
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-    extra
-}
-
-fn pointer(tokens: &[&str]) -> String {
-    jsonptr::PointerBuf::from_tokens(tokens.iter().copied()).to_string()
 }
 
 fn static_kind(kind: &str) -> &'static str {
@@ -389,69 +287,5 @@ async fn record_event(client: &kube::Client, options: &ManageOptions, generation
     let reporter = Reporter { controller: "tokengate".to_string(), instance: std::env::var("POD_NAME").ok() };
     if let Err(err) = Recorder::new(client.clone(), reporter).publish(&event, target).await {
         tracing::warn!(error = %err, "could not record an Event for the applied webhook configurations");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn wanted() -> Value {
-        json!({"webhooks": [
-            {"name": "a", "timeoutSeconds": 3, "clientConfig": {"url": "https://a"},
-             "matchConditions": [{"name": "c1", "expression": "true"}]},
-            {"name": "b", "timeoutSeconds": 3, "clientConfig": {"url": "https://b"}},
-        ]})
-    }
-
-    /// The live object after the removals.
-    fn repaired(live: &Value) -> (Value, Vec<String>) {
-        let (operations, removed) = removals(live, &wanted());
-        let patch: json_patch::Patch = serde_json::from_value(Value::Array(operations)).expect("a JSON patch");
-        let mut live = live.clone();
-        json_patch::patch(&mut live, &patch).expect("the patch applies to the object it was built from");
-        (live, removed)
-    }
-
-    #[test]
-    fn removes_nothing_from_what_was_applied() {
-        assert_eq!(removals(&wanted(), &wanted()), (vec![], vec![]));
-    }
-
-    #[test]
-    fn keeps_server_defaults_and_a_ca_bundle_it_does_not_set() {
-        let mut live = wanted();
-        live["webhooks"][0]["objectSelector"] = json!({});
-        live["webhooks"][0]["namespaceSelector"] = json!({});
-        live["webhooks"][1]["reinvocationPolicy"] = json!("Never");
-        live["webhooks"][1]["clientConfig"]["caBundle"] = json!("Q0E=");
-        assert_eq!(removals(&live, &wanted()), (vec![], vec![]));
-    }
-
-    #[test]
-    fn removes_fields_conditions_and_webhooks_added_by_hand() {
-        let mut live = wanted();
-        live["webhooks"][0]["objectSelector"] = json!({"matchLabels": {"escape": "yes"}});
-        live["webhooks"][0]["matchConditions"] = json!([
-            {"name": "escape", "expression": "false"},
-            {"name": "c1", "expression": "true"},
-            {"name": "other", "expression": "false"},
-        ]);
-        live["webhooks"][1]["clientConfig"]["service"] = json!({"namespace": "x", "name": "y"});
-        live["webhooks"].as_array_mut().expect("webhooks").insert(1, json!({"name": "extra/one", "timeoutSeconds": 1}));
-        let (repaired, removed) = repaired(&live);
-        assert_eq!(repaired, wanted());
-        assert_eq!(removed.len(), 5, "{removed:?}");
-        assert!(removed.contains(&r#"webhooks[name="extra/one"]"#.to_string()), "{removed:?}");
-    }
-
-    #[test]
-    fn a_concurrent_change_makes_the_removal_fail() {
-        let mut live = wanted();
-        live["webhooks"][0]["objectSelector"] = json!({"matchLabels": {"escape": "yes"}});
-        let (operations, _) = removals(&live, &wanted());
-        live["webhooks"].as_array_mut().expect("webhooks").swap(0, 1);
-        let patch: json_patch::Patch = serde_json::from_value(Value::Array(operations)).expect("a JSON patch");
-        assert!(json_patch::patch(&mut live, &patch).is_err(), "the name test fails");
     }
 }

@@ -6,10 +6,7 @@
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use serde_json::{json, Value};
 
-use json_patch::{PatchOperation, RemoveOperation, TestOperation};
-use jsonptr::PointerBuf;
-
-use super::{is_server_default, FIELD_MANAGER};
+use super::FIELD_MANAGER;
 use crate::webhooks::native::ServedApis;
 
 /// The group version of the admission-policy kinds tokengate applies and removes.
@@ -104,77 +101,12 @@ pub async fn apply_all(client: &kube::Client, objects: &[Value]) -> Result<(), N
         let failed = |source| NativeError::Apply { kind: kind.to_string(), name: name.to_string(), source };
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let live = api.patch(name, &params, &Patch::Apply(object)).await.map_err(failed)?;
-        let (operations, removed) = removals(&live.data["spec"], &object["spec"]);
-        if operations.is_empty() {
-            continue;
+        let removed = super::additions::remove(&api, name, &live.data, object, "spec").await.map_err(failed)?;
+        if !removed.is_empty() {
+            tracing::warn!(kind, name, removed = ?removed, "removed fields that tokengate does not set from its native policy (added by hand?)");
         }
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
-        api.patch(name, &params, &Patch::Json::<()>(json_patch::Patch(operations))).await.map_err(failed)?;
-        tracing::warn!(kind, name, removed = ?removed, "removed fields that tokengate does not set from its native policy (added by hand?)");
     }
     Ok(())
-}
-
-/// What the live `spec` holds beyond the applied `spec` `wanted`: JSON patch operations removing
-/// it (each guarded by a `test` of the value removed, so a concurrent change makes the patch fail
-/// rather than remove something else), and the paths removed. Server-side apply keeps fields
-/// another manager added, and a match condition, a `matchResources` on a binding or an
-/// `objectSelector` added by hand would switch enforcement off, so the native objects are kept
-/// equal to what the policy computes, as the webhook configurations are. Lists of named items
-/// (`matchConditions`, `variables`) are matched by name, as the API server's merge keys them;
-/// other lists are atomic, and the forced apply has already set them.
-pub fn removals(live: &Value, wanted: &Value) -> (Vec<PatchOperation>, Vec<String>) {
-    let mut extra = Vec::new();
-    extra_paths(live, wanted, &mut vec!["spec".to_string()], &mut extra);
-    let mut operations = Vec::new();
-    let mut removed = Vec::new();
-    for (path, value) in extra {
-        let pointer = PointerBuf::from_tokens(path.iter().map(String::as_str));
-        operations.push(PatchOperation::Test(TestOperation { path: pointer.clone(), value }));
-        operations.push(PatchOperation::Remove(RemoveOperation { path: pointer }));
-        removed.push(path.join("."));
-    }
-    (operations, removed)
-}
-
-/// Collects into `extra` the path and value of everything in `live` that `wanted` does not set
-/// (leaving out the API server's defaults), list items from the last back so that each removal
-/// leaves the indexes before it valid.
-fn extra_paths(live: &Value, wanted: &Value, path: &mut Vec<String>, extra: &mut Vec<(Vec<String>, Value)>) {
-    match (live, wanted) {
-        (Value::Object(fields), Value::Object(wanted_fields)) => {
-            for (field, value) in fields {
-                path.push(field.clone());
-                match wanted_fields.get(field) {
-                    None if is_server_default(field, value) => {}
-                    None => extra.push((path.clone(), value.clone())),
-                    Some(wanted_value) => extra_paths(value, wanted_value, path, extra),
-                }
-                path.pop();
-            }
-        }
-        (Value::Array(items), Value::Array(wanted_items)) if is_named_list(items.iter().chain(wanted_items)) => {
-            for (i, item) in items.iter().enumerate().rev() {
-                path.push(i.to_string());
-                match wanted_items.iter().find(|w| w["name"] == item["name"]) {
-                    None => extra.push((path.clone(), item.clone())),
-                    Some(wanted_item) => extra_paths(item, wanted_item, path, extra),
-                }
-                path.pop();
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Whether there are items and every one is an object with a `name`: a list the API server
-/// merges by name (an empty list applied leaves the items others added).
-fn is_named_list<'a>(mut items: impl Iterator<Item = &'a Value>) -> bool {
-    let mut any = false;
-    items.all(|item| {
-        any = true;
-        item["name"].is_string()
-    }) && any
 }
 
 /// Deletes the native objects tokengate applied for configuration `name` that `wanted` does not
@@ -243,58 +175,6 @@ mod tests {
                    "labels": {MANAGED_BY_LABEL: MANAGED_BY},
                    "annotations": {"a": "b", CONFIGURATION_ANNOTATION: "tokengate"}})
         );
-    }
-
-    #[test]
-    fn fields_added_by_hand_are_removed_and_defaults_and_applied_fields_kept() {
-        let wanted = json!({
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{"operations": ["CREATE"]}], "matchPolicy": "Equivalent"},
-            "matchConditions": [{"name": "skip-a", "expression": "true"}, {"name": "skip-b", "expression": "true"}],
-            "validations": [{"expression": "x"}],
-        });
-        let mut live = wanted.clone();
-        live["matchConstraints"]["namespaceSelector"] = json!({});
-        live["matchConstraints"]["objectSelector"] = json!({"matchLabels": {"escape": "yes"}});
-        live["matchConditions"] = json!([
-            {"name": "skip-a", "expression": "true"},
-            {"name": "escape", "expression": "false"},
-            {"name": "skip-b", "expression": "true"},
-            {"name": "also", "expression": "false"},
-        ]);
-        live["auditAnnotations"] = json!([{"key": "k", "valueExpression": "'v'"}]);
-        let (operations, removed) = removals(&live, &wanted);
-        assert_eq!(
-            removed,
-            [
-                "spec.auditAnnotations",
-                "spec.matchConditions.3",
-                "spec.matchConditions.1",
-                "spec.matchConstraints.objectSelector"
-            ]
-        );
-        let mut patched = json!({"spec": live});
-        json_patch::patch(&mut patched, &operations).expect("the patch applies");
-        let mut expected = wanted.clone();
-        expected["matchConstraints"]["namespaceSelector"] = json!({});
-        assert_eq!(patched["spec"], expected, "only what was added by hand is gone");
-        assert_eq!(removals(&expected, &wanted), (Vec::new(), Vec::new()), "nothing to remove the next time");
-    }
-
-    #[test]
-    fn a_binding_narrowed_by_hand_loses_its_match_resources() {
-        let wanted = json!({"policyName": "tokengate-pods", "validationActions": ["Deny"]});
-        let live = json!({"policyName": "tokengate-pods", "validationActions": ["Deny"],
-                          "matchResources": {"namespaceSelector": {"matchLabels": {"team": "a"}}}});
-        let (_, removed) = removals(&live, &wanted);
-        assert_eq!(removed, ["spec.matchResources"]);
-    }
-
-    #[test]
-    fn a_condition_added_where_tokengate_applies_none_is_removed() {
-        let wanted = json!({"matchConditions": []});
-        let live = json!({"matchConditions": [{"name": "escape", "expression": "false"}]});
-        assert_eq!(removals(&live, &wanted).1, ["spec.matchConditions.0"]);
     }
 
     #[test]
